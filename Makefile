@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/partkey-exporter demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check exporter migrations tests bench dashboards
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+
+unit: $(STAMP)
+	$(PY) -m pytest -q
+
+test: lint unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

