@@ -27,5 +27,9 @@ unit: $(STAMP)
 
 test: lint unit
 
+# Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
+dashboards: $(STAMP)
+	$(PY) -m dashboards.generate
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
