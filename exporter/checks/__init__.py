@@ -1,0 +1,1 @@
+"""The four checks, one module each; the runner wraps any of them with timeouts and success metrics."""

@@ -1,0 +1,32 @@
+"""What every check provides: a name and a run() on an open connection inside a transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from exporter.config import TableConfig
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A check's payload plus what it adds to the cumulative series."""
+
+    payload: Any
+    rows_verified: tuple[str, int] | None = None
+    probe: tuple[list[float], int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Check(Protocol):
+    """One check of one table."""
+
+    name: str
+    table: TableConfig
+    read_write: bool
+
+    def run(self, conn: psycopg.Connection[Any]) -> Outcome:
+        """Run inside an open transaction whose statement_timeout is already set."""
+        ...

@@ -1,0 +1,124 @@
+"""Run a check on its target's connection with server-side timeouts, and publish the result whole."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import psycopg
+
+from exporter.checks.base import Check, Outcome
+from exporter.checks.verification import VerificationBusyError
+from exporter.introspect import TableNotFoundError
+from exporter.snapshot import CheckResult, SnapshotStore
+from exporter.target import Target, TargetUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class CheckRunner:
+    """Wraps one check of one table: timing, timeouts, success metrics and log-once on failure."""
+
+    def __init__(self, target: Target, check: Check, store: SnapshotStore, interval: float, timeout: float) -> None:
+        self.target = target
+        self.check = check
+        self.store = store
+        self.interval = interval
+        self.timeout = timeout
+        self._failing = False
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(target, table, check), the identity of this runner's series."""
+        return (self.target.name, self.check.table.label, self.check.name)
+
+    def run(self) -> CheckResult:
+        """Run once and publish; never raises, so the scheduler and the daemon stay up."""
+        started = time.monotonic()
+        previous = self.store.latest(*self.key)
+        outcome: Outcome | None = None
+        error: str | None = None
+        try:
+            with self.target.session() as conn:
+                outcome = self._execute(conn)
+        except TargetUnavailableError as failure:
+            error = str(failure)
+        except VerificationBusyError as failure:
+            log.info("%s: %s; skipping this run", self._where(), failure)
+            if previous is not None:
+                return previous
+            error = str(failure)
+        except TableNotFoundError as failure:
+            error = str(failure)
+            previous = None  # the table is gone: its series must go too, not linger as stale values
+        except psycopg.Error as failure:
+            error = self._describe(failure)
+        except Exception as failure:  # a bug in a check must not take the daemon down
+            log.exception("%s: unexpected error", self._where())
+            error = f"{type(failure).__name__}: {failure}"
+        finished = time.time()
+        duration = time.monotonic() - started
+        if error is not None:
+            error = self.target.scrub(error)
+        result = CheckResult(
+            target=self.target.name,
+            table=self.check.table.label,
+            check=self.check.name,
+            success=error is None,
+            duration_seconds=duration,
+            finished_at=finished,
+            last_success_at=finished if error is None else (previous.last_success_at if previous else None),
+            interval_seconds=self.interval,
+            error=error,
+            payload=outcome.payload if outcome is not None else (previous.payload if previous else None),
+        )
+        self._log_transition(error)
+        probe = outcome.probe if outcome is not None else (([], 1) if self.check.name == "insert_probe" else None)
+        version = None
+        if self.target.server_version and self.target.server_version_text:
+            version = (self.target.server_version // 10000, self.target.server_version_text)
+        self.store.publish(
+            result,
+            rows_verified=outcome.rows_verified if outcome is not None else None,
+            probe=probe,
+            up=self.target.up,
+            version=version,
+        )
+        return result
+
+    def _execute(self, conn: psycopg.Connection[Any]) -> Outcome:
+        """One transaction: read-only unless the check writes, with this check's statement_timeout."""
+        with conn.transaction() as transaction:
+            if self.check.read_write:
+                conn.execute("SET TRANSACTION READ WRITE")
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(self.timeout * 1000)}ms",))
+            outcome = self.check.run(conn)
+            if self.check.read_write:
+                # Whatever a writing check did, none of it may stay behind.
+                raise psycopg.Rollback(transaction)
+        return outcome
+
+    def _where(self) -> str:
+        """target/table/check, for log lines."""
+        return "/".join(self.key)
+
+    def _describe(self, failure: psycopg.Error) -> str:
+        """One line naming what failed, with the server's SQLSTATE when there is one."""
+        message = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        state = getattr(failure, "sqlstate", None)
+        if state == "57014":
+            message = f"canceled after statement_timeout={self.timeout:g}s: {message}"
+        elif state == "55P03":
+            message = f"lock wait exceeded lock_timeout={self.target.lock_timeout:g}s: {message}"
+        elif state == "42501":
+            message = f"missing privilege: {message}"
+        return f"{message} (SQLSTATE {state})" if state else message
+
+    def _log_transition(self, error: str | None) -> None:
+        """Log when a check starts failing and when it recovers, not on every failed run."""
+        if error is not None and not self._failing:
+            log.error("%s failed: %s", self._where(), error)
+        elif error is None and self._failing:
+            log.warning("%s recovered", self._where())
+        self._failing = error is not None

@@ -1,0 +1,195 @@
+"""Command line: partkey-exporter run | report | verify | check-config | demo | key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from exporter import __version__
+from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
+from exporter.daemon import Exporter
+from exporter.logs import setup_logging
+from exporter.report import overall_status, render_json, render_text
+
+EXIT_OK, EXIT_BAD_KEYS, EXIT_ERROR = 0, 1, 2
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    """--config, or --dsn with the table options, for the one-shot commands."""
+    parser.add_argument("--config", type=Path, help="YAML config file (all targets and tables)")
+    parser.add_argument("--dsn", default=os.environ.get("PARTKEY_DSN"),
+                        help="connection string instead of --config (default: $PARTKEY_DSN)")
+    parser.add_argument("--table", default="chunks", help="table name (default: chunks)")
+    parser.add_argument("--schema", default="public", help="schema (default: public)")
+    parser.add_argument("--key-column", default="partition_key")
+    parser.add_argument("--source-column", default="collection_id")
+    parser.add_argument("--modulus", type=int, default=100)
+    parser.add_argument("--key-expression", choices=["safe", "legacy"], default="safe")
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    """The config from --config, or one built from --dsn and the table options."""
+    if args.config is not None:
+        return load_config(args.config)
+    if not args.dsn:
+        raise ConfigError(["give --config FILE, or --dsn (or set PARTKEY_DSN)"])
+    try:
+        table = TableConfig(
+            table=args.table, schema=args.schema, key_column=args.key_column,
+            source_column=args.source_column, modulus=args.modulus, key_expression=args.key_expression,
+        )
+        return Config(targets=[TargetConfig(name="default", dsn=args.dsn, tables=[table])])
+    except ValueError as error:
+        raise ConfigError([f"command line: {line}" for line in str(error).splitlines()[1:2]]) from None
+
+
+def _one_shot(config: Config, checks: set[str] | None) -> Exporter:
+    """An Exporter whose checks ran once, right here."""
+    exporter = Exporter(config)
+    for key, runner in sorted(exporter.runners.items(), key=lambda item: item[1].check.name != "implementation"):
+        if checks is None or key[2] in checks:
+            runner.run()
+    return exporter
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the health report once."""
+    config = _config_from(args)
+    wanted = {"implementation", "verification_full", "distribution", "distribution_exact"}
+    exporter = _one_shot(config, None if args.all_checks else wanted)
+    try:
+        healths = exporter.health()
+        if args.format == "json":
+            print(json.dumps({"status": overall_status(healths), "tables": [render_json(h) for h in healths]},
+                             indent=2, default=str))
+        else:
+            print("\n".join(render_text(h) for h in healths), end="")
+        return EXIT_OK if all(h.target_up for h in healths) else EXIT_ERROR
+    finally:
+        exporter.stop()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify once: 0 clean, 1 bad keys, 2 errors."""
+    config = _config_from(args)
+    exporter = Exporter(config)
+    status = EXIT_OK
+    try:
+        for target, table in exporter.tables:
+            result = exporter.verify_now(target, table, args.mode)
+            if not result.success or result.payload is None:
+                print(f"{target}/{table}: ERROR: {result.error}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            found = result.payload
+            bad = found.mismatched + found.null_keys + found.expression_errors
+            print(f"{target}/{table}: {found.rows_checked} rows checked ({args.mode}), {found.mismatched} wrong keys, "
+                  f"{found.null_keys} NULL keys, {found.expression_errors} expression errors"
+                  + (f"; {found.note}" if found.note else ""))
+            for example in found.examples:
+                key = ", ".join(f"{k}={v}" for k, v in example.primary_key.items())
+                print(f"  {example.kind}: {example.relation} ({key}) stored={example.stored_key} "
+                      f"expected={example.expected_key}" + (f" error={example.error}" if example.error else ""))
+            if bad and status == EXIT_OK:
+                status = EXIT_BAD_KEYS
+        return status
+    finally:
+        exporter.stop()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file and list every problem."""
+    config = load_config(args.file)
+    tables = sum(len(t.tables) for t in config.targets)
+    print(f"{args.file}: OK ({len(config.targets)} targets, {tables} tables)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM."""
+    from exporter.service import Service
+
+    Service(args.config).run_forever()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start an embedded PostgreSQL with a semantik-like table and run the exporter on it."""
+    from exporter.demo import run_demo
+
+    return run_demo(port=args.port, rows=args.rows, duration=args.duration)
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Print the partition of a collection id, computed like the server does."""
+    from exporter.hashtext import partition_for
+
+    try:
+        print(partition_for(args.collection_id, args.modulus, args.key_expression))
+    except OverflowError as error:
+        print(f"error: {error} (the legacy formula overflows for this id; the safe one gives "
+              f"{partition_for(args.collection_id, args.modulus, 'safe')})", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="partkey-exporter", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the exporter daemon")
+    run.add_argument("--config", type=Path, required=True, help="YAML config file")
+    run.set_defaults(func=cmd_run)
+
+    report = commands.add_parser("report", help="print the health report once")
+    _add_source(report)
+    report.add_argument("--format", choices=["text", "json"], default="text")
+    report.add_argument("--all-checks", action="store_true", help="also run sample verification and the probe")
+    report.set_defaults(func=cmd_report)
+
+    verify = commands.add_parser("verify", help="verify keys once; exit 0 clean, 1 bad keys, 2 errors")
+    _add_source(verify)
+    verify.add_argument("--mode", choices=["full", "sample"], default="full")
+    verify.set_defaults(func=cmd_verify)
+
+    check = commands.add_parser("check-config", help="validate a config file, listing every problem")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    demo = commands.add_parser("demo", help="run on an embedded PostgreSQL with demo data")
+    demo.add_argument("--port", type=int, default=19187)
+    demo.add_argument("--rows", type=int, default=300_000)
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.set_defaults(func=cmd_demo)
+
+    key = commands.add_parser("key", help="print the partition for a collection id")
+    key.add_argument("collection_id")
+    key.add_argument("--modulus", type=int, default=100)
+    key.add_argument("--key-expression", choices=["safe", "legacy"], default="safe")
+    key.set_defaults(func=cmd_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the partkey-exporter command."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        code: int = args.func(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

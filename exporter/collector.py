@@ -1,0 +1,188 @@
+"""The one custom Collector: turns the latest snapshot into metric families; it never touches the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.distribution import Distribution, finite
+from exporter.introspect import METHODS, Implementation
+from exporter.snapshot import PROBE_BUCKETS, Snapshot, SnapshotStore
+from exporter.verify import VerificationResult
+
+TT = ["target", "table"]
+
+
+class PartkeyCollector(Collector):
+    """Yields every partkey_* family from SnapshotStore.current."""
+
+    def __init__(self, store: SnapshotStore, targets: Iterable[str]) -> None:
+        self.store = store
+        self.targets = tuple(targets)
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not call collect()."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Build all families from one snapshot, so a scrape is consistent."""
+        snapshot = self.store.current
+        yield from self._meta(snapshot)
+        yield from self._checks(snapshot)
+        yield from self._implementation(snapshot)
+        yield from self._verification(snapshot)
+        yield from self._distribution(snapshot)
+        yield from self._probe(snapshot)
+
+    def _meta(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """partkey_up, build info and server version."""
+        up = GaugeMetricFamily("partkey_up", "1 when the target's database answers, 0 when it cannot be reached.",
+                               labels=["target"])
+        for target in self.targets:
+            up.add_metric([target], 1.0 if snapshot.target_up.get(target) else 0.0)
+        yield up
+        build = GaugeMetricFamily("partkey_build_info", "Build information; always 1.", labels=["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
+        version = GaugeMetricFamily("partkey_postgres_version", "The target server's major version.",
+                                    labels=["target", "version"])
+        for target, (major, text) in snapshot.target_versions.items():
+            version.add_metric([target, text], float(major))
+        yield version
+
+    def _checks(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Per-check success, duration, freshness and interval."""
+        labels = ["target", "table", "check"]
+        success = GaugeMetricFamily("partkey_check_success", "1 when the last run of the check succeeded.", labels=labels)
+        duration = GaugeMetricFamily("partkey_check_duration_seconds", "Duration of the last run of the check.",
+                                     labels=labels)
+        last = GaugeMetricFamily("partkey_check_last_success_timestamp_seconds",
+                                 "Unix time of the check's last success.", labels=labels)
+        interval = GaugeMetricFamily("partkey_check_interval_seconds", "The check's configured interval.",
+                                     labels=labels)
+        for (target, table, check), result in sorted(snapshot.results.items()):
+            key = [target, table, check]
+            success.add_metric(key, 1.0 if result.success else 0.0)
+            duration.add_metric(key, result.duration_seconds)
+            interval.add_metric(key, result.interval_seconds)
+            if result.last_success_at is not None:
+                last.add_metric(key, result.last_success_at)
+        yield from (success, duration, last, interval)
+
+    def _implementation(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """The implementation state set and its attributes."""
+        impl = GaugeMetricFamily("partkey_key_implementation", "How the key is maintained (state set).",
+                                 labels=[*TT, "implementation"])
+        optimal = GaugeMetricFamily("partkey_key_implementation_optimal",
+                                    "1 when the method is the best this version and table shape allow.", labels=TT)
+        trigger = GaugeMetricFamily("partkey_key_trigger_enabled", "1 when every copy of the key trigger is enabled.",
+                                    labels=TT)
+        overflow = GaugeMetricFamily("partkey_key_formula_overflow",
+                                     "1 when a key formula takes abs(hashtext(x)), which raises on INT_MIN.", labels=TT)
+        partitions = GaugeMetricFamily("partkey_table_partitions", "Leaf partitions of the table.", labels=TT)
+        default = GaugeMetricFamily("partkey_table_default_partition", "1 when a DEFAULT partition exists.", labels=TT)
+        for (target, table, check), result in sorted(snapshot.results.items()):
+            info = result.payload
+            if check != "implementation" or not isinstance(info, Implementation):
+                continue
+            for method in METHODS:
+                impl.add_metric([target, table, method], 1.0 if info.method == method else 0.0)
+            optimal.add_metric([target, table], float(info.optimal))
+            if info.trigger_enabled is not None:
+                trigger.add_metric([target, table], float(info.trigger_enabled))
+            overflow.add_metric([target, table], float(info.formula_overflow))
+            partitions.add_metric([target, table], float(info.partition_count))
+            default.add_metric([target, table], float(info.has_default_partition))
+        yield from (impl, optimal, trigger, overflow, partitions, default)
+
+    def _verification(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Bad-row gauges per mode and the rows-verified counter."""
+        labels = [*TT, "mode"]
+        mismatched = GaugeMetricFamily("partkey_mismatched_rows",
+                                       "Rows whose key differs from the key expression.", labels=labels)
+        nulls = GaugeMetricFamily("partkey_null_key_rows", "Rows with a NULL key.", labels=labels)
+        errors = GaugeMetricFamily("partkey_expression_error_rows", "Rows whose key expression raises an error.",
+                                   labels=labels)
+        checked = GaugeMetricFamily("partkey_verification_rows_checked", "Rows the last run of the mode checked.",
+                                    labels=labels)
+        for (target, table, _check), result in sorted(snapshot.results.items()):
+            verdict = result.payload
+            if not isinstance(verdict, VerificationResult):
+                continue
+            key = [target, table, verdict.mode]
+            mismatched.add_metric(key, float(verdict.mismatched))
+            nulls.add_metric(key, float(verdict.null_keys))
+            errors.add_metric(key, float(verdict.expression_errors))
+            checked.add_metric(key, float(verdict.rows_checked))
+        total = CounterMetricFamily("partkey_rows_verified", "Rows checked since the exporter started.", labels=labels)
+        for key3, rows in sorted(snapshot.rows_verified.items()):
+            total.add_metric(list(key3), float(rows))
+        yield from (mismatched, nulls, errors, checked, total)
+
+    def _distribution(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Rows per partition and the skew figures, labelled with their source."""
+        labels = [*TT, "source"]
+        rows = GaugeMetricFamily("partkey_partition_rows", "Rows per partition.", labels=[*TT, "partition", "source"])
+        gauges = {
+            "table_rows": ("partkey_table_rows", "Rows in the whole table."),
+            "active": ("partkey_partitions_active", "Partitions with rows."),
+            "empty": ("partkey_partitions_empty", "Partitions without rows."),
+            "default_rows": ("partkey_default_partition_rows", "Rows in the DEFAULT partition."),
+            "avg": ("partkey_partition_rows_avg", "Average rows per partition."),
+            "max": ("partkey_partition_rows_max", "Rows in the fullest partition."),
+            "min": ("partkey_partition_rows_min", "Rows in the emptiest partition."),
+            "skew_ratio": ("partkey_partition_skew_ratio", "Max over average rows per partition."),
+            "cv": ("partkey_partition_rows_cv", "Coefficient of variation of rows per partition."),
+            "hot": ("partkey_partitions_hot", "Partitions above 1.2x the average."),
+            "cold": ("partkey_partitions_cold", "Partitions below 0.8x the average."),
+        }
+        families = {field: GaugeMetricFamily(name, text, labels=labels) for field, (name, text) in gauges.items()}
+        unknown = GaugeMetricFamily("partkey_partitions_unknown",
+                                    "Partitions whose statistics cannot tell their row count.", labels=TT)
+        for (target, table, _check), result in sorted(snapshot.results.items()):
+            spread = result.payload
+            if not isinstance(spread, Distribution):
+                continue
+            key = [target, table, spread.source]
+            for partition in spread.partitions:
+                if spread.partitioned and partition.rows is not None:
+                    rows.add_metric([target, table, partition.name, spread.source], float(partition.rows))
+            values = {
+                "table_rows": spread.total_rows,
+                "default_rows": spread.default_rows,
+                "avg": spread.avg, "max": spread.max, "min": spread.min,
+                "skew_ratio": spread.skew_ratio, "cv": spread.cv,
+            }
+            if spread.partitioned:
+                values.update(active=spread.active, empty=spread.empty, hot=spread.hot, cold=spread.cold)
+            else:
+                values = {"table_rows": spread.total_rows}
+            for field, value in values.items():
+                if value is not None:
+                    families[field].add_metric(key, finite(value))
+            if spread.source == "estimate":
+                unknown.add_metric([target, table], float(spread.unknown))
+        yield rows
+        yield from families.values()
+        yield unknown
+
+    def _probe(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """The probe latency histogram and its failure counter."""
+        histogram = HistogramMetricFamily("partkey_insert_probe_duration_seconds",
+                                          "INSERT latency of the synthetic, rolled-back row.", labels=TT)
+        failures = CounterMetricFamily("partkey_insert_probe_failures", "Insert probes that failed.", labels=TT)
+        for (target, table), state in sorted(snapshot.probe_histograms.items()):
+            buckets = [(str(bound), float(count)) for bound, count in zip(PROBE_BUCKETS, state.buckets, strict=True)]
+            buckets.append(("+Inf", float(state.count)))
+            histogram.add_metric([target, table], buckets, sum_value=state.total)
+            failures.add_metric([target, table], float(state.failures))
+        yield histogram
+        yield failures

@@ -1,0 +1,301 @@
+"""The exporter's configuration: pydantic models, YAML loading, ${ENV} expansion and located errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from exporter.keyspec import KeySpec
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as '500ms', '30s', '5m', '6h', '1d'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Identifier = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^\x00]+$")]
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CheckSettings(Strict):
+    """Schedule and limits of one check."""
+
+    enabled: bool = True
+    interval: Duration = 60.0
+    statement_timeout: Duration = 10.0
+
+
+class SampleSettings(CheckSettings):
+    """The sample verification also takes the share of pages to read."""
+
+    percent: float = Field(default=1.0, gt=0, le=100)
+
+
+class ProbeSettings(CheckSettings):
+    """The insert probe is off by default and needs INSERT privilege."""
+
+    enabled: bool = False
+    samples: int = Field(default=3, ge=1, le=100)
+    source_value: str = "00000000-0000-0000-0000-000000000000"
+    extra_values: dict[Identifier, str] = Field(default_factory=dict)
+
+
+class ChecksConfig(Strict):
+    """Every check of a table, with its defaults."""
+
+    implementation: CheckSettings = CheckSettings(interval=300, statement_timeout=5)
+    verification_incremental: CheckSettings = CheckSettings(interval=60, statement_timeout=10)
+    verification_sample: SampleSettings = SampleSettings(interval=300, statement_timeout=30)
+    verification_full: CheckSettings = CheckSettings(interval=21600, statement_timeout=600)
+    distribution: CheckSettings = CheckSettings(interval=60, statement_timeout=5)
+    distribution_exact: CheckSettings = CheckSettings(interval=3600, statement_timeout=600)
+    insert_probe: ProbeSettings = ProbeSettings(interval=60, statement_timeout=5)
+
+
+class TableConfig(Strict):
+    """One watched table and how its key must be computed."""
+
+    table: Identifier = "chunks"
+    schema_: Identifier = Field(default="public", alias="schema")
+    key_column: Identifier = "partition_key"
+    source_column: Identifier = "collection_id"
+    modulus: int = Field(default=100, ge=1, le=1_000_000)
+    key_expression: Literal["safe", "legacy"] = "safe"
+    monotonic_column: Identifier | None = None
+    examples_limit: int = Field(default=10, ge=0, le=1000)
+    checks: ChecksConfig = ChecksConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def spec(self) -> KeySpec:
+        """The key spec shared with the checks and migrations."""
+        return KeySpec(
+            table=self.table,
+            schema=self.schema_,
+            key_column=self.key_column,
+            source_column=self.source_column,
+            modulus=self.modulus,
+            formula=self.key_expression,
+        )
+
+    @property
+    def label(self) -> str:
+        """schema.table, as in metric labels."""
+        return self.spec.label
+
+
+class TargetConfig(Strict):
+    """One PostgreSQL database and the tables watched in it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    dsn: str | None = None
+    dsn_file: Path | None = None
+    connect_timeout: Duration = 5.0
+    lock_timeout: Duration = 1.0
+    tables: list[TableConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_dsn_source(self) -> TargetConfig:
+        """Exactly one of dsn and dsn_file, and each table once."""
+        if (self.dsn is None) == (self.dsn_file is None):
+            raise ValueError("give exactly one of dsn or dsn_file")
+        if self.dsn is not None:
+            _check_dsn(self.dsn)
+        labels = [table.label for table in self.tables]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"table listed twice: {', '.join(duplicates)}")
+        return self
+
+    def resolve_dsn(self) -> str:
+        """The DSN, read from dsn_file when given there."""
+        if self.dsn is not None:
+            return self.dsn
+        assert self.dsn_file is not None
+        try:
+            text = self.dsn_file.read_text().strip()
+        except OSError as error:
+            raise ConfigError([f"targets.{self.name}.dsn_file: cannot read {self.dsn_file}: {error.strerror}"]) from None
+        _check_dsn(text)
+        return text
+
+
+def _check_dsn(dsn: str) -> None:
+    """Reject a DSN libpq cannot parse, without echoing it (it may hold a password)."""
+    try:
+        conninfo_to_dict(dsn)
+    except Exception:
+        raise ValueError("dsn is not a valid PostgreSQL connection string or URI") from None
+
+
+class ListenConfig(Strict):
+    """Where the HTTP server listens, and its TLS settings."""
+
+    address: str = "127.0.0.1"
+    port: int = Field(default=19187, ge=0, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ListenConfig:
+        """A certificate needs its key, and client CAs need TLS."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
+
+
+class Config(Strict):
+    """The whole configuration file."""
+
+    listen: ListenConfig = ListenConfig()
+    admin_token_env: str | None = None
+    admin_token_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_workers: int = Field(default=4, ge=1, le=64)
+    targets: list[TargetConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Config:
+        """Target names label every metric, so they must be unique."""
+        names = [t.name for t in self.targets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"target name used twice: {', '.join(duplicates)}")
+        if self.admin_token_env is not None and self.admin_token_file is not None:
+            raise ValueError("give at most one of admin_token_env or admin_token_file")
+        return self
+
+    def admin_token(self) -> str | None:
+        """The bearer token for POST endpoints, from env or file; None when unset."""
+        if self.admin_token_env is not None:
+            token = os.environ.get(self.admin_token_env)
+            if not token:
+                raise ConfigError([f"admin_token_env: environment variable {self.admin_token_env} is not set"])
+            return token
+        if self.admin_token_file is not None:
+            try:
+                token = self.admin_token_file.read_text().strip()
+            except OSError as error:
+                raise ConfigError([f"admin_token_file: cannot read {self.admin_token_file}: {error.strerror}"]) from None
+            if not token:
+                raise ConfigError([f"admin_token_file: {self.admin_token_file} is empty"])
+            return token
+        return None
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, each with its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace ${NAME} in string values with the environment; a missing variable is a problem."""
+    if isinstance(node, dict):
+        return {key: _expand_env(value, f"{path}.{key}" if path else str(key), problems) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(value, f"{path}[{index}]", problems) for index, value in enumerate(node)]
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, node)
+    return node
+
+
+def _line_of(root: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
+    """The 1-based line in the YAML source where a pydantic error location points."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            if match is None:
+                break
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    """targets[0].tables[1].modulus from ('targets', 0, 'tables', 1, 'modulus')."""
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate YAML text; raise ConfigError listing every problem as 'source:line: where: what'."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the file must be a mapping with at least 'targets'"])
+    problems: list[str] = []
+    data = _expand_env(data, "", problems)
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        messages = []
+        for item in error.errors(include_url=False, include_input=False):
+            location = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            line = _line_of(root, location)
+            prefix = f"{source}:{line}" if line else source
+            messages.append(f"{prefix}: {_dotted(location)}: {item['msg']}")
+        raise ConfigError(messages) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read the file: {error.strerror}"]) from None
+    return parse_config(text, str(path))

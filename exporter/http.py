@@ -1,0 +1,261 @@
+"""HTTP endpoints: /metrics from the snapshot, health and report pages, and the plan's admin API."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import ssl
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.config import ListenConfig
+from exporter.daemon import BusyError, Exporter, UnknownTableError
+from exporter.report import overall_status, render_json, render_text
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
+GET_PATHS = {"/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report", "/"}
+POST_PATHS = {"/admin/partition/verify"}
+VERIFY_FIELDS = {"target", "table", "mode"}
+
+
+class RequestError(Exception):
+    """A bad request, with the status and message the client gets."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One request; the exporter is attached to the server."""
+
+    server: ExporterHTTPServer
+    timeout = SOCKET_TIMEOUT_SECONDS
+    server_version = f"partkey-exporter/{__version__}"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Access logs at debug level only."""
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        """Write a complete response."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, data: Any, headers: dict[str, str] | None = None) -> None:
+        """Write a JSON response."""
+        self._send(status, json.dumps(data, indent=2, default=str).encode() + b"\n", "application/json", headers)
+
+    def _error(self, error: RequestError) -> None:
+        """Write a JSON error with its message."""
+        headers = {"Allow": "POST"} if error.status == HTTPStatus.METHOD_NOT_ALLOWED and self.path_only in POST_PATHS \
+            else ({"Allow": "GET, HEAD"} if error.status == HTTPStatus.METHOD_NOT_ALLOWED else None)
+        if error.status == HTTPStatus.UNAUTHORIZED:
+            headers = {"WWW-Authenticate": "Bearer"}
+        self._json(error.status, {"error": error.message}, headers)
+
+    @property
+    def path_only(self) -> str:
+        """The request path without the query."""
+        return urlsplit(self.path).path
+
+    def _query(self) -> dict[str, str]:
+        """Query parameters; each may appear once."""
+        params = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        single = {}
+        for name, values in params.items():
+            if name not in {"format", "target", "table"}:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {name!r}")
+            if len(values) != 1:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"query parameter {name!r} given more than once")
+            single[name] = values[0]
+        fmt = single.get("format", "text")
+        if fmt not in {"text", "json"}:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"format must be text or json, got {fmt!r}")
+        return single
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        """Route GET and HEAD."""
+        try:
+            self._get()
+        except RequestError as error:
+            self._error(error)
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def _get(self) -> None:
+        """The GET routes."""
+        path = self.path_only
+        exporter = self.server.exporter
+        if path in POST_PATHS:
+            raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST")
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(HTTPStatus.OK, encoder(exporter.registry), content_type)
+        elif path == "/healthz":
+            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/readyz":
+            ready = exporter.ready()
+            status = HTTPStatus.OK if all(ready.values()) else HTTPStatus.SERVICE_UNAVAILABLE
+            self._json(status, {"ready": all(ready.values()), "targets": ready})
+        elif path in {"/report", "/admin/partition/health/report"}:
+            query = self._query()
+            healths = self._healths(query)
+            if query.get("format") == "json":
+                self._json(HTTPStatus.OK, {"status": overall_status(healths), "tables": [render_json(h) for h in healths]})
+            else:
+                body = "\n".join(render_text(h) for h in healths).encode()
+                self._send(HTTPStatus.OK, body, "text/plain; charset=utf-8")
+        elif path == "/admin/partition/health":
+            healths = self._healths(self._query())
+            status = overall_status(healths)
+            self._json(HTTPStatus.OK, {"status": status, "tables": [render_json(h) for h in healths]})
+        elif path == "/":
+            links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in sorted(GET_PATHS - {"/"}))
+            self._send(HTTPStatus.OK, f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
+                       "text/html; charset=utf-8")
+        else:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
+
+    def _healths(self, query: dict[str, str]) -> list[Any]:
+        """Health of the tables the query selects; unknown names give 404."""
+        try:
+            return self.server.exporter.health(query.get("target"), query.get("table"))
+        except UnknownTableError as error:
+            raise RequestError(HTTPStatus.NOT_FOUND, str(error)) from None
+
+    def do_POST(self) -> None:  # noqa: N802
+        """Route POST."""
+        try:
+            self._post()
+        except RequestError as error:
+            self._error(error)
+
+    def _post(self) -> None:
+        """POST /admin/partition/verify: token, body, one at a time per table."""
+        path = self.path_only
+        if path not in POST_PATHS:
+            status = HTTPStatus.METHOD_NOT_ALLOWED if path in GET_PATHS else HTTPStatus.NOT_FOUND
+            raise RequestError(status, f"{path} does not take POST" if path in GET_PATHS else f"no such path {path!r}")
+        body = self._read_body()
+        self._authorize()
+        request = self._parse_verify_body(body)
+        try:
+            result = self.server.exporter.verify_now(request.get("target"), request.get("table"), request["mode"])
+        except UnknownTableError as error:
+            raise RequestError(HTTPStatus.NOT_FOUND, str(error)) from None
+        except BusyError as error:
+            raise RequestError(HTTPStatus.CONFLICT, str(error)) from None
+        payload = result.payload.to_dict() if result.success and result.payload is not None else None
+        status = HTTPStatus.OK if result.success else HTTPStatus.BAD_GATEWAY
+        self._json(status, {"target": result.target, "table": result.table, "success": result.success,
+                            "error": result.error, "verification": payload})
+
+    def _read_body(self) -> bytes:
+        """The request body, refusing oversize or chunked ones."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length; chunked bodies are not accepted")
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+        if length < 0:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is negative")
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length) if length else b""
+
+    def _authorize(self) -> None:
+        """Check the bearer token in constant time when one is configured."""
+        token = self.server.exporter.admin_token
+        if token is None:
+            return
+        header = self.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+
+    @staticmethod
+    def _parse_verify_body(body: bytes) -> dict[str, Any]:
+        """An empty body or a JSON object with optional target, table and mode (default full)."""
+        if not body.strip():
+            data: Any = {}
+        else:
+            try:
+                data = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+        unknown = sorted(set(data) - VERIFY_FIELDS)
+        if unknown:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown field(s) in body: {', '.join(unknown)}")
+        for name in VERIFY_FIELDS & set(data):
+            if not isinstance(data[name], str):
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"field {name!r} must be a string")
+        mode = data.get("mode", "full")
+        if mode not in {"full", "sample", "incremental"}:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"mode must be full, sample or incremental, got {mode!r}")
+        data["mode"] = mode
+        return data
+
+    def _not_allowed(self) -> None:
+        """PUT, DELETE, PATCH and friends."""
+        allowed = "POST" if self.path_only in POST_PATHS else "GET, HEAD"
+        self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed"}, {"Allow": allowed})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, so a slow client never blocks a scrape."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, exporter: Exporter, listen: ListenConfig) -> None:
+        self.exporter = exporter
+        super().__init__((listen.address, listen.port), Handler)
+        if listen.tls_cert_file is not None and listen.tls_key_file is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(str(listen.tls_cert_file), str(listen.tls_key_file))
+            if listen.tls_client_ca_file is not None:
+                context.load_verify_locations(str(listen.tls_client_ca_file))
+                context.verify_mode = ssl.CERT_REQUIRED
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    @property
+    def url(self) -> str:
+        """The base URL the server answers on."""
+        host, port = self.server_address[:2]
+        scheme = "https" if isinstance(self.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://{host!s}:{port}"
+
+
+def serve_in_thread(exporter: Exporter, listen: ListenConfig) -> tuple[ExporterHTTPServer, threading.Thread]:
+    """Start the HTTP server in a background thread."""
+    server = ExporterHTTPServer(exporter, listen)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return server, thread

@@ -1,0 +1,141 @@
+"""Immutable check results and the store that swaps them in whole; scrapes only read from here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+CHECK_NAMES: tuple[str, ...] = (
+    "implementation",
+    "verification_incremental",
+    "verification_sample",
+    "verification_full",
+    "distribution",
+    "distribution_exact",
+    "insert_probe",
+)
+
+# Probe latency buckets in seconds: a local INSERT takes ~0.1-1 ms, a contended one much longer.
+PROBE_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The latest run of one check on one table; payload is from the last successful run."""
+
+    target: str
+    table: str
+    check: str
+    success: bool
+    duration_seconds: float
+    finished_at: float
+    last_success_at: float | None
+    interval_seconds: float
+    error: str | None = None
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class HistogramState:
+    """Cumulative bucket counts of the probe latency histogram."""
+
+    buckets: tuple[int, ...] = (0,) * len(PROBE_BUCKETS)
+    count: int = 0
+    total: float = 0.0
+    failures: int = 0
+
+    def observe(self, values: list[float], failures: int) -> HistogramState:
+        """A new state with the values added."""
+        buckets = list(self.buckets)
+        for value in values:
+            for index, bound in enumerate(PROBE_BUCKETS):
+                if value <= bound:
+                    buckets[index] += 1
+        return HistogramState(
+            buckets=tuple(buckets),
+            count=self.count + len(values),
+            total=self.total + sum(values),
+            failures=self.failures + failures,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything /metrics shows, at one instant."""
+
+    results: Mapping[tuple[str, str, str], CheckResult] = field(default_factory=dict)
+    rows_verified: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    probe_histograms: Mapping[tuple[str, str], HistogramState] = field(default_factory=dict)
+    target_up: Mapping[str, bool] = field(default_factory=dict)
+    target_versions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+
+class SnapshotStore:
+    """Holds the current Snapshot; writers build a new one and swap it in under a lock, readers never wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+
+    @property
+    def current(self) -> Snapshot:
+        """The latest snapshot (an immutable object: safe to read without a lock)."""
+        return self._snapshot
+
+    def publish(
+        self,
+        result: CheckResult,
+        *,
+        rows_verified: tuple[str, int] | None = None,
+        probe: tuple[list[float], int] | None = None,
+        up: bool | None = None,
+        version: tuple[int, str] | None = None,
+    ) -> None:
+        """Swap in a new snapshot with this result and its side effects on the cumulative series."""
+        with self._lock:
+            old = self._snapshot
+            results = dict(old.results)
+            results[(result.target, result.table, result.check)] = result
+            verified = dict(old.rows_verified)
+            if rows_verified is not None:
+                mode, rows = rows_verified
+                key = (result.target, result.table, mode)
+                verified[key] = verified.get(key, 0) + rows
+            histograms = dict(old.probe_histograms)
+            if probe is not None:
+                key2 = (result.target, result.table)
+                histograms[key2] = histograms.get(key2, HistogramState()).observe(*probe)
+            target_up = dict(old.target_up)
+            if up is not None:
+                target_up[result.target] = up
+            versions = dict(old.target_versions)
+            if version is not None:
+                versions[result.target] = version
+            self._snapshot = Snapshot(
+                results=MappingProxyType(results),
+                rows_verified=MappingProxyType(verified),
+                probe_histograms=MappingProxyType(histograms),
+                target_up=MappingProxyType(target_up),
+                target_versions=MappingProxyType(versions),
+            )
+
+    def set_up(self, target: str, up: bool) -> None:
+        """Record a target's reachability without a check result."""
+        with self._lock:
+            old = self._snapshot
+            target_up = dict(old.target_up)
+            target_up[target] = up
+            self._snapshot = Snapshot(
+                results=old.results,
+                rows_verified=old.rows_verified,
+                probe_histograms=old.probe_histograms,
+                target_up=MappingProxyType(target_up),
+                target_versions=old.target_versions,
+            )
+
+    def latest(self, target: str, table: str, check: str) -> CheckResult | None:
+        """The latest result of one check."""
+        return self._snapshot.results.get((target, table, check))

@@ -1,0 +1,144 @@
+"""One long-lived connection per target, with server-side timeouts, reconnect backoff and an honest up state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from exporter.secrets import dsn_password, scrub
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "partkey-exporter"
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class TargetUnavailableError(Exception):
+    """The target cannot be reached now; the message says why and when we try again."""
+
+
+class Target:
+    """A database we watch: its connection is shared by all its checks, one query at a time."""
+
+    def __init__(self, name: str, dsn: str, *, connect_timeout: float = 5.0, lock_timeout: float = 1.0) -> None:
+        self.name = name
+        self._dsn = dsn
+        self._secrets = [s for s in [dsn_password(dsn)] if s]
+        self.connect_timeout = connect_timeout
+        self.lock_timeout = lock_timeout
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._failures = 0
+        self._next_attempt = 0.0
+        self.up: bool | None = None
+        self.last_error: str | None = None
+        self.server_version: int | None = None
+        self.server_version_text: str | None = None
+
+    def scrub(self, text: str) -> str:
+        """Remove this target's password from a message."""
+        return scrub(text, self._secrets)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """Open the connection: read-only by default, short lock waits, keepalives on."""
+        options = (
+            f"-c default_transaction_read_only=on -c lock_timeout={int(self.lock_timeout * 1000)} "
+            "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"
+        )
+        conn = psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            application_name=APPLICATION_NAME,
+            connect_timeout=max(1, round(self.connect_timeout)),
+            options=options,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+        self.server_version = conn.info.server_version
+        row = conn.execute("SHOW server_version").fetchone()
+        self.server_version_text = str(row[0]).split()[0] if row else None
+        return conn
+
+    def _mark_down(self, error: BaseException) -> None:
+        """Record a failure, schedule the next attempt, and log only on the change of state."""
+        self._failures += 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (self._failures - 1))
+        self._next_attempt = time.monotonic() + delay
+        message = self.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        if self.up is not False:
+            log.error("target %s is down: %s (retrying with backoff up to %.0fs)", self.name, message, MAX_BACKOFF_SECONDS)
+        else:
+            log.debug("target %s still down: %s (next attempt in %.0fs)", self.name, message, delay)
+        self.up = False
+        self.last_error = message
+
+    def _mark_up(self) -> None:
+        """Record that the connection works again."""
+        if self.up is False:
+            log.warning("target %s is back up after %d failed attempts", self.name, self._failures)
+        self.up = True
+        self._failures = 0
+        self.last_error = None
+
+    @contextmanager
+    def session(self, blocking: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """Lend the connection to one check at a time; reconnect when it broke, with backoff."""
+        acquired = self._lock.acquire(blocking=blocking)
+        if not acquired:
+            raise TargetUnavailableError(f"target {self.name} is busy")
+        try:
+            conn = self._ensure_connection()
+            try:
+                yield conn
+            except psycopg.OperationalError as error:
+                if conn.closed or conn.broken:
+                    self._drop_connection()
+                    self._mark_down(error)
+                raise
+            else:
+                self._mark_up()
+        finally:
+            self._lock.release()
+
+    def _ensure_connection(self) -> psycopg.Connection[Any]:
+        """The open connection, or a new one; raise TargetUnavailableError while backing off."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._drop_connection()
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            raise TargetUnavailableError(f"target {self.name} is down: {self.last_error} (next attempt in {wait:.0f}s)")
+        try:
+            self._conn = self._connect()
+        except psycopg.Error as error:
+            self._mark_down(error)
+            raise TargetUnavailableError(f"target {self.name} is down: {self.last_error}") from None
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        """Close a connection that is no longer usable."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        """Close the connection for good (on shutdown)."""
+        with self._lock:
+            self._drop_connection()
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server pid of our connection, for tests and diagnostics."""
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and not conn.closed else None
