@@ -1,0 +1,141 @@
+"""Shared pieces of the generated dashboards: datasource, variables, queries and panel defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+# The scrape job the rules, dashboards and prometheus.yml agree on; `up` is the only series not ours.
+EXPORTER_JOB = "partkey-exporter"
+
+# Every panel and query points at the dashboard variable, never at a fixed datasource uid,
+# so the JSON imports into any Grafana whatever its Prometheus datasource is called.
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+# Label matchers every panel query starts from; $target/$table are multi-value, hence =~.
+TARGET = 'target=~"$target"'
+TARGET_TABLE = 'target=~"$target", table=~"$table"'
+
+P = TypeVar("P", bound=db.Panel)
+
+
+def datasource_variable() -> db.DatasourceVariable:
+    """The $datasource variable: any Prometheus datasource."""
+    return db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def target_variable() -> db.QueryVariable:
+    """The $target variable: targets the exporter reports on."""
+    return (
+        db.QueryVariable("target")
+        .label("Target")
+        .description("Configured target name (a database).")
+        .datasource(DATASOURCE)
+        .query("label_values(partkey_up, target)")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+    )
+
+
+def table_variable() -> db.QueryVariable:
+    """The $table variable: watched tables of the selected targets."""
+    # partkey_check_success exists for every table as soon as any check ran once.
+    return (
+        db.QueryVariable("table")
+        .label("Table")
+        .description("Watched table, schema.table.")
+        .datasource(DATASOURCE)
+        .query('label_values(partkey_check_success{target=~"$target"}, table)')
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+    )
+
+
+def source_variable() -> db.CustomVariable:
+    """The $source variable: statistics estimate (every minute) or exact count (hourly)."""
+    return (
+        db.CustomVariable("source")
+        .label("Row source")
+        .description("estimate = pg_class/pg_stat statistics, cheap and frequent; exact = count(*), slow.")
+        .values("estimate,exact")
+        .current(dm.VariableOption(selected=True, text="estimate", value="estimate"))
+    )
+
+
+def query(
+    expr: str,
+    ref: str,
+    legend: str = "",
+    *,
+    instant: bool = False,
+    fmt: PromQueryFormat | None = None,
+) -> prometheus.Dataquery:
+    """A Prometheus query on $datasource with an explicit refId (the SDK leaves it empty otherwise)."""
+    q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if legend:
+        q = q.legend_format(legend)
+    q = q.instant() if instant else q.range()
+    if fmt is not None:
+        q = q.format(fmt)
+    return q
+
+
+def finish(
+    panel: P, title: str, description: str, queries: Iterable[prometheus.Dataquery], w: int, h: int
+) -> P:
+    """Set the fields every panel must have: title, what-to-do description, datasource, queries, size."""
+    panel = panel.title(title).description(description).datasource(DATASOURCE).span(w).height(h)
+    for q in queries:
+        panel = panel.with_target(q)
+    return panel
+
+
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    """Absolute thresholds from (value, color) pairs; the first value is None (the base)."""
+    return (
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def value_text(mapping: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:
+    """Value-to-text mappings, e.g. {'1': ('UP', 'green')}."""
+    return [
+        dm.ValueMap(
+            options={
+                value: dm.ValueMappingResult(text=text, color=color, index=index)
+                for index, (value, (text, color)) in enumerate(mapping.items())
+            }
+        )
+    ]
+
+
+def new_dashboard(
+    uid: str, title: str, description: str, variables: list[db.QueryVariable | db.CustomVariable]
+) -> db.Dashboard:
+    """A dashboard with the shared settings and the $datasource variable first."""
+    board = (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["partkey", "postgresql"])
+        .editable()
+        .time("now-6h", "now")
+        .refresh("1m")
+        .timezone("browser")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .with_variable(datasource_variable())
+    )
+    for variable in variables:
+        board = board.with_variable(variable)
+    return board
