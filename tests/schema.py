@@ -16,10 +16,14 @@ $$ LANGUAGE plpgsql
 """
 
 # hashtext() of this uuid's text is exactly INT_MIN (-2147483648) on every version: found by brute force in C,
-# checked on the server. abs(hashtext(x)) raises 'integer out of range' for it; abs(hashtext(x) % 100) gives 48.
+# checked on the server. abs(hashtext(x)) raises 'integer out of range' for it;
+# abs(hashtext(x) % 100) gives 48.
 INT_MIN_COLLECTION_ID = "00000000-0000-4000-8000-0001456ed970"
 
 SAFE = "abs(hashtext(collection_id::text) % {modulus})"
+
+# A fresh random uuid per row on every version: gen_random_uuid() is core only from PostgreSQL 13.
+RANDOM_UUID = "md5(random()::text || clock_timestamp()::text)::uuid"
 
 
 def create_list_table(
@@ -44,7 +48,8 @@ def create_list_table(
     )
     for key in range(modulus):
         conn.execute(
-            f"CREATE TABLE {schema}.{table}_part_{key:02d} PARTITION OF {schema}.{table} FOR VALUES IN ({key})"
+            f"CREATE TABLE {schema}.{table}_part_{key:02d} PARTITION OF {schema}.{table} "
+            f"FOR VALUES IN ({key})"
         )
     if default_partition:
         conn.execute(f"CREATE TABLE {schema}.{table}_default PARTITION OF {schema}.{table} DEFAULT")

@@ -9,14 +9,22 @@ import pytest
 
 from exporter.keyspec import KeySpec
 from exporter.verify import Verifier, current_watermark
-from tests.schema import INT_MIN_COLLECTION_ID, create_list_table, create_plain_table, insert_rows
+from tests.schema import (
+    INT_MIN_COLLECTION_ID,
+    RANDOM_UUID,
+    create_list_table,
+    create_plain_table,
+    insert_rows,
+)
 
+pytestmark = pytest.mark.versioned("verification")
 
 
 def _stale_keys(conn: psycopg.Connection[Any], count: int) -> None:
     """Move collection ids under existing rows without fixing the key, as production drift does."""
     conn.execute(
-        f"UPDATE chunks SET collection_id = gen_random_uuid() WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT {count})"
+        f"UPDATE chunks SET collection_id = {RANDOM_UUID} "
+        f"WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT {count})"
     )
 
 
@@ -44,23 +52,29 @@ def test_null_keys_and_expression_errors_counted_apart(conn: psycopg.Connection[
     conn.execute("UPDATE chunks SET partition_key = 99 WHERE id IN (10, 11)")
     spec = KeySpec(modulus=10)
     result = Verifier(conn, spec, primary_key=("id",)).run("full")
-    assert (result.rows_checked, result.null_keys, result.mismatched, result.expression_errors) == (300, 3, 2, 0)
+    counts = (result.rows_checked, result.null_keys, result.mismatched, result.expression_errors)
+    assert counts == (300, 3, 2, 0)
     assert {e.primary_key["id"] for e in result.examples if e.kind == "null"} == {"1", "2", "3"}
 
 
 def test_incremental_sees_only_new_rows(conn: psycopg.Connection[Any]) -> None:
     create_list_table(conn, modulus=10, trigger=None)
     insert_rows(conn, 500, modulus=10)
-    conn.execute("UPDATE chunks SET collection_id = gen_random_uuid() WHERE id <= 50")
+    conn.execute(f"UPDATE chunks SET collection_id = {RANDOM_UUID} WHERE id <= 50")
     spec = KeySpec(modulus=10)
     verifier = Verifier(conn, spec)
     first = current_watermark(conn, spec, "id")
     insert_rows(conn, 200, modulus=10)
-    conn.execute("INSERT INTO chunks (collection_id, partition_key) SELECT gen_random_uuid(), 3 FROM generate_series(1, 40)")
+    conn.execute(
+        f"INSERT INTO chunks (collection_id, partition_key) "
+        f"SELECT {RANDOM_UUID}, 3 FROM generate_series(1, 40)"
+    )
     upto = current_watermark(conn, spec, "id")
     result = verifier.run("incremental", watermark_column="id", after=first, upto=upto)
     wrong_new = conn.execute(
-        "SELECT count(*) FROM chunks WHERE id > %s AND partition_key <> abs(hashtext(collection_id::text) %% 10)", (first,)
+        "SELECT count(*) FROM chunks "
+        "WHERE id > %s AND partition_key <> abs(hashtext(collection_id::text) %% 10)",
+        (first,),
     ).fetchone()[0]
     assert result.rows_checked == 240
     assert result.mismatched == wrong_new
