@@ -105,7 +105,7 @@ def test_generated_strings_cover_what_they_claim() -> None:
     assert all("\x00" not in s for s in strings)
 
 
-@pytest.mark.versioned
+@pytest.mark.versioned("hashtext agreement")
 def test_agrees_with_server_on_10k_strings(conn: psycopg.Connection[Any]) -> None:
     assert conn.execute("SHOW server_encoding").fetchone() == ("UTF8",)
     strings = generated_strings()
@@ -115,14 +115,14 @@ def test_agrees_with_server_on_10k_strings(conn: psycopg.Connection[Any]) -> Non
     assert mismatches == []
 
 
-@pytest.mark.versioned
+@pytest.mark.versioned("hashtext agreement")
 def test_vectors_on_server(conn: psycopg.Connection[Any]) -> None:
     texts = [text for text, _ in VECTORS]
     rows = conn.execute("SELECT hashtext(x)" + IN_ORDER, (texts,))
     assert [r[0] for r in rows.fetchall()] == [expected for _, expected in VECTORS]
 
 
-@pytest.mark.versioned
+@pytest.mark.versioned("hashtext agreement")
 @pytest.mark.parametrize("modulus", [100, 7, 1000])
 def test_partition_for_agrees_with_server_safe_formula(conn: psycopg.Connection[Any], modulus: int) -> None:
     strings = generated_strings(3000, seed=modulus)
@@ -130,14 +130,14 @@ def test_partition_for_agrees_with_server_safe_formula(conn: psycopg.Connection[
     assert [r[0] for r in rows] == [partition_for(s, modulus) for s in strings]
 
 
-@pytest.mark.versioned
+@pytest.mark.versioned("hashtext agreement")
 def test_partition_for_agrees_with_server_legacy_formula(conn: psycopg.Connection[Any]) -> None:
     strings = [s for s in generated_strings(3000, seed=7) if s != INT_MIN_COLLECTION_ID]
     rows = conn.execute("SELECT abs(hashtext(x)) %% 100" + IN_ORDER, (strings,)).fetchall()
     assert [r[0] for r in rows] == [partition_for(s, formula="legacy") for s in strings]
 
 
-@pytest.mark.versioned
+@pytest.mark.versioned("hashtext agreement")
 def test_int_min_on_server(conn: psycopg.Connection[Any]) -> None:
     safe = conn.execute("SELECT hashtext(x), abs(hashtext(x) %% 100) FROM (SELECT %s::text AS x) s",
                         (INT_MIN_COLLECTION_ID,)).fetchone()

@@ -1,0 +1,1 @@
+"""The PostgreSQL 11-18 version matrix: make test-matrix."""
