@@ -1,0 +1,1 @@
+"""partkey-migrate: replace the partition-key trigger (DB-003) online, per table shape and PG version."""

@@ -1,0 +1,179 @@
+"""Catalog reads the migration needs beyond detect(): dependent PK/indexes, trigger functions, sizes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from exporter.introspect import Implementation
+from exporter.keyspec import KeySpec
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """A PK, UNIQUE/EXCLUDE constraint or index that DROP COLUMN of the key would silently remove."""
+
+    name: str
+    kind: str  # 'constraint' or 'index'
+    definition: str  # pg_get_constraintdef for constraints, pg_get_indexdef for indexes
+
+    def recreate(self, table: sql.Identifier) -> sql.Composed:
+        """The statement that re-creates it exactly as the catalog described it."""
+        if self.kind == "constraint":
+            # The definition text comes from pg_get_constraintdef, so it is valid SQL as it stands.
+            return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                table, sql.Identifier(self.name), sql.SQL(self.definition)
+            )
+        return sql.Composed([sql.SQL(self.definition)])
+
+
+@dataclass(frozen=True)
+class KeyTrigger:
+    """One key trigger as the catalog has it, enough to drop it and to put it back."""
+
+    name: str
+    schema: str
+    relation: str
+    function_schema: str
+    function_name: str
+    on_parent: bool
+
+
+@dataclass(frozen=True)
+class TableSize:
+    """Bytes and estimated rows across all leaf relations."""
+
+    heap_bytes: int
+    total_bytes: int
+    rows: int
+    index_count: int
+
+
+def table_oid(conn: psycopg.Connection[Any], spec: KeySpec) -> int:
+    """The table's OID."""
+    row = conn.execute("SELECT %s::regclass::oid", (spec.table_ident.as_string(conn),)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def column_number(conn: psycopg.Connection[Any], oid: int, column: str) -> int | None:
+    """attnum of a live column, or None."""
+    row = conn.execute(
+        "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s"
+        " AND attnum > 0 AND NOT attisdropped",
+        (oid, column),
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def key_dependents(
+    conn: psycopg.Connection[Any], spec: KeySpec, column: str | None = None
+) -> list[Dependent]:
+    """Constraints and indexes on the table that use the column: exactly what DROP COLUMN removes."""
+    oid = table_oid(conn, spec)
+    attnum = column_number(conn, oid, column or spec.key_column)
+    if attnum is None:
+        return []
+    rows = conn.execute(
+        """SELECT DISTINCT 'constraint' AS kind, c.conname AS name, pg_get_constraintdef(c.oid) AS definition,
+                  c.contype = 'p' AS is_pk
+           FROM pg_depend d JOIN pg_constraint c ON d.classid = 'pg_constraint'::regclass AND c.oid = d.objid
+           WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND d.refobjsubid = %(att)s
+             AND c.conrelid = %(oid)s
+           UNION
+           SELECT DISTINCT 'index', i.relname, pg_get_indexdef(i.oid), false
+           FROM pg_depend d JOIN pg_class i ON d.classid = 'pg_class'::regclass AND i.oid = d.objid
+           JOIN pg_index x ON x.indexrelid = i.oid
+           WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND d.refobjsubid = %(att)s
+             AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid AND c.conrelid = %(oid)s)
+           ORDER BY 4 DESC, 1, 2""",
+        {"oid": oid, "att": attnum},
+    ).fetchall()
+    return [Dependent(name=r[1], kind=r[0], definition=r[2]) for r in rows]
+
+
+def index_definitions(conn: psycopg.Connection[Any], spec: KeySpec) -> dict[str, str]:
+    """Every index on the table (not its partitions), by name: the catalog's own CREATE INDEX text."""
+    rows = conn.execute(
+        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "WHERE x.indrelid = %s ORDER BY 1",
+        (table_oid(conn, spec),),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def constraint_definitions(conn: psycopg.Connection[Any], spec: KeySpec) -> dict[str, str]:
+    """Every constraint on the table, by name, as pg_get_constraintdef prints it."""
+    rows = conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s ORDER BY 1",
+        (table_oid(conn, spec),),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def key_triggers(conn: psycopg.Connection[Any], spec: KeySpec, impl: Implementation) -> list[KeyTrigger]:
+    """The key triggers detect() found, with their functions' schemas; clones of a parent trigger left out."""
+    wanted = {(t.relation, t.name) for t in impl.triggers}
+    version_clone = "t.tgparentid <> 0" if impl.major >= 13 else "false"
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            sql.SQL(
+                """SELECT t.tgname, n.nspname, c.relname, pn.nspname AS fschema, p.proname,
+                          c.oid = %(oid)s AS on_parent, {clone} AS is_clone
+                   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
+                   WHERE NOT t.tgisinternal ORDER BY c.relname, t.tgname"""
+            ).format(clone=sql.SQL(version_clone)),
+            {"oid": table_oid(conn, spec)},
+        ).fetchall()
+    return [
+        KeyTrigger(
+            name=r["tgname"],
+            schema=r["nspname"],
+            relation=r["relname"],
+            function_schema=r["fschema"],
+            function_name=r["proname"],
+            on_parent=bool(r["on_parent"]),
+        )
+        for r in rows
+        if (r["relname"], r["tgname"]) in wanted and not r["is_clone"]
+    ]
+
+
+def function_in_use(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
+    """How many triggers (any table) call the zero-argument function schema.name()."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s",
+        (schema, name),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def table_size(conn: psycopg.Connection[Any], spec: KeySpec) -> TableSize:
+    """Sizes summed over the table and all its partitions, and the planner's row estimate."""
+    row = conn.execute(
+        """WITH RECURSIVE tree(relid) AS (
+               SELECT %(oid)s::oid
+               UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)
+           SELECT coalesce(sum(pg_table_size(c.oid)) FILTER (WHERE c.relkind = 'r'), 0),
+                  coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relkind = 'r'), 0),
+                  coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind = 'r'), 0),
+                  (SELECT count(*) FROM pg_index WHERE indrelid = %(oid)s)
+           FROM tree JOIN pg_class c ON c.oid = tree.relid""",
+        {"oid": table_oid(conn, spec)},
+    ).fetchone()
+    assert row is not None
+    return TableSize(
+        heap_bytes=int(row[0]), total_bytes=int(row[1]), rows=int(row[2]), index_count=int(row[3])
+    )
+
+
+def as_json(items: list[Any]) -> list[dict[str, Any]]:
+    """Dataclasses as JSON-ready dictionaries, for the state table."""
+    return [asdict(item) for item in items]

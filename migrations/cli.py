@@ -1,0 +1,184 @@
+"""partkey-migrate: status, plan, upgrade, downgrade, verify and repair for one table's partition key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from exporter.keyspec import KeySpec
+from migrations import render, runner
+from migrations.connect import UsageError, connect, redact
+from migrations.errors import RefusedError
+from migrations.options import Options, parse_table
+from migrations.repair import repair
+from migrations.retry import LockRetriesExhausted
+from migrations.runlock import RunInProgressError
+from migrations.status import lines as status_lines
+from migrations.status import status
+from migrations.strategy import STRATEGIES
+from migrations.verification import describe, verify_full
+
+log = logging.getLogger("partkey-migrate")
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line; the connection, table and timeout options are accepted by every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("table and connection")
+    group.add_argument(
+        "--dsn", default=os.environ.get("PARTKEY_DSN", ""), help="libpq DSN or URI (default: $PARTKEY_DSN)"
+    )
+    group.add_argument("--table", default="public.chunks", help="[schema.]table (default: public.chunks)")
+    group.add_argument("--key-column", default="partition_key")
+    group.add_argument("--source-column", default="collection_id")
+    group.add_argument("--modulus", type=_positive_int, default=100)
+    limits = common.add_argument_group("time limits")
+    limits.add_argument("--lock-timeout", type=_positive_float, default=1.0, help="seconds per lock wait (1)")
+    limits.add_argument(
+        "--max-attempts", type=_positive_int, default=10, help="tries per step on lock timeout"
+    )
+    limits.add_argument(
+        "--statement-timeout", type=_positive_float, default=300.0, help="seconds per DDL statement (300)"
+    )
+    limits.add_argument(
+        "--scan-timeout",
+        type=_positive_float,
+        default=3600.0,
+        help="seconds for VALIDATE and verification scans (3600)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log every step's progress")
+    common.add_argument("--json", action="store_true", help="machine-readable output (status, plan, verify)")
+
+    top = argparse.ArgumentParser(prog="partkey-migrate", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", parents=[common], help="version, shape, implementation, state, strategy")
+    plan = commands.add_parser(
+        "plan", parents=[common], help="every statement upgrade (or downgrade) would run"
+    )
+    plan.add_argument("--sql", action="store_true", help="print a runnable psql script (offline mode)")
+    plan.add_argument("--downgrade", action="store_true", help="plan the downgrade instead")
+    plan.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    up = commands.add_parser("upgrade", parents=[common], help="replace the trigger (resumable)")
+    up.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    up.add_argument("--measure", action="store_true", help="INSERT latency before/after on scratch copies")
+    up.add_argument("--dry-run", action="store_true", help="verify and print the plan; change nothing")
+    down = commands.add_parser("downgrade", parents=[common], help="back to the trigger (safe formula)")
+    down.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    commands.add_parser("verify", parents=[common], help="count wrong keys; exit 1 when any")
+    rep = commands.add_parser("repair", parents=[common], help="fix wrong keys in batches")
+    rep.add_argument("--batch-size", type=_positive_int, default=1000)
+    return top
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    """Options from parsed arguments."""
+    schema, table = parse_table(args.table)
+    spec = KeySpec(
+        table=table,
+        schema=schema,
+        key_column=args.key_column,
+        source_column=args.source_column,
+        modulus=args.modulus,
+    )
+    return Options(
+        spec=spec,
+        lock_timeout=args.lock_timeout,
+        statement_timeout=args.statement_timeout,
+        scan_timeout=args.scan_timeout,
+        max_attempts=args.max_attempts,
+        batch_size=getattr(args, "batch_size", 1000),
+    )
+
+
+def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Options) -> int:
+    """Dispatch one command; returns the exit code."""
+    if args.command == "status":
+        report = status(conn, options)
+        print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))
+        return 0
+    if args.command == "plan":
+        if args.downgrade:
+            _, plan = runner.build_downgrade(conn, options)
+        else:
+            _, plan = runner.build_upgrade(conn, options, args.strategy)
+        if args.sql:
+            sys.stdout.write(render.plan_script(conn, plan, options))
+        elif args.json:
+            print(json.dumps(plan.to_dict(conn), indent=2))
+        else:
+            print("\n".join(render.plan_lines(conn, plan)))
+        return 0
+    if args.command == "upgrade":
+        return runner.upgrade(conn, options, args.strategy, dry_run=args.dry_run, measure=args.measure).code
+    if args.command == "downgrade":
+        return runner.downgrade(conn, options, dry_run=args.dry_run).code
+    if args.command == "verify":
+        impl = runner.inspect(conn, options)
+        result = verify_full(conn, options, impl)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            print("\n".join(describe(result)))
+            if not result.clean:
+                print("wrong keys found: run partkey-migrate repair")
+        return 0 if result.clean else 1
+    if args.command == "repair":
+        return repair(conn, options).code
+    raise UsageError(f"unknown command {args.command}")  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit 0 ok, 1 wrong keys found or refused, 2 usage or connection error."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="partkey-migrate: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("partkey-migrate").setLevel(logging.INFO)
+    try:
+        options = options_from(args)
+        with connect(args.dsn) as conn:
+            return run(args, conn, options)
+    except UsageError as error:
+        print(f"partkey-migrate: error: {error}", file=sys.stderr)
+        return 2
+    except (RefusedError, RunInProgressError, LockRetriesExhausted) as error:
+        print(f"partkey-migrate: {error}", file=sys.stderr)
+        return 1
+    except psycopg.Error as error:
+        message = redact(
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, args.dsn
+        )
+        print(f"partkey-migrate: database error: {message}", file=sys.stderr)
+        return 2 if isinstance(error, psycopg.OperationalError) else 1
+    except ValueError as error:
+        print(f"partkey-migrate: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""What one partkey-migrate run is told: the table, the formula's inputs, and its time limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.keyspec import KeySpec
+
+APPLICATION_NAME = "partkey-migrate"
+STATE_TABLE = "partkey_migration_state"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Timeouts and retry bounds; defaults follow the safe-migration tools (migration-notes.md)."""
+
+    spec: KeySpec = field(default_factory=KeySpec)
+    lock_timeout: float = 1.0
+    statement_timeout: float = 300.0
+    scan_timeout: float = 3600.0
+    max_attempts: int = 10
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    batch_size: int = 1000
+
+    @property
+    def new_column(self) -> str:
+        """The temporary name of the generated column while both columns exist."""
+        return f"{self.spec.key_column}_new"
+
+    @property
+    def old_column(self) -> str:
+        """The temporary name of the plain column a downgrade fills before the swap back."""
+        return f"{self.spec.key_column}_old"
+
+    @property
+    def check_name(self) -> str:
+        """The name of the CHECK constraint the check strategy adds."""
+        return f"{self.spec.table}_{self.spec.key_column}_check"
+
+
+def parse_table(value: str) -> tuple[str, str]:
+    """Split 'schema.table' (or 'table', meaning public) into its two parts."""
+    schema, _, table = value.rpartition(".")
+    return (schema or "public"), table
+
+
+def milliseconds(seconds: float) -> str:
+    """A PostgreSQL duration setting; 0 means no limit."""
+    return f"{round(seconds * 1000)}ms"

@@ -1,0 +1,424 @@
+"""Build upgrade and downgrade plans from the catalog as it is now, so a resumed run skips what is done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from exporter.introspect import Implementation
+from migrations import sqlgen
+from migrations.catalog import (
+    Dependent,
+    KeyTrigger,
+    TableSize,
+    as_json,
+    column_number,
+    constraint_definitions,
+    index_definitions,
+    key_dependents,
+    key_triggers,
+    table_oid,
+    table_size,
+)
+from migrations.options import Options
+from migrations.steps import (
+    BRIEF_SECONDS,
+    VALIDATE_SECONDS_PER_GB,
+    Plan,
+    Statement,
+    Step,
+    human_bytes,
+    human_seconds,
+    index_estimate,
+    rewrite_estimate,
+    scan_estimate,
+)
+from migrations.strategy import Strategy
+
+DEFAULT_TRIGGER = "set_partition_key"
+DEFAULT_FUNCTION = "compute_partition_key"
+
+
+def column_type(conn: psycopg.Connection[Any], oid: int, column: str) -> tuple[str, bool]:
+    """The column's SQL type as format_type prints it, and whether it is NOT NULL."""
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+        "WHERE attrelid = %s AND attname = %s AND NOT attisdropped",
+        (oid, column),
+    ).fetchone()
+    return (str(row[0]), bool(row[1])) if row else ("integer", False)
+
+
+def capture(conn: psycopg.Connection[Any], options: Options, impl: Implementation) -> dict[str, Any]:
+    """What the table looks like before the upgrade: kept in the state table so downgrade can put it back."""
+    spec = options.spec
+    key_type, not_null = column_type(conn, table_oid(conn, spec), spec.key_column)
+    return {
+        "triggers": as_json(key_triggers(conn, spec, impl)),
+        "dependents": as_json(key_dependents(conn, spec)),
+        "checks_before": [c.name for c in impl.checks],
+        "key_position": impl.key_column_position,
+        "column_count": impl.column_count,
+        "key_type": key_type,
+        "key_not_null": not_null,
+        "indexes": index_definitions(conn, spec),
+        "constraints": constraint_definitions(conn, spec),
+        "method_before": impl.method,
+        "trigger_location_before": impl.trigger_location,
+    }
+
+
+def _verify_step(options: Options, heap_bytes: int, rows: int) -> Step:
+    """Pre-verification: refuse to change anything while a row has a wrong key."""
+    spec = options.spec
+    size = TableSize(heap_bytes=heap_bytes, total_bytes=heap_bytes, rows=rows, index_count=0)
+    return Step(
+        name="pre-verify",
+        title=(
+            f"verify every row's {spec.key_column} against "
+            f"abs(hashtext({spec.source_column}::text) % {spec.modulus})"
+        ),
+        statements=(sqlgen.wrong_keys_guard(spec),),
+        lock="ACCESS SHARE (reads only)",
+        rewrites=False,
+        estimate_seconds=scan_estimate(size),
+        kind="verify",
+        timeout="scan",
+    )
+
+
+def _drop_triggers(
+    conn: psycopg.Connection[Any], options: Options, triggers: list[KeyTrigger], oids: set[int]
+) -> list[Statement]:
+    """DROP TRIGGER for each key trigger, then its function when no other table's trigger calls it."""
+    statements: list[Statement] = [sqlgen.drop_trigger(t.name, t.schema, t.relation) for t in triggers]
+    for schema, name in sorted({(t.function_schema, t.function_name) for t in triggers}):
+        row = conn.execute(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname = %s AND NOT (t.tgrelid = ANY(%s))",
+            (schema, name, list(oids)),
+        ).fetchone()
+        if row is not None and int(row[0]) == 0:
+            statements.append(sqlgen.drop_function(schema, name))
+    return statements
+
+
+def upgrade_plan(
+    conn: psycopg.Connection[Any], options: Options, impl: Implementation, strategy: Strategy, reason: str
+) -> Plan:
+    """The steps still needed to reach the strategy's end state."""
+    if strategy == "check":
+        return _check_plan(conn, options, impl, reason)
+    if strategy == "generated":
+        return _generated_plan(conn, options, impl, reason)
+    return _keep_trigger_plan(conn, options, impl, reason)
+
+
+def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str) -> Plan:
+    """LIST by key: CHECK NOT VALID, VALIDATE in its own transaction, then drop the trigger(s)."""
+    spec = options.spec
+    size = table_size(conn, spec)
+    plan = Plan("upgrade", "check", reason)
+    safe = [c for c in impl.checks if not c.overflows]
+    legacy = [c for c in impl.checks if c.overflows]
+    triggers = key_triggers(conn, spec, impl)
+    if safe and safe[0].validated and not triggers and not legacy:
+        plan.reason = f"already done: CHECK {safe[0].name} is validated and no key trigger is left"
+        return plan
+    plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
+    partitions = f"{spec.label} and its {impl.partition_count} partitions"
+    name = safe[0].name if safe else options.check_name
+    if not safe:
+        plan.steps.append(
+            Step(
+                name="add-check",
+                title=f"add CHECK {name} NOT VALID (new rows are checked at once, old rows later)",
+                statements=(sqlgen.add_check(spec, name),),
+                lock=f"ACCESS EXCLUSIVE on {partitions}, brief (catalog only)",
+                rewrites=False,
+                estimate_seconds=BRIEF_SECONDS,
+            )
+        )
+    if not safe or not safe[0].validated:
+        plan.steps.append(
+            Step(
+                name="validate-check",
+                title=f"VALIDATE CONSTRAINT {name} in its own transaction (scans every partition)",
+                statements=(sqlgen.validate_check(spec, name),),
+                lock=f"SHARE UPDATE EXCLUSIVE on {partitions}: INSERT/UPDATE/DELETE keep flowing",
+                rewrites=False,
+                estimate_seconds=scan_estimate(size, VALIDATE_SECONDS_PER_GB),
+                timeout="scan",
+            )
+        )
+    if triggers or legacy:
+        where = "the parent" if any(t.on_parent for t in triggers) else f"{len(triggers)} partitions"
+        statements = _drop_triggers(conn, options, triggers, _tree_oids(impl, conn, options))
+        statements += [sqlgen.drop_constraint(spec, c.name) for c in legacy]
+        title = f"drop the key trigger from {where} and its function" if triggers else ""
+        if legacy:
+            title = (title + "; " if title else "") + "drop CHECKs with the overflowing formula"
+        plan.steps.append(
+            Step(
+                name="drop-trigger",
+                title=title,
+                statements=tuple(statements),
+                lock=f"ACCESS EXCLUSIVE on {partitions}, brief (catalog only)",
+                rewrites=False,
+                estimate_seconds=BRIEF_SECONDS,
+                note="the application already sends the key: rows are routed before any trigger runs",
+            )
+        )
+    return plan
+
+
+def _tree_oids(impl: Implementation, conn: psycopg.Connection[Any], options: Options) -> set[int]:
+    """OIDs of the table and all its partitions."""
+    return {table_oid(conn, options.spec), *(p.oid for p in impl.partitions)}
+
+
+def _generated_plan(
+    conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str
+) -> Plan:
+    """Plain table, PG 12+: add the STORED column, verify it, then swap it in and rebuild the PK/indexes."""
+    spec = options.spec
+    size = table_size(conn, spec)
+    plan = Plan("upgrade", "generated", reason)
+    if impl.generated_kind == "stored" and not impl.formula_overflow:
+        plan.reason = f"already done: {spec.key_column} is a STORED generated column with the safe formula"
+        return plan
+    if impl.generated_kind is not None:
+        plan.reason = (
+            f"{spec.key_column} is already a {impl.generated_kind} generated column; "
+            "changing its expression is not handled by partkey-migrate"
+        )
+        plan.final_state = "refused"
+        return plan
+    oid = table_oid(conn, spec)
+    key_type, not_null = column_type(conn, oid, spec.key_column)
+    plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
+    if column_number(conn, oid, options.new_column) is None:
+        estimate = rewrite_estimate(size)
+        plan.warnings.append(
+            f"ADD COLUMN ... GENERATED ... STORED rewrites {spec.label} and its indexes "
+            f"({human_bytes(size.total_bytes)}) under ACCESS EXCLUSIVE: reads and writes wait about "
+            f"{human_seconds(estimate)}; there is no lock-free way to add a stored generated column"
+        )
+        if estimate > options.statement_timeout:
+            plan.warnings.append(
+                f"the estimated rewrite ({human_seconds(estimate)}) exceeds --statement-timeout "
+                f"({human_seconds(options.statement_timeout)}): raise it or the step will be cancelled"
+            )
+        plan.steps.append(
+            Step(
+                name="add-generated-column",
+                title=f"add {options.new_column} {key_type} GENERATED ALWAYS AS (safe formula) STORED",
+                statements=(sqlgen.add_generated_column(spec, options.new_column, key_type),),
+                lock=f"ACCESS EXCLUSIVE on {spec.label} for the whole rewrite",
+                rewrites=True,
+                estimate_seconds=estimate,
+            )
+        )
+    plan.steps.append(
+        Step(
+            name="verify-new-column",
+            title=f"verify that {options.new_column} equals {spec.key_column} on every row",
+            statements=(sqlgen.columns_guard(spec, spec.key_column, options.new_column),),
+            lock="ACCESS SHARE (reads only)",
+            rewrites=False,
+            estimate_seconds=scan_estimate(size),
+            kind="verify-new",
+            timeout="scan",
+        )
+    )
+    dependents = key_dependents(conn, spec)
+    triggers = key_triggers(conn, spec, impl)
+    statements = _drop_triggers(conn, options, triggers, {oid})
+    statements += [
+        sqlgen.drop_column(spec, spec.key_column),
+        sqlgen.rename_column(spec, options.new_column, spec.key_column),
+    ]
+    if not_null and not any(
+        d.kind == "constraint" and d.definition.startswith("PRIMARY KEY") for d in dependents
+    ):
+        statements.append(sqlgen.set_not_null(spec, spec.key_column))
+    statements += [d.recreate(spec.table_ident) for d in dependents]
+    names = ", ".join(d.name for d in dependents) or "none"
+    plan.steps.append(
+        Step(
+            name="swap",
+            title=(
+                f"one transaction: drop the trigger and function, drop {spec.key_column}, rename "
+                f"{options.new_column}, re-create what DROP COLUMN removed ({names})"
+            ),
+            statements=tuple(statements),
+            lock=f"ACCESS EXCLUSIVE on {spec.label} while {len(dependents)} PK/index(es) are rebuilt",
+            rewrites=False,
+            estimate_seconds=BRIEF_SECONDS + index_estimate(size, len(dependents)),
+            note=f"{spec.key_column} moves from column {impl.key_column_position} to the last position",
+        )
+    )
+    return plan
+
+
+def _keep_trigger_plan(
+    conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str
+) -> Plan:
+    """Keep the trigger but give it the safe formula; add it where it is missing."""
+    spec = options.spec
+    plan = Plan("upgrade", "keep-trigger", reason, final_state="kept-trigger")
+    triggers = key_triggers(conn, spec, impl)
+    size = table_size(conn, spec)
+    statements: list[Statement] = []
+    body = sqlgen.function_body(spec).as_string(conn)
+    functions = sorted({(t.function_schema, t.function_name) for t in triggers}) or [
+        (spec.schema, DEFAULT_FUNCTION)
+    ]
+    if not triggers or impl.formula_overflow:
+        statements += [sqlgen.create_function(spec, schema, name, body) for schema, name in functions]
+    fschema, fname = functions[0]
+    trigger_name = triggers[0].name if triggers else DEFAULT_TRIGGER
+    for schema, relation in _missing_trigger_relations(impl, options, triggers):
+        statements.append(sqlgen.create_trigger(trigger_name, schema, relation, fschema, fname))
+    if not statements:
+        plan.reason = "already done: the key trigger uses the safe formula everywhere"
+        return plan
+    plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
+    plan.steps.append(
+        Step(
+            name="fix-trigger",
+            title="CREATE OR REPLACE the trigger function with abs(hashtext(x) % n); add missing triggers",
+            statements=tuple(statements),
+            lock="none on the table for the function; SHARE ROW EXCLUSIVE for any trigger added",
+            rewrites=False,
+            estimate_seconds=BRIEF_SECONDS,
+        )
+    )
+    return plan
+
+
+def _missing_trigger_relations(
+    impl: Implementation, options: Options, triggers: list[KeyTrigger]
+) -> list[tuple[str, str]]:
+    """Where a trigger must be created: the parent (plain or PG 13+), else each partition that lacks one."""
+    spec = options.spec
+    if impl.shape == "plain" or impl.major >= 13:
+        return [] if triggers else [(spec.schema, spec.table)]
+    if any(t.on_parent for t in triggers):
+        return []
+    covered = {t.relation for t in triggers}
+    return [(spec.schema, p.name) for p in impl.partitions if p.name not in covered]
+
+
+def downgrade_plan(
+    conn: psycopg.Connection[Any], options: Options, impl: Implementation, captured: dict[str, Any]
+) -> Plan:
+    """Back to the trigger (with the safe formula), whatever state the upgrade reached."""
+    spec = options.spec
+    plan = Plan("downgrade", "trigger", "back to the trigger", final_state="downgraded")
+    saved = [KeyTrigger(**t) for t in captured.get("triggers", [])]
+    trigger_name = saved[0].name if saved else DEFAULT_TRIGGER
+    fschema, fname = (
+        (saved[0].function_schema, saved[0].function_name) if saved else (spec.schema, DEFAULT_FUNCTION)
+    )
+    body = sqlgen.function_body(spec).as_string(conn)
+    current = key_triggers(conn, spec, impl)
+    oid = table_oid(conn, spec)
+    if impl.shape == "plain" and impl.generated_kind is not None:
+        return _generated_downgrade(conn, options, impl, captured, plan, (trigger_name, fschema, fname, body))
+    if impl.shape == "plain" and column_number(conn, oid, options.new_column) is not None:
+        plan.steps.append(
+            Step(
+                name="drop-new-column",
+                title=f"drop the unfinished {options.new_column} column of an interrupted upgrade",
+                statements=(sqlgen.drop_column(spec, options.new_column),),
+                lock=f"ACCESS EXCLUSIVE on {spec.label}, brief (catalog only)",
+                rewrites=False,
+                estimate_seconds=BRIEF_SECONDS,
+            )
+        )
+    statements: list[Statement] = []
+    missing = _missing_trigger_relations(impl, options, current)
+    if missing or impl.formula_overflow:
+        statements.append(sqlgen.create_function(spec, fschema, fname, body))
+        statements += [sqlgen.create_trigger(trigger_name, s, r, fschema, fname) for s, r in missing]
+    if statements:
+        where = "the parent" if len(missing) <= 1 else f"each of {len(missing)} partitions (PG 11/12)"
+        plan.steps.append(
+            Step(
+                name="create-trigger",
+                title=f"re-create {fschema}.{fname}() (safe formula) and trigger {trigger_name} on {where}",
+                statements=tuple(statements),
+                lock=f"SHARE ROW EXCLUSIVE on {spec.label} and its partitions (blocks writes, not reads)",
+                rewrites=False,
+                estimate_seconds=BRIEF_SECONDS,
+            )
+        )
+    kept = set(captured.get("checks_before", []))
+    drops = [c for c in impl.checks if c.name not in kept and not c.overflows]
+    if drops and impl.shape != "plain":
+        plan.steps.append(
+            Step(
+                name="drop-check",
+                title="drop the CHECK the upgrade added: " + ", ".join(c.name for c in drops),
+                statements=tuple(sqlgen.drop_constraint(spec, c.name) for c in drops),
+                lock=f"ACCESS EXCLUSIVE on {spec.label} and its partitions, brief (catalog only)",
+                rewrites=False,
+                estimate_seconds=BRIEF_SECONDS,
+            )
+        )
+    if not plan.steps:
+        plan.reason = "already done: the key trigger is in place"
+    return plan
+
+
+def _generated_downgrade(
+    conn: psycopg.Connection[Any],
+    options: Options,
+    impl: Implementation,
+    captured: dict[str, Any],
+    plan: Plan,
+    trigger: tuple[str, str, str, str],
+) -> Plan:
+    """Plain generated column back to a plain column filled by the trigger, PK and indexes as before."""
+    spec = options.spec
+    trigger_name, fschema, fname, body = trigger
+    oid = table_oid(conn, spec)
+    size = table_size(conn, spec)
+    key_type = str(captured.get("key_type") or column_type(conn, oid, spec.key_column)[0])
+    saved = [Dependent(**d) for d in captured.get("dependents", [])] or key_dependents(conn, spec)
+    statements: list[Statement] = [
+        sqlgen.add_plain_column(spec, options.old_column, key_type),
+        sqlgen.copy_column(spec, options.old_column, spec.key_column),
+        sqlgen.create_function(spec, fschema, fname, body),
+        sqlgen.drop_column(spec, spec.key_column),
+        sqlgen.rename_column(spec, options.old_column, spec.key_column),
+    ]
+    if captured.get("key_not_null") and not any(d.definition.startswith("PRIMARY KEY") for d in saved):
+        statements.append(sqlgen.set_not_null(spec, spec.key_column))
+    statements.append(sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname))
+    statements += [d.recreate(spec.table_ident) for d in saved]
+    estimate = 2 * rewrite_estimate(size) + index_estimate(size, len(saved))
+    plan.warnings.append(
+        f"the downgrade copies {spec.key_column} into a plain column in one transaction: {spec.label} "
+        f"({human_bytes(size.total_bytes)}) is locked ACCESS EXCLUSIVE for about {human_seconds(estimate)}"
+    )
+    plan.steps.append(
+        Step(
+            name="swap-back",
+            title=(
+                f"one transaction: add plain {options.old_column}, copy the values, drop the generated "
+                "column, "
+                f"rename, re-create trigger {trigger_name} and "
+                f"{', '.join(d.name for d in saved) or 'no index'}"
+            ),
+            statements=tuple(statements),
+            lock=f"ACCESS EXCLUSIVE on {spec.label} for the copy and the index builds",
+            rewrites=True,
+            estimate_seconds=estimate,
+            note=f"{spec.key_column} ends up as the last column; values are copied, not recomputed",
+        )
+    )
+    return plan

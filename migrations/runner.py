@@ -1,0 +1,259 @@
+"""Run a plan: pre-verify, then each step in its own lock-retried transaction, recorded in the state table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from exporter.introspect import Implementation, TableNotFoundError, detect
+from migrations import measure as measuring
+from migrations import sqlgen
+from migrations.connect import UsageError
+from migrations.errors import Outcome, RefusedError
+from migrations.options import Options
+from migrations.plans import capture, downgrade_plan, upgrade_plan
+from migrations.retry import with_lock_retries
+from migrations.runlock import run_lock
+from migrations.state import StateStore
+from migrations.steps import Plan, Step, human_seconds
+from migrations.strategy import Requested, choose
+from migrations.verification import describe, verify_full
+
+log = logging.getLogger("partkey-migrate")
+Out = Callable[[str], None]
+
+
+def inspect(conn: psycopg.Connection[Any], options: Options) -> Implementation:
+    """detect(), with a missing table or key column turned into one clear usage error."""
+    try:
+        impl = detect(conn, options.spec)
+    except TableNotFoundError:
+        raise UsageError(
+            f"table {options.spec.label} does not exist in database {conn.info.dbname!r}"
+        ) from None
+    if not impl.key_column_exists:
+        raise UsageError(
+            f"table {options.spec.label} has no column {options.spec.key_column!r} (--key-column)"
+        )
+    return impl
+
+
+def build_upgrade(
+    conn: psycopg.Connection[Any], options: Options, requested: Requested
+) -> tuple[Implementation, Plan]:
+    """The upgrade plan for the table as it is now; RefusedError when no strategy fits."""
+    impl = inspect(conn, options)
+    choice = choose(impl, requested)
+    if choice.strategy is None:
+        raise RefusedError(choice.reason)
+    plan = upgrade_plan(conn, options, impl, choice.strategy, choice.reason)
+    if plan.final_state == "refused":
+        raise RefusedError(plan.reason)
+    return impl, plan
+
+
+def build_downgrade(conn: psycopg.Connection[Any], options: Options) -> tuple[Implementation, Plan]:
+    """The downgrade plan, using what the upgrade captured when there is a record."""
+    impl = inspect(conn, options)
+    state = StateStore(conn, options).read()
+    return impl, downgrade_plan(conn, options, impl, state.captured if state else {})
+
+
+def upgrade(
+    conn: psycopg.Connection[Any],
+    options: Options,
+    requested: Requested = "auto",
+    *,
+    dry_run: bool = False,
+    measure: bool = False,
+    out: Out = print,
+) -> Outcome:
+    """Replace the trigger as the strategy says; resumable, refused on wrong keys."""
+    impl, plan = build_upgrade(conn, options, requested)
+    store = StateStore(conn, options)
+    state = store.read()
+    if state is not None and state.direction == "downgrade" and state.running:
+        raise RefusedError(
+            f"a downgrade of {options.spec.label} was interrupted; run downgrade again to finish it"
+        )
+    if plan.strategy == "keep-trigger" and impl.shape == "plain" and impl.major < 12:
+        log.warning(
+            "GENERATED columns need PostgreSQL 12 (this server is %s): keeping the trigger, "
+            "fixing its formula",
+            impl.server_version,
+        )
+    if dry_run:
+        return _dry_run(conn, options, impl, plan, measure, out)
+    with run_lock(conn, options.spec.label):
+        impl, plan = build_upgrade(conn, options, requested)
+        state = store.read()
+        return _execute(
+            conn,
+            options,
+            impl,
+            plan,
+            state_running=bool(state and state.running and state.direction == "upgrade"),
+            measure=measure,
+            out=out,
+        )
+
+
+def downgrade(
+    conn: psycopg.Connection[Any], options: Options, *, dry_run: bool = False, out: Out = print
+) -> Outcome:
+    """Back to the trigger with the safe formula; PK and indexes as they were before the upgrade."""
+    impl, plan = build_downgrade(conn, options)
+    if dry_run:
+        return _dry_run(conn, options, impl, plan, False, out)
+    with run_lock(conn, options.spec.label):
+        impl, plan = build_downgrade(conn, options)
+        state = StateStore(conn, options).read()
+        return _execute(
+            conn,
+            options,
+            impl,
+            plan,
+            state_running=bool(state and state.running and state.direction == "downgrade"),
+            measure=False,
+            out=out,
+        )
+
+
+def _dry_run(
+    conn: psycopg.Connection[Any], options: Options, impl: Implementation, plan: Plan, measure: bool, out: Out
+) -> Outcome:
+    """Say what would happen and check the data, changing nothing."""
+    out(f"dry run: {plan.direction} with strategy {plan.strategy}: {plan.reason}")
+    for warning in plan.warnings:
+        out(f"warning: {warning}")
+    for number, step in enumerate(s for s in plan.steps if s.kind == "ddl"):
+        out(
+            f"  would run step {number + 1}: {step.title} "
+            f"[{step.lock}; ~{human_seconds(step.estimate_seconds)}]"
+        )
+    code = 0
+    if any(step.kind == "verify" for step in plan.steps):
+        result = verify_full(conn, options, impl)
+        for line in describe(result):
+            out(f"pre-verification: {line}")
+        if not result.clean:
+            out("upgrade would refuse: wrong keys found; run partkey-migrate repair first")
+            code = 1
+    if measure:
+        for line in measuring.measure(conn, options, impl, plan.strategy).lines():
+            out(line)
+    out("dry run: nothing was changed")
+    return Outcome(code, "dry-run", "nothing was changed")
+
+
+def _execute(
+    conn: psycopg.Connection[Any],
+    options: Options,
+    impl: Implementation,
+    plan: Plan,
+    *,
+    state_running: bool,
+    measure: bool,
+    out: Out,
+) -> Outcome:
+    """Run the plan under the run lock: verification first, then the steps, each recorded as it commits."""
+    store = StateStore(conn, options)
+    if plan.empty:
+        if state_running:
+            with_lock_retries(conn, options, "state", lambda: store.finish(plan.final_state))
+        out(f"nothing to do: {plan.reason}")
+        return Outcome(0, plan.final_state, plan.reason)
+    out(f"{plan.direction} {options.spec.label} with strategy {plan.strategy}: {plan.reason}")
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    if measure:
+        for line in measuring.measure(conn, options, impl, plan.strategy).lines():
+            out(line)
+    for step in plan.steps:
+        if step.kind == "verify":
+            _pre_verify(conn, options, impl, out)
+    captured = (
+        None if state_running else (capture(conn, options, impl) if plan.direction == "upgrade" else None)
+    )
+
+    def begin() -> None:
+        store.ensure()
+        if state_running:
+            log.info("resuming the interrupted %s of %s", plan.direction, options.spec.label)
+        else:
+            store.begin(plan.direction, plan.strategy, captured)
+
+    with_lock_retries(conn, options, "state table", begin)
+    steps = [s for s in plan.steps if s.kind != "verify"]
+    for number, step in enumerate(steps, start=1):
+        _run_step(
+            conn, options, store, step, number, len(steps), plan.final_state if number == len(steps) else None
+        )
+    out(f"{plan.direction} finished: state {plan.final_state}")
+    return Outcome(0, plan.final_state, f"{plan.direction} finished")
+
+
+def _pre_verify(conn: psycopg.Connection[Any], options: Options, impl: Implementation, out: Out) -> None:
+    """Refuse, before any change, while a row has a wrong, NULL or erroring key."""
+    result = verify_full(conn, options, impl)
+    for line in describe(result):
+        out(f"pre-verification: {line}")
+    if not result.clean:
+        raise RefusedError(
+            f"refusing to start: {result.mismatched + result.null_keys + result.expression_errors} row(s) of "
+            f"{options.spec.label} have a wrong key; run `partkey-migrate repair` first. Nothing was changed."
+        )
+
+
+def _run_step(
+    conn: psycopg.Connection[Any],
+    options: Options,
+    store: StateStore,
+    step: Step,
+    number: int,
+    total: int,
+    final_state: str | None,
+) -> None:
+    """One step in one transaction, its state record and (for the last) the final state committed with it."""
+    log.info(
+        "step %d/%d %s: %s [lock: %s; rewrites: %s; estimate %s]",
+        number,
+        total,
+        step.name,
+        step.title,
+        step.lock,
+        "yes" if step.rewrites else "no",
+        human_seconds(step.estimate_seconds),
+    )
+
+    def work() -> None:
+        if step.kind == "verify-new":
+            _check_columns_agree(conn, options)
+        else:
+            for statement in step.statements:
+                conn.execute(statement)
+        store.record(step.name)
+        if final_state is not None:
+            store.finish(final_state)
+
+    started = time.monotonic()
+    with_lock_retries(conn, options, f"step {step.name}", work, kind=step.timeout)
+    log.info("step %d/%d %s: done in %s", number, total, step.name, human_seconds(time.monotonic() - started))
+
+
+def _check_columns_agree(conn: psycopg.Connection[Any], options: Options) -> None:
+    """The generated column must equal the old key on every row before the swap."""
+    row = conn.execute(
+        sqlgen.columns_differ(options.spec, options.spec.key_column, options.new_column)
+    ).fetchone()
+    differ = int(row[0]) if row else 0
+    if differ:
+        raise RefusedError(
+            f"{differ} row(s) have {options.spec.key_column} different from the generated "
+            f"{options.new_column}: "
+            "run `partkey-migrate repair`, then upgrade again (it resumes)"
+        )
