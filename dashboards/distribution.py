@@ -47,7 +47,7 @@ def _stat(title: str, description: str, expr: str, steps: db.ThresholdsConfig, *
         title,
         description,
         [query(expr, "A", "{{target}} {{table}}")],
-        4, 5,
+        6, 5,
     )
 
 
@@ -93,6 +93,19 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
         "Partitions holding less than 0.8x the average rows. Many cold and few hot partitions is the "
         "shape of skew; with source=estimate, stale statistics show as cold: run ANALYZE.",
         f"partkey_partitions_cold{{{SELECTOR}}}", thresholds((None, "green"), (1, "yellow")),
+    ))
+    board = board.with_panel(_stat(
+        "Active partitions",
+        "Partitions holding at least one row, next to the table's leaf partition count. Far fewer active "
+        "than partitions on a table with many distinct keys: keys collapse onto few values; check the "
+        "modulus in the app's key formula.",
+        f"partkey_partitions_active{{{SELECTOR}}}", thresholds((None, "green")),
+    ))
+    board = board.with_panel(_stat(
+        "Partitions without statistics",
+        "Partitions whose row estimate is unknown (never analyzed, or statistics reset). Above 0: every "
+        "estimate-based number on this dashboard is unreliable; run ANALYZE on the table.",
+        f"partkey_partitions_unknown{{{TARGET_TABLE}}}", thresholds((None, "green"), (1, "orange")),
     ))
     return board
 

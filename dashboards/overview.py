@@ -58,7 +58,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             "refuses the exporter's role; run `partkey-exporter report` for the connection error, then check "
             "the DSN, pg_hba.conf and that the role still has pg_monitor.",
             [query(f"partkey_up{{{TARGET}}}", "A", "{{target}}", instant=True)],
-            10, 4,
+            8, 4,
         )
     )
     board = board.with_panel(
@@ -69,7 +69,18 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             "Server version per target; the best key implementation depends on it (generated columns need "
             "PG 12+). Empty: the implementation check has not run yet or the target is down.",
             [query(f"partkey_postgres_version{{{TARGET}}}", "A", "{{target}}: {{version}}", instant=True)],
-            8, 4,
+            6, 4,
+        )
+    )
+    board = board.with_panel(
+        finish(
+            stat.Panel().reduce_options(_last_stat()).text_mode(cm.BigValueTextMode.NAME)
+            .color_mode(cm.BigValueColorMode.NONE),
+            "Exporter version",
+            "partkey-exporter build per scrape target. Two versions at once: a rolling upgrade in progress "
+            "or a forgotten old instance; metrics and rules may differ between them.",
+            [query("partkey_build_info", "A", "{{version}}", instant=True)],
+            4, 4,
         )
     )
     return board
@@ -87,7 +98,11 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
                     id_val="organize",
                     options={
                         "excludeByName": {"Time": True, "Value #A": True, "__name__": True, "job": True},
-                        "renameByName": {"Value #B": "optimal", "Value #C": "formula overflow"},
+                        "renameByName": {
+                            "Value #B": "optimal",
+                            "Value #C": "formula overflow",
+                            "Value #D": "trigger enabled",
+                        },
                     },
                 )
             )
@@ -96,13 +111,17 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
             "How each table keeps its partition key (trigger, check, generated, expression, hash, none) and "
             "whether that is the best this PostgreSQL version and table shape allow. optimal = no: plan "
             "`partkey-migrate upgrade`. formula overflow = yes: the formula takes abs(hashtext(x)) and "
-            "raises on INT_MIN; switch the app and the database to abs(hashtext(x) % N).",
+            "raises on INT_MIN; switch the app and the database to abs(hashtext(x) % N). "
+            "trigger enabled = no on a trigger table: nothing sets or checks the key; re-enable it or "
+            "`partkey-migrate upgrade`.",
             [
                 query(f"partkey_key_implementation{{{TARGET_TABLE}}} == 1", "A", instant=True,
                       fmt=PromQueryFormat.TABLE),
                 query(f"partkey_key_implementation_optimal{{{TARGET_TABLE}}}", "B", instant=True,
                       fmt=PromQueryFormat.TABLE),
                 query(f"partkey_key_formula_overflow{{{TARGET_TABLE}}}", "C", instant=True,
+                      fmt=PromQueryFormat.TABLE),
+                query(f"partkey_key_trigger_enabled{{{TARGET_TABLE}}}", "D", instant=True,
                       fmt=PromQueryFormat.TABLE),
             ],
             16, 7,
