@@ -98,10 +98,13 @@ class Target:
             conn = self._ensure_connection()
             try:
                 yield conn
-            except psycopg.OperationalError as error:
+            except BaseException as error:
+                # A failed query on a healthy connection (timeout, privilege) is not an outage.
                 if conn.closed or conn.broken:
                     self._drop_connection()
                     self._mark_down(error)
+                else:
+                    self._mark_up()
                 raise
             else:
                 self._mark_up()

@@ -39,11 +39,13 @@ class CheckRunner:
         previous = self.store.latest(*self.key)
         outcome: Outcome | None = None
         error: str | None = None
+        target_down = False
         try:
             with self.target.session() as conn:
                 outcome = self._execute(conn)
         except TargetUnavailableError as failure:
             error = str(failure)
+            target_down = True
         except VerificationBusyError as failure:
             log.info("%s: %s; skipping this run", self._where(), failure)
             if previous is not None:
@@ -73,7 +75,7 @@ class CheckRunner:
             error=error,
             payload=outcome.payload if outcome is not None else (previous.payload if previous else None),
         )
-        self._log_transition(error)
+        self._log_transition(error, target_down)
         probe = outcome.probe if outcome is not None else (([], 1) if self.check.name == "insert_probe" else None)
         version = None
         if self.target.server_version and self.target.server_version_text:
@@ -115,9 +117,12 @@ class CheckRunner:
             message = f"missing privilege: {message}"
         return f"{message} (SQLSTATE {state})" if state else message
 
-    def _log_transition(self, error: str | None) -> None:
+    def _log_transition(self, error: str | None, target_down: bool) -> None:
         """Log when a check starts failing and when it recovers, not on every failed run."""
-        if error is not None and not self._failing:
+        if error is not None and target_down:
+            # The target already logged its outage once; one line per check would repeat it.
+            log.debug("%s skipped: %s", self._where(), error)
+        elif error is not None and not self._failing:
             log.error("%s failed: %s", self._where(), error)
         elif error is None and self._failing:
             log.warning("%s recovered", self._where())

@@ -1,0 +1,78 @@
+"""Helpers for exporter tests: configs, a running HTTP server, and a /metrics parser."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import Config, ListenConfig, parse_config
+from exporter.daemon import Exporter
+from exporter.http import ExporterHTTPServer, serve_in_thread
+
+
+def config_for(dsn: str, table_yaml: str = "", extra: str = "", name: str = "t1") -> Config:
+    """A one-target, one-table config for the test's database."""
+    body = table_yaml.strip().replace("\n", "\n        ")
+    return parse_config(
+        f"""
+{extra}
+targets:
+  - name: {name}
+    dsn: "{dsn}"
+    tables:
+      - table: chunks
+        {body}
+""",
+        "<test>",
+    )
+
+
+@contextmanager
+def serving(exporter: Exporter, listen: ListenConfig | None = None) -> Iterator[ExporterHTTPServer]:
+    """Serve the exporter on a free local port for the duration of the block."""
+    server, _ = serve_in_thread(exporter, listen or ListenConfig(address="127.0.0.1", port=0))
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        exporter.stop()
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one request; HTTP errors are returned, not raised."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - local test URLs
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def metrics(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics keyed by (name, sorted labels)."""
+    status, _, body = http(base_url + "/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    """The one sample with exactly these labels."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in samples, f"{name}{labels} not on /metrics; have: {sorted(k for k in samples if k[0] == name)}"
+    return samples[key]
+
+
+def names_with(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> list[dict[str, Any]]:
+    """Label sets of every sample of one metric."""
+    return [dict(labels) for (n, labels) in samples if n == name]
