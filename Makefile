@@ -27,6 +27,11 @@ unit: $(STAMP)
 
 test: lint unit
 
+# The `versioned` tests on PostgreSQL 11-18, one throwaway server each (fetched from npm, needs Node.js/npm).
+# Writes tests/matrix/last-matrix.md. A subset: make test-matrix VERSIONS=11,12,18
+test-matrix: $(STAMP)
+	$(PY) -m tests.matrix.run_matrix $(if $(VERSIONS),--versions $(VERSIONS))
+
 # Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
 dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
