@@ -153,12 +153,21 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 ok, 1 wrong keys found or refused, 2 usage or connection error."""
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="partkey-migrate: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("partkey-migrate").setLevel(logging.INFO)
+    # Our own handler on sys.stderr as it is now (not basicConfig): callers and tests may redirect it.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("partkey-migrate: %(message)s"))
+    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return _main(args)
+    finally:
+        log.removeHandler(handler)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """main() once logging is set up: map every failure to its exit code and one line."""
     try:
         options = options_from(args)
         with connect(args.dsn) as conn:
@@ -173,8 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = redact(
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, args.dsn
         )
+        # Connecting failed earlier (UsageError); this failed mid-run: the state table lets a re-run resume.
         print(f"partkey-migrate: database error: {message}", file=sys.stderr)
-        return 2 if isinstance(error, psycopg.OperationalError) else 1
+        return 1
     except ValueError as error:
         print(f"partkey-migrate: error: {error}", file=sys.stderr)
         return 2

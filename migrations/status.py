@@ -45,7 +45,7 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
         position += f" (was {state.captured['key_position']} before the migration: the swap moves it last)"
     shape: str = impl.shape
     if impl.shape == "list":
-        shape = f"LIST-partitioned by {impl.partition_key}, {impl.partition_count} partitions" + (
+        shape = f"partitioned by {impl.partition_key}, {impl.partition_count} partitions" + (
             " including DEFAULT" if impl.has_default_partition else ""
         )
     return {
