@@ -100,6 +100,17 @@ FAILURE_RATIO_RECORD = "target_table:partkey_insert_probe_failures:ratio_rate5m"
 PARTITION_RATIO_RECORD = "target_table_partition:partkey_partition_rows:ratio_avg"
 CHECK_AGE_RECORD = "target_table_check:partkey_check_last_success:age_intervals"
 
+# Failed probes are counted apart from the histogram, so attempts = failures + observations.
+_FAILURE_RATIO = (
+    "sum by (target, table) (rate(partkey_insert_probe_failures_total[5m]))\n/\n"
+    "(\n  sum by (target, table) (rate(partkey_insert_probe_failures_total[5m]))\n"
+    "  +\n  sum by (target, table) (rate(partkey_insert_probe_duration_seconds_count[5m]))\n)"
+)
+_P99 = (
+    "histogram_quantile(0.99,\n"
+    "  sum by (target, table, le) (rate(partkey_insert_probe_duration_seconds_bucket[5m]))\n)"
+)
+
 RECORDING_RULES: tuple[Recording, ...] = (
     Recording(
         _BUCKET_RATE,
@@ -109,13 +120,7 @@ RECORDING_RULES: tuple[Recording, ...] = (
         Recording(QUANTILE_RECORD, f"histogram_quantile({q}, {_BUCKET_RATE})", {"quantile": q})
         for q in ("0.5", "0.95", "0.99")
     ),
-    # Failed probes are counted apart from the histogram, so attempts = failures + observations.
-    Recording(
-        FAILURE_RATIO_RECORD,
-        "sum by (target, table) (rate(partkey_insert_probe_failures_total[5m]))\n/\n"
-        "(\n  sum by (target, table) (rate(partkey_insert_probe_failures_total[5m]))\n"
-        "  +\n  sum by (target, table) (rate(partkey_insert_probe_duration_seconds_count[5m]))\n)",
-    ),
+    Recording(FAILURE_RATIO_RECORD, _FAILURE_RATIO),
     # One series per partition joined with its table's average: the skew heatmap reads this directly.
     Recording(
         PARTITION_RATIO_RECORD,
@@ -220,7 +225,9 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "PartkeyInsertLatencyHigh",
-        f'{QUANTILE_RECORD}{{quantile="0.99"}} > {LATENCY_P99_SECONDS:g}',
+        # Alerts compute from raw series, not from recording rules in another group: groups run
+        # concurrently, so a recorded input would lag by one evaluation, at random.
+        f"{_P99}\n  > {LATENCY_P99_SECONDS:g}",
         "15m",
         "warning",
         "INSERT latency of the probe row is high.",
@@ -229,7 +236,7 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "PartkeyInsertProbeFailing",
-        f"{FAILURE_RATIO_RECORD} > {PROBE_FAILURE_RATIO:g}",
+        f"(\n{_FAILURE_RATIO}\n)\n  > {PROBE_FAILURE_RATIO:g}",
         "15m",
         "warning",
         "The insert probe fails often.",
