@@ -6,6 +6,7 @@ import hmac
 import json
 import logging
 import ssl
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -201,8 +202,10 @@ class Handler(BaseHTTPRequestHandler):
             data: Any = {}
         else:
             try:
-                data = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                data = json.loads(body.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not UTF-8: {error.reason} at byte {error.start}") from None
+            except json.JSONDecodeError as error:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {error}") from None
         if not isinstance(data, dict):
             raise RequestError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
@@ -244,6 +247,14 @@ class ExporterHTTPServer(ThreadingHTTPServer):
                 context.load_verify_locations(str(listen.tls_client_ca_file))
                 context.verify_mode = ssl.CERT_REQUIRED
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up or timed out is routine; anything else is logged with its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError | ssl.SSLError):
+            log.debug("client %s: %s", client_address, error)
+        else:
+            log.exception("error while serving %s", client_address)
 
     @property
     def url(self) -> str:

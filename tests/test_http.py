@@ -1,0 +1,163 @@
+"""HTTP endpoints: routes, the plan's admin API, bad input, the token and one verification at a time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from exporter.daemon import Exporter
+from exporter.http import ExporterHTTPServer
+from tests.schema import create_list_table, insert_rows
+from tests.support import config_for, http, serving
+
+TOKEN = "tok-123456"
+
+
+@pytest.fixture
+def server(conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ExporterHTTPServer]:
+    """An exporter on a small LIST table with two wrong keys, behind a bearer token."""
+    monkeypatch.setenv("PARTKEY_TEST_TOKEN", TOKEN)
+    create_list_table(conn, modulus=5, trigger=None)
+    insert_rows(conn, 500, modulus=5)
+    conn.execute("UPDATE chunks SET partition_key = (partition_key + 1) % 5 WHERE id IN (10, 20)")
+    exporter = Exporter(config_for(dsn, "modulus: 5", extra="admin_token_env: PARTKEY_TEST_TOKEN"))
+    with serving(exporter) as running:
+        yield running
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def test_healthz_needs_no_database_and_readyz_waits_for_a_check(server: ExporterHTTPServer) -> None:
+    assert http(server.url + "/healthz")[0] == 200
+    status, _, body = http(server.url + "/readyz")
+    assert status == 503 and json.loads(body) == {"ready": False, "targets": {"t1": False}}
+    server.exporter.runners[("t1", "public.chunks", "implementation")].run()
+    status, _, body = http(server.url + "/readyz")
+    assert status == 200 and json.loads(body)["ready"] is True
+
+
+def test_health_report_and_json(server: ExporterHTTPServer) -> None:
+    server.exporter.run_all_once()
+    status, _, body = http(server.url + "/admin/partition/health")
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "unhealthy"
+    table = data["tables"][0]
+    assert table["verification"]["mismatched"] == 2
+    assert table["implementation"]["method"] == "none"
+    status, headers, text = http(server.url + "/admin/partition/health/report")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    lines = text.decode().splitlines()
+    assert lines[1] == "PARTITION KEY IMPLEMENTATION HEALTH REPORT"
+    assert "  Incorrect Keys: 2" in lines and "  Records Checked: 500" in lines
+    assert "  Validation: FAILED" in lines and "  Current Method: NONE" in lines
+    assert "  Total Chunks: 500" in lines
+    same = http(server.url + "/report?format=json&target=t1")
+    assert json.loads(same[2])["tables"][0]["verification"]["mismatched"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/report?target=../../etc/passwd", 404, "unknown target '../../etc/passwd'"),
+        ("/report?target=nope", 404, "unknown target 'nope'"),
+        ("/report?table=public.other", 404, "unknown table 'public.other'"),
+        ("/report?format=xml", 400, "format must be text or json, got 'xml'"),
+        ("/report?target=t1&target=t2", 400, "query parameter 'target' given more than once"),
+        ("/report?evil=1", 400, "unknown query parameter 'evil'"),
+        ("/../../etc/passwd", 404, "no such path '/../../etc/passwd'"),
+        ("/admin/partition/verify", 405, "/admin/partition/verify takes POST"),
+    ],
+)
+def test_bad_get_requests(server: ExporterHTTPServer, path: str, status: int, message: str) -> None:
+    got, _, body = http(server.url + path)
+    assert (got, json.loads(body)) == (status, {"error": message})
+
+
+def test_verify_needs_the_token(server: ExporterHTTPServer) -> None:
+    url = server.url + "/admin/partition/verify"
+    status, headers, body = http(url, "POST", b"{}")
+    assert status == 401 and json.loads(body) == {"error": "missing or wrong bearer token"}
+    assert headers["WWW-Authenticate"] == "Bearer"
+    assert http(url, "POST", b"{}", {"Authorization": "Bearer wrong"})[0] == 401
+    status, _, body = http(url, "POST", b'{"mode": "full"}', _auth())
+    result = json.loads(body)
+    assert status == 200 and result["verification"]["mismatched"] == 2 and result["verification"]["rows_checked"] == 500
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "body is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (b'{"mode": "everything"}', "mode must be full, sample or incremental, got 'everything'"),
+        (b'{"mode": 3}', "field 'mode' must be a string"),
+        (b'{"table": "x", "drop": true}', "unknown field(s) in body: drop"),
+        (b"\xff\xfe", "body is not UTF-8: invalid start byte at byte 0"),
+    ],
+)
+def test_verify_bad_bodies(server: ExporterHTTPServer, body: bytes, message: str) -> None:
+    status, _, answer = http(server.url + "/admin/partition/verify", "POST", body, _auth())
+    assert (status, json.loads(answer)) == (400, {"error": message})
+
+
+def test_verify_unknown_table_and_incremental_without_watermark(server: ExporterHTTPServer) -> None:
+    url = server.url + "/admin/partition/verify"
+    status, _, body = http(url, "POST", b'{"target": "t9"}', _auth())
+    assert (status, json.loads(body)) == (404, {"error": "unknown target/table t9/*"})
+    status, _, body = http(url, "POST", b'{"mode": "incremental"}', _auth())
+    assert status == 404
+    assert json.loads(body)["error"] == "public.chunks has no monotonic_column: incremental mode is unavailable"
+
+
+def test_second_verification_of_a_table_gets_409(server: ExporterHTTPServer) -> None:
+    lock = server.exporter.verify_locks[("t1", "public.chunks")]
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        status, _, body = http(server.url + "/admin/partition/verify", "POST", b"{}", _auth())
+    finally:
+        release.set()
+        holder.join()
+    assert status == 409
+    assert json.loads(body) == {"error": "a verification of public.chunks on t1 is already running"}
+    assert http(server.url + "/admin/partition/verify", "POST", b"{}", _auth())[0] == 200
+
+
+def test_oversize_body_and_wrong_methods(server: ExporterHTTPServer) -> None:
+    url = server.url + "/admin/partition/verify"
+    status, _, body = http(url, "POST", b"x" * (64 * 1024 + 1), _auth())
+    assert (status, json.loads(body)) == (413, {"error": "body larger than 65536 bytes"})
+    status, headers, _ = http(server.url + "/metrics", "DELETE")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    status, headers, _ = http(url, "PUT", b"{}")
+    assert status == 405 and headers["Allow"] == "POST"
+    status, _, body = http(server.url + "/metrics", "POST", b"")
+    assert (status, json.loads(body)) == (405, {"error": "/metrics does not take POST"})
+
+
+def test_slow_client_does_not_block_scrapes(server: ExporterHTTPServer) -> None:
+    host, port = server.server_address[:2]
+    with socket.create_connection((str(host), port)) as slow:
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        started = time.monotonic()
+        status, _, _ = http(server.url + "/metrics", timeout=5)
+        assert status == 200
+        assert time.monotonic() - started < 3
