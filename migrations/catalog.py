@@ -70,6 +70,17 @@ def column_number(conn: psycopg.Connection[Any], oid: int, column: str) -> int |
     return int(row[0]) if row else None
 
 
+def column_ordinal(conn: psycopg.Connection[Any], oid: int, column: str) -> tuple[int | None, int]:
+    """The column's position as SELECT * shows it (attnum counts dropped columns too), and the count."""
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum",
+        (oid,),
+    ).fetchall()
+    names = [r[0] for r in rows]
+    return (names.index(column) + 1 if column in names else None), len(names)
+
+
 def key_dependents(
     conn: psycopg.Connection[Any], spec: KeySpec, column: str | None = None
 ) -> list[Dependent]:

@@ -14,6 +14,7 @@ from migrations.catalog import (
     TableSize,
     as_json,
     column_number,
+    column_ordinal,
     constraint_definitions,
     index_definitions,
     key_dependents,
@@ -58,7 +59,7 @@ def capture(conn: psycopg.Connection[Any], options: Options, impl: Implementatio
         "triggers": as_json(key_triggers(conn, spec, impl)),
         "dependents": as_json(key_dependents(conn, spec)),
         "checks_before": [c.name for c in impl.checks],
-        "key_position": impl.key_column_position,
+        "key_position": column_ordinal(conn, table_oid(conn, spec), spec.key_column)[0],
         "column_count": impl.column_count,
         "key_type": key_type,
         "key_not_null": not_null,
@@ -240,9 +241,7 @@ def _generated_plan(
         sqlgen.drop_column(spec, spec.key_column),
         sqlgen.rename_column(spec, options.new_column, spec.key_column),
     ]
-    if not_null and not any(
-        d.kind == "constraint" and d.definition.startswith("PRIMARY KEY") for d in dependents
-    ):
+    if not_null and not any(d.definition.startswith(("PRIMARY KEY", "NOT NULL")) for d in dependents):
         statements.append(sqlgen.set_not_null(spec, spec.key_column))
     statements += [d.recreate(spec.table_ident) for d in dependents]
     names = ", ".join(d.name for d in dependents) or "none"
@@ -257,7 +256,8 @@ def _generated_plan(
             lock=f"ACCESS EXCLUSIVE on {spec.label} while {len(dependents)} PK/index(es) are rebuilt",
             rewrites=False,
             estimate_seconds=BRIEF_SECONDS + index_estimate(size, len(dependents)),
-            note=f"{spec.key_column} moves from column {impl.key_column_position} to the last position",
+            note=f"{spec.key_column} moves from column "
+            f"{column_ordinal(conn, oid, spec.key_column)[0]} to the last position",
         )
     )
     return plan
@@ -396,7 +396,9 @@ def _generated_downgrade(
         sqlgen.drop_column(spec, spec.key_column),
         sqlgen.rename_column(spec, options.old_column, spec.key_column),
     ]
-    if captured.get("key_not_null") and not any(d.definition.startswith("PRIMARY KEY") for d in saved):
+    if captured.get("key_not_null") and not any(
+        d.definition.startswith(("PRIMARY KEY", "NOT NULL")) for d in saved
+    ):
         statements.append(sqlgen.set_not_null(spec, spec.key_column))
     statements.append(sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname))
     statements += [d.recreate(spec.table_ident) for d in saved]

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 
+from migrations.catalog import column_ordinal, table_oid
 from migrations.options import Options
 from migrations.runner import inspect
 from migrations.state import StateStore
@@ -36,12 +37,9 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
             impl.method, "nothing keeps the key right"
         )
     extra_checks = [c.name for c in impl.checks] if impl.method != "check" else []
-    position = f"{impl.key_column_position} of {impl.column_count}"
-    if (
-        state
-        and state.captured.get("key_position")
-        and state.captured["key_position"] != impl.key_column_position
-    ):
+    ordinal, count = column_ordinal(conn, table_oid(conn, options.spec), options.spec.key_column)
+    position = f"{ordinal} of {count}"
+    if state and state.captured.get("key_position") and state.captured["key_position"] != ordinal:
         position += f" (was {state.captured['key_position']} before the migration: the swap moves it last)"
     shape: str = impl.shape
     if impl.shape == "list":

@@ -85,7 +85,7 @@ def catalog(conn: psycopg.Connection[Any], table: str = "chunks") -> dict[str, A
             ).fetchall()
         ),
         "columns": conn.execute(
-            f"SELECT attname, attnum, format_type(atttypid, atttypmod), attnotnull, {generated} "
+            f"SELECT attname, format_type(atttypid, atttypmod), attnotnull, {generated} "
             "FROM pg_attribute WHERE attrelid = %(t)s::regclass AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum",
             {"t": table},
