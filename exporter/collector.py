@@ -61,7 +61,8 @@ class PartkeyCollector(Collector):
     def _checks(self, snapshot: Snapshot) -> Iterator[Metric]:
         """Per-check success, duration, freshness and interval."""
         labels = ["target", "table", "check"]
-        success = GaugeMetricFamily("partkey_check_success", "1 when the last run of the check succeeded.", labels=labels)
+        success = GaugeMetricFamily("partkey_check_success", "1 when the last run of the check succeeded.",
+                                    labels=labels)
         duration = GaugeMetricFamily("partkey_check_duration_seconds", "Duration of the last run of the check.",
                                      labels=labels)
         last = GaugeMetricFamily("partkey_check_last_success_timestamp_seconds",

@@ -140,7 +140,8 @@ class TargetConfig(Strict):
         try:
             text = self.dsn_file.read_text().strip()
         except OSError as error:
-            raise ConfigError([f"targets.{self.name}.dsn_file: cannot read {self.dsn_file}: {error.strerror}"]) from None
+            problem = f"targets.{self.name}.dsn_file: cannot read {self.dsn_file}: {error.strerror}"
+            raise ConfigError([problem]) from None
         _check_dsn(text)
         return text
 
@@ -204,7 +205,8 @@ class Config(Strict):
             try:
                 token = self.admin_token_file.read_text().strip()
             except OSError as error:
-                raise ConfigError([f"admin_token_file: cannot read {self.admin_token_file}: {error.strerror}"]) from None
+                problem = f"admin_token_file: cannot read {self.admin_token_file}: {error.strerror}"
+                raise ConfigError([problem]) from None
             if not token:
                 raise ConfigError([f"admin_token_file: {self.admin_token_file} is empty"])
             return token

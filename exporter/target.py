@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -74,7 +75,8 @@ class Target:
         self._next_attempt = time.monotonic() + delay
         message = self.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         if self.up is not False:
-            log.error("target %s is down: %s (retrying with backoff up to %.0fs)", self.name, message, MAX_BACKOFF_SECONDS)
+            log.error("target %s is down: %s (retrying with backoff up to %.0fs)",
+                      self.name, message, MAX_BACKOFF_SECONDS)
         else:
             log.debug("target %s still down: %s (next attempt in %.0fs)", self.name, message, delay)
         self.up = False
@@ -129,10 +131,8 @@ class Target:
     def _drop_connection(self) -> None:
         """Close a connection that is no longer usable."""
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
 
     def close(self) -> None:

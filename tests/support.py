@@ -47,7 +47,7 @@ def serving(exporter: Exporter, listen: ListenConfig | None = None) -> Iterator[
 def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
          timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of one request; HTTP errors are returned, not raised."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - local test URLs
             return response.status, dict(response.headers), response.read()

@@ -60,9 +60,12 @@ def test_check_config_command_lists_problems(capsys: pytest.CaptureFixture[str])
     assert main(["check-config", str(CONFIGS / "good" / "minimal.yaml")]) == 0
     assert "OK (1 targets, 1 tables)" in capsys.readouterr().out
     assert main(["check-config", "/nonexistent/partkey.yaml"]) == 2
-    assert capsys.readouterr().err.strip() == "/nonexistent/partkey.yaml: cannot read the file: No such file or directory"
+    missing = "/nonexistent/partkey.yaml: cannot read the file: No such file or directory"
+    assert capsys.readouterr().err.strip() == missing
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("5m", 300), ("6h", 21600), ("1d", 86400), (7, 7)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("5m", 300), ("6h", 21600), ("1d", 86400), (7, 7)]
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds

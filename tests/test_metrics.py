@@ -7,9 +7,8 @@ from typing import Any
 
 import psycopg
 
-from exporter.hashtext import partition_for
-
 from exporter.daemon import Exporter
+from exporter.hashtext import partition_for
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, http, metrics, names_with, serving, value
 
@@ -25,7 +24,8 @@ def _stale(conn: psycopg.Connection[Any], ids: list[int], modulus: int = 10) -> 
     """Give rows a collection id whose key differs, leaving the key as it was (UPDATE drift)."""
     for row_id in ids:
         stored = conn.execute("SELECT partition_key FROM chunks WHERE id = %s", (row_id,)).fetchone()[0]
-        moved = next(u for g in range(100) if partition_for(u := str(uuid.uuid5(uuid.NAMESPACE_OID, str(g))), modulus) != stored)
+        candidates = (str(uuid.uuid5(uuid.NAMESPACE_OID, str(g))) for g in range(100))
+        moved = next(u for u in candidates if partition_for(u, modulus) != stored)
         conn.execute("UPDATE chunks SET collection_id = %s WHERE id = %s", (moved, row_id))
 
 
@@ -54,7 +54,9 @@ def test_metrics_values_match_the_database(conn: psycopg.Connection[Any], dsn: s
     assert value(samples, "partkey_key_formula_overflow", **t) == 1
     assert value(samples, "partkey_key_trigger_enabled", **t) == 1
     assert value(samples, "partkey_table_partitions", **t) == 10
-    assert value(samples, "partkey_postgres_version", target="t1", version=conn.execute("SHOW server_version").fetchone()[0].split()[0]) == conn.info.server_version // 10000
+    version_text = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+    major = conn.info.server_version // 10000
+    assert value(samples, "partkey_postgres_version", target="t1", version=version_text) == major
     exact = dict(conn.execute("SELECT tableoid::regclass::text, count(*) FROM chunks GROUP BY 1").fetchall())
     for name, count in exact.items():
         assert value(samples, "partkey_partition_rows", **t, partition=name, source="exact") == count

@@ -44,7 +44,8 @@ def test_probe_leaves_no_rows(conn: psycopg.Connection[Any], dsn: str, shape: st
     assert value(samples, "partkey_insert_probe_failures_total", **T) == 0
     after = conn.execute("SELECT count(*), coalesce(sum(partition_key), 0) FROM chunks").fetchone()
     assert after == before
-    assert conn.execute("SELECT count(*) FROM chunks WHERE collection_id = '00000000-0000-0000-0000-000000000000'").fetchone()[0] == 0
+    probe_id = "00000000-0000-0000-0000-000000000000"
+    assert conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (probe_id,)).fetchone()[0] == 0
     lingering = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state LIKE 'idle in transaction%%'",
         (APPLICATION_NAME,),

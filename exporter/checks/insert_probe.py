@@ -48,7 +48,8 @@ class InsertProbeCheck:
         spec = self.table.spec
         settings = self.table.checks.insert_probe
         generated = "a.attgenerated <> ''" if conn.info.server_version >= 120000 else "false"
-        query = sql.SQL(_COLUMN_SQL).format(generated=sql.SQL(generated), table=sql.Literal(spec.table_ident.as_string(conn)))
+        table = sql.Literal(spec.table_ident.as_string(conn))
+        query = sql.SQL(_COLUMN_SQL).format(generated=sql.SQL(generated), table=table)
         columns = {name: (type_name, is_generated) for name, type_name, is_generated in conn.execute(query).fetchall()}
         source_type = columns[spec.source_column][0]
         names: list[sql.Composable] = [sql.Identifier(spec.source_column)]

@@ -25,7 +25,7 @@ class VerificationCheck:
 
     read_write = False
 
-    def __init__(self, table: TableConfig, mode: Mode, table_lock: threading.Lock) -> None:
+    def __init__(self, table: TableConfig, mode: Mode, table_lock: threading.RLock) -> None:
         self.table = table
         self.mode = mode
         self.name = f"verification_{mode}"

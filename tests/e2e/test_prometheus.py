@@ -7,9 +7,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from exporter.config import parse_config
 from exporter.daemon import Exporter
 from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
-from exporter.config import parse_config
 from tests.e2e.prometheus import running_prometheus, wait_for
 from tests.support import serving
 
