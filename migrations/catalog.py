@@ -63,8 +63,7 @@ def table_oid(conn: psycopg.Connection[Any], spec: KeySpec) -> int:
 def column_number(conn: psycopg.Connection[Any], oid: int, column: str) -> int | None:
     """attnum of a live column, or None."""
     row = conn.execute(
-        "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s"
-        " AND attnum > 0 AND NOT attisdropped",
+        "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s AND attnum > 0 AND NOT attisdropped",
         (oid, column),
     ).fetchone()
     return int(row[0]) if row else None
@@ -73,17 +72,14 @@ def column_number(conn: psycopg.Connection[Any], oid: int, column: str) -> int |
 def column_ordinal(conn: psycopg.Connection[Any], oid: int, column: str) -> tuple[int | None, int]:
     """The column's position as SELECT * shows it (attnum counts dropped columns too), and the count."""
     rows = conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
-        " ORDER BY attnum",
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (oid,),
     ).fetchall()
     names = [r[0] for r in rows]
     return (names.index(column) + 1 if column in names else None), len(names)
 
 
-def key_dependents(
-    conn: psycopg.Connection[Any], spec: KeySpec, column: str | None = None
-) -> list[Dependent]:
+def key_dependents(conn: psycopg.Connection[Any], spec: KeySpec, column: str | None = None) -> list[Dependent]:
     """Constraints and indexes on the table that use the column: exactly what DROP COLUMN removes."""
     oid = table_oid(conn, spec)
     attnum = column_number(conn, oid, column or spec.key_column)
@@ -180,9 +176,7 @@ def table_size(conn: psycopg.Connection[Any], spec: KeySpec) -> TableSize:
         {"oid": table_oid(conn, spec)},
     ).fetchone()
     assert row is not None
-    return TableSize(
-        heap_bytes=int(row[0]), total_bytes=int(row[1]), rows=int(row[2]), index_count=int(row[3])
-    )
+    return TableSize(heap_bytes=int(row[0]), total_bytes=int(row[1]), rows=int(row[2]), index_count=int(row[3]))
 
 
 def as_json(items: list[Any]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from exporter.keyspec import KeySpec
 from migrations import render, runner
 from migrations.connect import UsageError, connect, redact
 from migrations.errors import RefusedError
-from migrations.options import Options, parse_table
+from migrations.options import Options, milliseconds, parse_table
 from migrations.repair import repair
 from migrations.retry import LockRetriesExhausted
 from migrations.runlock import RunInProgressError
@@ -57,9 +57,7 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--modulus", type=_positive_int, default=100)
     limits = common.add_argument_group("time limits")
     limits.add_argument("--lock-timeout", type=_positive_float, default=1.0, help="seconds per lock wait (1)")
-    limits.add_argument(
-        "--max-attempts", type=_positive_int, default=10, help="tries per step on lock timeout"
-    )
+    limits.add_argument("--max-attempts", type=_positive_int, default=10, help="tries per step on lock timeout")
     limits.add_argument(
         "--statement-timeout", type=_positive_float, default=300.0, help="seconds per DDL statement (300)"
     )
@@ -75,9 +73,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="partkey-migrate", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("status", parents=[common], help="version, shape, implementation, state, strategy")
-    plan = commands.add_parser(
-        "plan", parents=[common], help="every statement upgrade (or downgrade) would run"
-    )
+    plan = commands.add_parser("plan", parents=[common], help="every statement upgrade (or downgrade) would run")
     plan.add_argument("--sql", action="store_true", help="print a runnable psql script (offline mode)")
     plan.add_argument("--downgrade", action="store_true", help="plan the downgrade instead")
     plan.add_argument("--strategy", choices=STRATEGIES, default="auto")
@@ -171,6 +167,11 @@ def _main(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         with connect(args.dsn) as conn:
+            # Session defaults, so that even catalog reads never queue for long behind someone's lock.
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (milliseconds(options.lock_timeout),))
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (milliseconds(options.statement_timeout),)
+            )
             return run(args, conn, options)
     except UsageError as error:
         print(f"partkey-migrate: error: {error}", file=sys.stderr)
@@ -179,9 +180,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"partkey-migrate: {error}", file=sys.stderr)
         return 1
     except psycopg.Error as error:
-        message = redact(
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, args.dsn
-        )
+        message = redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, args.dsn)
         # Connecting failed earlier (UsageError); this failed mid-run: the state table lets a re-run resume.
         print(f"partkey-migrate: database error: {message}", file=sys.stderr)
         return 1

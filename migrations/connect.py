@@ -40,11 +40,16 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     if not dsn:
         raise UsageError("no database given: pass --dsn or set PARTKEY_DSN")
     try:
-        return psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10)
+        conn = psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10)
     except psycopg.ProgrammingError as error:
         raise UsageError(f"invalid DSN: {_first_line(redact(str(error), dsn))}") from None
     except psycopg.Error as error:
         raise UsageError(f"cannot connect to the database: {_first_line(redact(str(error), dsn))}") from None
+    if conn.info.server_version >= 140000:
+        # A killed client's backend would otherwise keep waiting for (or holding) locks and the run lock until
+        # it next talks to the socket; with this it notices within a second, even during a lock wait.
+        conn.execute("SET client_connection_check_interval = '1s'")
+    return conn
 
 
 def _first_line(text: str) -> str:

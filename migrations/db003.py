@@ -45,9 +45,7 @@ def options_for(
     **limits: Any,
 ) -> Options:
     """Options for one table (defaults fit semantik's chunks); limits are Options fields."""
-    spec = KeySpec(
-        table=table, schema=schema, key_column=key_column, source_column=source_column, modulus=modulus
-    )
+    spec = KeySpec(table=table, schema=schema, key_column=key_column, source_column=source_column, modulus=modulus)
     return Options(spec=spec, **limits)
 
 

@@ -56,14 +56,12 @@ class MeasureReport:
         return [
             f"measure: INSERT latency on scratch copies of {self.table} in one rolled-back transaction; "
             f"{self.rows} sampled rows x {self.rounds} rounds, variants alternated",
-            f"  {'variant':<{width}} {'single-row INSERT, median µs':>30} "
-            f"{'INSERT…SELECT, median µs/row':>30}",
+            f"  {'variant':<{width}} {'single-row INSERT, median µs':>30} {'INSERT…SELECT, median µs/row':>30}",
             f"  {'before: ' + self.before:<{width}} {m['single_before']:>30.1f} {m['bulk_before']:>30.2f}",
             f"  {'after: ' + self.after:<{width}} {m['single_after']:>30.1f} {m['bulk_after']:>30.2f}",
             f"  {'after/before':<{width}} {m['single_after'] / m['single_before']:>30.2f} "
             f"{m['bulk_after'] / m['bulk_before']:>30.2f}",
-            "  single-row numbers include the client round trip; nothing is committed, so no commit cost"
-            " either",
+            "  single-row numbers include the client round trip; nothing is committed, so no commit cost either",
         ]
 
 
@@ -92,9 +90,7 @@ def _scratch(conn: psycopg.Connection[Any], impl: Implementation, options: Optio
         sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS){}").format(
             target,
             spec.table_ident,
-            sql.SQL(" PARTITION BY LIST ({})").format(sql.Identifier(spec.key_column))
-            if partitioned
-            else sql.SQL(""),
+            sql.SQL(" PARTITION BY LIST ({})").format(sql.Identifier(spec.key_column)) if partitioned else sql.SQL(""),
         )
     )
     if partitioned:
@@ -162,8 +158,7 @@ def _build_after(conn: psycopg.Connection[Any], impl: Implementation, options: O
     _scratch(conn, impl, options, name)
     if strategy == "generated":
         type_row = conn.execute(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = %s::regclass AND attname = %s",
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
             (target.as_string(conn), spec.key_column),
         ).fetchone()
         key_type = str(type_row[0]) if type_row else "integer"
@@ -232,9 +227,7 @@ def measure(
                     timings.append((time.perf_counter() - started) * 1e6)
                 conn.execute(sql.SQL("TRUNCATE {}").format(table))
                 started = time.perf_counter()
-                conn.execute(
-                    sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, sample)
-                )
+                conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, sample))
                 bulk = (time.perf_counter() - started) * 1e6 / len(values)
                 getattr(report, f"single_{variant}").extend(timings)
                 getattr(report, f"bulk_{variant}").append(bulk)

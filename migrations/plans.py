@@ -77,8 +77,7 @@ def _verify_step(options: Options, heap_bytes: int, rows: int) -> Step:
     return Step(
         name="pre-verify",
         title=(
-            f"verify every row's {spec.key_column} against "
-            f"abs(hashtext({spec.source_column}::text) % {spec.modulus})"
+            f"verify every row's {spec.key_column} against abs(hashtext({spec.source_column}::text) % {spec.modulus})"
         ),
         statements=(sqlgen.wrong_keys_guard(spec),),
         lock="ACCESS SHARE (reads only)",
@@ -180,9 +179,7 @@ def _tree_oids(impl: Implementation, conn: psycopg.Connection[Any], options: Opt
     return {table_oid(conn, options.spec), *(p.oid for p in impl.partitions)}
 
 
-def _generated_plan(
-    conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str
-) -> Plan:
+def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str) -> Plan:
     """Plain table, PG 12+: add the STORED column, verify it, then swap it in and rebuild the PK/indexes."""
     spec = options.spec
     size = table_size(conn, spec)
@@ -263,9 +260,7 @@ def _generated_plan(
     return plan
 
 
-def _keep_trigger_plan(
-    conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str
-) -> Plan:
+def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str) -> Plan:
     """Keep the trigger but give it the safe formula; add it where it is missing."""
     spec = options.spec
     plan = Plan("upgrade", "keep-trigger", reason, final_state="kept-trigger")
@@ -273,9 +268,7 @@ def _keep_trigger_plan(
     size = table_size(conn, spec)
     statements: list[Statement] = []
     body = sqlgen.function_body(spec).as_string(conn)
-    functions = sorted({(t.function_schema, t.function_name) for t in triggers}) or [
-        (spec.schema, DEFAULT_FUNCTION)
-    ]
+    functions = sorted({(t.function_schema, t.function_name) for t in triggers}) or [(spec.schema, DEFAULT_FUNCTION)]
     if not triggers or impl.formula_overflow:
         statements += [sqlgen.create_function(spec, schema, name, body) for schema, name in functions]
     fschema, fname = functions[0]
@@ -320,9 +313,7 @@ def downgrade_plan(
     plan = Plan("downgrade", "trigger", "back to the trigger", final_state="downgraded")
     saved = [KeyTrigger(**t) for t in captured.get("triggers", [])]
     trigger_name = saved[0].name if saved else DEFAULT_TRIGGER
-    fschema, fname = (
-        (saved[0].function_schema, saved[0].function_name) if saved else (spec.schema, DEFAULT_FUNCTION)
-    )
+    fschema, fname = (saved[0].function_schema, saved[0].function_name) if saved else (spec.schema, DEFAULT_FUNCTION)
     body = sqlgen.function_body(spec).as_string(conn)
     current = key_triggers(conn, spec, impl)
     oid = table_oid(conn, spec)
@@ -396,9 +387,7 @@ def _generated_downgrade(
         sqlgen.drop_column(spec, spec.key_column),
         sqlgen.rename_column(spec, options.old_column, spec.key_column),
     ]
-    if captured.get("key_not_null") and not any(
-        d.definition.startswith(("PRIMARY KEY", "NOT NULL")) for d in saved
-    ):
+    if captured.get("key_not_null") and not any(d.definition.startswith(("PRIMARY KEY", "NOT NULL")) for d in saved):
         statements.append(sqlgen.set_not_null(spec, spec.key_column))
     statements.append(sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname))
     statements += [d.recreate(spec.table_ident) for d in saved]

@@ -40,11 +40,11 @@ def _batch_update(options: Options, leaf: sql.Identifier, leaf_name: str) -> sql
 
 def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[str], None] = print) -> Outcome:
     """Set every wrong key to the safe formula's value, batch by batch, each batch its own transaction."""
-    impl = inspect(conn, options)
-    if impl.generated_kind is not None:
-        out(f"nothing to repair: {options.spec.key_column} is a generated column, PostgreSQL computes it")
-        return Outcome(0, "clean", "generated column")
     with run_lock(conn, options.spec.label):
+        impl = inspect(conn, options)
+        if impl.generated_kind is not None:
+            out(f"nothing to repair: {options.spec.key_column} is a generated column, PostgreSQL computes it")
+            return Outcome(0, "clean", "generated column")
         relations = Verifier(conn, options.spec).relations()
         batches = fixed = 0
         for schema, name in relations:
@@ -69,7 +69,5 @@ def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[st
     for line in describe(result):
         out(f"after repair: {line}")
     if not result.clean:
-        raise RefusedError(
-            f"{options.spec.label} still has wrong keys after repair (rows changing under load?)"
-        )
+        raise RefusedError(f"{options.spec.label} still has wrong keys after repair (rows changing under load?)")
     return Outcome(0, "clean", f"fixed {fixed} row(s)")

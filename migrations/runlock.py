@@ -32,8 +32,7 @@ def run_lock(conn: psycopg.Connection[Any], target: str) -> Iterator[None]:
             (LOCK_CLASS, key),
         ).fetchone()
         who = (
-            f" (backend pid {holder[0]}, {holder[1] or 'no application_name'}, {holder[2]}, "
-            f"connected {holder[3]})"
+            f" (backend pid {holder[0]}, {holder[1] or 'no application_name'}, {holder[2]}, connected {holder[3]})"
             if holder
             else ""
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,19 +33,13 @@ def inspect(conn: psycopg.Connection[Any], options: Options) -> Implementation:
     try:
         impl = detect(conn, options.spec)
     except TableNotFoundError:
-        raise UsageError(
-            f"table {options.spec.label} does not exist in database {conn.info.dbname!r}"
-        ) from None
+        raise UsageError(f"table {options.spec.label} does not exist in database {conn.info.dbname!r}") from None
     if not impl.key_column_exists:
-        raise UsageError(
-            f"table {options.spec.label} has no column {options.spec.key_column!r} (--key-column)"
-        )
+        raise UsageError(f"table {options.spec.label} has no column {options.spec.key_column!r} (--key-column)")
     return impl
 
 
-def build_upgrade(
-    conn: psycopg.Connection[Any], options: Options, requested: Requested
-) -> tuple[Implementation, Plan]:
+def build_upgrade(conn: psycopg.Connection[Any], options: Options, requested: Requested) -> tuple[Implementation, Plan]:
     """The upgrade plan for the table as it is now; RefusedError when no strategy fits."""
     impl = inspect(conn, options)
     choice = choose(impl, requested)
@@ -73,24 +68,13 @@ def upgrade(
     out: Out = print,
 ) -> Outcome:
     """Replace the trigger as the strategy says; resumable, refused on wrong keys."""
-    impl, plan = build_upgrade(conn, options, requested)
-    store = StateStore(conn, options)
-    state = store.read()
-    if state is not None and state.direction == "downgrade" and state.running:
-        raise RefusedError(
-            f"a downgrade of {options.spec.label} was interrupted; run downgrade again to finish it"
-        )
-    if plan.strategy == "keep-trigger" and impl.shape == "plain" and impl.major < 12:
-        log.warning(
-            "GENERATED columns need PostgreSQL 12 (this server is %s): keeping the trigger, "
-            "fixing its formula",
-            impl.server_version,
-        )
     if dry_run:
+        impl, plan = _checked_upgrade(conn, options, requested)
         return _dry_run(conn, options, impl, plan, measure, out)
+    # The run lock comes first: even reading the catalog could queue behind another run's pending lock.
     with run_lock(conn, options.spec.label):
-        impl, plan = build_upgrade(conn, options, requested)
-        state = store.read()
+        impl, plan = _checked_upgrade(conn, options, requested)
+        state = StateStore(conn, options).read()
         return _execute(
             conn,
             options,
@@ -102,12 +86,26 @@ def upgrade(
         )
 
 
-def downgrade(
-    conn: psycopg.Connection[Any], options: Options, *, dry_run: bool = False, out: Out = print
-) -> Outcome:
+def _checked_upgrade(
+    conn: psycopg.Connection[Any], options: Options, requested: Requested
+) -> tuple[Implementation, Plan]:
+    """The upgrade plan, refused while a downgrade is half done; says why PG 11 keeps the trigger."""
+    impl, plan = build_upgrade(conn, options, requested)
+    state = StateStore(conn, options).read()
+    if state is not None and state.direction == "downgrade" and state.running:
+        raise RefusedError(f"a downgrade of {options.spec.label} was interrupted; run downgrade again to finish it")
+    if plan.strategy == "keep-trigger" and impl.shape == "plain" and impl.major < 12:
+        log.warning(
+            "GENERATED columns need PostgreSQL 12 (this server is %s): keeping the trigger, fixing its formula",
+            impl.server_version,
+        )
+    return impl, plan
+
+
+def downgrade(conn: psycopg.Connection[Any], options: Options, *, dry_run: bool = False, out: Out = print) -> Outcome:
     """Back to the trigger with the safe formula; PK and indexes as they were before the upgrade."""
-    impl, plan = build_downgrade(conn, options)
     if dry_run:
+        impl, plan = build_downgrade(conn, options)
         return _dry_run(conn, options, impl, plan, False, out)
     with run_lock(conn, options.spec.label):
         impl, plan = build_downgrade(conn, options)
@@ -131,10 +129,7 @@ def _dry_run(
     for warning in plan.warnings:
         out(f"warning: {warning}")
     for number, step in enumerate(s for s in plan.steps if s.kind == "ddl"):
-        out(
-            f"  would run step {number + 1}: {step.title} "
-            f"[{step.lock}; ~{human_seconds(step.estimate_seconds)}]"
-        )
+        out(f"  would run step {number + 1}: {step.title} [{step.lock}; ~{human_seconds(step.estimate_seconds)}]")
     code = 0
     if any(step.kind == "verify" for step in plan.steps):
         result = verify_full(conn, options, impl)
@@ -176,9 +171,7 @@ def _execute(
     for step in plan.steps:
         if step.kind == "verify":
             _pre_verify(conn, options, impl, out)
-    captured = (
-        None if state_running else (capture(conn, options, impl) if plan.direction == "upgrade" else None)
-    )
+    captured = None if state_running else (capture(conn, options, impl) if plan.direction == "upgrade" else None)
 
     def begin() -> None:
         store.ensure()
@@ -190,11 +183,19 @@ def _execute(
     with_lock_retries(conn, options, "state table", begin)
     steps = [s for s in plan.steps if s.kind != "verify"]
     for number, step in enumerate(steps, start=1):
-        _run_step(
-            conn, options, store, step, number, len(steps), plan.final_state if number == len(steps) else None
-        )
+        _fault_injection_pause(step.name)
+        _run_step(conn, options, store, step, number, len(steps), plan.final_state if number == len(steps) else None)
     out(f"{plan.direction} finished: state {plan.final_state}")
     return Outcome(0, plan.final_state, f"{plan.direction} finished")
+
+
+def _fault_injection_pause(step: str) -> None:
+    """Crash tests: PARTKEY_MIGRATE_PAUSE_BEFORE=<step> sleeps, outside any transaction, before that step."""
+    if os.environ.get("PARTKEY_MIGRATE_PAUSE_BEFORE") != step:
+        return
+    seconds = float(os.environ.get("PARTKEY_MIGRATE_PAUSE_SECONDS", "3600"))
+    log.warning("pausing %.1fs before step %s (PARTKEY_MIGRATE_PAUSE_BEFORE)", seconds, step)
+    time.sleep(seconds)
 
 
 def _pre_verify(conn: psycopg.Connection[Any], options: Options, impl: Implementation, out: Out) -> None:
@@ -247,9 +248,7 @@ def _run_step(
 
 def _check_columns_agree(conn: psycopg.Connection[Any], options: Options) -> None:
     """The generated column must equal the old key on every row before the swap."""
-    row = conn.execute(
-        sqlgen.columns_differ(options.spec, options.spec.key_column, options.new_column)
-    ).fetchone()
+    row = conn.execute(sqlgen.columns_differ(options.spec, options.spec.key_column, options.new_column)).fetchone()
     differ = int(row[0]) if row else 0
     if differ:
         raise RefusedError(

@@ -32,9 +32,7 @@ def drop_function(schema: str, name: str) -> sql.Composed:
     return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, name))
 
 
-def create_trigger(
-    trigger: str, schema: str, relation: str, function_schema: str, function: str
-) -> sql.Composed:
+def create_trigger(trigger: str, schema: str, relation: str, function_schema: str, function: str) -> sql.Composed:
     """A BEFORE INSERT row trigger (EXECUTE FUNCTION exists since PG 11)."""
     return sql.SQL("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
         sql.Identifier(trigger), sql.Identifier(schema, relation), sql.Identifier(function_schema, function)
@@ -43,9 +41,7 @@ def create_trigger(
 
 def drop_trigger(trigger: str, schema: str, relation: str) -> sql.Composed:
     """DROP TRIGGER IF EXISTS, so a resumed run can repeat it."""
-    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-        sql.Identifier(trigger), sql.Identifier(schema, relation)
-    )
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), sql.Identifier(schema, relation))
 
 
 def add_check(spec: KeySpec, name: str) -> sql.Composed:
@@ -62,9 +58,7 @@ def validate_check(spec: KeySpec, name: str) -> sql.Composed:
 
 def drop_constraint(spec: KeySpec, name: str) -> sql.Composed:
     """DROP CONSTRAINT IF EXISTS."""
-    return sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-        spec.table_ident, sql.Identifier(name)
-    )
+    return sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(spec.table_ident, sql.Identifier(name))
 
 
 def add_generated_column(spec: KeySpec, column: str, type_sql: str) -> sql.Composed:
@@ -95,16 +89,12 @@ def rename_column(spec: KeySpec, old: str, new: str) -> sql.Composed:
 
 def set_not_null(spec: KeySpec, column: str) -> sql.Composed:
     """SET NOT NULL (scans the table, under the lock the swap already holds)."""
-    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
-        spec.table_ident, sql.Identifier(column)
-    )
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(spec.table_ident, sql.Identifier(column))
 
 
 def copy_column(spec: KeySpec, target: str, source: str) -> sql.Composed:
     """UPDATE every row: target := source."""
-    return sql.SQL("UPDATE {} SET {} = {}").format(
-        spec.table_ident, sql.Identifier(target), sql.Identifier(source)
-    )
+    return sql.SQL("UPDATE {} SET {} = {}").format(spec.table_ident, sql.Identifier(target), sql.Identifier(source))
 
 
 def columns_differ(spec: KeySpec, left: str, right: str) -> sql.Composed:

@@ -66,8 +66,7 @@ class StateStore:
             return None
         row = self.conn.execute(
             sql.SQL(
-                "SELECT direction, strategy, status, steps, captured, updated_at::text FROM {}"
-                " WHERE target = %s"
+                "SELECT direction, strategy, status, steps, captured, updated_at::text FROM {} WHERE target = %s"
             ).format(self.table),
             (self.options.spec.label,),
         ).fetchone()

@@ -23,9 +23,7 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
     elif impl.method == "trigger":
         where = "the parent" if impl.trigger_location == "parent" else "each partition"
         names = sorted({f"{t.name} -> {t.function}()" for t in impl.triggers})
-        implementation = f"trigger on {where}: {', '.join(names)}" + (
-            "" if impl.trigger_enabled else " (DISABLED)"
-        )
+        implementation = f"trigger on {where}: {', '.join(names)}" + ("" if impl.trigger_enabled else " (DISABLED)")
         if impl.partitions_missing_trigger:
             implementation += f"; missing on {', '.join(impl.partitions_missing_trigger)}"
     elif impl.method == "check":

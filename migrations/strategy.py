@@ -30,8 +30,7 @@ def choose(impl: Implementation, requested: Requested = "auto") -> Choice:
     if impl.shape in ("hash", "expression"):
         return Choice(
             None,
-            f"rows are routed by {impl.shape} partitioning ({impl.partition_key}); "
-            "there is no stored key to migrate",
+            f"rows are routed by {impl.shape} partitioning ({impl.partition_key}); there is no stored key to migrate",
         )
     if impl.shape not in ("plain", "list") or (impl.shape == "list" and not impl.partitioned_by_key_column):
         return Choice(

@@ -16,9 +16,7 @@ from migrations.options import Options, milliseconds
 @contextmanager
 def scan_limits(conn: psycopg.Connection[Any], options: Options) -> Iterator[None]:
     """Session-level scan limits for the Verifier's own short transactions, restored afterwards."""
-    before = conn.execute(
-        "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
-    ).fetchone()
+    before = conn.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone()
     assert before is not None
     conn.execute("SELECT set_config('statement_timeout', %s, false)", (milliseconds(options.scan_timeout),))
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (milliseconds(options.lock_timeout),))

@@ -91,15 +91,11 @@ def catalog(conn: psycopg.Connection[Any], table: str = "chunks") -> dict[str, A
             {"t": table},
         ).fetchall(),
         "functions": sorted(
-            conn.execute(
-                "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
-            ).fetchall()
+            conn.execute("SELECT proname, prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace").fetchall()
         ),
         "relations": sorted(
             r[0]
-            for r in conn.execute(
-                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-            ).fetchall()
+            for r in conn.execute("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchall()
         ),
     }
 
@@ -108,9 +104,7 @@ def state(conn: psycopg.Connection[Any]) -> tuple[str, list[str]] | None:
     """(status, steps done) from the state table, or None when it does not exist or has no row."""
     if conn.execute("SELECT to_regclass('public.partkey_migration_state')").fetchone() == (None,):
         return None
-    row = conn.execute(
-        "SELECT status, steps FROM partkey_migration_state WHERE target = 'public.chunks'"
-    ).fetchone()
+    row = conn.execute("SELECT status, steps FROM partkey_migration_state WHERE target = 'public.chunks'").fetchone()
     return (row[0], [s["step"] for s in row[1]]) if row else None
 
 

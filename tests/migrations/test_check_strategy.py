@@ -24,9 +24,7 @@ def list_table(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     return conn
 
 
-def test_status_names_shape_trigger_overflow_and_strategy(
-    list_table: psycopg.Connection[Any], dsn: str
-) -> None:
+def test_status_names_shape_trigger_overflow_and_strategy(list_table: psycopg.Connection[Any], dsn: str) -> None:
     run = cli(dsn, "status")
     assert run.code == 0, run.err
     assert "partitioned by LIST (partition_key), 10 partitions" in run.out
@@ -97,9 +95,7 @@ def test_upgrade_verify_downgrade_upgrade_keeps_rows_keys_pk_and_indexes(
     cid = "11111111-1111-4111-8111-111111111111"
     good = expected_key(conn, cid)
     with pytest.raises(psycopg.errors.CheckViolation, match=CHECK):
-        conn.execute(
-            "INSERT INTO chunks (collection_id, partition_key) VALUES (%s, %s)", (cid, (good + 1) % 10)
-        )
+        conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES (%s, %s)", (cid, (good + 1) % 10))
 
     down = cli(dsn, "downgrade")
     assert down.code == 0, down.err
@@ -181,9 +177,7 @@ def test_generated_strategy_is_refused_on_a_list_table(list_table: psycopg.Conne
     assert catalog(list_table) == before
 
 
-def test_bad_dsn_and_missing_table_give_one_line_without_password(
-    conn: psycopg.Connection[Any], dsn: str
-) -> None:
+def test_bad_dsn_and_missing_table_give_one_line_without_password(conn: psycopg.Connection[Any], dsn: str) -> None:
     run = cli("host=/nonexistent-dir port=1 user=u password=hunter2secret dbname=x", "status")
     assert run.code == 2
     assert run.err.startswith("partkey-migrate: error: cannot connect to the database")

@@ -23,13 +23,10 @@ def create_plain(conn: psycopg.Connection[Any], rows: int = 3000) -> None:
     )
     conn.execute(LEGACY_TRIGGER_FUNCTION.format(schema="public", modulus=10))
     conn.execute(
-        "CREATE TRIGGER set_partition_key BEFORE INSERT ON chunks "
-        "FOR EACH ROW EXECUTE FUNCTION compute_partition_key()"
+        "CREATE TRIGGER set_partition_key BEFORE INSERT ON chunks FOR EACH ROW EXECUTE FUNCTION compute_partition_key()"
     )
     conn.execute("CREATE INDEX chunks_key_idx ON chunks (partition_key)")
-    conn.execute(
-        "CREATE UNIQUE INDEX chunks_key_id_uq ON chunks (partition_key, id) WHERE content IS NOT NULL"
-    )
+    conn.execute("CREATE UNIQUE INDEX chunks_key_id_uq ON chunks (partition_key, id) WHERE content IS NOT NULL")
     conn.execute("CREATE INDEX chunks_collection_idx ON chunks (collection_id)")
     conn.execute(
         "INSERT INTO chunks (collection_id, content) "
@@ -51,9 +48,7 @@ def test_status_and_plan_warn_about_the_rewrite(plain_table: psycopg.Connection[
     assert "key column position:           3 of 4" in status.out
     plan = cli(dsn, "plan")
     assert plan.code == 0, plan.err
-    assert plan.out.splitlines()[1].startswith(
-        "warning: ADD COLUMN ... GENERATED ... STORED rewrites public.chunks"
-    )
+    assert plan.out.splitlines()[1].startswith("warning: ADD COLUMN ... GENERATED ... STORED rewrites public.chunks")
     assert "under ACCESS EXCLUSIVE" in plan.out.splitlines()[1]
     add = plan.out[plan.out.index("2. add-generated-column") : plan.out.index("3. verify-new-column")]
     assert "rewrites the table: yes" in add
@@ -101,10 +96,7 @@ def test_upgrade_verify_downgrade_upgrade_keeps_values_pk_and_indexes(
     assert downgraded["triggers"] == before["triggers"]
     last = downgraded["columns"][-1]
     assert (last[0], last[1:]) == ("partition_key", ("integer", True, ""))
-    assert (
-        'abs(hashtext(NEW."collection_id"::text) % 10)'
-        in dict(downgraded["functions"])["compute_partition_key"]
-    )
+    assert 'abs(hashtext(NEW."collection_id"::text) % 10)' in dict(downgraded["functions"])["compute_partition_key"]
     assert keys(conn) == rows_before
     row = conn.execute(
         "INSERT INTO chunks (collection_id, content) VALUES (%s, 'y') RETURNING partition_key",
