@@ -38,10 +38,10 @@ def _last() -> cb.ReduceDataOptions:
 
 
 def _stat(title: str, description: str, expr: str, steps: db.ThresholdsConfig, *, unit: str = "short",
-          decimals: int = 0) -> stat.Panel:
+          decimals: int = 0, no_value: str = "No data") -> stat.Panel:
     """A per-table stat panel with a sparkline."""
     return finish(
-        stat.Panel().unit(unit).decimals(decimals).thresholds(steps).reduce_options(_last())
+        stat.Panel().unit(unit).decimals(decimals).thresholds(steps).reduce_options(_last()).no_value(no_value)
         .graph_mode(cm.BigValueGraphMode.AREA).color_mode(cm.BigValueColorMode.VALUE)
         .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
         title,
@@ -77,10 +77,13 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
     ))
     board = board.with_panel(_stat(
         "Default-partition rows",
-        "Rows in the DEFAULT partition: their key matched no listed partition. Above 0 a writer uses a "
+        "Rows in the DEFAULT partition: their key matched no listed partition (empty when the table has "
+        "no DEFAULT partition; then such inserts fail instead). Above 0 a writer uses a "
         "different formula or modulus. Confirm with `partkey-exporter verify --mode full`, move them with "
         "`partkey-migrate repair`. See runbook PartkeyDefaultPartitionRows.",
         f"partkey_default_partition_rows{{{SELECTOR}}}", thresholds((None, "green"), (1, "red")),
+        # The exporter emits nothing for a table without a DEFAULT partition; say so instead of "No data".
+        no_value="no DEFAULT partition",
     ))
     board = board.with_panel(_stat(
         "Hot partitions (> 1.2x avg)",

@@ -6,12 +6,20 @@ so recording rules exist), then run each `NamedQuery.expr` and check it returns 
     from dashboards.queries import all_queries
     for q in all_queries(target="demo", table="public.chunks"):
         ...  # q.name, q.kind, q.expr, q.instant
+
+Or from a shell, against a running Prometheus, to see which queries return nothing:
+
+    python -m dashboards.queries --prometheus http://127.0.0.1:9090 --target demo --table public.chunks
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -196,3 +204,38 @@ def all_queries(
     found.extend(rule_queries(datasource))
     found.extend(grafana_alert_queries())
     return found
+
+
+def series_count(prometheus: str, expr: str, timeout: float = 10.0) -> int:
+    """How many series an instant query returns now (raises on a query error)."""
+    url = f"{prometheus.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310  # an operator-given URL
+        body = json.load(response)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{expr!r}: {body.get('error')}")
+    return len(body["data"]["result"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print every query, or with --prometheus, how many series each returns; exit 1 if a panel is empty."""
+    parser = argparse.ArgumentParser(prog="python -m dashboards.queries", description=main.__doc__)
+    parser.add_argument("--prometheus", help="base URL of a Prometheus that scrapes the exporter")
+    parser.add_argument("--target", default="demo")
+    parser.add_argument("--table", default="public.chunks")
+    parser.add_argument("--source", default="estimate")
+    args = parser.parse_args(argv)
+    empty = 0
+    for q in all_queries(args.target, args.table, source=args.source):
+        if args.prometheus is None:
+            print(f"{q.kind}\t{q.name}\t{' '.join(q.expr.split())}")
+            continue
+        count = series_count(args.prometheus, q.expr)
+        # Alerts are empty when all is well; panels and variables should always have data.
+        if count == 0 and q.kind in ("panel", "variable", "record"):
+            empty += 1
+        print(f"{count:4d}  {q.kind:13s} {q.name}")
+    return 1 if empty else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
