@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Protocol, Self, TypeVar
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus
@@ -21,7 +21,20 @@ DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TARGET = 'target=~"$target"'
 TARGET_TABLE = 'target=~"$target", table=~"$table"'
 
-P = TypeVar("P", bound=db.Panel)
+
+class PanelBuilder(Protocol):
+    """What every SDK panel builder (stat.Panel, timeseries.Panel, ...) offers; they share no base class."""
+
+    def title(self, title: str) -> Self: ...
+    def description(self, description: str) -> Self: ...
+    def datasource(self, datasource: dm.DataSourceRef) -> Self: ...
+    def span(self, w: int) -> Self: ...
+    def height(self, h: int) -> Self: ...
+    def with_target(self, target: prometheus.Dataquery) -> Self: ...
+    def build(self) -> dm.Panel: ...
+
+
+P = TypeVar("P", bound=PanelBuilder)
 
 
 def datasource_variable() -> db.DatasourceVariable:

@@ -148,7 +148,7 @@ def test_demo_database_and_exporter_role(dsn: str, compose: dict[str, Any]) -> N
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP ROLE IF EXISTS {role}")
         try:
-            conn.execute(sql)  # type: ignore[arg-type]  # a trusted file of several statements
+            conn.execute(sql)  # a trusted file of several statements
             assert conn.execute("SELECT count(*) FROM chunks").fetchone() == (100_000,)
             assert conn.execute(
                 "SELECT count(*) FROM pg_inherits WHERE inhparent = 'chunks'::regclass"
