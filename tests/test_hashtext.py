@@ -8,8 +8,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from exporter.hashtext import hash_bytes, hashtext, partition_for, pg_mod
+from exporter.keyspec import KeyFormula, key_expression
 from tests.schema import INT_MIN_COLLECTION_ID
 
 # Keeps the server's answers in the order of the strings sent.
@@ -135,6 +137,19 @@ def test_partition_for_agrees_with_server_legacy_formula(conn: psycopg.Connectio
     strings = [s for s in generated_strings(3000, seed=7) if s != INT_MIN_COLLECTION_ID]
     rows = conn.execute("SELECT abs(hashtext(x)) %% 100" + IN_ORDER, (strings,)).fetchall()
     assert [r[0] for r in rows] == [partition_for(s, formula="legacy") for s in strings]
+
+
+@pytest.mark.versioned("hashtext agreement")
+@pytest.mark.parametrize("formula", ["safe", "legacy"])
+def test_partition_for_agrees_with_the_exporters_key_sql(conn: psycopg.Connection[Any], formula: KeyFormula) -> None:
+    """The SQL the exporter verifies with and the Python the CLI answers with give the same keys."""
+    strings = [str(uuid.UUID(int=n * 7919 + 1, version=4)) for n in range(2000)]
+    # The expression holds a bare '%': pass the strings as a literal, not as a bound parameter.
+    query = sql.SQL("SELECT {} FROM unnest({}::text[]) WITH ORDINALITY AS u(x, n) ORDER BY n").format(
+        key_expression(sql.Identifier("x"), 100, formula), sql.Literal(strings)
+    )
+    rows = conn.execute(query).fetchall()
+    assert [r[0] for r in rows] == [partition_for(s, 100, formula) for s in strings]
 
 
 @pytest.mark.versioned("hashtext agreement")

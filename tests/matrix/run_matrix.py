@@ -139,13 +139,17 @@ def run_version(major: int, workdir: Path, pytest_args: Sequence[str]) -> Versio
     return run
 
 
+# The product's own features lead the table; server facts and anything new follow in collection order.
+LEADING_FEATURES = ("implementation detection", "verification", "hashtext agreement")
+
+
 def _features(runs: Sequence[VersionRun]) -> list[str]:
-    """Feature names in the order they first appear."""
+    """Feature names: the leading ones first, then the rest in the order they first appear."""
     seen: dict[str, None] = {}
     for run in runs:
         for case in run.cases:
             seen.setdefault(case.feature, None)
-    return list(seen)
+    return [f for f in LEADING_FEATURES if f in seen] + [f for f in seen if f not in LEADING_FEATURES]
 
 
 def _cell(cases: Sequence[Case]) -> str:

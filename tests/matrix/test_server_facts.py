@@ -7,7 +7,13 @@ from typing import Any
 import psycopg
 import pytest
 
-pytestmark = pytest.mark.versioned("reltuples: unknown vs empty")
+from exporter.hashtext import partition_for
+from exporter.introspect import detect
+from exporter.keyspec import KeySpec
+from tests.schema import INT_MIN_COLLECTION_ID, SAFE, create_list_table, create_plain_table
+
+COLLECTION = "00000000-0000-4000-8000-000000000001"  # partition_for(COLLECTION, 10) == 1
+INSERT = "INSERT INTO {table} (collection_id, partition_key) VALUES (%s, %s)"
 
 _STATS = "SELECT relname, reltuples, relpages FROM pg_class WHERE relname = ANY(%s) ORDER BY relname"
 
@@ -17,6 +23,7 @@ def _stats(conn: psycopg.Connection[Any], *names: str) -> dict[str, tuple[float,
     return {name: (tuples, pages) for name, tuples, pages in conn.execute(_STATS, (list(names),)).fetchall()}
 
 
+@pytest.mark.versioned("reltuples: unknown vs empty")
 def test_reltuples_is_unknown_until_the_first_analyze(conn: psycopg.Connection[Any]) -> None:
     """-1 means 'never analyzed' on 14+; 13 and older say 0, the same as an analyzed empty table."""
     modern = conn.info.server_version >= 140000
@@ -56,8 +63,107 @@ def test_reltuples_is_unknown_until_the_first_analyze(conn: psycopg.Connection[A
     assert (fresh["empty"] != analyzed["empty"]) is modern
 
 
+@pytest.mark.versioned("reltuples: unknown vs empty")
 def test_vacuum_of_an_empty_table_says_empty(conn: psycopg.Connection[Any]) -> None:
     """VACUUM, like ANALYZE, turns 'unknown' into a known 0 on every version."""
     conn.execute("CREATE TABLE empty (v text) WITH (autovacuum_enabled = false)")
     conn.execute("VACUUM empty")
     assert _stats(conn, "empty") == {"empty": (0.0, 0)}
+
+
+def _refusal(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> psycopg.Error:
+    """Run a statement that must fail and return the server's error."""
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute(query, params)
+    return refused.value
+
+
+@pytest.mark.versioned("key trigger only rejects")
+def test_key_trigger_rejects_wrong_keys_but_never_supplies_one(conn: psycopg.Connection[Any]) -> None:
+    """Rows are routed before any BEFORE trigger: it can reject a wrong key, never fill in a missing one."""
+    version = conn.info.server_version
+    # 11/12 refuse the trigger on the parent (asserted in test_introspect); there it sits on each partition.
+    create_list_table(conn, modulus=10, trigger="parent" if version >= 130000 else "partitions")
+    assert partition_for(COLLECTION, 10) == 1
+    insert = INSERT.format(table="chunks")
+
+    wrong = _refusal(conn, insert, (COLLECTION, 2))
+    if version >= 130000:
+        assert isinstance(wrong, psycopg.errors.FeatureNotSupported)
+        assert wrong.diag.message_primary == (
+            "moving row to another partition during a BEFORE FOR EACH ROW trigger is not supported"
+        )
+        assert wrong.diag.message_detail == (
+            'Before executing trigger "set_partition_key", '
+            'the row was to be in partition "public.chunks_part_02".'
+        )
+    else:
+        assert isinstance(wrong, psycopg.errors.CheckViolation)
+        violates = 'new row for relation "chunks_part_02" violates partition constraint'
+        assert wrong.diag.message_primary == violates
+        # The trigger rewrote the key to 1 after routing to partition 2: the failing row shows it.
+        detail = wrong.diag.message_detail or ""
+        assert detail.startswith(f"Failing row contains (1, {COLLECTION}, 1, null, ")
+
+    missing = _refusal(conn, insert, (COLLECTION, None))
+    assert isinstance(missing, psycopg.errors.CheckViolation)
+    assert missing.diag.message_primary == 'no partition of relation "chunks" found for row'
+    null_key = "Partition key of the failing row contains (partition_key) = (null)."
+    assert missing.diag.message_detail == null_key
+
+    conn.execute(insert, (COLLECTION, 1))
+    assert conn.execute("SELECT tableoid::regclass::text, partition_key FROM chunks").fetchall() == [
+        ("chunks_part_01", 1)
+    ]
+
+
+@pytest.mark.versioned("CHECK NOT VALID then VALIDATE")
+def test_check_added_not_valid_then_validated(conn: psycopg.Connection[Any]) -> None:
+    """The trigger's replacement on partitioned tables: instant NOT VALID, checks new rows, then VALIDATE."""
+    version = conn.info.server_version
+    create_list_table(conn, modulus=10, trigger=None)
+    insert = INSERT.format(table="chunks")
+    conn.execute(insert, (COLLECTION, 2))  # a stale row from before the constraint
+    conn.execute(
+        "ALTER TABLE chunks ADD CONSTRAINT chunks_partition_key_check "
+        f"CHECK (partition_key = {SAFE.format(modulus=10)}) NOT VALID"
+    )
+    spec = KeySpec(modulus=10)
+    info = detect(conn, spec)
+    assert (info.method, info.optimal, [c.validated for c in info.checks]) == ("check", True, [False])
+
+    wrong = _refusal(conn, insert, (COLLECTION, 2))
+    assert isinstance(wrong, psycopg.errors.CheckViolation)
+    assert wrong.diag.message_primary == (
+        'new row for relation "chunks_part_02" violates check constraint "chunks_partition_key_check"'
+    )
+
+    validate = "ALTER TABLE chunks VALIDATE CONSTRAINT chunks_partition_key_check"
+    stale = _refusal(conn, validate, ())
+    assert isinstance(stale, psycopg.errors.CheckViolation)
+    relation = ' of relation "chunks_part_02"' if version >= 130000 else ""
+    violated = f'check constraint "chunks_partition_key_check"{relation} is violated by some row'
+    assert stale.diag.message_primary == violated
+
+    conn.execute("DELETE FROM chunks")
+    conn.execute(validate)
+    assert [c.validated for c in detect(conn, spec).checks] == [True]
+    inherited = conn.execute(
+        "SELECT count(*), bool_and(convalidated) FROM pg_constraint "
+        "WHERE conname = 'chunks_partition_key_check'"
+    ).fetchone()
+    assert inherited == (11, True)  # the parent and its 10 partitions
+
+
+@pytest.mark.versioned("INT_MIN overflow")
+def test_legacy_formula_overflows_on_int_min(conn: psycopg.Connection[Any]) -> None:
+    """abs(hashtext(x)) % n raises for an id hashing to INT_MIN; abs(hashtext(x) % n) gives partition_for's."""
+    create_plain_table(conn, key="trigger", modulus=100)
+    overflow = _refusal(conn, "INSERT INTO chunks (collection_id) VALUES (%s)", (INT_MIN_COLLECTION_ID,))
+    assert isinstance(overflow, psycopg.errors.NumericValueOutOfRange)
+    assert overflow.diag.message_primary == "integer out of range"
+    assert overflow.diag.context == "PL/pgSQL function compute_partition_key() line 3 at assignment"
+    safe = conn.execute(
+        f"SELECT {SAFE.format(modulus=100)} FROM (SELECT '{INT_MIN_COLLECTION_ID}'::uuid AS collection_id) s"
+    ).fetchone()
+    assert safe == (partition_for(INT_MIN_COLLECTION_ID, 100),) == (48,)
