@@ -106,13 +106,14 @@ class StateStore:
         )
 
     def record(self, step: str) -> None:
-        """Append a finished step (inside that step's transaction, so both commit or neither)."""
+        """Note a finished step once (inside that step's transaction, so both commit or neither)."""
         self.conn.execute(
             sql.SQL(
-                "UPDATE {} SET steps = steps || jsonb_build_array(jsonb_build_object('step', %s::text, "
-                "'done_at', now())), updated_at = now() WHERE target = %s"
+                "UPDATE {} SET steps = steps || jsonb_build_array(jsonb_build_object('step', %(step)s::text, "
+                "'done_at', now())), updated_at = now() WHERE target = %(target)s "
+                "AND NOT steps @> jsonb_build_array(jsonb_build_object('step', %(step)s::text))"
             ).format(self.table),
-            (step, self.options.spec.label),
+            {"step": step, "target": self.options.spec.label},
         )
 
     def finish(self, status: str) -> None:

@@ -34,14 +34,15 @@ def cli(dsn: str, *args: str, modulus: int = 10) -> Run:
     return Run(code, out.getvalue(), err.getvalue())
 
 
-def spawn(dsn: str, *args: str, modulus: int = 10) -> subprocess.Popen[str]:
-    """Start partkey-migrate as its own process (for SIGKILL tests)."""
+def spawn(dsn: str, *args: str, modulus: int = 10, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start partkey-migrate as its own process (for SIGKILL and concurrency tests)."""
     return subprocess.Popen(
         [sys.executable, "-m", "migrations.cli", *args, "--dsn", dsn, "--modulus", str(modulus)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
