@@ -11,6 +11,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from exporter.checks.base import Check
 from exporter.checks.distribution import DistributionCheck
@@ -81,6 +82,20 @@ class Exporter:
         self.registry.register(PartkeyCollector(self.store, self.targets))
         self.scheduler: Any = None
         self.admin_token = config.admin_token()
+        self._rendered_lock = threading.Lock()
+        self._rendered: tuple[object, dict[str, tuple[bytes, str]]] = (None, {})
+
+    def render_metrics(self, accept: str) -> tuple[bytes, str]:
+        """The /metrics body for this Accept header, encoded once per snapshot and reused until the next one."""
+        encoder, content_type = choose_encoder(accept)
+        snapshot = self.store.current
+        with self._rendered_lock:
+            cached_for, bodies = self._rendered
+            if cached_for is snapshot and content_type in bodies:
+                return bodies[content_type]
+            body = (encoder(self.registry), content_type)
+            self._rendered = (snapshot, {**(bodies if cached_for is snapshot else {}), content_type: body})
+            return body
 
     def start(self) -> None:
         """Schedule every check; the first runs start within a few seconds, staggered."""

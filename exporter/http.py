@@ -13,8 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client.exposition import choose_encoder
-
 from exporter import __version__
 from exporter.config import ListenConfig
 from exporter.daemon import BusyError, Exporter, UnknownTableError
@@ -111,8 +109,8 @@ class Handler(BaseHTTPRequestHandler):
         if path in POST_PATHS:
             raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST")
         if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._send(HTTPStatus.OK, encoder(exporter.registry), content_type)
+            body, content_type = exporter.render_metrics(self.headers.get("Accept", ""))
+            self._send(HTTPStatus.OK, body, content_type)
         elif path == "/healthz":
             self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/readyz":

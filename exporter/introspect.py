@@ -165,6 +165,23 @@ ORDER BY k.ord
 """
 
 
+def verification_inputs(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[bool, tuple[str, ...]]:
+    """Whether the key column exists, and the primary key columns: all a verification pass needs."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.oid AND attname = %(key)s AND NOT attisdropped),
+                  ARRAY(SELECT a.attname::text FROM pg_index i
+                        JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                        WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')""",
+        {"key": spec.key_column, "schema": spec.schema, "table": spec.table},
+    ).fetchone()
+    if row is None:
+        raise TableNotFoundError(f"table {spec.label} does not exist")
+    return bool(row[0]), tuple(row[1])
+
+
 def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
     """Inspect the catalog for one table; raise TableNotFoundError when it is missing."""
     version = server_version_num(conn)

@@ -115,24 +115,26 @@ class Verifier:
     ) -> VerificationResult:
         """Verify the rows selected by mode; incremental takes rows with after < column <= upto."""
         started = time.monotonic()
-        tally = _Tally()
         seed = int(time.time()) % 1_000_000
-        for schema, name in self.relations():
-            relation = sql.Identifier(schema, name)
-            source = sql.SQL("ONLY {}").format(relation)
-            if mode == "sample":
-                source = sql.SQL("ONLY {} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
-                    relation, sql.Literal(sample_percent), sql.Literal(seed)
-                )
-            filters: list[sql.Composable] = []
-            if mode == "incremental":
-                if watermark_column is None:
-                    raise ValueError("incremental verification needs a watermark column")
-                column = sql.Identifier(watermark_column)
-                if after is not None:
-                    filters.append(sql.SQL("{} > {}").format(column, sql.Literal(after)))
-                filters.append(sql.SQL("{} <= {}").format(column, sql.Literal(upto)))
-            self._scan(f"{schema}.{name}", relation, source, filters, 0, self._block_count(relation), tally)
+        filters = self._filters(mode, watermark_column, after, upto)
+
+        def source(relation: sql.Identifier, only: bool) -> sql.Composable:
+            prefix = sql.SQL("ONLY {} AS t").format(relation) if only else sql.SQL("{} AS t").format(relation)
+            if mode != "sample":
+                return prefix
+            return sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
+                prefix, sql.Literal(sample_percent), sql.Literal(seed)
+            )
+
+        tally = _Tally()
+        # One statement over the whole table lets the planner prune, scan in parallel and skip per-partition
+        # round trips; only when a row's expression raises do we fall back to bisecting each partition.
+        if not self._scan_whole_table(source(self.spec.table_ident, only=False), filters, tally):
+            tally = _Tally()
+            for schema, name in self.relations():
+                relation = sql.Identifier(schema, name)
+                label = f"{schema}.{name}"
+                self._scan(label, relation, source(relation, only=True), filters, 0, self._block_count(relation), tally)
         return VerificationResult(
             mode=mode,
             rows_checked=tally.checked,
@@ -144,6 +146,48 @@ class Verifier:
             sample_percent=sample_percent if mode == "sample" else None,
             duration_seconds=time.monotonic() - started,
         )
+
+    @staticmethod
+    def _filters(mode: Mode, watermark_column: str | None, after: Any, upto: Any) -> list[sql.Composable]:
+        """The WHERE conditions a mode adds: the watermark window for incremental runs."""
+        if mode != "incremental":
+            return []
+        if watermark_column is None:
+            raise ValueError("incremental verification needs a watermark column")
+        column = sql.Identifier(watermark_column)
+        filters: list[sql.Composable] = [sql.SQL("{} <= {}").format(column, sql.Literal(upto))]
+        if after is not None:
+            filters.insert(0, sql.SQL("{} > {}").format(column, sql.Literal(after)))
+        return filters
+
+    def _count_query(self, source: sql.Composable, where: sql.Composable) -> sql.Composed:
+        """Rows checked, NULL keys and mismatched keys in one pass."""
+        key = sql.Identifier(self.spec.key_column)
+        return sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE {key} IS NULL),"
+            " count(*) FILTER (WHERE {key} IS NOT NULL AND {key} IS DISTINCT FROM {expr}) FROM {src}{where}"
+        ).format(key=key, expr=self.spec.expression(), src=source, where=where)
+
+    def _scan_whole_table(self, source: sql.Composable, filters: list[sql.Composable], tally: _Tally) -> bool:
+        """Count over the whole table at once; False when some row's expression raises."""
+        where = self._where(filters, 0, 0, whole=True)
+        try:
+            with self.conn.transaction():
+                row = self.conn.execute(self._count_query(source, where)).fetchone()
+        except psycopg.DataError:
+            return False
+        assert row is not None
+        self._add_counts(row, tally)
+        if (row[1] or row[2]) and self.examples_limit:
+            self._collect_examples(source, where, tally)
+        return True
+
+    @staticmethod
+    def _add_counts(row: tuple[Any, ...], tally: _Tally) -> None:
+        """Add one count row to the tally."""
+        tally.checked += int(row[0])
+        tally.null_keys += int(row[1])
+        tally.mismatched += int(row[2])
 
     def _block_count(self, relation: sql.Identifier) -> int:
         """Pages in the relation, the unit the bisection splits on."""
@@ -179,25 +223,17 @@ class Verifier:
         whole: bool = True,
     ) -> None:
         """Count bad rows in blocks [first, last); on an expression error, split the range and retry."""
-        key = sql.Identifier(self.spec.key_column)
-        expression = self.spec.expression()
         where = self._where(filters, first, last, whole)
-        query = sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE {key} IS NULL),"
-            " count(*) FILTER (WHERE {key} IS NOT NULL AND {key} IS DISTINCT FROM {expr}) FROM {src}{where}"
-        ).format(key=key, expr=expression, src=source, where=where)
         try:
             with self.conn.transaction():
-                row = self.conn.execute(query).fetchone()
+                row = self.conn.execute(self._count_query(source, where)).fetchone()
         except psycopg.DataError as error:
             self._bisect(label, relation, source, filters, first, last, tally, error)
             return
         assert row is not None
-        tally.checked += int(row[0])
-        tally.null_keys += int(row[1])
-        tally.mismatched += int(row[2])
+        self._add_counts(row, tally)
         if (row[1] or row[2]) and len(tally.examples) < self.examples_limit:
-            self._collect_examples(label, source, where, tally)
+            self._collect_examples(source, where, tally)
 
     def _bisect(
         self,
@@ -263,8 +299,8 @@ class Verifier:
         """Names matching _pk_columns."""
         return self.primary_key or ("ctid",)
 
-    def _collect_examples(self, label: str, source: sql.Composable, where: sql.Composable, tally: _Tally) -> None:
-        """Fetch a few bad rows' primary keys; skip quietly if the expression errors here."""
+    def _collect_examples(self, source: sql.Composable, where: sql.Composable, tally: _Tally) -> None:
+        """Fetch a few bad rows' primary keys and partitions; skip quietly if the expression errors here."""
         key = sql.Identifier(self.spec.key_column)
         bad = sql.SQL("({key} IS NULL OR {key} IS DISTINCT FROM {expr})").format(
             key=key, expr=self.spec.expression()
@@ -272,7 +308,11 @@ class Verifier:
         condition = (
             sql.SQL(" WHERE ") + bad if where.as_string(self.conn) == "" else where + sql.SQL(" AND ") + bad
         )
-        query = sql.SQL("SELECT {pk}, {key}, {expr} FROM {src}{cond} LIMIT {limit}").format(
+        query = sql.SQL(
+            "SELECT (SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.tableoid),"
+            " {pk}, {key}, {expr} FROM {src}{cond} LIMIT {limit}"
+        ).format(
             pk=self._pk_columns(),
             key=key,
             expr=self.spec.expression(),
@@ -287,12 +327,12 @@ class Verifier:
             return
         names = self._pk_names()
         for row in rows:
-            stored, expected = row[len(names)], row[len(names) + 1]
+            stored, expected = row[len(names) + 1], row[len(names) + 2]
             tally.examples.append(
                 BadRow(
                     kind="null" if stored is None else "mismatch",
-                    relation=label,
-                    primary_key=dict(zip(names, (str(v) for v in row[: len(names)]), strict=True)),
+                    relation=str(row[0]),
+                    primary_key=dict(zip(names, (str(v) for v in row[1 : len(names) + 1]), strict=True)),
                     stored_key=stored,
                     expected_key=expected,
                 )

@@ -10,7 +10,7 @@ import psycopg
 
 from exporter.checks.base import Outcome
 from exporter.config import TableConfig
-from exporter.introspect import detect
+from exporter.introspect import verification_inputs
 from exporter.verify import Mode, VerificationResult, Verifier, current_watermark
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,14 @@ class VerificationCheck:
     def _run(self, conn: psycopg.Connection[Any]) -> Outcome:
         """The verification itself, on the connection's open transaction."""
         spec = self.table.spec
-        info = detect(conn, spec)
-        if not info.key_column_exists:
+        key_column_exists, primary_key = verification_inputs(conn, spec)
+        if not key_column_exists:
             result = VerificationResult(
                 mode=self.mode, rows_checked=0, mismatched=0, null_keys=0, expression_errors=0,
-                note=f"no column {spec.key_column}: the server routes rows by {info.method}, nothing to verify",
+                note=f"no column {spec.key_column}: the server routes rows itself, nothing to verify",
             )
             return Outcome(payload=result, rows_verified=(self.mode, 0))
-        verifier = Verifier(conn, spec, primary_key=info.primary_key, examples_limit=self.table.examples_limit)
+        verifier = Verifier(conn, spec, primary_key=primary_key, examples_limit=self.table.examples_limit)
         if self.mode == "sample":
             result = verifier.run("sample", sample_percent=self.table.checks.verification_sample.percent)
         elif self.mode == "full":

@@ -1,0 +1,1 @@
+"""Benchmarks: not tests; they print measured numbers and ratios, and never gate CI."""
