@@ -1,0 +1,125 @@
+"""The daemon as users run it: `partkey-exporter run --config FILE`, signals, reload and TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.prometheus import free_port
+from tests.schema import create_list_table, insert_rows
+from tests.support import http
+
+CONFIG = """
+listen: {{address: 127.0.0.1, port: {port}{tls}}}
+log_level: {level}
+targets:
+  - name: live
+    dsn: "{dsn}"
+    tables:
+      - table: chunks
+        modulus: 4
+"""
+
+
+def _write(path: Path, dsn: str, port: int, level: str = "info", tls: str = "") -> None:
+    path.write_text(CONFIG.format(port=port, dsn=dsn, level=level, tls=tls))
+
+
+def _wait_ready(url: str, context: ssl.SSLContext | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2, context=context) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never became ready")
+
+
+def _start(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[float, str]:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=15)
+    return time.monotonic() - started, err
+
+
+def test_run_reload_and_graceful_stop(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    create_list_table(conn, modulus=4, trigger=None)
+    insert_rows(conn, 100, modulus=4)
+    port = free_port()
+    config = tmp_path / "partkey.yaml"
+    _write(config, dsn, port)
+    process = _start(config)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url)
+        status, _, body = http(url + "/metrics")
+        assert status == 200 and 'partkey_up{target="live"} 1.0' in body.decode()
+        _write(config, dsn, port, level="debug")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        config.write_text("targets: [oops")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert http(url + "/healthz")[0] == 200  # the old config keeps running
+        holders = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'").fetchone()[0]
+        assert holders <= 1
+    finally:
+        elapsed, err = _stop(process)
+    assert process.returncode == 0
+    assert elapsed < 5
+    assert "Traceback" not in err
+    assert "configuration reloaded" in err
+    assert "reload refused, the running config stays" in err and "YAML syntax error" in err
+    assert "partkey-exporter stopped" in err
+    time.sleep(0.5)
+    left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'").fetchone()
+    assert left[0] == 0
+
+
+def test_tls_serves_metrics_with_the_configured_certificate(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    if not _openssl():
+        pytest.skip("openssl command not found")
+    create_list_table(conn, modulus=4, trigger=None)
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port()
+    config = tmp_path / "partkey.yaml"
+    _write(config, dsn, port, tls=f", tls_cert_file: {cert}, tls_key_file: {key}")
+    process = _start(config)
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        _wait_ready(f"https://127.0.0.1:{port}", context)
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=5) as response:  # noqa: S310
+            assert response.status == 200
+            assert 'partkey_up{target="live"} 1.0' in response.read().decode()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)  # noqa: S310 - plain HTTP refused
+    finally:
+        _stop(process)
+
+
+def _openssl() -> bool:
+    return any(os.access(os.path.join(d, "openssl"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
