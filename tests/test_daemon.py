@@ -112,11 +112,11 @@ def test_tls_serves_metrics_with_the_configured_certificate(
     context = ssl.create_default_context(cafile=str(cert))
     try:
         _wait_ready(f"https://127.0.0.1:{port}", context)
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=5) as response:
             assert response.status == 200
             assert 'partkey_up{target="live"} 1.0' in response.read().decode()
         with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)  # noqa: S310 - plain HTTP refused
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:
         _stop(process)
 
