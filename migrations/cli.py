@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="seconds for VALIDATE and verification scans (3600)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log every step's progress")
+    common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     common.add_argument("--json", action="store_true", help="machine-readable output (status, plan, verify)")
 
     top = argparse.ArgumentParser(prog="partkey-migrate", description=__doc__)
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our own handler on sys.stderr as it is now (not basicConfig): callers and tests may redirect it.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("partkey-migrate: %(message)s"))
-    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    handler.setLevel(logging.WARNING if args.quiet else logging.INFO)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

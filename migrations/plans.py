@@ -129,7 +129,11 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
         return plan
     plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
     partitions = f"{spec.label} and its {impl.partition_count} partitions"
+    taken = constraint_definitions(conn, spec)
     name = safe[0].name if safe else options.check_name
+    if not safe and name in taken:
+        # A legacy CHECK already has the usual name: add ours beside it and drop the old one at the end.
+        name = f"{spec.table}_{spec.key_column}_safe_check"
     if not safe:
         plan.steps.append(
             Step(

@@ -192,3 +192,39 @@ def test_bad_dsn_and_missing_table_give_one_line_without_password(conn: psycopg.
     assert missing.err.strip() == (
         f"partkey-migrate: error: table public.nope does not exist in database {conn.info.dbname!r}"
     )
+
+
+def test_a_legacy_overflowing_check_is_replaced_by_a_safe_one(conn: psycopg.Connection[Any], dsn: str) -> None:
+    create_list_table(conn, modulus=10, trigger=None)
+    insert_rows(conn, 500, modulus=10)
+    conn.execute(
+        f"ALTER TABLE chunks ADD CONSTRAINT {CHECK} CHECK (partition_key = abs(hashtext(collection_id::text)) % 10)"
+    )
+    assert "INT_MIN overflow in formula:   yes" in cli(dsn, "status").out
+    run = cli(dsn, "upgrade")
+    assert run.code == 0, run.err
+    constraints = catalog(conn)["constraints"]
+    assert f"{CHECK}:true" not in constraints
+    assert constraints["chunks_partition_key_safe_check:true"] == (
+        "CHECK ((partition_key = abs((hashtext((collection_id)::text) % 10))))"
+    )
+    assert "INT_MIN overflow in formula:   no" in cli(dsn, "status").out
+
+
+def test_library_api_on_a_psycopg_connection(list_table: psycopg.Connection[Any], dsn: str) -> None:
+    from migrations import db003
+    from migrations.errors import RefusedError
+
+    options = db003.options_for(modulus=10)
+    with psycopg.connect(dsn) as not_autocommit, pytest.raises(RuntimeError, match="autocommit_block"):
+        db003.upgrade(not_autocommit, options=options)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        drift(list_table, 2)
+        assert db003.verify(connection, options=options) is False
+        with pytest.raises(RefusedError, match="repair"):
+            db003.upgrade(connection, options=options)
+        assert cli(dsn, "repair").code == 0
+        assert db003.verify(connection, options=options) is True
+        assert db003.upgrade(connection, options=options).state == "upgraded"
+        assert db003.downgrade(connection, options=options).state == "downgraded"
+    assert catalog(list_table)["triggers"] == [("chunks", "set_partition_key", "compute_partition_key")]
