@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from exporter.admin import BusyError, UnknownTableError
 from exporter.checks.base import Check
 from exporter.checks.distribution import DistributionCheck
 from exporter.checks.implementation import ImplementationCheck
@@ -27,14 +28,6 @@ from exporter.target import Target
 from exporter.verify import Mode
 
 log = logging.getLogger(__name__)
-
-
-class UnknownTableError(LookupError):
-    """A request named a target or table that is not configured."""
-
-
-class BusyError(Exception):
-    """A verification of that table is already running."""
 
 
 def _checks_for(table: TableConfig, lock: threading.RLock) -> list[tuple[Check, CheckSettings]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import ssl
@@ -14,9 +13,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from exporter import __version__
+from exporter.admin import AdminError, health_json, report_query, report_text, select, verify
 from exporter.config import ListenConfig
-from exporter.daemon import BusyError, Exporter, UnknownTableError
-from exporter.report import overall_status, render_json, render_text
+from exporter.daemon import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +25,6 @@ GET_PATHS = {
     "/", "/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report"
 }
 POST_PATHS = {"/admin/partition/verify"}
-VERIFY_FIELDS = {"target", "table", "mode"}
-
-
-class RequestError(Exception):
-    """A bad request, with the status and message the client gets."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -65,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         """Write a JSON response."""
         self._send(status, json.dumps(data, indent=2, default=str).encode() + b"\n", "application/json", headers)
 
-    def _error(self, error: RequestError) -> None:
+    def _error(self, error: AdminError) -> None:
         """Write a JSON error with its message."""
         headers = {"Allow": "POST"} if error.status == HTTPStatus.METHOD_NOT_ALLOWED and self.path_only in POST_PATHS \
             else ({"Allow": "GET, HEAD"} if error.status == HTTPStatus.METHOD_NOT_ALLOWED else None)
@@ -78,26 +67,15 @@ class Handler(BaseHTTPRequestHandler):
         """The request path without the query."""
         return urlsplit(self.path).path
 
-    def _query(self) -> dict[str, str]:
-        """Query parameters; each may appear once."""
-        params = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
-        single = {}
-        for name, values in params.items():
-            if name not in {"format", "target", "table"}:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {name!r}")
-            if len(values) != 1:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"query parameter {name!r} given more than once")
-            single[name] = values[0]
-        fmt = single.get("format", "text")
-        if fmt not in {"text", "json"}:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"format must be text or json, got {fmt!r}")
-        return single
+    def _query(self) -> tuple[str, str | None, str | None]:
+        """format, target and table from the query string."""
+        return report_query(parse_qs(urlsplit(self.path).query, keep_blank_values=True))
 
     def do_GET(self) -> None:
         """Route GET and HEAD."""
         try:
             self._get()
-        except RequestError as error:
+        except AdminError as error:
             self._error(error)
 
     do_HEAD = do_GET
@@ -107,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path_only
         exporter = self.server.exporter
         if path in POST_PATHS:
-            raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST")
+            raise AdminError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST")
         if path == "/metrics":
             body, content_type = exporter.render_metrics(self.headers.get("Accept", ""))
             self._send(HTTPStatus.OK, body, content_type)
@@ -117,37 +95,25 @@ class Handler(BaseHTTPRequestHandler):
             ready = exporter.ready()
             status = HTTPStatus.OK if all(ready.values()) else HTTPStatus.SERVICE_UNAVAILABLE
             self._json(status, {"ready": all(ready.values()), "targets": ready})
-        elif path in {"/report", "/admin/partition/health/report"}:
-            query = self._query()
-            healths = self._healths(query)
-            if query.get("format") == "json":
-                tables = [render_json(h) for h in healths]
-                self._json(HTTPStatus.OK, {"status": overall_status(healths), "tables": tables})
+        elif path in {"/report", "/admin/partition/health/report", "/admin/partition/health"}:
+            fmt, target, table = self._query()
+            healths = select(exporter, target, table)
+            if path == "/admin/partition/health" or fmt == "json":
+                self._json(HTTPStatus.OK, health_json(healths))
             else:
-                body = "\n".join(render_text(h) for h in healths).encode()
-                self._send(HTTPStatus.OK, body, "text/plain; charset=utf-8")
-        elif path == "/admin/partition/health":
-            healths = self._healths(self._query())
-            self._json(HTTPStatus.OK, {"status": overall_status(healths), "tables": [render_json(h) for h in healths]})
+                self._send(HTTPStatus.OK, report_text(healths).encode(), "text/plain; charset=utf-8")
         elif path == "/":
             links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in sorted(GET_PATHS - {"/"}))
             self._send(HTTPStatus.OK, f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
                        "text/html; charset=utf-8")
         else:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
-
-    def _healths(self, query: dict[str, str]) -> list[Any]:
-        """Health of the tables the query selects; unknown names give 404."""
-        try:
-            return self.server.exporter.health(query.get("target"), query.get("table"))
-        except UnknownTableError as error:
-            raise RequestError(HTTPStatus.NOT_FOUND, str(error)) from None
+            raise AdminError(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
 
     def do_POST(self) -> None:
         """Route POST."""
         try:
             self._post()
-        except RequestError as error:
+        except AdminError as error:
             self._error(error)
 
     def _post(self) -> None:
@@ -155,72 +121,25 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path_only
         if path not in POST_PATHS:
             status = HTTPStatus.METHOD_NOT_ALLOWED if path in GET_PATHS else HTTPStatus.NOT_FOUND
-            raise RequestError(status, f"{path} does not take POST" if path in GET_PATHS else f"no such path {path!r}")
+            raise AdminError(status, f"{path} does not take POST" if path in GET_PATHS else f"no such path {path!r}")
         body = self._read_body()
-        self._authorize()
-        request = self._parse_verify_body(body)
-        try:
-            result = self.server.exporter.verify_now(request.get("target"), request.get("table"), request["mode"])
-        except UnknownTableError as error:
-            raise RequestError(HTTPStatus.NOT_FOUND, str(error)) from None
-        except BusyError as error:
-            raise RequestError(HTTPStatus.CONFLICT, str(error)) from None
-        payload = result.payload.to_dict() if result.success and result.payload is not None else None
-        status = HTTPStatus.OK if result.success else HTTPStatus.BAD_GATEWAY
-        self._json(status, {"target": result.target, "table": result.table, "success": result.success,
-                            "error": result.error, "verification": payload})
+        status, payload = verify(self.server.exporter, self.headers.get("Authorization"), body)
+        self._json(status, payload)
 
     def _read_body(self) -> bytes:
         """The request body, refusing oversize or chunked ones."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length; chunked bodies are not accepted")
+            raise AdminError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length; chunked bodies are not accepted")
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+            raise AdminError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
         if length < 0:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is negative")
+            raise AdminError(HTTPStatus.BAD_REQUEST, "Content-Length is negative")
         if length > MAX_BODY_BYTES:
             self.close_connection = True
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY_BYTES} bytes")
+            raise AdminError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY_BYTES} bytes")
         return self.rfile.read(length) if length else b""
-
-    def _authorize(self) -> None:
-        """Check the bearer token in constant time when one is configured."""
-        token = self.server.exporter.admin_token
-        if token is None:
-            return
-        header = self.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise RequestError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
-
-    @staticmethod
-    def _parse_verify_body(body: bytes) -> dict[str, Any]:
-        """An empty body or a JSON object with optional target, table and mode (default full)."""
-        if not body.strip():
-            data: Any = {}
-        else:
-            try:
-                data = json.loads(body.decode("utf-8"))
-            except UnicodeDecodeError as error:
-                message = f"body is not UTF-8: {error.reason} at byte {error.start}"
-                raise RequestError(HTTPStatus.BAD_REQUEST, message) from None
-            except json.JSONDecodeError as error:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
-        unknown = sorted(set(data) - VERIFY_FIELDS)
-        if unknown:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown field(s) in body: {', '.join(unknown)}")
-        for name in VERIFY_FIELDS & set(data):
-            if not isinstance(data[name], str):
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"field {name!r} must be a string")
-        mode = data.get("mode", "full")
-        if mode not in {"full", "sample", "incremental"}:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"mode must be full, sample or incremental, got {mode!r}")
-        data["mode"] = mode
-        return data
 
     def _not_allowed(self) -> None:
         """PUT, DELETE, PATCH and friends."""
