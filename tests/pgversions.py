@@ -154,7 +154,9 @@ class VersionedServer:
         self.major = major
         self.install_dir = install(major)
         self.account = _server_account()
-        self.root = Path(tempfile.mkdtemp(prefix=f"partkey-pg{major}-"))
+        # The socket's path must stay under the kernel's ~107 bytes: fall back to /tmp when $TMPDIR is deep.
+        short = "/tmp" if len(tempfile.gettempdir()) > 60 else None
+        self.root = Path(tempfile.mkdtemp(prefix=f"partkey-pg{major}-", dir=short))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.logfile = self.root / "server.log"
