@@ -50,7 +50,7 @@ def running_prometheus(scrape_target: str, rule_files: list[Path] | None = None,
   evaluation_interval: {scrape_interval}
 rule_files:{rules or " []"}
 scrape_configs:
-  - job_name: partkey
+  - job_name: partkey-exporter  # the job name the dashboards and PartkeyExporterDown expect
     static_configs:
       - targets: ["{scrape_target}"]
 """
