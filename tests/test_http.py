@@ -119,7 +119,7 @@ def test_verify_unknown_table_and_incremental_without_watermark(server: Exporter
 
 
 def test_second_verification_of_a_table_gets_409(server: ExporterHTTPServer) -> None:
-    lock = server.exporter.verify_locks[("t1", "public.chunks")]
+    lock = server.exporter.verify_states[("t1", "public.chunks")].lock
     held = threading.Event()
     release = threading.Event()
 

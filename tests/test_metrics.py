@@ -120,4 +120,12 @@ def test_incremental_counts_only_new_bad_rows(conn: psycopg.Connection[Any], dsn
     assert (second.payload.rows_checked, second.payload.mismatched) == (35, 5)
     third = runner.run()
     assert (third.payload.rows_checked, third.payload.mismatched) == (0, 5)
+    # While a full pass still finds bad rows, the incremental tally stays; after a repair it starts over.
+    exporter.runners[("t1", "public.chunks", "verification_full")].run()
+    assert runner.run().payload.mismatched == 5
+    conn.execute("UPDATE chunks SET collection_id = collection_id, partition_key = abs(hashtext(collection_id::text) % 10)"
+                 " WHERE partition_key <> abs(hashtext(collection_id::text) % 10)")
+    clean = exporter.runners[("t1", "public.chunks", "verification_full")].run()
+    assert clean.payload.mismatched == 0
+    assert runner.run().payload.mismatched == 0
     exporter.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -20,27 +21,38 @@ class VerificationBusyError(Exception):
     """Another verification of the same table is running."""
 
 
+@dataclass
+class TableVerificationState:
+    """What the verification modes of one table share: one run at a time, and the incremental tally."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    watermark: Any = None
+    incremental_bad: tuple[int, int, int] = (0, 0, 0)  # mismatched, NULL, expression errors since start
+
+
 class VerificationCheck:
-    """One verification mode of one table; incremental keeps its watermark between runs."""
+    """One verification mode of one table."""
 
     read_write = False
 
-    def __init__(self, table: TableConfig, mode: Mode, table_lock: threading.RLock) -> None:
+    def __init__(self, table: TableConfig, mode: Mode, state: TableVerificationState) -> None:
         self.table = table
         self.mode = mode
         self.name = f"verification_{mode}"
-        self.table_lock = table_lock
-        self.watermark: Any = None
-        self.rows_found_bad: tuple[int, int, int] = (0, 0, 0)
+        self.state = state
 
     def run(self, conn: psycopg.Connection[Any]) -> Outcome:
         """Verify; only one verification per table at a time (a second one is refused, not queued)."""
-        if not self.table_lock.acquire(blocking=False):
+        if not self.state.lock.acquire(blocking=False):
             raise VerificationBusyError(f"a verification of {self.table.label} is already running")
         try:
-            return self._run(conn)
+            outcome = self._run(conn)
         finally:
-            self.table_lock.release()
+            self.state.lock.release()
+        if self.mode == "full" and outcome.payload.clean:
+            # A clean full pass proves the old bad rows are gone (repaired): the incremental tally starts over.
+            self.state.incremental_bad = (0, 0, 0)
+        return outcome
 
     def _run(self, conn: psycopg.Connection[Any]) -> Outcome:
         """The verification itself, on the connection's open transaction."""
@@ -66,30 +78,31 @@ class VerificationCheck:
         column = self.table.monotonic_column
         assert column is not None
         upto = current_watermark(conn, self.table.spec, column)
-        if self.watermark is None:
+        state = self.state
+        if state.watermark is None:
             log.info("incremental verification of %s starts after %s=%s", self.table.label, column, upto)
-            self.watermark = upto
+            state.watermark = upto
             return VerificationResult(
                 mode="incremental", rows_checked=0, mismatched=0, null_keys=0, expression_errors=0,
                 watermark=upto, note="watermark initialised; rows inserted from now on are checked",
             )
-        if upto is None or upto == self.watermark:
+        if upto is None or upto == state.watermark:
             new = VerificationResult(mode="incremental", rows_checked=0, mismatched=0, null_keys=0,
-                                     expression_errors=0, watermark=self.watermark)
+                                     expression_errors=0, watermark=state.watermark)
         else:
-            new = verifier.run("incremental", watermark_column=column, after=self.watermark, upto=upto)
-            self.watermark = upto
-        mismatched, nulls, errors = self.rows_found_bad
-        self.rows_found_bad = (mismatched + new.mismatched, nulls + new.null_keys, errors + new.expression_errors)
-        # The gauges show every bad row found among the rows checked since the exporter started.
+            new = verifier.run("incremental", watermark_column=column, after=state.watermark, upto=upto)
+            state.watermark = upto
+        mismatched, nulls, errors = state.incremental_bad
+        state.incremental_bad = (mismatched + new.mismatched, nulls + new.null_keys, errors + new.expression_errors)
+        # The gauges show every bad row found among the rows checked since the start or the last clean full pass.
         return VerificationResult(
             mode="incremental",
             rows_checked=new.rows_checked,
-            mismatched=self.rows_found_bad[0],
-            null_keys=self.rows_found_bad[1],
-            expression_errors=self.rows_found_bad[2],
+            mismatched=state.incremental_bad[0],
+            null_keys=state.incremental_bad[1],
+            expression_errors=state.incremental_bad[2],
             examples=new.examples,
-            watermark=self.watermark,
+            watermark=state.watermark,
             duration_seconds=new.duration_seconds,
-            note="bad-row counts are cumulative since the exporter started",
+            note="bad-row counts are cumulative since the exporter started or the last clean full verification",
         )
