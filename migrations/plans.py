@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from exporter.introspect import Implementation
 from migrations import sqlgen
@@ -23,6 +24,7 @@ from migrations.catalog import (
     table_size,
 )
 from migrations.options import Options
+from migrations.prebuild import plan_prebuilt
 from migrations.steps import (
     BRIEF_SECONDS,
     VALIDATE_SECONDS_PER_GB,
@@ -200,6 +202,9 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
         return plan
     oid = table_oid(conn, spec)
     key_type, not_null = column_type(conn, oid, spec.key_column)
+    not_null_name = f"{spec.table}_{options.new_column}_not_null"[:63] if not_null else None
+    dependents = key_dependents(conn, spec)
+    prebuilt = plan_prebuilt(conn, options, dependents)
     plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
     if column_number(conn, oid, options.new_column) is None:
         estimate = rewrite_estimate(size)
@@ -216,8 +221,9 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
         plan.steps.append(
             Step(
                 name="add-generated-column",
-                title=f"add {options.new_column} {key_type} GENERATED ALWAYS AS (safe formula) STORED",
-                statements=(sqlgen.add_generated_column(spec, options.new_column, key_type),),
+                title=f"add {options.new_column} {key_type} GENERATED ALWAYS AS (safe formula) STORED"
+                + (" NOT NULL" if not_null else ""),
+                statements=(sqlgen.add_generated_column(spec, options.new_column, key_type, not_null_name),),
                 lock=f"ACCESS EXCLUSIVE on {spec.label} for the whole rewrite",
                 rewrites=True,
                 estimate_seconds=estimate,
@@ -235,28 +241,51 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
             timeout="scan",
         )
     )
-    dependents = key_dependents(conn, spec)
+    for item in prebuilt:
+        plan.steps.append(
+            Step(
+                name=f"build-index:{item.dependent.name}",
+                title=f"build {item.index} on {options.new_column} for {item.dependent.name}, concurrently",
+                statements=(sql.SQL(item.create),),
+                lock=f"SHARE UPDATE EXCLUSIVE on {spec.label}: reads and writes continue",
+                rewrites=False,
+                estimate_seconds=index_estimate(size, 1) * 2,  # a concurrent build scans the table twice
+                kind="concurrent",
+                timeout="scan",
+                index=item.index,
+                expected=item.expected,
+            )
+        )
     triggers = key_triggers(conn, spec, impl)
     statements = _drop_triggers(conn, options, triggers, {oid})
     statements += [
         sqlgen.drop_column(spec, spec.key_column),
         sqlgen.rename_column(spec, options.new_column, spec.key_column),
     ]
-    if not_null and not any(d.definition.startswith(("PRIMARY KEY", "NOT NULL")) for d in dependents):
-        statements.append(sqlgen.set_not_null(spec, spec.key_column))
-    statements += [d.recreate(spec.table_ident) for d in dependents]
+    attached = {item.dependent.name: item for item in prebuilt}
+    rebuilt = []
+    for dependent in dependents:
+        if dependent.name in attached:
+            statements.append(attached[dependent.name].attach(spec.table_ident, spec.schema))
+        elif dependent.definition.startswith("NOT NULL") and not_null_name:
+            # PG 18 names NOT NULL constraints: give the new column's the name the old column's had.
+            statements.append(sqlgen.rename_constraint(spec, not_null_name, dependent.name))
+        else:
+            statements.append(dependent.recreate(spec.table_ident))
+            rebuilt.append(dependent.name)
     names = ", ".join(d.name for d in dependents) or "none"
     plan.steps.append(
         Step(
             name="swap",
             title=(
                 f"one transaction: drop the trigger and function, drop {spec.key_column}, rename "
-                f"{options.new_column}, re-create what DROP COLUMN removed ({names})"
+                f"{options.new_column}, put back what DROP COLUMN removed ({names})"
             ),
             statements=tuple(statements),
-            lock=f"ACCESS EXCLUSIVE on {spec.label} while {len(dependents)} PK/index(es) are rebuilt",
+            lock=f"ACCESS EXCLUSIVE on {spec.label}"
+            + (f" while {', '.join(rebuilt)} are rebuilt" if rebuilt else ", brief (indexes were prebuilt)"),
             rewrites=False,
-            estimate_seconds=BRIEF_SECONDS + index_estimate(size, len(dependents)),
+            estimate_seconds=BRIEF_SECONDS + index_estimate(size, len(rebuilt)),
             note=f"{spec.key_column} moves from column "
             f"{column_ordinal(conn, oid, spec.key_column)[0]} to the last position",
         )

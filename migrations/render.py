@@ -58,8 +58,12 @@ def plan_script(conn: psycopg.Connection[Any], plan: Plan, options: Options) -> 
             f"estimate: {human_seconds(step.estimate_seconds)}"
         )
         out.append(f"SET statement_timeout = '{scan_timeout if step.timeout == 'scan' else ddl_timeout}';")
-        out.append("BEGIN;")
-        out += [f"{s.as_string(conn)};" for s in step.statements]
-        out.append("COMMIT;")
+        if step.kind == "concurrent":
+            out.append("-- CREATE INDEX CONCURRENTLY cannot run inside a transaction block")
+            out += [f"{s.as_string(conn)};" for s in step.statements]
+        else:
+            out.append("BEGIN;")
+            out += [f"{s.as_string(conn)};" for s in step.statements]
+            out.append("COMMIT;")
         out.append("")
     return "\n".join(out) + "\n"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from exporter.introspect import Implementation, TableNotFoundError, detect
 from migrations import measure as measuring
@@ -17,12 +19,13 @@ from migrations.connect import UsageError
 from migrations.errors import Outcome, RefusedError
 from migrations.options import Options
 from migrations.plans import capture, downgrade_plan, upgrade_plan
-from migrations.retry import with_lock_retries
+from migrations.prebuild import index_state
+from migrations.retry import LockRetriesExhausted, with_lock_retries
 from migrations.runlock import run_lock
 from migrations.state import StateStore
 from migrations.steps import Plan, Step, human_seconds
 from migrations.strategy import Requested, choose
-from migrations.verification import describe, verify_full
+from migrations.verification import describe, scan_limits, verify_full
 
 log = logging.getLogger("partkey-migrate")
 Out = Callable[[str], None]
@@ -128,7 +131,7 @@ def _dry_run(
     out(f"dry run: {plan.direction} with strategy {plan.strategy}: {plan.reason}")
     for warning in plan.warnings:
         out(f"warning: {warning}")
-    for number, step in enumerate(s for s in plan.steps if s.kind == "ddl"):
+    for number, step in enumerate(s for s in plan.steps if s.kind in ("ddl", "concurrent")):
         out(f"  would run step {number + 1}: {step.title} [{step.lock}; ~{human_seconds(step.estimate_seconds)}]")
     code = 0
     if any(step.kind == "verify" for step in plan.steps):
@@ -231,6 +234,13 @@ def _run_step(
         human_seconds(step.estimate_seconds),
     )
 
+    if step.kind == "concurrent":
+        started = time.monotonic()
+        _build_concurrently(conn, options, step)
+        with_lock_retries(conn, options, f"step {step.name}", lambda: _record(store, step.name, final_state))
+        log.info("step %d/%d %s: done in %s", number, total, step.name, human_seconds(time.monotonic() - started))
+        return
+
     def work() -> None:
         if step.kind == "verify-new":
             _check_columns_agree(conn, options)
@@ -244,6 +254,55 @@ def _run_step(
     started = time.monotonic()
     with_lock_retries(conn, options, f"step {step.name}", work, kind=step.timeout)
     log.info("step %d/%d %s: done in %s", number, total, step.name, human_seconds(time.monotonic() - started))
+
+
+def _record(store: StateStore, step: str, final_state: str | None) -> None:
+    """Record a step (and the final state) in the state table."""
+    store.record(step)
+    if final_state is not None:
+        store.finish(final_state)
+
+
+def _build_concurrently(conn: psycopg.Connection[Any], options: Options, step: Step) -> None:
+    """CREATE INDEX CONCURRENTLY cannot run in a transaction: session timeouts, retries, and a check of the result."""
+    assert step.index is not None and step.expected is not None
+    delay = options.backoff_initial
+    with scan_limits(conn, options):
+        for attempt in range(1, options.max_attempts + 1):
+            existing = index_state(conn, options, step.index)
+            if existing is not None and not existing[0]:
+                # A failed or interrupted concurrent build leaves an INVALID index behind: start over.
+                conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                        sql.Identifier(options.spec.schema, step.index)
+                    )
+                )
+            try:
+                for statement in step.statements:
+                    conn.execute(statement)
+                break
+            except psycopg.errors.LockNotAvailable:
+                if attempt == options.max_attempts:
+                    raise LockRetriesExhausted(
+                        f"step {step.name}: no lock within {options.lock_timeout:g}s after {attempt} attempts; "
+                        "re-run later (it resumes)"
+                    ) from None
+                pause = min(options.backoff_max, delay) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "step %s: lock timeout (55P03) on attempt %d/%d; retrying in %.2fs",
+                    step.name,
+                    attempt,
+                    options.max_attempts,
+                    pause,
+                )
+                time.sleep(pause)
+                delay *= 2
+    built = index_state(conn, options, step.index)
+    if built is None or not built[0] or built[1] != step.expected:
+        raise RefusedError(
+            f"step {step.name}: the index built on {options.new_column} is not the expected copy "
+            f"({built[1] if built else 'missing'}); expected {step.expected}"
+        )
 
 
 def _check_columns_agree(conn: psycopg.Connection[Any], options: Options) -> None:

@@ -61,10 +61,21 @@ def drop_constraint(spec: KeySpec, name: str) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(spec.table_ident, sql.Identifier(name))
 
 
-def add_generated_column(spec: KeySpec, column: str, type_sql: str) -> sql.Composed:
-    """ADD COLUMN ... GENERATED ALWAYS AS (safe) STORED: rewrites the table under ACCESS EXCLUSIVE."""
-    return sql.SQL("ALTER TABLE {} ADD COLUMN {} {} GENERATED ALWAYS AS ({}) STORED").format(
-        spec.table_ident, sql.Identifier(column), sql.SQL(type_sql), safe_expression(spec)
+def add_generated_column(spec: KeySpec, column: str, type_sql: str, not_null: str | None = None) -> sql.Composed:
+    """ADD COLUMN ... GENERATED ALWAYS AS (safe) STORED [CONSTRAINT not_null NOT NULL]: a rewrite under ACCESS
+    EXCLUSIVE. The NOT NULL is checked during that rewrite, so attaching the PK later needs no scan."""
+    constraint: sql.Composable = sql.SQL("")
+    if not_null:
+        constraint = sql.SQL(" CONSTRAINT {} NOT NULL").format(sql.Identifier(not_null))
+    return sql.SQL("ALTER TABLE {} ADD COLUMN {} {} GENERATED ALWAYS AS ({}) STORED{}").format(
+        spec.table_ident, sql.Identifier(column), sql.SQL(type_sql), safe_expression(spec), constraint
+    )
+
+
+def rename_constraint(spec: KeySpec, old: str, new: str) -> sql.Composed:
+    """RENAME CONSTRAINT (PG 18 gives NOT NULL constraints names)."""
+    return sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+        spec.table_ident, sql.Identifier(old), sql.Identifier(new)
     )
 
 

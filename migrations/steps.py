@@ -9,7 +9,7 @@ from psycopg import sql
 
 from migrations.catalog import TableSize
 
-StepKind = Literal["ddl", "verify", "verify-new"]
+StepKind = Literal["ddl", "verify", "verify-new", "concurrent"]
 Statement = sql.SQL | sql.Composed
 
 # Rates measured in postgres-facts.md (PG 18, 2 vCPUs, 1M rows / 394 MB); estimates only, re-measure.
@@ -35,6 +35,8 @@ class Step:
     kind: StepKind = "ddl"
     timeout: Literal["ddl", "scan"] = "ddl"
     note: str | None = None
+    index: str | None = None  # concurrent steps: the index they build
+    expected: str | None = None  # concurrent steps: pg_get_indexdef of that index once built
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Plan:
     @property
     def empty(self) -> bool:
         """True when nothing is left to change (verification steps alone change nothing)."""
-        return not any(step.kind == "ddl" for step in self.steps)
+        return not any(step.kind in ("ddl", "concurrent") for step in self.steps)
 
     def total_seconds(self) -> float:
         """Sum of the steps' estimates."""

@@ -12,11 +12,10 @@ import psycopg
 import pytest
 
 from tests.migrations.helpers import catalog, cli, keys, spawn, state
-from tests.migrations.test_generated_strategy import create_plain
+from tests.migrations.test_generated_strategy import PLAIN_STEPS, create_plain
 from tests.schema import create_list_table, insert_rows
 
 LIST_STEPS = ["add-check", "validate-check", "drop-trigger"]
-PLAIN_STEPS = ["add-generated-column", "verify-new-column", "swap"]
 
 
 def stderr_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
@@ -147,3 +146,24 @@ def test_list_upgrade_killed_in_the_middle_of_validate_finishes_on_rerun(
     assert state(conn) == ("upgraded", LIST_STEPS)
     assert "chunks_partition_key_check:true" in catalog(conn)["constraints"]
     assert catalog(conn)["triggers"] == []
+
+
+def test_an_invalid_index_left_by_an_interrupted_concurrent_build_is_rebuilt(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    create_plain(conn, rows=1000)
+    before = catalog(conn)
+    kill_before(conn, dsn, "build-index:chunks_key_idx")
+    # A failed CREATE INDEX CONCURRENTLY leaves an INVALID index behind, as a build killed half-way would.
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY chunks_key_idx_pkmig ON chunks (collection_id)")
+    assert conn.execute(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'chunks_key_idx_pkmig'::regclass"
+    ).fetchone() == (False,)
+    run = cli(dsn, "upgrade")
+    assert run.code == 0, run.err
+    after = catalog(conn)
+    assert after["indexes"] == before["indexes"]
+    assert (
+        after["indexes"]["chunks_key_idx"] == "CREATE INDEX chunks_key_idx ON public.chunks USING btree (partition_key)"
+    )
