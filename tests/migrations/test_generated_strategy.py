@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
 
 import psycopg
@@ -150,3 +152,18 @@ def test_check_strategy_is_refused_on_a_plain_table(plain_table: psycopg.Connect
     run = cli(dsn, "upgrade", "--strategy", "check")
     assert run.code == 1
     assert "on a plain table the trigger fills in the key" in run.err
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_plan_sql_for_the_plain_table_runs_in_psql(plain_table: psycopg.Connection[Any], dsn: str) -> None:
+    conn = plain_table
+    rows, before = keys(conn), catalog(conn)
+    script = cli(dsn, "plan", "--sql").out
+    result = subprocess.run(
+        ["psql", dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=script, text=True, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    after = catalog(conn)
+    assert after["indexes"] == before["indexes"] and after["constraints"] == before["constraints"]
+    assert after["columns"][-1] == ("partition_key", "integer", True, "s")
+    assert keys(conn) == rows
