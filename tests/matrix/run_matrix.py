@@ -70,8 +70,10 @@ def parse_junit(path: Path) -> list[Case]:
     for testcase in ET.parse(path).getroot().iter("testcase"):  # noqa: S314
         properties = {p.get("name"): p.get("value", "") for p in testcase.iter("property")}
         module = (testcase.get("classname") or "").replace(".", "/")
-        test = f"{module}.py::{testcase.get('name')}" if module else str(testcase.get("name"))
-        feature = properties.get("feature") or "unnamed"
+        name = testcase.get("name") or ""
+        test = f"{module}.py::{name}" if module and name else module or name or "(collection)"
+        # Only a collection error has no feature: the plugin never saw a test item there.
+        feature = properties.get("feature") or f"collecting {module or name or 'tests'}"
         outcome: Outcome = "passed"
         message = ""
         for kind in ("failure", "error", "skipped"):
@@ -79,8 +81,9 @@ def parse_junit(path: Path) -> list[Case]:
             if element is not None:
                 outcome = "failed" if kind == "failure" else "error" if kind == "error" else "skipped"
                 message = element.get("message") or ""
-                if not message.strip() and element.text and element.text.strip():
-                    message = element.text.strip().splitlines()[-1]
+                if message.strip() in ("", "collection failure") and element.text and element.text.strip():
+                    # pytest's message says only "collection failure"; the cause is the report's last line.
+                    message = element.text.strip().splitlines()[-1].removeprefix("E").strip()
                 break
         cases.append(Case(feature=feature, test=test, outcome=outcome, message=message.strip()))
     return cases
@@ -114,6 +117,8 @@ def run_version(major: int, workdir: Path, pytest_args: Sequence[str]) -> Versio
             command = [
                 sys.executable, "-m", "pytest", "-m", "versioned", "-p", "tests.matrix.plugin",
                 "-p", "no:cacheprovider", "-q", "-o", "junit_family=xunit1", f"--junitxml={junit}",
+                # A module that fails to import shows up as its own failed row instead of hiding every other.
+                "--continue-on-collection-errors",
                 *pytest_args,
             ]
             env = dict(os.environ, PARTKEY_TEST_DSN=dsn)
