@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from typing import Any
@@ -228,3 +229,18 @@ def test_library_api_on_a_psycopg_connection(list_table: psycopg.Connection[Any]
         assert db003.upgrade(connection, options=options).state == "upgraded"
         assert db003.downgrade(connection, options=options).state == "downgraded"
     assert catalog(list_table)["triggers"] == [("chunks", "set_partition_key", "compute_partition_key")]
+
+
+def test_per_partition_triggers_on_pg18_are_all_dropped_and_the_parent_gets_one_back(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    # What a pg_upgrade from 11/12 leaves behind: one trigger per partition, on a version that allows the parent.
+    create_list_table(conn, modulus=10, trigger="partitions")
+    insert_rows(conn, 500, modulus=10)
+    report = json.loads(cli(dsn, "status", "--json").out)
+    assert report["implementation"].startswith("trigger on each partition")
+    assert report["upgrade_strategy"] == "check" and report["formula_overflow"] is True
+    assert cli(dsn, "upgrade").code == 0
+    assert catalog(conn)["triggers"] == []
+    assert cli(dsn, "downgrade").code == 0
+    assert catalog(conn)["triggers"] == [("chunks", "set_partition_key", "compute_partition_key")]
