@@ -96,8 +96,9 @@ def _plant_stale_keys(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
     return tuple(int(r[0]) for r in rows)
 
 
-def demo_config_yaml(dsn: str, port: int) -> str:
-    """A config with short intervals, so the demo shows every check within a minute."""
+def demo_config_yaml(dsn: str, port: int, *, fast: bool = False) -> str:
+    """A config with short intervals so the demo shows every check within a minute; fast=True for tests."""
+    every = ("2s", "1s", "2s", "3s", "1s", "3s", "1s") if fast else ("30s", "15s", "30s", "60s", "15s", "120s", "15s")
     return f"""
 listen: {{address: 127.0.0.1, port: {port}}}
 targets:
@@ -107,13 +108,13 @@ targets:
       - table: chunks
         monotonic_column: id
         checks:
-          implementation: {{interval: 30s}}
-          verification_incremental: {{interval: 15s}}
-          verification_sample: {{interval: 30s, percent: 5}}
-          verification_full: {{interval: 60s, statement_timeout: 60s}}
-          distribution: {{interval: 15s}}
-          distribution_exact: {{interval: 120s, statement_timeout: 60s}}
-          insert_probe: {{enabled: true, interval: 15s}}
+          implementation: {{interval: {every[0]}}}
+          verification_incremental: {{interval: {every[1]}}}
+          verification_sample: {{interval: {every[2]}, percent: 5}}
+          verification_full: {{interval: {every[3]}, statement_timeout: 60s}}
+          distribution: {{interval: {every[4]}}}
+          distribution_exact: {{interval: {every[5]}, statement_timeout: 60s}}
+          insert_probe: {{enabled: true, interval: {every[6]}}}
 """
 
 

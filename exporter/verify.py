@@ -170,17 +170,20 @@ class Verifier:
 
     def _scan_whole_table(self, source: sql.Composable, filters: list[sql.Composable], tally: _Tally) -> bool:
         """Count over the whole table at once; False when some row's expression raises."""
-        where = self._where(filters, 0, 0, whole=True)
+        return self._count_into(source, self._where(filters, 0, 0, whole=True), tally) is None
+
+    def _count_into(self, source: sql.Composable, where: sql.Composable, tally: _Tally) -> psycopg.DataError | None:
+        """Add one range's counts and examples to the tally; return the error instead when an expression raises."""
         try:
             with self.conn.transaction():
                 row = self.conn.execute(self._count_query(source, where)).fetchone()
-        except psycopg.DataError:
-            return False
+        except psycopg.DataError as error:
+            return error
         assert row is not None
         self._add_counts(row, tally)
-        if (row[1] or row[2]) and self.examples_limit:
+        if (row[1] or row[2]) and len(tally.examples) < self.examples_limit:
             self._collect_examples(source, where, tally)
-        return True
+        return None
 
     @staticmethod
     def _add_counts(row: tuple[Any, ...], tally: _Tally) -> None:
@@ -223,17 +226,9 @@ class Verifier:
         whole: bool = True,
     ) -> None:
         """Count bad rows in blocks [first, last); on an expression error, split the range and retry."""
-        where = self._where(filters, first, last, whole)
-        try:
-            with self.conn.transaction():
-                row = self.conn.execute(self._count_query(source, where)).fetchone()
-        except psycopg.DataError as error:
+        error = self._count_into(source, self._where(filters, first, last, whole), tally)
+        if error is not None:
             self._bisect(label, relation, source, filters, first, last, tally, error)
-            return
-        assert row is not None
-        self._add_counts(row, tally)
-        if (row[1] or row[2]) and len(tally.examples) < self.examples_limit:
-            self._collect_examples(source, where, tally)
 
     def _bisect(
         self,

@@ -15,29 +15,11 @@ import yaml
 from dashboards.queries import ALERTS_FILE, all_queries
 from exporter.config import parse_config
 from exporter.daemon import Exporter
-from exporter.demo import STALE_ROWS, build_demo_database
+from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
 from tests.e2e.prometheus import query, running_prometheus, wait_for
 from tests.support import serving
 
 pytestmark = pytest.mark.e2e
-
-FAST = """
-targets:
-  - name: demo
-    dsn: "{dsn}"
-    tables:
-      - table: chunks
-        monotonic_column: id
-        checks:
-          implementation: {{interval: 2s}}
-          verification_incremental: {{interval: 1s}}
-          verification_sample: {{interval: 2s, percent: 5}}
-          verification_full: {{interval: 3s}}
-          distribution: {{interval: 1s}}
-          distribution_exact: {{interval: 3s}}
-          insert_probe: {{enabled: true, interval: 1s, samples: 3}}
-"""
-
 
 def _fast_rules(directory: Path) -> Path:
     """dashboards/alerts.yaml with every `for:` cut to 2s, so alerts can fire within the test."""
@@ -62,7 +44,7 @@ def test_every_panel_and_rule_returns_data(dsn: str, conn: psycopg.Connection[An
     # A DEFAULT partition, so the default-partition panels have a series too.
     conn.execute("CREATE TABLE chunks_default PARTITION OF chunks DEFAULT")
     conn.execute("ANALYZE chunks")
-    exporter = Exporter(parse_config(FAST.format(dsn=dsn), "<e2e>"))
+    exporter = Exporter(parse_config(demo_config_yaml(dsn, 0, fast=True), "<e2e>"))
     exporter.run_all_once()
     exporter.start()
     with serving(exporter) as server:
