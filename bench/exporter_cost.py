@@ -174,8 +174,9 @@ def main() -> None:
             server.cleanup()
         if datadir:
             shutil.rmtree(datadir, ignore_errors=True)
-    header = (f"exporter cost, {args.rows:,} rows x 100 partitions + {args.tables - 1} small tables, PostgreSQL {version}, "
-              f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+    header = (f"exporter cost, {args.rows:,} rows x 100 partitions + {args.tables - 1} small tables, "
+              f"PostgreSQL {version}, {os.cpu_count()} cores, "
+              f"{platform.python_implementation()} {platform.python_version()}, "
               f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
     lines = [f"<!-- {header} -->", "| measurement | result (median, min-max) | goal |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {goal} |" for name, value, goal in results]

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from exporter import __version__
@@ -128,10 +129,15 @@ def cmd_key(args: argparse.Namespace) -> int:
     from exporter.hashtext import partition_for
 
     try:
-        print(partition_for(args.collection_id, args.modulus, args.key_expression))
+        # The server hashes uuid::text, the lowercase hyphenated form; accept any spelling of a uuid.
+        source = str(uuid.UUID(args.collection_id))
+    except ValueError:
+        source = args.collection_id
+    try:
+        print(partition_for(source, args.modulus, args.key_expression))
     except OverflowError as error:
         print(f"error: {error} (the legacy formula overflows for this id; the safe one gives "
-              f"{partition_for(args.collection_id, args.modulus, 'safe')})", file=sys.stderr)
+              f"{partition_for(source, args.modulus, 'safe')})", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 
