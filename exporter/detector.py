@@ -219,7 +219,8 @@ class PartitionImplementationDetector:
 
     def verify_now(self, target: str | None, table: str | None, mode: Mode) -> CheckResult:
         """HealthSource: a verification now, as POST /admin/partition/verify runs it."""
-        self._select(target, table)
+        if target not in (None, self.target_name) or table not in (None, self.label):
+            raise UnknownTableError(f"unknown target/table {target or '*'}/{table or '*'}")  # the daemon's words
         try:
             return self._verify(mode, None)
         except ValueError as error:
