@@ -1,0 +1,91 @@
+"""The APScheduler example: thread and asyncio schedulers, and the script run as its docstring says."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter import AsyncPartitionImplementationDetector, PartitionImplementationDetector
+from exporter.verify import VerificationResult
+from tests.integrations.common import EXAMPLES, MODULUS, ROWS, load_example, three_wrong_keys
+
+example = load_example("apscheduler/partkey_apscheduler.py")
+
+
+def test_background_scheduler_runs_incremental_verification(conn: psycopg.Connection[Any], dsn: str) -> None:
+    three_wrong_keys(conn)
+    results: queue.Queue[VerificationResult] = queue.Queue()
+    scheduler = BackgroundScheduler(timezone="UTC")
+    with PartitionImplementationDetector(dsn, modulus=MODULUS, monotonic_column="id") as detector:
+        example.schedule_verification(scheduler, detector, "incremental", seconds=0.5, on_result=results.put)
+        scheduler.start()
+        try:
+            first = results.get(timeout=20)
+            assert (first.mode, first.rows_checked, first.mismatched) == ("incremental", 0, 0)  # sets the watermark
+            conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES"
+                         " (md5('x')::uuid, (abs(hashtext(md5('x')::uuid::text) % 5) + 2) % 5),"
+                         " (md5('y')::uuid, abs(hashtext(md5('y')::uuid::text) % 5))")
+            deadline = time.monotonic() + 20
+            later = results.get(timeout=20)
+            while later.rows_checked == 0 and time.monotonic() < deadline:
+                later = results.get(timeout=20)
+        finally:
+            scheduler.shutdown(wait=True)
+    assert (later.rows_checked, later.mismatched, later.null_keys) == (2, 1, 0)
+
+
+def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], dsn: str) -> None:
+    three_wrong_keys(conn)
+
+    async def scenario() -> tuple[VerificationResult, int]:
+        loop_results: asyncio.Queue[VerificationResult] = asyncio.Queue()
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS) as detector:
+            example.schedule_async_verification(scheduler, detector, "full", seconds=60,
+                                                on_result=loop_results.put_nowait)
+            running = asyncio.create_task(ticker())
+            scheduler.start()
+            result = await asyncio.wait_for(loop_results.get(), timeout=20)
+            scheduler.shutdown(wait=False)
+            running.cancel()
+        return result, ticks
+
+    result, ticks = asyncio.run(scenario())
+    assert (result.mode, result.rows_checked, result.mismatched) == ("full", ROWS, 3)
+    assert ticks > 0
+
+
+def test_the_script_runs_as_documented(conn: psycopg.Connection[Any], dsn: str) -> None:
+    three_wrong_keys(conn)
+    env = {**os.environ, "PARTKEY_DSN": dsn, "PARTKEY_MODULUS": str(MODULUS), "PARTKEY_VERIFY_MODE": "full"}
+    process = subprocess.Popen([sys.executable, "partkey_apscheduler.py"], cwd=EXAMPLES / "apscheduler", env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        while line and "partition keys among" not in line:
+            line = process.stderr.readline()
+        assert "ERROR public.chunks: 3 wrong, 0 NULL, 0 unevaluable partition keys among 500 rows (full)" in line
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.wait()
