@@ -31,6 +31,7 @@ test: lint unit
 # Writes tests/matrix/last-matrix.md. A subset: make test-matrix VERSIONS=11,12,18
 test-matrix: $(STAMP)
 	$(PY) -m tests.matrix.run_matrix $(if $(VERSIONS),--versions $(VERSIONS))
+	$(PY) -m tests.matrix.readme
 
 # Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
 dashboards: $(STAMP)
