@@ -83,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--dry-run", action="store_true", help="verify and print the plan; change nothing")
     down = commands.add_parser("downgrade", parents=[common], help="back to the trigger (safe formula)")
     down.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    down.add_argument("--batch-size", type=_positive_int, default=1000, help="rows per backfill transaction")
     commands.add_parser("verify", parents=[common], help="count wrong keys; exit 1 when any")
     rep = commands.add_parser("repair", parents=[common], help="fix wrong keys in batches")
     rep.add_argument("--batch-size", type=_positive_int, default=1000)

@@ -10,7 +10,6 @@ from psycopg import sql
 from exporter.introspect import Implementation
 from migrations import sqlgen
 from migrations.catalog import (
-    Dependent,
     KeyTrigger,
     TableSize,
     as_json,
@@ -23,6 +22,7 @@ from migrations.catalog import (
     table_oid,
     table_size,
 )
+from migrations.downgrade_generated import generated_downgrade
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
 from migrations.steps import (
@@ -351,7 +351,9 @@ def downgrade_plan(
     current = key_triggers(conn, spec, impl)
     oid = table_oid(conn, spec)
     if impl.shape == "plain" and impl.generated_kind is not None:
-        return _generated_downgrade(conn, options, impl, captured, plan, (trigger_name, fschema, fname, body))
+        key_type = str(captured.get("key_type") or column_type(conn, oid, spec.key_column)[0])
+        trigger = (trigger_name, fschema, fname, body)
+        return generated_downgrade(conn, options, impl, captured, plan, trigger, key_type)
     if impl.shape == "plain" and column_number(conn, oid, options.new_column) is not None:
         plan.steps.append(
             Step(
@@ -395,54 +397,4 @@ def downgrade_plan(
         )
     if not plan.steps:
         plan.reason = "already done: the key trigger is in place"
-    return plan
-
-
-def _generated_downgrade(
-    conn: psycopg.Connection[Any],
-    options: Options,
-    impl: Implementation,
-    captured: dict[str, Any],
-    plan: Plan,
-    trigger: tuple[str, str, str, str],
-) -> Plan:
-    """Plain generated column back to a plain column filled by the trigger, PK and indexes as before."""
-    spec = options.spec
-    trigger_name, fschema, fname, body = trigger
-    oid = table_oid(conn, spec)
-    size = table_size(conn, spec)
-    key_type = str(captured.get("key_type") or column_type(conn, oid, spec.key_column)[0])
-    saved = [Dependent(**d) for d in captured.get("dependents", [])] or key_dependents(conn, spec)
-    statements: list[Statement] = [
-        sqlgen.add_plain_column(spec, options.old_column, key_type),
-        sqlgen.copy_column(spec, options.old_column, spec.key_column),
-        sqlgen.create_function(spec, fschema, fname, body),
-        sqlgen.drop_column(spec, spec.key_column),
-        sqlgen.rename_column(spec, options.old_column, spec.key_column),
-    ]
-    if captured.get("key_not_null") and not any(d.definition.startswith(("PRIMARY KEY", "NOT NULL")) for d in saved):
-        statements.append(sqlgen.set_not_null(spec, spec.key_column))
-    statements.append(sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname))
-    statements += [d.recreate(spec.table_ident) for d in saved]
-    estimate = 2 * rewrite_estimate(size) + index_estimate(size, len(saved))
-    plan.warnings.append(
-        f"the downgrade copies {spec.key_column} into a plain column in one transaction: {spec.label} "
-        f"({human_bytes(size.total_bytes)}) is locked ACCESS EXCLUSIVE for about {human_seconds(estimate)}"
-    )
-    plan.steps.append(
-        Step(
-            name="swap-back",
-            title=(
-                f"one transaction: add plain {options.old_column}, copy the values, drop the generated "
-                "column, "
-                f"rename, re-create trigger {trigger_name} and "
-                f"{', '.join(d.name for d in saved) or 'no index'}"
-            ),
-            statements=tuple(statements),
-            lock=f"ACCESS EXCLUSIVE on {spec.label} for the copy and the index builds",
-            rewrites=True,
-            estimate_seconds=estimate,
-            note=f"{spec.key_column} ends up as the last column; values are copied, not recomputed",
-        )
-    )
     return plan

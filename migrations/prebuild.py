@@ -84,8 +84,10 @@ def retarget(definition: str, old_index: str, new_index: str, old_column: str, n
     return f"CREATE {unique}INDEX {new_index} ON {head.group(3)} USING {head.group(4)} ({', '.join(changed)}){rest}"
 
 
-def plan_prebuilt(conn: psycopg.Connection[Any], options: Options, dependents: list[Dependent]) -> list[Prebuilt]:
-    """The dependents that can be built concurrently on the new column: plain-column btree-style ones."""
+def plan_prebuilt(
+    conn: psycopg.Connection[Any], options: Options, dependents: list[Dependent], target: str | None = None
+) -> list[Prebuilt]:
+    """The dependents that can be built concurrently on the target column (default: the upgrade's new one)."""
     definitions = dict(
         conn.execute(
             "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -100,7 +102,7 @@ def plan_prebuilt(conn: psycopg.Connection[Any], options: Options, dependents: l
             (options.spec.table_ident.as_string(conn),),
         ).fetchall()
     )
-    old_column, new_column = _quote(conn, options.spec.key_column), _quote(conn, options.new_column)
+    old_column, new_column = _quote(conn, options.spec.key_column), _quote(conn, target or options.new_column)
     result = []
     for dependent in dependents:
         if dependent.kind == "constraint":

@@ -58,7 +58,15 @@ def plan_script(conn: psycopg.Connection[Any], plan: Plan, options: Options) -> 
             f"estimate: {human_seconds(step.estimate_seconds)}"
         )
         out.append(f"SET statement_timeout = '{scan_timeout if step.timeout == 'scan' else ddl_timeout}';")
-        if step.kind == "concurrent":
+        if step.kind == "backfill":
+            out.append("-- batches, each committed (COMMIT inside DO works outside a transaction block, PG 11+)")
+            out += [
+                "DO $partkey$ DECLARE n bigint; BEGIN LOOP "
+                f"{s.as_string(conn)}; GET DIAGNOSTICS n = ROW_COUNT; EXIT WHEN n = 0; COMMIT; "
+                "END LOOP; END $partkey$;"
+                for s in step.statements
+            ]
+        elif step.kind == "concurrent":
             out.append("-- CREATE INDEX CONCURRENTLY cannot run inside a transaction block")
             out += [f"{s.as_string(conn)};" for s in step.statements]
         else:

@@ -131,7 +131,7 @@ def _dry_run(
     out(f"dry run: {plan.direction} with strategy {plan.strategy}: {plan.reason}")
     for warning in plan.warnings:
         out(f"warning: {warning}")
-    for number, step in enumerate(s for s in plan.steps if s.kind in ("ddl", "concurrent")):
+    for number, step in enumerate(s for s in plan.steps if s.kind in ("ddl", "concurrent", "backfill")):
         out(f"  would run step {number + 1}: {step.title} [{step.lock}; ~{human_seconds(step.estimate_seconds)}]")
     code = 0
     if any(step.kind == "verify" for step in plan.steps):
@@ -234,16 +234,19 @@ def _run_step(
         human_seconds(step.estimate_seconds),
     )
 
-    if step.kind == "concurrent":
+    if step.kind in ("concurrent", "backfill"):
         started = time.monotonic()
-        _build_concurrently(conn, options, step)
+        if step.kind == "concurrent":
+            _build_concurrently(conn, options, step)
+        else:
+            _backfill(conn, options, step)
         with_lock_retries(conn, options, f"step {step.name}", lambda: _record(store, step.name, final_state))
         log.info("step %d/%d %s: done in %s", number, total, step.name, human_seconds(time.monotonic() - started))
         return
 
     def work() -> None:
         if step.kind == "verify-new":
-            _check_columns_agree(conn, options)
+            _check_columns_agree(conn, options, step.columns or (options.spec.key_column, options.new_column))
         else:
             for statement in step.statements:
                 conn.execute(statement)
@@ -305,13 +308,27 @@ def _build_concurrently(conn: psycopg.Connection[Any], options: Options, step: S
         )
 
 
-def _check_columns_agree(conn: psycopg.Connection[Any], options: Options) -> None:
-    """The generated column must equal the old key on every row before the swap."""
-    row = conn.execute(sqlgen.columns_differ(options.spec, options.spec.key_column, options.new_column)).fetchone()
+def _backfill(conn: psycopg.Connection[Any], options: Options, step: Step) -> None:
+    """Run the batch UPDATE until it touches no row, each batch its own lock-retried transaction."""
+    batches = rows = 0
+    while True:
+        count = with_lock_retries(
+            conn, options, f"step {step.name} batch {batches + 1}", lambda: conn.execute(step.statements[0]).rowcount
+        )
+        if count <= 0:
+            break
+        batches += 1
+        rows += count
+    log.info("step %s: %d row(s) in %d batch(es)", step.name, rows, batches)
+
+
+def _check_columns_agree(conn: psycopg.Connection[Any], options: Options, columns: tuple[str, str]) -> None:
+    """The copy must equal the key on every row before the swap."""
+    key, copy = columns
+    row = conn.execute(sqlgen.columns_differ(options.spec, key, copy)).fetchone()
     differ = int(row[0]) if row else 0
     if differ:
         raise RefusedError(
-            f"{differ} row(s) have {options.spec.key_column} different from the generated "
-            f"{options.new_column}: "
-            "run `partkey-migrate repair`, then upgrade again (it resumes)"
+            f"{differ} row(s) have {key} different from {copy}: "
+            "run `partkey-migrate repair`, then run the command again (it resumes)"
         )

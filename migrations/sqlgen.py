@@ -135,3 +135,32 @@ def columns_guard(spec: KeySpec, left: str, right: str) -> sql.Composed:
         "DO $partkey$ BEGIN IF EXISTS ({}) THEN RAISE EXCEPTION "
         "'the generated column disagrees with the old key column'; END IF; END $partkey$"
     ).format(inner)
+
+
+def sync_function_body(spec: KeySpec, column: str) -> sql.Composed:
+    """PL/pgSQL body that keeps a plain copy of the key right while a downgrade backfills it."""
+    new_source = sql.SQL("NEW.{}").format(sql.Identifier(spec.source_column))
+    return sql.SQL("BEGIN\n    NEW.{} := {};\n    RETURN NEW;\nEND;").format(
+        sql.Identifier(column), key_expression(new_source, spec.modulus, "safe")
+    )
+
+
+def create_sync_trigger(trigger: str, spec: KeySpec, function: str) -> sql.Composed:
+    """BEFORE INSERT OR UPDATE: new and changed rows get their copy while old rows are backfilled."""
+    return sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        sql.Identifier(trigger), spec.table_ident, sql.Identifier(spec.schema, function)
+    )
+
+
+def backfill_batch(spec: KeySpec, column: str, batch: int) -> sql.Composed:
+    """Fill up to batch rows' copy of the key (one short transaction each)."""
+    return sql.SQL(
+        "UPDATE {t} SET {c} = {k} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {c} IS NULL LIMIT {n}))"
+    ).format(t=spec.table_ident, c=sql.Identifier(column), k=sql.Identifier(spec.key_column), n=sql.Literal(batch))
+
+
+def add_not_null_check(spec: KeySpec, name: str, column: str) -> sql.Composed:
+    """CHECK (column IS NOT NULL) NOT VALID: once validated, SET NOT NULL needs no scan (PG 12+)."""
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+        spec.table_ident, sql.Identifier(name), sql.Identifier(column)
+    )

@@ -9,7 +9,7 @@ from psycopg import sql
 
 from migrations.catalog import TableSize
 
-StepKind = Literal["ddl", "verify", "verify-new", "concurrent"]
+StepKind = Literal["ddl", "verify", "verify-new", "concurrent", "backfill"]
 Statement = sql.SQL | sql.Composed
 
 # Rates measured in postgres-facts.md (PG 18, 2 vCPUs, 1M rows / 394 MB); estimates only, re-measure.
@@ -37,6 +37,7 @@ class Step:
     note: str | None = None
     index: str | None = None  # concurrent steps: the index they build
     expected: str | None = None  # concurrent steps: pg_get_indexdef of that index once built
+    columns: tuple[str, str] | None = None  # verify-new and backfill steps: (key column, its copy)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Plan:
     @property
     def empty(self) -> bool:
         """True when nothing is left to change (verification steps alone change nothing)."""
-        return not any(step.kind in ("ddl", "concurrent") for step in self.steps)
+        return not any(step.kind in ("ddl", "concurrent", "backfill") for step in self.steps)
 
     def total_seconds(self) -> float:
         """Sum of the steps' estimates."""

@@ -167,3 +167,55 @@ def test_plan_sql_for_the_plain_table_runs_in_psql(plain_table: psycopg.Connecti
     assert after["indexes"] == before["indexes"] and after["constraints"] == before["constraints"]
     assert after["columns"][-1] == ("partition_key", "integer", True, "s")
     assert keys(conn) == rows
+
+
+DOWNGRADE_STEPS = [
+    "add-plain-copy",
+    "backfill",
+    "verify-plain-copy",
+    "add-not-null-check",
+    "validate-not-null-check",
+    "build-index:chunks_pkey",
+    "build-index:chunks_key_id_uq",
+    "build-index:chunks_key_idx",
+    "swap-back",
+]
+
+
+def test_downgrade_is_online_and_resumable(plain_table: psycopg.Connection[Any], dsn: str) -> None:
+    from tests.migrations.test_resume import kill_before
+
+    conn = plain_table
+    rows, before = keys(conn), catalog(conn)
+    assert cli(dsn, "upgrade").code == 0
+    plan = cli(dsn, "plan", "--downgrade").out
+    assert "ROW EXCLUSIVE: only the rows of each batch are locked" in plan
+    assert "ACCESS EXCLUSIVE on public.chunks, brief (indexes were prebuilt)" in plan
+    kill_before(conn, dsn, "build-index:chunks_key_id_uq", "downgrade")
+    assert state(conn) == ("downgrading", DOWNGRADE_STEPS[:6])
+    # Rows written while the copy exists get their copy from the sync trigger.
+    conn.execute("INSERT INTO chunks (collection_id, content) VALUES (%s, 'during')", (INT_MIN_COLLECTION_ID,))
+    run = cli(dsn, "downgrade", "--batch-size", "700")
+    assert run.code == 0, run.err
+    assert state(conn) == ("downgraded", DOWNGRADE_STEPS)
+    after = catalog(conn)
+    assert after["indexes"] == before["indexes"] and after["constraints"] == before["constraints"]
+    assert after["triggers"] == before["triggers"]
+    conn.execute("DELETE FROM chunks WHERE content = 'during'")
+    assert keys(conn) == rows
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_downgrade_plan_sql_runs_in_psql(plain_table: psycopg.Connection[Any], dsn: str) -> None:
+    conn = plain_table
+    rows, before = keys(conn), catalog(conn)
+    assert cli(dsn, "upgrade").code == 0
+    script = cli(dsn, "plan", "--sql", "--downgrade").out
+    result = subprocess.run(
+        ["psql", dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=script, text=True, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    after = catalog(conn)
+    assert after["indexes"] == before["indexes"] and after["constraints"] == before["constraints"]
+    assert after["triggers"] == before["triggers"]
+    assert keys(conn) == rows

@@ -17,6 +17,7 @@ MODES = {
     "SHARE UPDATE EXCLUSIVE": "ShareUpdateExclusiveLock",
     "SHARE ROW EXCLUSIVE": "ShareRowExclusiveLock",
     "ACCESS SHARE": "AccessShareLock",
+    "ROW EXCLUSIVE": "RowExclusiveLock",
 }
 STRENGTH = [
     "AccessShareLock",

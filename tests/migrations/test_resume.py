@@ -54,9 +54,9 @@ def migrate_backends(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def kill_before(conn: psycopg.Connection[Any], dsn: str, step: str) -> None:
-    """Start an upgrade that pauses before step, SIGKILL it there, and wait until its backend is gone."""
-    proc = spawn(dsn, "upgrade", env={"PARTKEY_MIGRATE_PAUSE_BEFORE": step})
+def kill_before(conn: psycopg.Connection[Any], dsn: str, step: str, command: str = "upgrade") -> None:
+    """Start a run that pauses before step, SIGKILL it there, and wait until its backend is gone."""
+    proc = spawn(dsn, command, env={"PARTKEY_MIGRATE_PAUSE_BEFORE": step})
     wait_line(stderr_lines(proc), f"before step {step}")
     proc.kill()
     proc.wait(timeout=10)
