@@ -162,3 +162,17 @@ def test_a_failed_verification_is_502_with_the_reason(pair: Pair, conn: psycopg.
     assert response.status_code == 502
     data = response.json()
     assert data["success"] is False and data["verification"] is None and "chunks" in data["error"]
+
+
+def test_the_example_app_from_the_environment(conn: psycopg.Connection[Any], dsn: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    three_wrong_keys(conn)
+    for name, value in {"DSN": dsn, "MODULUS": str(MODULUS), "ADMIN_TOKEN": TOKEN}.items():
+        monkeypatch.setenv(f"PARTKEY_{name}", value)
+    with TestClient(fastapi_example.create_app()) as client:
+        report = client.get("/admin/partition/health/report")
+        assert report.status_code == 200 and "  Incorrect Keys: 3" in report.text.splitlines()
+        assert "  Target: app" in report.text.splitlines()
+        assert client.post("/admin/partition/verify").status_code == 401
+        verified = client.post("/admin/partition/verify", headers=AUTH, json={"mode": "sample"})
+        assert verified.status_code == 200 and verified.json()["verification"]["mode"] == "sample"
