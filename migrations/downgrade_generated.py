@@ -17,7 +17,16 @@ from migrations import sqlgen
 from migrations.catalog import Dependent, column_number, key_dependents, table_oid, table_size
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
-from migrations.steps import BRIEF_SECONDS, Plan, Statement, Step, index_estimate, scan_estimate
+from migrations.steps import (
+    BACKFILL_SECONDS_PER_GB,
+    BRIEF_SECONDS,
+    GB,
+    Plan,
+    Statement,
+    Step,
+    index_estimate,
+    scan_estimate,
+)
 
 SYNC_TRIGGER = "partkey_sync_old_key"
 
@@ -69,11 +78,12 @@ def generated_downgrade(
     plan.steps.append(
         Step(
             name="backfill",
-            title=f"copy {spec.key_column} into {old}, {options.batch_size} rows per transaction",
+            title=f"copy {spec.key_column} into {old}, {options.batch_size} rows per transaction "
+            "(every row gets a new version: VACUUM afterwards)",
             statements=(sqlgen.backfill_batch(spec, old, options.batch_size),),
             lock="ROW EXCLUSIVE: only the rows of each batch are locked",
             rewrites=False,
-            estimate_seconds=2 * scan_estimate(size),
+            estimate_seconds=size.total_bytes / GB * BACKFILL_SECONDS_PER_GB,
             kind="backfill",
             columns=(spec.key_column, old),
         )
