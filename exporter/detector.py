@@ -299,22 +299,15 @@ def _payload(result: CheckResult, kind: type[_Payload]) -> _Payload:
 class AsyncPartitionImplementationDetector:
     """The same detector for asyncio: each call runs the sync implementation in a worker thread.
 
-    The event loop never waits on the database. Takes a DSN (or a sync psycopg connection) and the same
-    keyword arguments as PartitionImplementationDetector; `.sync` is the detector underneath (a HealthSource).
+    The event loop never waits on the database. Takes exactly PartitionImplementationDetector's arguments, with a
+    DSN or a sync psycopg connection; `.sync` is the detector underneath (a HealthSource).
     """
 
-    def __init__(
-        self,
-        conn_or_dsn: psycopg.Connection[Any] | str,
-        table: str = "chunks",
-        key_column: str = "partition_key",
-        source_column: str = "collection_id",
-        modulus: int = 100,
-        **options: Any,
-    ) -> None:
-        if isinstance(conn_or_dsn, psycopg.AsyncConnection):
+    def __init__(self, *args: Any, **options: Any) -> None:
+        given = args[0] if args else options.get("conn_or_dsn")
+        if isinstance(given, psycopg.AsyncConnection):
             raise TypeError("an AsyncConnection cannot be shared with a worker thread: give a DSN instead")
-        self.sync = PartitionImplementationDetector(conn_or_dsn, table, key_column, source_column, modulus, **options)
+        self.sync = PartitionImplementationDetector(*args, **options)
 
     async def detect_implementation(self) -> Implementation:
         """See PartitionImplementationDetector.detect_implementation."""

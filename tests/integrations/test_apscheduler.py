@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import AsyncPartitionImplementationDetector, PartitionImplementationDetector
 from exporter.verify import VerificationResult
-from tests.integrations.common import EXAMPLES, MODULUS, ROWS, load_example, three_wrong_keys
+from tests.integrations.common import EXAMPLES, MODULUS, ROWS, Ticker, load_example, three_wrong_keys
 
 example = load_example("apscheduler/partkey_apscheduler.py")
 
@@ -48,25 +48,16 @@ def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], ds
     three_wrong_keys(conn)
 
     async def scenario() -> tuple[VerificationResult, int]:
-        loop_results: asyncio.Queue[VerificationResult] = asyncio.Queue()
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[VerificationResult] = loop.create_future()
         scheduler = AsyncIOScheduler(timezone="UTC")
-        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS) as detector:
-            example.schedule_async_verification(scheduler, detector, "full", seconds=60,
-                                                on_result=loop_results.put_nowait)
-            running = asyncio.create_task(ticker())
+        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS) as detector, Ticker(0.01) as ticker:
+            example.schedule_verification(scheduler, detector, "full", seconds=60,
+                                          on_result=lambda r: loop.call_soon_threadsafe(done.set_result, r))
             scheduler.start()
-            result = await asyncio.wait_for(loop_results.get(), timeout=20)
+            result = await asyncio.wait_for(done, timeout=20)
             scheduler.shutdown(wait=False)
-            running.cancel()
-        return result, ticks
+        return result, ticker.ticks
 
     result, ticks = asyncio.run(scenario())
     assert (result.mode, result.rows_checked, result.mismatched) == ("full", ROWS, 3)

@@ -20,7 +20,7 @@ from exporter.daemon import Exporter
 from exporter.distribution import Distribution
 from exporter.introspect import Implementation
 from exporter.verify import VerificationResult
-from tests.integrations.common import MODULUS, ROWS, WRONG_IDS, three_wrong_keys
+from tests.integrations.common import MODULUS, ROWS, WRONG_IDS, Ticker, three_wrong_keys
 from tests.schema import INT_MIN_COLLECTION_ID, create_list_table
 from tests.support import config_for, http, serving
 
@@ -159,16 +159,8 @@ def test_async_detector_keeps_the_loop_running_and_refuses_a_second_verification
     holder = threading.Thread(target=_hold_lock, args=(dsn, 1.5, locked))
 
     async def scenario() -> tuple[int, VerificationResult, BaseException | None, Implementation]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.05)
-                ticks += 1
-
-        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector:
-            running = asyncio.create_task(ticker())
+        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector, \
+                Ticker(0.05) as ticker:
             holder.start()
             await asyncio.to_thread(locked.wait, 5)
             verification = asyncio.create_task(detector.verify_partition_keys("full"))
@@ -178,14 +170,13 @@ def test_async_detector_keeps_the_loop_running_and_refuses_a_second_verification
                 await detector.verify_partition_keys("sample")
             except BusyError as error:
                 second = error
-            ticks_before = ticks
+            ticks_before = ticker.ticks
             result = await verification
-            ticked = ticks - ticks_before
+            ticked = ticker.ticks - ticks_before
             implementation = await detector.detect_implementation()
-            running.cancel()
         async with await psycopg.AsyncConnection.connect(dsn) as aconn:
             with pytest.raises(TypeError, match="AsyncConnection cannot be shared"):
-                AsyncPartitionImplementationDetector(aconn)  # type: ignore[arg-type]
+                AsyncPartitionImplementationDetector(aconn)
         return ticked, result, second, implementation
 
     ticked, result, second, implementation = asyncio.run(scenario())
