@@ -127,7 +127,7 @@ def index_state(conn: psycopg.Connection[Any], options: Options, name: str) -> t
     """(valid, definition) of an index in the table's schema, or None when it does not exist."""
     row = conn.execute(
         "SELECT x.indisvalid, pg_get_indexdef(i.oid) FROM pg_class i JOIN pg_index x ON x.indexrelid = i.oid "
-        "WHERE i.relnamespace = %s::regnamespace AND i.relname = %s",
+        "WHERE i.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) AND i.relname = %s",
         (options.spec.schema, name),
     ).fetchone()
     return (bool(row[0]), str(row[1])) if row else None
