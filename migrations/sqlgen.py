@@ -62,8 +62,7 @@ def drop_constraint(spec: KeySpec, name: str) -> sql.Composed:
 
 
 def add_generated_column(spec: KeySpec, column: str, type_sql: str, not_null: str | None = None) -> sql.Composed:
-    """ADD COLUMN ... GENERATED ALWAYS AS (safe) STORED [CONSTRAINT not_null NOT NULL]: a rewrite under ACCESS
-    EXCLUSIVE. The NOT NULL is checked during that rewrite, so attaching the PK later needs no scan."""
+    """ADD COLUMN … GENERATED ALWAYS AS (safe) STORED [NOT NULL, checked during the rewrite under ACCESS EXCLUSIVE]."""
     constraint: sql.Composable = sql.SQL("")
     if not_null:
         constraint = sql.SQL(" CONSTRAINT {} NOT NULL").format(sql.Identifier(not_null))
