@@ -46,7 +46,7 @@ def schedule_verification(
             log.warning("%s: verification skipped: %s", sync.label, error)
             return
         if result.clean:
-            log.info("%s: %d rows checked (%s), every partition key right", sync.label, result.rows_checked, mode)
+            log.info("%s: no bad partition key among %d rows checked (%s)", sync.label, result.rows_checked, mode)
         else:
             log.error("%s: %d wrong, %d NULL, %d unevaluable partition keys among %d rows (%s)", sync.label,
                       result.mismatched, result.null_keys, result.expression_errors, result.rows_checked, mode)

@@ -59,5 +59,5 @@ def verify_partition_keys(mode: str = "sample", raise_on_bad: bool = False, **op
             raise WrongPartitionKeysError(message)
         log.error("%s", message)
     else:
-        log.info("%s: %d rows checked (%s), every partition key right", detector.label, result.rows_checked, mode)
+        log.info("%s: no bad partition key among %d rows checked (%s)", detector.label, result.rows_checked, mode)
     return summary
