@@ -197,10 +197,17 @@ class PartitionImplementationDetector:
 
     # What the daemon's scheduler and the admin API do, for this one table.
 
-    def refresh(self, checks: Iterable[str] = REPORT_CHECKS, max_age: float = 0.0) -> list[CheckResult]:
-        """Run the named checks whose last success is older than max_age seconds; return the new results."""
-        results = []
-        with self._refresh_lock:  # concurrent callers wait and then find the results fresh
+    def refresh(
+        self, checks: Iterable[str] = REPORT_CHECKS, max_age: float = 0.0, wait: bool = True
+    ) -> list[CheckResult]:
+        """Run the named checks whose last success is older than max_age seconds; return the new results.
+
+        With wait=False, a refresh already running elsewhere is not waited for: nothing runs and [] comes back.
+        """
+        if not self._refresh_lock.acquire(blocking=wait):
+            return []
+        try:
+            results = []
             for name in checks:
                 runner = self.runners.get(name)
                 if runner is None:
@@ -209,12 +216,18 @@ class PartitionImplementationDetector:
                 if max_age > 0 and latest is not None and latest.success and time.time() - latest.finished_at < max_age:
                     continue
                 results.append(runner.run())
-        return results
+            return results
+        finally:
+            self._refresh_lock.release()
 
     def health(self, target: str | None = None, table: str | None = None) -> list[TableHealth]:
-        """HealthSource: this table's health, re-running the report's checks older than cache_seconds."""
+        """HealthSource: this table's health, re-running the report's checks older than cache_seconds.
+
+        While another caller's refresh runs (a long full verification, say), this serves the latest results at
+        once, as the daemon serves its snapshot; only the very first call, with nothing to serve, waits.
+        """
         self._select(target, table)
-        self.refresh(REPORT_CHECKS, max_age=self.cache_seconds)
+        self.refresh(REPORT_CHECKS, max_age=self.cache_seconds, wait=not self.store.current.results)
         return self._healths()
 
     def verify_now(self, target: str | None, table: str | None, mode: Mode) -> CheckResult:

@@ -209,3 +209,17 @@ def test_core_install_does_not_pull_in_fastapi_or_celery() -> None:
     code = "import sys, exporter; print(sorted(m for m in ('fastapi', 'celery', 'httpx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_health_serves_the_latest_results_while_another_refresh_runs(conn: psycopg.Connection[Any], dsn: str) -> None:
+    three_wrong_keys(conn)
+    with PartitionImplementationDetector(dsn, modulus=MODULUS, cache_seconds=0) as detector:
+        [first] = detector.health()  # nothing to serve yet: this one runs the checks
+        assert first.bad_rows == 3 and first.status == "unhealthy"
+        conn.execute(f"UPDATE chunks SET partition_key = (partition_key + 1) % {MODULUS} WHERE id = 40")
+        with detector._refresh_lock:  # as if a long refresh were running in another thread
+            started = time.monotonic()
+            [served] = detector.health()
+            assert time.monotonic() - started < 0.5 and served.bad_rows == 3  # the latest results, at once
+        [fresh] = detector.health()
+        assert fresh.bad_rows == 4
