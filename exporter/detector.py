@@ -17,12 +17,13 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import psycopg
 from psycopg import pq
 
 from exporter.admin import BusyError, UnknownTableError, report_text
+from exporter.checks.base import Check
 from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.config import ChecksConfig, TableConfig
@@ -162,7 +163,7 @@ class PartitionImplementationDetector:
         given = {name: value for name, value in env.items() if value}
         return cls(dsn, **{**given, **options})
 
-    def _runner(self, check: Any, interval: float, timeout: float) -> CheckRunner:
+    def _runner(self, check: Check, interval: float, timeout: float) -> CheckRunner:
         """A daemon CheckRunner for one check on this detector's target and store."""
         return CheckRunner(self.target, check, self.store, interval, timeout)
 
@@ -270,6 +271,8 @@ class PartitionImplementationDetector:
 
     def _verification_runner(self, mode: Mode, limit: int | None) -> CheckRunner:
         """The configured runner of this mode, or one keeping `limit` examples (sharing the watermark)."""
+        if mode not in get_args(Mode):
+            raise ValueError(f"mode must be full, sample or incremental, got {mode!r}")
         name = f"verification_{mode}"
         if mode == "incremental" and self.table_config.monotonic_column is None:
             raise ValueError(f"{self.label} has no monotonic_column: incremental mode is unavailable")

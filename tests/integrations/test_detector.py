@@ -111,6 +111,8 @@ def test_limit_modes_and_expression_errors(conn: psycopg.Connection[Any], dsn: s
                      " (md5('b')::uuid, (abs(hashtext(md5('b')::uuid::text) % 5) + 1) % 5)")
         later = detector.verify_partition_keys("incremental")
         assert (later.rows_checked, later.mismatched) == (2, 1)
+        with pytest.raises(ValueError, match="mode must be full, sample or incremental, got 'everything'"):
+            detector.verify_partition_keys("everything")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="limit must be between 0 and 1000"):
             detector.verify_partition_keys("full", limit=5000)
     with PartitionImplementationDetector(dsn, modulus=MODULUS) as detector, \
