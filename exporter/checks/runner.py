@@ -56,6 +56,8 @@ class CheckRunner:
             previous = None  # the table is gone: its series must go too, not linger as stale values
         except psycopg.Error as failure:
             error = self._describe(failure)
+            # The query broke the connection: that is the target's outage, which the target logs once.
+            target_down = self.target.up is False
         except Exception as failure:  # a bug in a check must not take the daemon down
             log.exception("%s: unexpected error", self._where())
             error = f"{type(failure).__name__}: {failure}"
@@ -120,9 +122,11 @@ class CheckRunner:
     def _log_transition(self, error: str | None, target_down: bool) -> None:
         """Log when a check starts failing and when it recovers, not on every failed run."""
         if error is not None and target_down:
-            # The target already logged its outage once; one line per check would repeat it.
+            # The target already logged its outage once (and logs its recovery once); one line per check,
+            # failing now and "recovered" later, would repeat it. So the check's own state stays as it was.
             log.debug("%s skipped: %s", self._where(), error)
-        elif error is not None and not self._failing:
+            return
+        if error is not None and not self._failing:
             log.error("%s failed: %s", self._where(), error)
         elif error is None and self._failing:
             log.warning("%s recovered", self._where())
