@@ -8,6 +8,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
@@ -28,6 +29,17 @@ from exporter.target import Target
 from exporter.verify import Mode
 
 log = logging.getLogger(__name__)
+
+
+class _SkippedRunFilter(logging.Filter):
+    """APScheduler warns on every skipped run of a check that outlives its interval; the Exporter logs it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop APScheduler's per-run 'maximum number of running instances' warning."""
+        return "maximum number of running instances" not in str(record.msg)
+
+
+_SKIPPED_RUNS = _SkippedRunFilter()
 
 
 def _checks_for(table: TableConfig, state: TableVerificationState) -> list[tuple[Check, CheckSettings]]:
@@ -77,6 +89,7 @@ class Exporter:
         self.admin_token = config.admin_token()
         self._rendered_lock = threading.Lock()
         self._rendered: tuple[object, dict[str, tuple[bytes, str]]] = (None, {})
+        self._overrunning: set[str] = set()
 
     def render_metrics(self, accept: str) -> tuple[bytes, str]:
         """The /metrics body for this Accept header, encoded once per snapshot and reused until the next one."""
@@ -110,8 +123,20 @@ class Exporter:
                 id="/".join(key),
                 misfire_grace_time=max(1, int(runner.interval)),
             )
+        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         self.scheduler.start()
         log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        """Log once when a check outlives its interval (its next runs are skipped), not once per skipped run."""
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            if event.job_id not in self._overrunning:
+                self._overrunning.add(event.job_id)
+                log.warning("%s is still running after its interval: later runs are skipped until it ends",
+                            event.job_id)
+        else:
+            self._overrunning.discard(event.job_id)
 
     def stop(self) -> None:
         """Stop scheduling, wait briefly for running checks, close every connection."""
