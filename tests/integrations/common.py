@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
@@ -27,6 +29,15 @@ def three_wrong_keys(conn: psycopg.Connection[Any]) -> None:
     # Statistics reach pg_stat_user_tables at most once a second unless forced: the estimate must be settled.
     conn.execute("SELECT pg_stat_force_next_flush()")
     conn.execute("SELECT 1")
+
+
+def hold_lock(dsn: str, seconds: float, locked: threading.Event) -> None:
+    """Keep an ACCESS EXCLUSIVE lock on chunks for a while, in another session (run it in a thread)."""
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+        locked.set()
+        time.sleep(seconds)
+        locker.rollback()
 
 
 def load_example(relative: str) -> ModuleType:

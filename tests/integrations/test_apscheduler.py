@@ -8,6 +8,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import AsyncPartitionImplementationDetector, PartitionImplementationDetector
 from exporter.verify import VerificationResult
-from tests.integrations.common import EXAMPLES, MODULUS, ROWS, Ticker, load_example, three_wrong_keys
+from tests.integrations.common import EXAMPLES, MODULUS, ROWS, Ticker, hold_lock, load_example, three_wrong_keys
 
 example = load_example("apscheduler/partkey_apscheduler.py")
 
@@ -46,22 +47,28 @@ def test_background_scheduler_runs_incremental_verification(conn: psycopg.Connec
 
 def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], dsn: str) -> None:
     three_wrong_keys(conn)
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_lock, args=(dsn, 1.0, locked))
+    holder.start()
+    locked.wait(5)
 
     async def scenario() -> tuple[VerificationResult, int]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[VerificationResult] = loop.create_future()
         scheduler = AsyncIOScheduler(timezone="UTC")
-        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS) as detector, Ticker(0.01) as ticker:
+        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector, \
+                Ticker(0.02) as ticker:
             example.schedule_verification(scheduler, detector, "full", seconds=60,
                                           on_result=lambda r: loop.call_soon_threadsafe(done.set_result, r))
             scheduler.start()
-            result = await asyncio.wait_for(done, timeout=20)
+            result = await asyncio.wait_for(done, timeout=20)  # after the lock is released, ~1 s from now
             scheduler.shutdown(wait=False)
         return result, ticker.ticks
 
     result, ticks = asyncio.run(scenario())
+    holder.join()
     assert (result.mode, result.rows_checked, result.mismatched) == ("full", ROWS, 3)
-    assert ticks > 0
+    assert ticks >= 10  # the loop kept running while the job waited for the table lock
 
 
 def test_the_script_runs_as_documented(conn: psycopg.Connection[Any], dsn: str) -> None:

@@ -20,7 +20,7 @@ from exporter.daemon import Exporter
 from exporter.distribution import Distribution
 from exporter.introspect import Implementation
 from exporter.verify import VerificationResult
-from tests.integrations.common import MODULUS, ROWS, WRONG_IDS, Ticker, three_wrong_keys
+from tests.integrations.common import MODULUS, ROWS, WRONG_IDS, Ticker, hold_lock, three_wrong_keys
 from tests.schema import INT_MIN_COLLECTION_ID, create_list_table
 from tests.support import config_for, http, serving
 
@@ -144,21 +144,12 @@ def test_failures_raise_with_the_daemons_message(conn: psycopg.Connection[Any], 
         assert detector.verify_partition_keys("full").mismatched == 3  # and the detector carries on
 
 
-def _hold_lock(dsn: str, seconds: float, locked: threading.Event) -> None:
-    """Keep an ACCESS EXCLUSIVE lock on chunks for a while, in another session."""
-    with psycopg.connect(dsn) as locker:
-        locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-        locked.set()
-        time.sleep(seconds)
-        locker.rollback()
-
-
 def test_async_detector_keeps_the_loop_running_and_refuses_a_second_verification(
     conn: psycopg.Connection[Any], dsn: str
 ) -> None:
     three_wrong_keys(conn)
     locked = threading.Event()
-    holder = threading.Thread(target=_hold_lock, args=(dsn, 1.5, locked))
+    holder = threading.Thread(target=hold_lock, args=(dsn, 1.5, locked))
 
     async def scenario() -> tuple[int, VerificationResult, BaseException | None, Implementation]:
         async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector, \
