@@ -35,6 +35,7 @@ class Target:
         self.lock_timeout = lock_timeout
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
         self._failures = 0
         self._next_attempt = 0.0
         self.up: bool | None = None
@@ -96,6 +97,10 @@ class Target:
         acquired = self._lock.acquire(blocking=blocking)
         if not acquired:
             raise TargetUnavailableError(f"target {self.name} is busy")
+        if self._closed:
+            # Checks queued behind a stuck one must not reconnect after shutdown or reload closed the target.
+            self._lock.release()
+            raise TargetUnavailableError(f"target {self.name} is closed")
         try:
             conn = self._ensure_connection()
             try:
@@ -135,10 +140,25 @@ class Target:
                 self._conn.close()
             self._conn = None
 
-    def close(self) -> None:
-        """Close the connection for good (on shutdown)."""
-        with self._lock:
+    def close(self, grace: float = 1.0) -> None:
+        """Close the connection for good (on shutdown or reload), canceling a query still running on the server."""
+        self._closed = True
+        acquired = self._lock.acquire(timeout=grace)
+        if not acquired:
+            # A check is stuck (on a lock, say): cancel its query on the server rather than wait for its timeout.
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.cancel()
+            acquired = self._lock.acquire(timeout=3 * grace)
+        if not acquired:
+            log.warning("target %s: a check is still running at shutdown; its connection closes with the process",
+                        self.name)
+            return
+        try:
             self._drop_connection()
+        finally:
+            self._lock.release()
 
     @property
     def backend_pid(self) -> int | None:
