@@ -1,0 +1,116 @@
+"""Signals on the real daemon, beyond tests/test_daemon.py: SIGTERM and SIGHUP while a check is stuck on a lock,
+a reload that changes what is watched, and a reload refused for a semantic (not syntax) error."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.e2e.prometheus import free_port
+from tests.reliability.harness import (
+    Daemon,
+    get,
+    our_backends,
+    our_lock_waits,
+    parse,
+    scrape,
+    wait_for,
+    write_daemon_config,
+)
+from tests.schema import create_list_table, insert_rows
+
+STUCK = {"verification_full": "{interval: 1s, statement_timeout: 60s}",
+         "implementation": "{interval: 1s, statement_timeout: 60s}"}
+
+
+def _up(url: str, target: str) -> float | None:
+    try:
+        status, _, body = scrape(url, timeout=2)
+    except OSError:
+        return None
+    return get(parse(body), "partkey_up", target=target) if status == 200 else None
+
+
+def _prepare(conn: psycopg.Connection[Any]) -> None:
+    create_list_table(conn, modulus=4, trigger=None)
+    insert_rows(conn, 200, modulus=4)
+
+
+def test_sigterm_while_a_check_waits_on_a_lock(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    _prepare(conn)
+    port = free_port()
+    path = tmp_path / "partkey.yaml"
+    write_daemon_config(path, dsn, port, checks=STUCK, lock_timeout="60s")
+    daemon = Daemon(path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(url, "live") == 1, 30, step=0.2, what="the daemon up")
+        with psycopg.connect(dsn) as locker:
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            wait_for(lambda: our_lock_waits(conn), 10, what="a check stuck on the lock")
+            elapsed = daemon.stop()
+            # The lock is still held: the daemon must not have waited for its stuck query to give up.
+            left = wait_for(lambda: not our_backends(conn), 3, what="our connection closed") and our_backends(conn)
+            locker.rollback()
+    finally:
+        daemon.stop()
+    assert daemon.process.returncode == 0, daemon.log
+    assert elapsed < 5, f"SIGTERM took {elapsed:.1f}s with a check stuck on a lock"
+    assert "Traceback" not in daemon.log
+    assert "partkey-exporter stopped" in daemon.log
+    assert left == []
+
+
+def test_sighup_reload_changes_targets_and_refuses_a_bad_value(conn: psycopg.Connection[Any], dsn: str,
+                                                              tmp_path: Path) -> None:
+    _prepare(conn)
+    port = free_port()
+    path = tmp_path / "partkey.yaml"
+    write_daemon_config(path, dsn, port, name="before")
+    daemon = Daemon(path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(url, "before") == 1, 30, step=0.2, what="the daemon up")
+        write_daemon_config(path, dsn, port, name="after")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: _up(url, "after") == 1, 10, step=0.2, what="the reloaded target up")
+        samples = parse(scrape(url)[2])
+        # A semantic error (modulus 0): refused with its location, and 'after' keeps running.
+        write_daemon_config(path, dsn, port, name="third", modulus=0)
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in daemon.log, 10, what="the refusal logged")
+        time.sleep(1.5)
+        kept = parse(scrape(url)[2])
+        connections = our_backends(conn)
+        # SIGHUP while a check is stuck on a lock: the reload must not wait for it.
+        write_daemon_config(path, dsn, port, name="fourth", checks=STUCK, lock_timeout="60s")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: _up(url, "fourth") == 1, 10, step=0.2, what="the fourth config up")
+        with psycopg.connect(dsn) as locker:
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            wait_for(lambda: our_lock_waits(conn), 10, what="a check stuck on the lock")
+            write_daemon_config(path, dsn, port, name="fifth")
+            reloading = time.monotonic()
+            daemon.signal(signal.SIGHUP)
+            wait_for(lambda: _up(url, "fifth") is not None, 10, step=0.1, what="the fifth config served")
+            reload_seconds = time.monotonic() - reloading
+            locker.rollback()
+        wait_for(lambda: _up(url, "fifth") == 1, 10, step=0.2, what="the fifth config up")
+        wait_for(lambda: len(our_backends(conn)) == 1, 10, what="the old connection closed")
+    finally:
+        daemon.stop()
+    assert get(samples, "partkey_up", target="after") == 1
+    assert not [k for k in samples if ("target", "before") in k[1]]  # the old target's series are gone
+    assert get(kept, "partkey_up", target="after") == 1 and get(kept, "partkey_up", target="third") is None
+    assert len(connections) == 1
+    refused = [line for line in daemon.lines if "reload refused" in line]
+    assert len(refused) == 1
+    assert "partkey.yaml:" in refused[0] and "targets[0].tables[0].modulus" in refused[0]
+    assert "greater than or equal to 1" in refused[0]
+    assert reload_seconds < 5, f"reload took {reload_seconds:.1f}s with a check stuck on a lock"
+    assert "Traceback" not in daemon.log
+    assert daemon.process.returncode == 0
