@@ -241,7 +241,7 @@ class PartitionImplementationDetector:
             raise UnknownTableError(str(error)) from None
 
     def close(self) -> None:
-        """Close the connection opened from a DSN; a borrowed connection stays open."""
+        """Close the connection opened from a DSN (a borrowed one stays open); later calls raise CheckFailedError."""
         self.target.close()
 
     def __enter__(self) -> PartitionImplementationDetector:

@@ -85,16 +85,19 @@ def test_a_borrowed_connection_is_left_as_it_was(conn: psycopg.Connection[Any], 
         assert detector.verify_partition_keys("full").mismatched == 3
         assert detector.detect_implementation().method == "none"
         assert "  Incorrect Keys: 3" in detector.generate_health_report()
-        detector.close()
-        assert not app.closed and app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        row = app.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone()
-        assert row == ("7s", "0")
+        assert app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         # Inside the application's transaction our timeouts would leak into it: refused, and nothing changed.
         app.execute("SELECT 1")
         with pytest.raises(CheckFailedError, match="inside a transaction; commit first"):
             detector.detect_implementation()
         assert app.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         app.rollback()
+        detector.close()
+        assert not app.closed and app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        row = app.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone()
+        assert row == ("7s", "0")
+        with pytest.raises(CheckFailedError, match="target embedded is closed"):
+            detector.detect_implementation()  # closed for good, like the daemon's targets
 
 
 def test_limit_modes_and_expression_errors(conn: psycopg.Connection[Any], dsn: str) -> None:
