@@ -54,6 +54,9 @@ class CheckRunner:
         except TableNotFoundError as failure:
             error = str(failure)
             previous = None  # the table is gone: its series must go too, not linger as stale values
+        except psycopg.errors.UndefinedTable as failure:
+            error = self._describe(failure)
+            previous = None  # a relation the check reads is gone (the table renamed or dropped): drop its series too
         except psycopg.Error as failure:
             error = self._describe(failure)
             # The query broke the connection: that is the target's outage, which the target logs once.
