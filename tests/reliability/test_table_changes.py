@@ -1,0 +1,104 @@
+"""Tables change under a running exporter: metrics follow within one interval, vanished partitions disappear."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from exporter.daemon import Exporter
+from exporter.http import ExporterHTTPServer
+from tests.reliability.harness import Samples, config, get, parse, scrape, series, wait_for
+from tests.schema import create_list_table, insert_rows
+from tests.support import serving
+
+TT = {"target": "t1", "table": "public.chunks"}
+INTERVAL = 1.0
+FOLLOW_WITHIN = INTERVAL + 1.5  # one interval, plus the run itself and a loaded CI machine's slack
+
+
+def _samples(server: ExporterHTTPServer) -> Samples:
+    status, _, body = scrape(server.url)
+    assert status == 200
+    return parse(body)
+
+
+def _partitions(samples: Samples) -> set[str]:
+    return {s["partition"] for s in series(samples, "partkey_partition_rows") if s.get("table") == "public.chunks"}
+
+
+def _follow(server: ExporterHTTPServer, change: Callable[[], None], seen: Callable[[Samples], bool]) -> float:
+    """Apply a change and return how long /metrics took to show it."""
+    change()
+    started = time.monotonic()
+    wait_for(lambda: seen(_samples(server)), 10, what="the change on /metrics")
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def server(conn: psycopg.Connection[Any], dsn: str) -> Iterator[ExporterHTTPServer]:
+    create_list_table(conn, modulus=4, trigger="parent")
+    insert_rows(conn, 400, modulus=4)
+    conn.execute("ANALYZE chunks")
+    exporter = Exporter(config(dsn, checks={"verification_full": "{interval: 5s}"}))
+    with serving(exporter) as running:
+        exporter.start()
+        wait_for(lambda: len(_partitions(_samples(running))) == 4, 20, what="four partitions on /metrics")
+        yield running
+
+
+def test_partition_dropped_detached_and_attached(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
+    before = _partitions(_samples(server))
+    assert len(before) == 4
+    dropped = next(p for p in before if p.endswith("_part_03"))
+    detached = next(p for p in before if p.endswith("_part_02"))
+    took = {
+        "drop": _follow(server, lambda: conn.execute("DROP TABLE chunks_part_03"),
+                        lambda s: dropped not in _partitions(s)
+                        and get(s, "partkey_table_partitions", **TT) == 3),
+        "detach": _follow(server, lambda: conn.execute("ALTER TABLE chunks DETACH PARTITION chunks_part_02"),
+                          lambda s: detached not in _partitions(s)
+                          and get(s, "partkey_table_partitions", **TT) == 2),
+        "attach": _follow(server, lambda: conn.execute(
+            "ALTER TABLE chunks ATTACH PARTITION chunks_part_02 FOR VALUES IN (2)"),
+            lambda s: detached in _partitions(s) and get(s, "partkey_table_partitions", **TT) == 3),
+    }
+    after = _samples(server)
+    assert _partitions(after) == before - {dropped}
+    # Nothing anywhere on /metrics still names the dropped partition.
+    assert not [k for k in after if ("partition", dropped) in k[1]]
+    assert all(seconds < FOLLOW_WITHIN for seconds in took.values()), took
+
+
+def test_table_renamed_away_and_back(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
+    took = _follow(server, lambda: conn.execute("ALTER TABLE chunks RENAME TO chunks_old"),
+                   lambda s: get(s, "partkey_check_success", **TT, check="distribution") == 0
+                   and not _partitions(s))
+    gone = _samples(server)
+    for check in ("implementation", "distribution"):
+        result = server.exporter.store.latest("t1", "public.chunks", check)
+        assert result is not None and result.error is not None
+        assert "public.chunks" in result.error and "does not exist" in result.error, result.error
+        assert result.payload is None  # no stale numbers kept for a table that is gone
+    # The table's data series are gone rather than stale; only the check's own success series remain.
+    assert get(gone, "partkey_up", target="t1") == 1  # the database is fine: up does not lie
+    assert get(gone, "partkey_table_partitions", **TT) is None
+    assert took < FOLLOW_WITHIN, took
+    back = _follow(server, lambda: conn.execute("ALTER TABLE chunks_old RENAME TO chunks"),
+                   lambda s: len(_partitions(s)) == 4
+                   and get(s, "partkey_check_success", **TT, check="distribution") == 1)
+    assert back < FOLLOW_WITHIN, back
+
+
+def test_trigger_disabled_and_enabled(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
+    assert get(_samples(server), "partkey_key_trigger_enabled", **TT) == 1
+    off = _follow(server, lambda: conn.execute("ALTER TABLE chunks DISABLE TRIGGER set_partition_key"),
+                  lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 0)
+    samples = _samples(server)
+    assert get(samples, "partkey_key_implementation_optimal", **TT) == 0
+    on = _follow(server, lambda: conn.execute("ALTER TABLE chunks ENABLE TRIGGER set_partition_key"),
+                 lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 1)
+    assert off < FOLLOW_WITHIN and on < FOLLOW_WITHIN, (off, on)
