@@ -129,12 +129,15 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         """The request body, refusing oversize or chunked ones."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True  # its unread body must not be parsed as the next request
             raise AdminError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length; chunked bodies are not accepted")
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
+            self.close_connection = True
             raise AdminError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
         if length < 0:
+            self.close_connection = True
             raise AdminError(HTTPStatus.BAD_REQUEST, "Content-Length is negative")
         if length > MAX_BODY_BYTES:
             self.close_connection = True
@@ -147,6 +150,16 @@ class Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed"}, {"Allow": allowed})
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors http.server finds itself (request line, headers, version) as a JSON 4xx with a status line."""
+        status = HTTPStatus(code)
+        if status == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            status = HTTPStatus.BAD_REQUEST  # a client's malformed request is a 4xx, never a 5xx
+        # Before the request line parsed, http.server assumes HTTP/0.9 and would send a bare body, no status line.
+        self.request_version = self.protocol_version
+        self.close_connection = True
+        self._json(status, {"error": message or status.phrase}, {"Connection": "close"})
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):
