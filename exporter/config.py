@@ -31,7 +31,8 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+# At most a year: an infinite or astronomically long interval passed validation and then crashed the scheduler.
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=366 * 86400, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^\x00]+$")]
 
 
@@ -221,12 +222,24 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
+def _expand_env(node: Any, path: str, problems: list[str], seen: dict[int, Any] | None = None) -> Any:
     """Replace ${NAME} in string values with the environment; a missing variable is a problem."""
+    seen = {} if seen is None else seen
+    if isinstance(node, dict | list) and id(node) in seen:
+        # A YAML alias: expand the shared node once (a chain of aliases must not expand exponentially,
+        # and a node that contains itself must not recurse forever).
+        return seen[id(node)]
     if isinstance(node, dict):
-        return {key: _expand_env(value, f"{path}.{key}" if path else str(key), problems) for key, value in node.items()}
+        mapping: dict[Any, Any] = {}
+        seen[id(node)] = mapping
+        for key, value in node.items():
+            mapping[key] = _expand_env(value, f"{path}.{key}" if path else str(key), problems, seen)
+        return mapping
     if isinstance(node, list):
-        return [_expand_env(value, f"{path}[{index}]", problems) for index, value in enumerate(node)]
+        items: list[Any] = []
+        seen[id(node)] = items
+        items.extend(_expand_env(value, f"{path}[{index}]", problems, seen) for index, value in enumerate(node))
+        return items
     if isinstance(node, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -262,6 +275,8 @@ def _dotted(location: tuple[int | str, ...]) -> str:
     """targets[0].tables[1].modulus from ('targets', 0, 'tables', 1, 'modulus')."""
     text = ""
     for part in location:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)  # a key with a newline or control character must not break the one-line message
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 
@@ -274,7 +289,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-        problem = getattr(error, "problem", None) or str(error)
+        if isinstance(error, yaml.reader.ReaderError):  # a character YAML forbids: no mark, but a position
+            before = text[: error.position]
+            where = f"{source}:{before.count(chr(10)) + 1}:{len(before) - before.rfind(chr(10))}"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the file must be a mapping with at least 'targets'"])
