@@ -33,6 +33,11 @@ test-matrix: $(STAMP)
 	$(PY) -m tests.matrix.run_matrix $(if $(VERSIONS),--versions $(VERSIONS))
 	$(PY) -m tests.matrix.readme
 
+# Fault-injection tests, the slow ones included (30 s load, 10-minute soak: PARTKEY_SOAK_SECONDS=600).
+# The fast ones also run in `make test`. Under 15 minutes in all.
+test-reliability: $(STAMP)
+	PARTKEY_SLOW=1 $(PY) -m pytest -q tests/reliability
+
 # Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
 dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
