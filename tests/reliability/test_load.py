@@ -147,7 +147,7 @@ def test_soak(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys:
     stop = threading.Event()
     load = Load()
 
-    def steady() -> None:  # 5 scrapers, each every 100 ms: far above a real Prometheus, far below the load test
+    def steady() -> None:  # 5 scrapers back to back: far above a real Prometheus, a tenth of the load test
         while not stop.is_set():
             part = hammer(url, 5, 5)
             load.requests += part.requests

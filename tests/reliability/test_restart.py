@@ -74,6 +74,7 @@ def table(own_dsn: str) -> str:
     return own_dsn
 
 
+@pytest.mark.slow
 def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="exporter")
     with running(table) as (exporter, server):

@@ -124,6 +124,7 @@ def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(table: str, conn
     assert not [r for r in caplog.records if "maximum number of running instances" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_query_slower_than_its_interval(table: str, conn: psycopg.Connection[Any],
                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="exporter")
