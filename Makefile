@@ -44,3 +44,14 @@ dashboards: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (bench/): not tests, never gate CI. Each prints a table and writes bench/results/<name>.md.
+# Extra options: make bench-insert BENCH_ARGS="--quick --all-versions"
+bench-insert: $(STAMP)
+	$(PY) -m bench.insert $(BENCH_ARGS)
+
+bench-exporter: $(STAMP)
+	$(PY) -m bench.exporter_cost $(BENCH_ARGS)
+
+bench-peers: $(STAMP)
+	$(PY) -m bench.peers $(BENCH_ARGS)
