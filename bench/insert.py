@@ -73,7 +73,8 @@ def _create(conn: psycopg.Connection[Any], code: str, major: int) -> bool:
         conn.execute(f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL, PRIMARY KEY (id, collection_id))"
                      " PARTITION BY HASH (collection_id)")
         for r in range(100):
-            conn.execute(f"CREATE TABLE {name}_{r:02d} PARTITION OF {name} FOR VALUES WITH (MODULUS 100, REMAINDER {r})")
+            conn.execute(f"CREATE TABLE {name}_{r:02d} PARTITION OF {name} "
+                         f"FOR VALUES WITH (MODULUS 100, REMAINDER {r})")
     else:
         check = f", CHECK (partition_key = {KEY})" if code == "E" else ""
         conn.execute(f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL{check}, {pk})"
@@ -185,10 +186,10 @@ def _ratio(timings: dict[tuple[str, str], list[float]], code: str, workload: str
 
 
 def table(version: str, timings: dict[tuple[str, str], list[float]]) -> str:
-    """Markdown: µs/row median (min–max) and ×ratio vs the trigger baseline, per variant and workload."""
+    """Markdown: µs/row median (min-max) and xratio vs the trigger baseline, per variant and workload."""
     head = "| variant | " + " | ".join(f"{w}: {WORKLOADS[w]}" for w in WORKLOADS) + " |"
-    lines = [f"PostgreSQL {version}: µs per row, median (min–max); ×ratio vs the trigger baseline "
-             "(A for plain tables, C for partitioned ones), per round, median (min–max)", "",
+    lines = [f"PostgreSQL {version}: µs per row, median (min-max); xratio vs the trigger baseline "
+             "(A for plain tables, C for partitioned ones), per round, median (min-max)", "",
              head, "|---|" + "---|" * len(WORKLOADS)]
     for code, (label, _) in VARIANTS.items():
         cells = []
@@ -198,9 +199,9 @@ def table(version: str, timings: dict[tuple[str, str], list[float]]) -> str:
                 cells.append("n/a")
                 continue
             ratio, low, high = _ratio(timings, code, w)
-            cell = f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+            cell = f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
             if BASELINE[code] != code:
-                cell += f" **×{ratio:.2f}** ({low:.2f}–{high:.2f})"
+                cell += f" **x{ratio:.2f}** ({low:.2f}-{high:.2f})"
             cells.append(cell)
         lines.append(f"| {code} {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
