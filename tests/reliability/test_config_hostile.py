@@ -178,6 +178,7 @@ def test_hostile_identifiers_are_quoted_not_executed(conn: psycopg.Connection[An
                if table_label == label}
     full = results["verification_full"].payload
     exporter.stop()
+    assert len(results) == 7  # every check ran on the hostile names, the probe and incremental included
     assert {c: r.error for c, r in results.items() if not r.success} == {}
     assert full.rows_checked == 200 and full.mismatched == 1
     # Nothing else ran: the canary is whole, no table appeared or vanished, the probe left no row behind.

@@ -56,6 +56,8 @@ def test_sigterm_while_a_check_waits_on_a_lock(conn: psycopg.Connection[Any], ds
             # The lock is still held: the daemon must not have waited for its stuck query to give up.
             left = wait_for(lambda: not our_backends(conn), 3, what="our connection closed") and our_backends(conn)
             locker.rollback()
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n--- daemon log ---\n{daemon.log[-6000:]}") from None
     finally:
         daemon.stop()
     assert daemon.process.returncode == 0, daemon.log
@@ -101,6 +103,8 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(conn: psycopg.Con
             locker.rollback()
         wait_for(lambda: _up(url, "fifth") == 1, 10, step=0.2, what="the fifth config up")
         wait_for(lambda: len(our_backends(conn)) == 1, 10, what="the old connection closed")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n--- daemon log ---\n{daemon.log[-6000:]}") from None
     finally:
         daemon.stop()
     assert get(samples, "partkey_up", target="after") == 1
