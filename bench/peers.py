@@ -113,6 +113,9 @@ WRONG_METRIC = {"partkey-exporter": "partkey_mismatched_rows{", "query-exporter"
 FRESHNESS_METRIC = {"partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="verification_incr',
                     "query-exporter": 'query_timestamp{database="db",query="wrong"'}
 
+ROWS_FRESHNESS = {"partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="distribution",',
+                  "query-exporter": 'query_timestamp{database="db",query="rows"'}
+
 
 @dataclass
 class Peer:
@@ -300,6 +303,9 @@ def _describe(scrapes: list[tuple[float, str, float, str]], name: str, since_wal
     if fresh is not None:
         age = since_wall - fresh
         served += f", computed {age:.0f} s before the event" if age > 0 else f", computed {-age:.0f} s after it began"
+    rows_fresh = value(last, ROWS_FRESHNESS[name]) if name in ROWS_FRESHNESS else None
+    if rows_fresh is not None:
+        served += f"; rows per partition computed {since_wall - rows_fresh:.0f} s before the event"
     if name == "partkey-exporter":
         success = value(last, 'partkey_check_success{check="verification_incremental"')
         served += f", check_success={success:.0f}" if success is not None else ""
@@ -317,6 +323,19 @@ def _time_to_fresh(peer: Peer, after_wall: float, limit: float) -> str:
                 return f"{time.time() - after_wall:.0f} s"
         time.sleep(0.5)
     return f"not within {limit:.0f} s"
+
+
+def _fresh_in(scrapes: list[tuple[float, str, float, str]], name: str, event_wall: float,
+              watch_start: float) -> str | None:
+    """Seconds from event_wall until a recorded scrape carried a wrong-key value computed after it, else None."""
+    for sent, status, took, body in sorted(scrapes):
+        if status != "ok" or value(body, WRONG_METRIC[name]) is None:
+            continue
+        answered = watch_start + sent + took
+        fresh = value(body, FRESHNESS_METRIC[name]) if name in FRESHNESS_METRIC else watch_start + sent
+        if fresh is not None and fresh >= event_wall:
+            return f"{answered - event_wall:.0f} s"
+    return None
 
 
 def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
@@ -400,7 +419,9 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
             server.restart()
             restarted = time.time()
             watcher.join(60)
-            after = {p.name: _time_to_fresh(p, restarted, 120) for p in peers}
+            watch_start = restart_started  # _observe's offsets count from (about) here
+            after = {p.name: _fresh_in(restart_watch.get("scrapes", {}).get(p.name, []), p.name, restarted,
+                                       watch_start) or _time_to_fresh(p, restarted, 120) for p in peers}
             time.sleep(2)
             reconnected = _backends_fresh(server.dsn)
             took = restarted - restart_started
