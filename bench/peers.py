@@ -305,7 +305,9 @@ def _describe(scrapes: list[tuple[float, str, float, str]], name: str, since_wal
         served += f", computed {age:.0f} s before the event" if age > 0 else f", computed {-age:.0f} s after it began"
     rows_fresh = value(last, ROWS_FRESHNESS[name]) if name in ROWS_FRESHNESS else None
     if rows_fresh is not None:
-        served += f"; rows per partition computed {since_wall - rows_fresh:.0f} s before the event"
+        age = since_wall - rows_fresh
+        served += (f"; rows per partition computed {age:.0f} s before the event" if age > 0
+                   else f"; rows per partition computed {-age:.0f} s after it began")
     if name == "partkey-exporter":
         success = value(last, 'partkey_check_success{check="verification_incremental"')
         served += f", check_success={success:.0f}" if success is not None else ""
