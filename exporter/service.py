@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -14,6 +14,8 @@ from exporter.http import ExporterHTTPServer, serve_in_thread
 from exporter.logs import setup_logging
 
 log = logging.getLogger(__name__)
+
+SIGNAL_POLL_SECONDS = 0.2  # how late, at most, a signal that landed on another thread is acted on
 
 
 class Service:
@@ -25,8 +27,6 @@ class Service:
         setup_logging(self.config.log_level)
         self.exporter = Exporter(self.config)
         self.server: ExporterHTTPServer | None = None
-        self._stop = threading.Event()
-        self._reload = threading.Event()
 
     def start(self) -> str:
         """Start serving and checking; return the base URL."""
@@ -64,24 +64,26 @@ class Service:
 
     def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP reloads."""
+        # The handlers only set flags. Python runs them in the main thread between bytecodes, so the main thread
+        # must wake up by itself: a process-directed signal may land on another thread, and then a main thread
+        # blocked in Event.wait() without a timeout never ran the handler (SIGHUP and SIGTERM were lost at random).
+        # Setting an Event from the handler could also deadlock on the Event's own lock.
+        requested: dict[str, bool] = {"stop": False, "reload": False}
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
-            self._stop.set()
+            requested["stop"] = True
 
         def on_reload(signum: int, frame: FrameType | None) -> None:
-            self._reload.set()
-            self._stop.set()
+            requested["reload"] = True
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_reload)
         self.start()
-        while True:
-            self._stop.wait()
-            if self._reload.is_set():
-                self._reload.clear()
-                self._stop.clear()
+        while not requested["stop"]:
+            if requested["reload"]:
+                requested["reload"] = False
                 self.reload()
                 continue
-            break
+            time.sleep(SIGNAL_POLL_SECONDS)
         self.stop()
