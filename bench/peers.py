@@ -443,8 +443,9 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
             for peer in peers:
                 scrapes = restart_watch.get("scrapes", {}).get(peer.name, [])
                 summary, _ = _describe(scrapes, peer.name, restart_started)
-                alive = "yes" if peer.process.poll() is None else f"no (exit {peer.process.returncode})"
-                out.append(f"| {peer.name} | {alive} | {summary} | {after[peer.name]} | {reconnected[peer.name][0]} |")
+                survived = "yes" if peer.process.poll() is None else f"no (exit {peer.process.returncode})"
+                out.append(f"| {peer.name} | {survived} | {summary} | {after[peer.name]} | "
+                           f"{reconnected[peer.name][0]} |")
     shutil.rmtree(workdir, ignore_errors=True)
     return out
 
