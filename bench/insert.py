@@ -260,7 +260,8 @@ def main() -> None:
     print(text)
     RESULTS.mkdir(exist_ok=True)
     # The default run and the all-versions run are kept apart: the README quotes the first, the matrix the second.
-    (RESULTS / ("insert.md" if len(majors) == 1 else "insert-all-versions.md")).write_text(text)
+    name = "insert" if len(majors) == 1 else "insert-all-versions"
+    (RESULTS / f"{name}{'-quick' if args.quick else ''}.md").write_text(text)
 
 
 if __name__ == "__main__":
