@@ -56,11 +56,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, error: AdminError) -> None:
         """Write a JSON error with its message."""
-        headers = {"Allow": "POST"} if error.status == HTTPStatus.METHOD_NOT_ALLOWED and self.path_only in POST_PATHS \
-            else ({"Allow": "GET, HEAD"} if error.status == HTTPStatus.METHOD_NOT_ALLOWED else None)
-        if error.status == HTTPStatus.UNAUTHORIZED:
-            headers = {"WWW-Authenticate": "Bearer"}
+        headers: dict[str, str] = {}
+        if error.status == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = self._allowed()
+        elif error.status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
         self._json(error.status, {"error": error.message}, headers)
+
+    def _allowed(self) -> str:
+        """The methods this path accepts."""
+        return "POST" if self.path_only in POST_PATHS else "GET, HEAD"
 
     @property
     def path_only(self) -> str:
@@ -146,8 +151,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         """PUT, DELETE, PATCH and friends."""
-        allowed = "POST" if self.path_only in POST_PATHS else "GET, HEAD"
-        self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed"}, {"Allow": allowed})
+        self._error(AdminError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} not allowed"))
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 

@@ -122,20 +122,6 @@ class SnapshotStore:
                 target_versions=MappingProxyType(versions),
             )
 
-    def set_up(self, target: str, up: bool) -> None:
-        """Record a target's reachability without a check result."""
-        with self._lock:
-            old = self._snapshot
-            target_up = dict(old.target_up)
-            target_up[target] = up
-            self._snapshot = Snapshot(
-                results=old.results,
-                rows_verified=old.rows_verified,
-                probe_histograms=old.probe_histograms,
-                target_up=MappingProxyType(target_up),
-                target_versions=old.target_versions,
-            )
-
     def latest(self, target: str, table: str, check: str) -> CheckResult | None:
         """The latest result of one check."""
         return self._snapshot.results.get((target, table, check))
