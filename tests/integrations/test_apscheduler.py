@@ -48,7 +48,7 @@ def test_background_scheduler_runs_incremental_verification(conn: psycopg.Connec
 def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], dsn: str) -> None:
     three_wrong_keys(conn)
     locked = threading.Event()
-    holder = threading.Thread(target=hold_lock, args=(dsn, 1.0, locked))
+    holder = threading.Thread(target=hold_lock, args=(dsn, 3.0, locked))
     holder.start()
     locked.wait(5)
 
@@ -61,7 +61,7 @@ def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], ds
             example.schedule_verification(scheduler, detector, "full", seconds=60,
                                           on_result=lambda r: loop.call_soon_threadsafe(done.set_result, r))
             scheduler.start()
-            result = await asyncio.wait_for(done, timeout=20)  # after the lock is released, ~1 s from now
+            result = await asyncio.wait_for(done, timeout=20)  # after the lock is released, ~3 s from now
             scheduler.shutdown(wait=False)
         return result, ticker.ticks
 

@@ -137,11 +137,11 @@ def test_statement_timeout_applies_to_ddl_but_not_to_the_verification_scan(
     )
     conn.execute(
         "INSERT INTO chunks SELECT g, md5(g::text)::uuid, abs(hashtext(md5(g::text)::uuid::text) % 10) "
-        "FROM generate_series(1, 200000) g"
+        "FROM generate_series(1, 400000) g"
     )
-    run = cli(dsn, "upgrade", "--statement-timeout", "0.005")
+    run = cli(dsn, "upgrade", "--statement-timeout", "0.25")  # catalog reads fit; the 400k-row rewrite does not
     assert run.code == 1
-    assert "pre-verification: rows checked: 200000, wrong keys: 0" in run.out
+    assert "pre-verification: rows checked: 400000, wrong keys: 0" in run.out
     assert "canceling statement due to statement timeout" in run.err
     assert [c[0] for c in catalog(conn)["columns"]] == ["id", "collection_id", "partition_key"]
     assert cli(dsn, "upgrade").code == 0
