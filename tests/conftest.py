@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -34,3 +34,13 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test's own database, for setting up data."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def does(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """Record what a command did on this server: the matrix's "what each command does" table is built from it."""
+
+    def record(command: str, outcome: str) -> None:
+        request.node.user_properties.append(("does", f"{command}\t{outcome}"))
+
+    return record

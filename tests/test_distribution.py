@@ -28,7 +28,9 @@ def _until(read: Callable[[], Distribution], done: Callable[[Distribution], bool
     return result
 
 
-def test_never_analyzed_partitions_are_unknown_not_empty(conn: psycopg.Connection[Any]) -> None:
+def test_never_analyzed_partitions_are_unknown_not_empty(
+    conn: psycopg.Connection[Any], does: Callable[[str, str], None]
+) -> None:
     create_list_table(conn, modulus=5, trigger=None, default_partition=True)
     fresh = estimated_distribution(conn, SPEC)
     assert (fresh.unknown, fresh.total_rows, fresh.empty, fresh.active) == (6, None, 0, 0)
@@ -36,6 +38,7 @@ def test_never_analyzed_partitions_are_unknown_not_empty(conn: psycopg.Connectio
     conn.execute("ANALYZE chunks")
     analyzed = _until(lambda: estimated_distribution(conn, SPEC), lambda d: d.unknown == 0)
     assert (analyzed.unknown, analyzed.total_rows, analyzed.empty) == (0, 0, 5)
+    does("`partkey-exporter` rows per partition, before the first ANALYZE", "unknown, never empty; empty once analyzed")
 
 
 def test_estimate_matches_exact_after_analyze(conn: psycopg.Connection[Any]) -> None:

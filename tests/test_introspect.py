@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -14,6 +15,9 @@ from tests.schema import SAFE, create_list_table, create_plain_table
 pytestmark = pytest.mark.versioned("implementation detection")
 
 SPEC = KeySpec()
+Does = Callable[[str, str], None]
+PARENT_TRIGGER = "`partkey-exporter` detection, LIST table, trigger on the parent"
+VIRTUAL_KEY = "`partkey-exporter` detection, VIRTUAL generated key"
 
 
 def _parent_trigger_refused(conn: psycopg.Connection[Any], **table: Any) -> bool:
@@ -34,8 +38,9 @@ def _syntax_error(error: pytest.ExceptionInfo[psycopg.errors.SyntaxError]) -> st
     return error.value.diag.message_primary
 
 
-def test_list_table_with_parent_trigger_is_trigger_and_not_optimal(conn: psycopg.Connection[Any]) -> None:
+def test_list_table_with_parent_trigger_is_trigger_and_not_optimal(conn: psycopg.Connection[Any], does: Does) -> None:
     if _parent_trigger_refused(conn, modulus=10, default_partition=True):
+        does(PARENT_TRIGGER, "server refuses such a trigger (one per partition)")
         return
     info = detect(conn, KeySpec(modulus=10))
     assert info.shape == "list"
@@ -53,15 +58,17 @@ def test_list_table_with_parent_trigger_is_trigger_and_not_optimal(conn: psycopg
     assert info.partitions_missing_trigger == ()
     clones = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'set_partition_key'").fetchone()
     assert clones == (12,)
+    does(PARENT_TRIGGER, "on parent (cloned to 11 partitions), overflow flagged")
 
 
-def test_per_partition_trigger_is_found_and_missing_partitions_named(conn: psycopg.Connection[Any]) -> None:
+def test_per_partition_trigger_is_found_and_missing_partitions_named(conn: psycopg.Connection[Any], does: Does) -> None:
     create_list_table(conn, modulus=4, trigger="partitions")
     conn.execute("CREATE TABLE chunks_default PARTITION OF chunks DEFAULT")
     info = detect(conn, KeySpec(modulus=4))
     assert info.method == "trigger"
     assert info.trigger_location == "partitions"
     assert info.partitions_missing_trigger == ("chunks_default",)
+    does("`partkey-exporter` detection, LIST table, trigger on each partition", "found; partitions without it named")
 
 
 def test_disabled_parent_trigger_is_reported(conn: psycopg.Connection[Any]) -> None:
@@ -132,18 +139,20 @@ def test_plain_table_kinds(conn: psycopg.Connection[Any], key: str, method: str,
         assert "INT_MIN" in info.reason
 
 
-def test_virtual_generated_column_only_on_pg18(conn: psycopg.Connection[Any]) -> None:
+def test_virtual_generated_column_only_on_pg18(conn: psycopg.Connection[Any], does: Does) -> None:
     version = conn.info.server_version
     if version < 180000:
         with pytest.raises(psycopg.errors.SyntaxError) as refused:
             create_plain_table(conn, key="virtual")
         near = '"("' if version < 120000 else '"VIRTUAL"'
         assert _syntax_error(refused) == f"syntax error at or near {near}"
+        does(VIRTUAL_KEY, f"no such column here (server: syntax error at or near {near})")
         return
     create_plain_table(conn, key="virtual")
     info = detect(conn, SPEC)
     assert (info.method, info.generated_kind, info.optimal) == ("generated", "virtual", False)
     assert "VIRTUAL" in info.reason
+    does(VIRTUAL_KEY, "detected, reported not optimal (not indexable, so not a key)")
 
 
 def test_hash_partitioned_table(conn: psycopg.Connection[Any]) -> None:

@@ -40,6 +40,7 @@ class Case:
     test: str
     outcome: Outcome
     message: str = ""
+    does: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -68,7 +69,15 @@ def parse_junit(path: Path) -> list[Case]:
     cases = []
     # Our own pytest's report, written a moment ago: not untrusted input.
     for testcase in ET.parse(path).getroot().iter("testcase"):  # noqa: S314
-        properties = {p.get("name"): p.get("value", "") for p in testcase.iter("property")}
+        pairs = [(p.get("name"), p.get("value", "")) for p in testcase.iter("property")]
+        properties = dict(pairs)
+        # What a command did, recorded by the test through the `does` fixture as "command<TAB>outcome".
+        does = tuple(
+            (command, outcome_text)
+            for name, value in pairs
+            if name == "does" and value
+            for command, _, outcome_text in [value.partition("\t")]
+        )
         module = (testcase.get("classname") or "").replace(".", "/")
         name = testcase.get("name") or ""
         test = f"{module}.py::{name}" if module and name else module or name or "(collection)"
@@ -85,7 +94,7 @@ def parse_junit(path: Path) -> list[Case]:
                     # pytest's message says only "collection failure"; the cause is the report's last line.
                     message = element.text.strip().splitlines()[-1].removeprefix("E").strip()
                 break
-        cases.append(Case(feature=feature, test=test, outcome=outcome, message=message.strip()))
+        cases.append(Case(feature=feature, test=test, outcome=outcome, message=message.strip(), does=does))
     return cases
 
 
@@ -171,17 +180,41 @@ def _cell(cases: Sequence[Case]) -> str:
     return f"✓ {ran}"
 
 
+def _markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows (the first one the header) as markdown table lines."""
+    header = list(rows[0])
+    lines = [header, ["---"] * len(header), *rows[1:]]
+    return ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in lines]
+
+
+def render_does(runs: Sequence[VersionRun]) -> str:
+    """What each command did on each version, as the tests recorded it; a failed test's record is marked ✗."""
+    commands: set[str] = set()
+    cells: dict[tuple[str, int], str] = {}
+    for index, run in enumerate(runs):
+        for case in run.cases:
+            for command, outcome in case.does:
+                commands.add(command)
+                mark = "" if case.outcome in ("passed", "skipped") else "✗ "
+                cells[(command, index)] = mark + outcome
+    if not commands:
+        return ""
+    rows = [["command", *[run.label for run in runs]]]
+    # Sorted, so each tool's commands sit together whatever order the tests ran in.
+    rows += [[command, *[cells.get((command, i), "-") for i in range(len(runs))]] for command in sorted(commands)]
+    return "\n".join(_markdown_table(rows)) + "\n"
+
+
 def render(runs: Sequence[VersionRun]) -> str:
-    """The version x feature table plus every failure, as markdown (also readable in a terminal)."""
-    header = ["feature", *[run.label for run in runs]]
-    rows = [header, ["---"] * len(header)]
-    server_row = [SERVER_FEATURE]
-    for run in runs:
-        server_row.append("✗" if run.problem else "✓")
-    rows.append(server_row)
+    """The version x feature table, what each command did, and every failure, as markdown (terminal-readable)."""
+    rows = [["feature", *[run.label for run in runs]]]
+    rows.append([SERVER_FEATURE, *["✗" if run.problem else "✓" for run in runs]])
     for feature in _features(runs):
         rows.append([feature, *[_cell([c for c in run.cases if c.feature == feature]) for run in runs]])
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines = _markdown_table(rows)
+    does = render_does(runs)
+    if does:
+        lines += ["", "What each command does on each version (recorded by the tests that passed above):", "", does]
     failures = []
     for run in runs:
         if run.problem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,7 +25,9 @@ def _stats(conn: psycopg.Connection[Any], *names: str) -> dict[str, tuple[float,
 
 
 @pytest.mark.versioned("reltuples: unknown vs empty")
-def test_reltuples_is_unknown_until_the_first_analyze(conn: psycopg.Connection[Any]) -> None:
+def test_reltuples_is_unknown_until_the_first_analyze(
+    conn: psycopg.Connection[Any], does: Callable[[str, str], None]
+) -> None:
     """-1 means 'never analyzed' on 14+; 13 and older say 0, the same as an analyzed empty table."""
     modern = conn.info.server_version >= 140000
     unknown = -1.0 if modern else 0.0
@@ -61,6 +64,8 @@ def test_reltuples_is_unknown_until_the_first_analyze(conn: psycopg.Connection[A
     assert analyzed["parted"] == ((1000.0, -1) if modern else (0.0, 0))
     # The point of it all: can a statistics reader tell 'never analyzed' from 'analyzed and empty'?
     assert (fresh["empty"] != analyzed["empty"]) is modern
+    tells = "tells it from empty (0)" if modern else "same as empty: pg_stat decides"
+    does("server: reltuples before the first ANALYZE", f"{unknown:g}, {tells}")
 
 
 @pytest.mark.versioned("reltuples: unknown vs empty")

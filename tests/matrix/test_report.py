@@ -1,0 +1,67 @@
+"""The matrix report: a failure names the version, the feature and the message; `does` records become a table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.matrix.run_matrix import REPO, VersionRun, parse_junit, render
+
+SAMPLE_TESTS = '''
+import pytest
+
+pytestmark = pytest.mark.versioned("sample feature")
+
+
+def test_records_what_it_did(does):
+    does("`partkey-migrate upgrade`, sample table", "check: CHECK validated")
+
+
+def test_fails_with_the_servers_message():
+    raise RuntimeError('relation "chunks" does not exist')
+
+
+@pytest.mark.versioned("other feature")
+def test_other_feature_passes():
+    pass
+'''
+
+
+def _run_sample(tmp_path: Path) -> VersionRun:
+    """Run the sample tests the way run_matrix runs the real ones; parse the junit report it wrote."""
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(SAMPLE_TESTS)
+    junit = tmp_path / "report.xml"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-m", "versioned", "-p", "tests.matrix.plugin", "-p", "tests.conftest",
+            "-p", "no:cacheprovider", "-q", "-o", "junit_family=xunit1", f"--junitxml={junit}", str(sample),
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # one test fails on purpose
+    return VersionRun(major=18, server_version="18.4", cases=parse_junit(junit))
+
+
+def test_a_failure_names_version_feature_test_and_message(tmp_path: Path) -> None:
+    run = _run_sample(tmp_path)
+    assert {(c.feature, c.outcome) for c in run.cases} == {
+        ("sample feature", "passed"), ("sample feature", "failed"), ("other feature", "passed"),
+    }
+    text = render([run])
+    assert "| sample feature | ✗ 1 of 2 failed |" in text
+    assert "| other feature | ✓ 1 |" in text
+    assert "- **PostgreSQL 18.4**, sample feature, `" in text
+    assert "test_sample.py::test_fails_with_the_servers_message` (failed)" in text
+    assert 'relation "chunks" does not exist' in text
+
+
+def test_does_records_become_a_command_by_version_table(tmp_path: Path) -> None:
+    run = _run_sample(tmp_path)
+    broken = VersionRun(major=11, server_version=None, problem="could not fetch PostgreSQL 11: npm: 404")
+    text = render([run, broken])
+    assert "| command | 18.4 | 11 |" in text
+    assert "| `partkey-migrate upgrade`, sample table | check: CHECK validated | - |" in text
+    assert "| server start and test run | ✓ | ✗ |" in text
+    assert "- **PostgreSQL 11**, server start and test run:" in text and "npm: 404" in text
