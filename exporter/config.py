@@ -222,9 +222,11 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _expand_env(node: Any, path: str, problems: list[str], seen: dict[int, Any] | None = None) -> Any:
-    """Replace ${NAME} in string values with the environment; a missing variable is a problem."""
-    seen = {} if seen is None else seen
+Location = tuple[int | str, ...]
+
+
+def _expand_env(node: Any, location: Location, problems: list[tuple[Location, str]], seen: dict[int, Any]) -> Any:
+    """Replace ${NAME} in string values with the environment; a missing variable is a problem at its location."""
     if isinstance(node, dict | list) and id(node) in seen:
         # A YAML alias: expand the shared node once (a chain of aliases must not expand exponentially,
         # and a node that contains itself must not recurse forever).
@@ -233,19 +235,19 @@ def _expand_env(node: Any, path: str, problems: list[str], seen: dict[int, Any] 
         mapping: dict[Any, Any] = {}
         seen[id(node)] = mapping
         for key, value in node.items():
-            mapping[key] = _expand_env(value, f"{path}.{key}" if path else str(key), problems, seen)
+            mapping[key] = _expand_env(value, (*location, key), problems, seen)
         return mapping
     if isinstance(node, list):
         items: list[Any] = []
         seen[id(node)] = items
-        items.extend(_expand_env(value, f"{path}[{index}]", problems, seen) for index, value in enumerate(node))
+        items.extend(_expand_env(value, (*location, index), problems, seen) for index, value in enumerate(node))
         return items
     if isinstance(node, str):
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                problems.append(f"{path}: environment variable {name} is not set")
+                problems.append((location, f"environment variable {name} is not set"))
                 return ""
             return os.environ[name]
 
@@ -253,7 +255,7 @@ def _expand_env(node: Any, path: str, problems: list[str], seen: dict[int, Any] 
     return node
 
 
-def _line_of(root: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
+def _line_of(root: yaml.Node | None, location: Location) -> int | None:
     """The 1-based line in the YAML source where a pydantic error location points."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
@@ -271,7 +273,7 @@ def _line_of(root: yaml.Node | None, location: tuple[int | str, ...]) -> int | N
     return line
 
 
-def _dotted(location: tuple[int | str, ...]) -> str:
+def _dotted(location: Location) -> str:
     """targets[0].tables[1].modulus from ('targets', 0, 'tables', 1, 'modulus')."""
     text = ""
     for part in location:
@@ -296,20 +298,23 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the file must be a mapping with at least 'targets'"])
-    problems: list[str] = []
-    data = _expand_env(data, "", problems)
-    if problems:
-        raise ConfigError([f"{source}: {p}" for p in problems])
-    try:
-        return Config.model_validate(data)
-    except ValidationError as error:
-        messages = []
-        for item in error.errors(include_url=False, include_input=False):
-            location = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            line = _line_of(root, location)
-            prefix = f"{source}:{line}" if line else source
-            messages.append(f"{prefix}: {_dotted(location)}: {item['msg']}")
-        raise ConfigError(messages) from None
+    problems: list[tuple[Location, str]] = []
+    data = _expand_env(data, (), problems, {})
+    if not problems:
+        try:
+            return Config.model_validate(data)
+        except ValidationError as error:
+            for item in error.errors(include_url=False, include_input=False):
+                location = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+                problems.append((location, item["msg"]))
+    raise ConfigError([_located(source, root, location, message) for location, message in problems]) from None
+
+
+def _located(source: str, root: yaml.Node | None, location: Location, message: str) -> str:
+    """'source:line: where: what' (no line when the location is not in the YAML)."""
+    line = _line_of(root, location)
+    prefix = f"{source}:{line}" if line else source
+    return f"{prefix}: {_dotted(location)}: {message}"
 
 
 def load_config(path: str | Path) -> Config:
