@@ -45,7 +45,9 @@ QE_BIN = HERE / ".peers-venv" / "bin" / "query-exporter"
 PGE_BIN = shutil.which("prometheus-postgres-exporter") or "/usr/bin/prometheus-postgres-exporter"
 SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
 PROM_INTERVAL = 60  # Prometheus' default scrape_interval, seconds: what "on scrape" costs per hour
-ROLES = {"partkey-exporter": "bench_partkey", "query-exporter": "bench_qe", "postgres_exporter": "bench_pge"}
+PGE_CACHED = "postgres_exporter (cached)"
+ROLES = {"partkey-exporter": "bench_partkey", "query-exporter": "bench_qe", "postgres_exporter": "bench_pge",
+         PGE_CACHED: "bench_pgec"}
 
 # The three questions, as a user of either peer would write them. Markers tell the statements apart in
 # pg_stat_statements. The wrong-key count can only be a full scan: a peer keeps no watermark between runs.
@@ -83,14 +85,19 @@ def _qe_config(dsn: str, interval: int) -> str:
             + query("impl", SQL_IMPL, "qe_key_implementation"))
 
 
-def _pge_queries() -> str:
-    """postgres_exporter --extend.query-path YAML: run on every scrape."""
-    return (f"chunks_partition:\n  query: \"{SQL_ROWS.format(col='rows')}\"\n  master: true\n  metrics:\n"
+def _pge_queries(cached: bool = False) -> str:
+    """postgres_exporter --extend.query-path YAML: on every scrape, or cached (cache_seconds) as query-exporter's."""
+    def cache(marker: str) -> str:
+        return f"  cache_seconds: {QE_INTERVALS[marker]}\n" if cached else ""
+    return (f"chunks_partition:\n  query: \"{SQL_ROWS.format(col='rows')}\"\n  master: true\n{cache('rows')}"
+            "  metrics:\n"
             "    - partition: {usage: LABEL, description: partition}\n"
             "    - rows: {usage: GAUGE, description: live rows from statistics}\n"
-            f"chunks_wrong_keys:\n  query: \"{SQL_WRONG.format(col='count')}\"\n  master: true\n  metrics:\n"
+            f"chunks_wrong_keys:\n  query: \"{SQL_WRONG.format(col='count')}\"\n  master: true\n{cache('wrong')}"
+            "  metrics:\n"
             "    - count: {usage: GAUGE, description: rows whose key differs from the expression}\n"
-            f"chunks_key:\n  query: \"{SQL_IMPL.format(col='value')}\"\n  master: true\n  metrics:\n"
+            f"chunks_key:\n  query: \"{SQL_IMPL.format(col='value')}\"\n  master: true\n{cache('impl')}"
+            "  metrics:\n"
             "    - implementation: {usage: LABEL, description: how the key is kept}\n"
             "    - value: {usage: GAUGE, description: always 1}\n")
 
@@ -109,7 +116,7 @@ def _partkey_config(dsn: str, port: int, fast: bool) -> str:
 
 # Which metric answers "wrong keys", and which tells how fresh it is, per exporter.
 WRONG_METRIC = {"partkey-exporter": "partkey_mismatched_rows{", "query-exporter": "qe_wrong_keys{",
-                "postgres_exporter": "chunks_wrong_keys_count{"}
+                "postgres_exporter": "chunks_wrong_keys_count{", PGE_CACHED: "chunks_wrong_keys_count{"}
 FRESHNESS_METRIC = {"partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="verification_incr',
                     "query-exporter": 'query_timestamp{database="db",query="wrong"'}
 
@@ -316,6 +323,9 @@ def _describe(scrapes: list[tuple[float, str, float, str]], name: str, since_wal
 
 def _time_to_fresh(peer: Peer, after_wall: float, limit: float) -> str:
     """Seconds until the peer serves a wrong-key value computed after after_wall (unix time), or 'not within'."""
+    if peer.name == PGE_CACHED:
+        # No timestamp metric tells a cached value from a fresh one.
+        return f"unknown (no timestamp; up to {QE_INTERVALS['wrong']} s cached)"
     started = time.monotonic()
     while time.monotonic() - started < limit:
         status, _, body = scrape(peer.port)
@@ -330,6 +340,8 @@ def _time_to_fresh(peer: Peer, after_wall: float, limit: float) -> str:
 def _fresh_in(scrapes: list[tuple[float, str, float, str]], name: str, event_wall: float,
               watch_start: float) -> str | None:
     """Seconds from event_wall until a recorded scrape carried a wrong-key value computed after it, else None."""
+    if name == PGE_CACHED:
+        return None
     for sent, status, took, body in sorted(scrapes):
         if status != "ok" or value(body, WRONG_METRIC[name]) is None:
             continue
@@ -357,8 +369,10 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
         qe_dsn = dsn["query-exporter"].replace("postgresql:", "postgresql+psycopg2:")
         (workdir / "qe.yaml").write_text(_qe_config(qe_dsn, 15))
         (workdir / "pge.yaml").write_text(_pge_queries())
+        (workdir / "pgec.yaml").write_text(_pge_queries(cached=True))
         partkey_bin = str(Path(sys.executable).parent / "partkey-exporter")
         pge_dsn = f"host={host} user={ROLES['postgres_exporter']} dbname=postgres sslmode=disable"
+        pgec_dsn = f"host={host} user={ROLES[PGE_CACHED]} dbname=postgres sslmode=disable"
         admin.execute("SELECT pg_stat_statements_reset()")
         with contextlib.ExitStack() as stack:
             peers = [
@@ -373,6 +387,12 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
                      "--extend.query-path=pge.yaml", "--disable-default-metrics", "--disable-settings-metrics",
                      "--log.level=warn"],
                     {"DATA_SOURCE_NAME": pge_dsn}, ports["postgres_exporter"], workdir)),
+                stack.enter_context(running(
+                    PGE_CACHED,
+                    [PGE_BIN, f"--web.listen-address=127.0.0.1:{ports[PGE_CACHED]}",
+                     "--extend.query-path=pgec.yaml", "--disable-default-metrics", "--disable-settings-metrics",
+                     "--log.level=warn"],
+                    {"DATA_SOURCE_NAME": pgec_dsn}, ports[PGE_CACHED], workdir)),
             ]
             deadline = time.monotonic() + 120
             for peer in peers:
@@ -385,7 +405,7 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
             # Prometheus keeps its connection open between scrapes; measure that too, it behaves differently.
             alive = {p.name: http.client.HTTPConnection("127.0.0.1", p.port, timeout=30) for p in peers}
             for r in range(rounds):
-                for peer in peers[r % 3:] + peers[:r % 3]:
+                for peer in peers[r % len(peers):] + peers[:r % len(peers)]:
                     status, took, _ = scrape(peer.port, 30)
                     if status == "ok":
                         latency[peer.name].append(took)
@@ -465,6 +485,7 @@ def _normal_table(latency: dict[str, list[float]], kept: dict[str, list[float]],
         "query-exporter": sum(db["query-exporter"].get(k, (0.0, 0))[0] * 3600 / s for k, s in QE_INTERVALS.items()),
         "postgres_exporter": sum(db["postgres_exporter"].get(k, (0.0, 0))[0] for k in QE_INTERVALS)
         * 3600 / PROM_INTERVAL,
+        PGE_CACHED: sum(db[PGE_CACHED].get(k, (0.0, 0))[0] * 3600 / s for k, s in QE_INTERVALS.items()),
     }
     per_run = {
         "partkey-exporter": "; ".join(f"{c.replace('verification_', 'verify ')} {ms:.1f}"
@@ -473,11 +494,15 @@ def _normal_table(latency: dict[str, list[float]], kept: dict[str, list[float]],
         + " (per interval)",
         "postgres_exporter": f"{sum(db['postgres_exporter'].get(k, (0.0, 0))[0] for k in QE_INTERVALS):.1f} per "
         "scrape (" + "; ".join(f"{k} {db['postgres_exporter'].get(k, (0.0, 0))[0]:.1f}" for k in QE_INTERVALS) + ")",
+        PGE_CACHED: "; ".join(f"{k} {db[PGE_CACHED].get(k, (0.0, 0))[0]:.1f}" for k in QE_INTERVALS)
+        + " (once per cache_seconds)",
     }
     how = {"partkey-exporter": "defaults: estimate + incremental verify 1 min, sample and implementation 5 min, "
            "exact 1 h, full 6 h; scrape serves a cached snapshot",
            "query-exporter": "3 queries on intervals: rows and wrong keys 1 min (full scan), implementation 5 min",
-           "postgres_exporter": f"3 queries on every scrape (Prometheus default {PROM_INTERVAL} s)"}
+           "postgres_exporter": f"3 queries on every scrape (Prometheus default {PROM_INTERVAL} s)",
+           PGE_CACHED: "the same 3 queries with cache_seconds: rows and wrong keys 60, implementation 300; "
+           "a scrape after expiry runs them"}
     base_latency = summarize(latency["partkey-exporter"]).median
     base_kept = summarize(kept["partkey-exporter"]).median
     lines = ["| exporter | schedule | scrape p50 / p99 (max), ms, new connection each | x partkey p50 "
