@@ -187,8 +187,19 @@ def _markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in lines]
 
 
+def _version_span(runs: Sequence[VersionRun], first: int, last: int) -> str:
+    """'11', '13-18', or 'all' for the runs first..last (indexes)."""
+    if first == 0 and last == len(runs) - 1 and len(runs) > 1:
+        return "all"
+    low, high = str(runs[first].major), str(runs[last].major)
+    return low if first == last else f"{low}-{high}"
+
+
 def render_does(runs: Sequence[VersionRun]) -> str:
-    """What each command did on each version, as the tests recorded it; a failed test's record is marked ✗."""
+    """What each command did, by version, as the tests recorded it; neighbouring versions that agree share a cell.
+
+    A record from a test that failed is marked ✗; a version with no record shows '-'.
+    """
     commands: set[str] = set()
     cells: dict[tuple[str, int], str] = {}
     for index, run in enumerate(runs):
@@ -199,9 +210,16 @@ def render_does(runs: Sequence[VersionRun]) -> str:
                 cells[(command, index)] = mark + outcome
     if not commands:
         return ""
-    rows = [["command", *[run.label for run in runs]]]
+    rows = [["command", "what it does, by PostgreSQL major"]]
     # Sorted, so each tool's commands sit together whatever order the tests ran in.
-    rows += [[command, *[cells.get((command, i), "-") for i in range(len(runs))]] for command in sorted(commands)]
+    for command in sorted(commands):
+        outcomes = [cells.get((command, i), "-") for i in range(len(runs))]
+        spans, start = [], 0
+        for i in range(1, len(runs) + 1):
+            if i == len(runs) or outcomes[i] != outcomes[start]:
+                spans.append(f"**{_version_span(runs, start, i - 1)}**: {outcomes[start]}")
+                start = i
+        rows.append([command, "<br>".join(spans)])
     return "\n".join(_markdown_table(rows)) + "\n"
 
 

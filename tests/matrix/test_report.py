@@ -61,7 +61,10 @@ def test_does_records_become_a_command_by_version_table(tmp_path: Path) -> None:
     run = _run_sample(tmp_path)
     broken = VersionRun(major=11, server_version=None, problem="could not fetch PostgreSQL 11: npm: 404")
     text = render([run, broken])
-    assert "| command | 18.4 | 11 |" in text
-    assert "| `partkey-migrate upgrade`, sample table | check: CHECK validated | - |" in text
+    assert "| command | what it does, by PostgreSQL major |" in text
+    assert "| `partkey-migrate upgrade`, sample table | **18**: check: CHECK validated<br>**11**: - |" in text
     assert "| server start and test run | ✓ | ✗ |" in text
     assert "- **PostgreSQL 11**, server start and test run:" in text and "npm: 404" in text
+    # Neighbouring versions that did the same share one cell.
+    text = render([run, VersionRun(major=12, server_version="12.22", cases=run.cases)])
+    assert "| `partkey-migrate upgrade`, sample table | **all**: check: CHECK validated |" in text
