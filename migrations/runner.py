@@ -22,7 +22,7 @@ from migrations.plans import capture, downgrade_plan, upgrade_plan
 from migrations.prebuild import index_state
 from migrations.retry import LockRetriesExhausted, with_lock_retries
 from migrations.runlock import run_lock
-from migrations.state import StateStore
+from migrations.state import State, StateStore
 from migrations.steps import Plan, Step, human_seconds
 from migrations.strategy import Requested, choose
 from migrations.verification import describe, scan_limits, verify_full
@@ -89,14 +89,21 @@ def upgrade(
         )
 
 
+def interrupted_downgrade(state: State | None, options: Options) -> str | None:
+    """Why upgrade refuses while a downgrade is half done (status shows the same reason), else None."""
+    if state is not None and state.direction == "downgrade" and state.running:
+        return f"a downgrade of {options.spec.label} was interrupted; run downgrade again to finish it"
+    return None
+
+
 def _checked_upgrade(
     conn: psycopg.Connection[Any], options: Options, requested: Requested
 ) -> tuple[Implementation, Plan]:
     """The upgrade plan, refused while a downgrade is half done; says why PG 11 keeps the trigger."""
     impl, plan = build_upgrade(conn, options, requested)
-    state = StateStore(conn, options).read()
-    if state is not None and state.direction == "downgrade" and state.running:
-        raise RefusedError(f"a downgrade of {options.spec.label} was interrupted; run downgrade again to finish it")
+    refusal = interrupted_downgrade(StateStore(conn, options).read(), options)
+    if refusal is not None:
+        raise RefusedError(refusal)
     if plan.strategy == "keep-trigger" and impl.shape == "plain" and impl.major < 12:
         log.warning(
             "GENERATED columns need PostgreSQL 12 (this server is %s): keeping the trigger, fixing its formula",

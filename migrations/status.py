@@ -8,7 +8,7 @@ import psycopg
 
 from migrations.catalog import column_ordinal, table_oid
 from migrations.options import Options
-from migrations.runner import inspect
+from migrations.runner import inspect, interrupted_downgrade
 from migrations.state import StateStore
 from migrations.strategy import GENERATED_NOT_PARTITION_KEY, choose
 
@@ -18,6 +18,7 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
     impl = inspect(conn, options)
     state = StateStore(conn, options).read()
     choice = choose(impl, "auto")
+    refusal = interrupted_downgrade(state, options)
     if impl.generated_kind:
         implementation = f"generated column ({impl.generated_kind}): {impl.generated_expression}"
     elif impl.method == "trigger":
@@ -65,8 +66,8 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
         "migration_strategy": state.strategy if state else None,
         "migration_steps_done": state.steps if state else [],
         "migration_updated_at": state.updated_at if state else None,
-        "upgrade_strategy": choice.strategy or "refused",
-        "upgrade_reason": choice.reason,
+        "upgrade_strategy": "refused" if refusal else (choice.strategy or "refused"),
+        "upgrade_reason": refusal or choice.reason,
     }
 
 

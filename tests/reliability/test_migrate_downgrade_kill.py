@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -66,18 +67,21 @@ def ok(run: Any) -> Any:
     return run
 
 
-def downgrade_steps(dsn: str) -> list[str]:
-    """The steps `downgrade` would run now, as the code plans them (the ones the pause hook can stop before)."""
+def downgrade_steps(dsn: str) -> dict[str, str]:
+    """The steps `downgrade` would run now, in order, with their kind, as the code plans them (the pause hook can
+    stop before each one; only an upgrade's pre-verification runs outside that loop)."""
     plan = json.loads(ok(cli(dsn, "plan", "--downgrade", "--json")).out)
-    return [step["name"] for step in plan["steps"] if step["kind"] != "verify"]
+    return {step["name"]: step["kind"] for step in plan["steps"] if step["kind"] != "verify"}
 
 
 @contextmanager
 def fresh_database(admin_dsn: str, name: str) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
     """A database of its own for one subtest (a failed step must not spoil the next one)."""
-    with scratch_database(admin_dsn, f"pkdk{os.getpid()}_{name}"[:63]) as url:
-        with psycopg.connect(url, autocommit=True) as conn:
-            yield url, conn
+    with (
+        scratch_database(admin_dsn, f"pkdk{os.getpid()}_{name}"[:63]) as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        yield url, conn
 
 
 def reference(admin_dsn: str, shape: str) -> dict[str, Any]:
@@ -88,7 +92,8 @@ def reference(admin_dsn: str, shape: str) -> dict[str, Any]:
         before = fingerprint(conn)
         assert "upgrade finished: state upgraded" in ok(cli(dsn, "upgrade")).out
         upgraded = fingerprint(conn)
-        steps = downgrade_steps(dsn)
+        kinds = downgrade_steps(dsn)
+        steps = list(kinds)
         ok(cli(dsn, "downgrade"))
         assert state(conn) == ("downgraded", steps)
         downgraded = fingerprint(conn)
@@ -96,7 +101,8 @@ def reference(admin_dsn: str, shape: str) -> dict[str, Any]:
         assert fingerprint(conn) == upgraded  # the round trip is exact, so the table can go through it again
     # A finished downgrade gives the pre-upgrade table back. By design two things differ: the function is
     # re-created with the safe formula, and on the plain table the key column ends up last.
-    assert without(downgraded, "functions", "columns", "relations") == without(before, "functions", "columns", "relations")
+    differ = ("functions", "columns", "relations")
+    assert without(downgraded, *differ) == without(before, *differ)
     assert [f[0] for f in downgraded["functions"]] == [f[0] for f in before["functions"]]
     assert sorted(downgraded["columns"]) == sorted(before["columns"])
     if shape == "list":
@@ -105,7 +111,14 @@ def reference(admin_dsn: str, shape: str) -> dict[str, Any]:
         "partkey_migration_state",
         "partkey_migration_state_pkey",
     }
-    return {"before": before, "upgraded": upgraded, "downgraded": downgraded, "steps": steps, "strategy": strategy}
+    return {
+        "before": before,
+        "upgraded": upgraded,
+        "downgraded": downgraded,
+        "steps": steps,
+        "kinds": kinds,
+        "strategy": strategy,
+    }
 
 
 def kill_at(conn: psycopg.Connection[Any], dsn: str, step: str, *args: str, env: dict[str, str] | None = None) -> None:
@@ -152,49 +165,52 @@ def test_downgrade_killed_before_each_step(admin_dsn: str, shape: str, subtests:
     assert len(steps) >= (2 if shape == "list" else 6), steps
     create, strategy = SHAPES[shape]
     for index, step in enumerate(steps):
-        with subtests.test(step=step):
-            with fresh_database(admin_dsn, f"{shape}_{index}") as (dsn, conn):
-                create(conn)
-                ok(cli(dsn, "upgrade"))
-                assert fingerprint(conn) == ref["upgraded"]
+        with subtests.test(step=step), fresh_database(admin_dsn, f"{shape}_{index}") as (dsn, conn):
+            create(conn)
+            ok(cli(dsn, "upgrade"))
+            assert fingerprint(conn) == ref["upgraded"]
 
-                kill_at(conn, dsn, step)
-                done = steps[:index]
-                assert state(conn) == ("downgrading", done)
-                killed = fingerprint(conn)
-                assert killed["rows"] == ref["before"]["rows"]  # no row lost or changed by the kill
+            kill_at(conn, dsn, step)
+            done = steps[:index]
+            assert state(conn) == ("downgrading", done)
+            killed = fingerprint(conn)
+            assert killed["rows"] == ref["before"]["rows"]  # no row lost or changed by the kill
 
-                # What the user sees: the state, the steps done, and that upgrade is not an option right now.
-                shown = ok(cli(dsn, "status")).out
-                assert status_field(shown, "migration state") == "downgrading"
-                assert status_field(shown, "steps done") == (", ".join(done) or "none")
-                assert status_field(shown, "upgrade would use") == "refused"
-                assert status_field(shown, "because") == (
-                    "a downgrade of public.chunks was interrupted; run downgrade again to finish it"
-                )
+            # What the user sees: the state, the steps done, and that upgrade is not an option right now.
+            shown = ok(cli(dsn, "status")).out
+            assert status_field(shown, "migration state") == "downgrading"
+            assert status_field(shown, "steps done") == (", ".join(done) or "none")
+            assert status_field(shown, "upgrade would use") == "refused"
+            assert status_field(shown, "because") == (
+                "a downgrade of public.chunks was interrupted; run downgrade again to finish it"
+            )
 
-                # The other way out, upgrade, is refused with that same reason and changes nothing.
-                refused = cli(dsn, "upgrade")
-                assert refused.code == 1
-                assert refused.err.strip() == (
-                    "partkey-migrate: a downgrade of public.chunks was interrupted; run downgrade again to finish it"
-                )
-                assert "Traceback" not in refused.err
-                assert fingerprint(conn) == killed
+            # The other way out, upgrade, is refused with that same reason and changes nothing.
+            refused = cli(dsn, "upgrade")
+            assert refused.code == 1
+            assert refused.err.strip() == (
+                "partkey-migrate: a downgrade of public.chunks was interrupted; run downgrade again to finish it"
+            )
+            assert "Traceback" not in refused.err
+            assert fingerprint(conn) == killed
 
-                # Downgrade again: it resumes and ends exactly where the uninterrupted downgrade ended.
-                rerun = ok(cli(dsn, "downgrade"))
-                assert "downgrade finished: state downgraded" in rerun.out
-                if done:
-                    assert "resuming the interrupted downgrade of public.chunks" in rerun.err
-                assert fingerprint(conn) == ref["downgraded"]
-                assert state(conn) == ("downgraded", steps)
-                assert ok(cli(dsn, "verify")).code == 0
-                assert "nothing to do" in ok(cli(dsn, "downgrade")).out
+            # Downgrade again: it resumes and ends exactly where the uninterrupted downgrade ended.
+            rerun = ok(cli(dsn, "downgrade"))
+            assert "downgrade finished: state downgraded" in rerun.out
+            assert "resuming the interrupted downgrade of public.chunks" in rerun.err
+            # It runs the killed step and what follows; of the committed steps it repeats only the idempotent ones
+            # that re-check their work (the backfill finds 0 rows, the verification, the index builds).
+            started = re.findall(r"^partkey-migrate: step \d+/\d+ (\S+): .*\[lock: ", rerun.err, re.MULTILINE)
+            assert started[-(len(steps) - index) :] == steps[index:], started
+            assert [s for s in started[: -(len(steps) - index)] if ref["kinds"][s] == "ddl"] == [], started
+            assert fingerprint(conn) == ref["downgraded"]
+            assert state(conn) == ("downgraded", steps)
+            assert ok(cli(dsn, "verify")).code == 0
+            assert "nothing to do" in ok(cli(dsn, "downgrade")).out
 
-                # And upgrade from there returns to exactly the upgraded state.
-                ok(cli(dsn, "upgrade", "--strategy", strategy))
-                assert fingerprint(conn) == ref["upgraded"]
+            # And upgrade from there returns to exactly the upgraded state.
+            ok(cli(dsn, "upgrade", "--strategy", strategy))
+            assert fingerprint(conn) == ref["upgraded"]
 
 
 @pytest.mark.timeout(60)
@@ -217,8 +233,11 @@ def test_downgrade_killed_between_backfill_batches(admin_dsn: str) -> None:
         try:
             wait_for_line(proc, stderr_lines(proc), "before step backfill")
             with psycopg.connect(dsn) as blocker:
+                # (Not `ORDER BY ctid OFFSET n LIMIT 1 FOR UPDATE`: that locks the n rows it skips as well.)
                 middle = blocker.execute(
-                    "SELECT id FROM chunks ORDER BY ctid OFFSET %s LIMIT 1 FOR UPDATE", (PLAIN_ROWS // 2,)
+                    "SELECT id FROM chunks WHERE ctid = (SELECT ctid FROM chunks ORDER BY ctid OFFSET %s LIMIT 1) "
+                    "FOR UPDATE",
+                    (PLAIN_ROWS // 2,),
                 ).fetchone()
                 assert middle is not None
 
@@ -231,7 +250,7 @@ def test_downgrade_killed_between_backfill_batches(admin_dsn: str) -> None:
 
                 wait_until(batch_waits)
                 filled = conn.execute("SELECT count(partition_key_old) FROM chunks").fetchone()
-                assert filled is not None and 0 < filled[0] < PLAIN_ROWS and filled[0] % 100 == 0, filled
+                assert filled == (PLAIN_ROWS // 2,)  # the 10 batches before the locked row, 100 rows each
                 proc.kill()
                 proc.wait(timeout=10)
                 # client_connection_check_interval (set by partkey-migrate on 14+) ends the orphan mid lock wait.
