@@ -399,7 +399,7 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
                 _wait_ready(peer, deadline)
             for peer in peers:
                 peer.cpu_start, peer.started = peer.cpu_seconds(), time.monotonic()
-            print(f"all three up; {rounds} interleaved scrape rounds ...", flush=True)
+            print(f"all {len(peers)} up; {rounds} interleaved scrape rounds ...", flush=True)
             latency: dict[str, list[float]] = {p.name: [] for p in peers}
             kept: dict[str, list[float]] = {p.name: [] for p in peers}
             # Prometheus keeps its connection open between scrapes; measure that too, it behaves differently.

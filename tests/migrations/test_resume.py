@@ -54,9 +54,9 @@ def migrate_backends(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def kill_before(conn: psycopg.Connection[Any], dsn: str, step: str, command: str = "upgrade") -> None:
-    """Start a run that pauses before step, SIGKILL it there, and wait until its backend is gone."""
-    proc = spawn(dsn, command, env={"PARTKEY_MIGRATE_PAUSE_BEFORE": step})
+def kill_before(conn: psycopg.Connection[Any], dsn: str, step: str, *command: str) -> None:
+    """Start a run (default: upgrade) that pauses before step, SIGKILL it there, and wait until its backend is gone."""
+    proc = spawn(dsn, *(command or ("upgrade",)), env={"PARTKEY_MIGRATE_PAUSE_BEFORE": step})
     wait_line(stderr_lines(proc), f"before step {step}")
     proc.kill()
     proc.wait(timeout=10)
@@ -167,3 +167,29 @@ def test_an_invalid_index_left_by_an_interrupted_concurrent_build_is_rebuilt(
     assert (
         after["indexes"]["chunks_key_idx"] == "CREATE INDEX chunks_key_idx ON public.chunks USING btree (partition_key)"
     )
+
+
+@pytest.mark.parametrize("shape", ["list", "plain"])
+def test_keep_trigger_upgrade_killed_before_its_step_finishes_on_rerun(
+    conn: psycopg.Connection[Any], dsn: str, shape: str
+) -> None:
+    if shape == "list":
+        create_list_table(conn, modulus=10, trigger="parent")
+        insert_rows(conn, 1000, modulus=10)
+    else:
+        create_plain(conn, rows=1000)
+    rows, before = keys(conn), catalog(conn)
+    kill_before(conn, dsn, "fix-trigger", "upgrade", "--strategy", "keep-trigger")
+    assert state(conn) == ("upgrading", [])
+    killed = catalog(conn)
+    # Nothing of the killed step remains; the only new relation is the state table (and its index).
+    assert killed | {"relations": None} == before | {"relations": None}
+    assert {r for r in killed["relations"] if not r.startswith("partkey_migration_state")} == set(before["relations"])
+    assert "migration state:               upgrading" in cli(dsn, "status").out
+    rerun = cli(dsn, "upgrade", "--strategy", "keep-trigger")
+    assert rerun.code == 0, rerun.err
+    assert state(conn) == ("kept-trigger", ["fix-trigger"])
+    after = catalog(conn)
+    assert after["triggers"] == before["triggers"] and after["indexes"] == before["indexes"]
+    assert "% 10)" in dict(after["functions"])["compute_partition_key"]  # the safe formula now
+    assert keys(conn) == rows
