@@ -52,7 +52,9 @@ class GrafanaCondition:
     def promql(self) -> str:
         """The same condition in PromQL, so both rule engines fire on exactly the same series."""
         symbol = ">" if self.op == "gt" else "<"
-        return f"{self.query} {symbol} {self.threshold:g}"
+        # A bare selector compares as it is; anything longer (an `or`) must be compared as a whole.
+        query = self.query if " " not in self.query else f"({self.query})"
+        return f"{query} {symbol} {self.threshold:g}"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,16 @@ def _condition_alert(
 ) -> Alert:
     """A critical alert whose PromQL is derived from its Grafana condition, so the two cannot drift."""
     return Alert(name, condition.promql, for_, "critical", summary, description, grafana=condition)
+
+
+# How long a sample's finding holds. A sample proves bad rows exist, but the next sample reads other pages and
+# may miss them: without a hold the alert would go pending, reset and never fire.
+SAMPLE_HOLD = "1h"
+
+
+def held_for_samples(metric: str) -> str:
+    """The bad-row gauge as it is for full and incremental runs; for samples, the largest count of the last hour."""
+    return f'{metric}{{mode!="sample"}} or max_over_time({metric}{{mode="sample"}}[{SAMPLE_HOLD}])'
 
 
 _BUCKET_RATE = "target_table_le:partkey_insert_probe_duration_seconds_bucket:rate5m"
@@ -151,7 +163,7 @@ ALERTS: tuple[Alert, ...] = (
     ),
     _condition_alert(
         "PartkeyMismatchedRows",
-        GrafanaCondition("partkey_mismatched_rows", "gt", 0),
+        GrafanaCondition(held_for_samples("partkey_mismatched_rows"), "gt", 0),
         "5m",
         "Rows carry a partition key that differs from the key expression.",
         '{{ $labels.target }} {{ $labels.table }}: {{ printf "%.0f" $value }} rows found by the'
@@ -160,7 +172,7 @@ ALERTS: tuple[Alert, ...] = (
     ),
     _condition_alert(
         "PartkeyNullKeys",
-        GrafanaCondition("partkey_null_key_rows", "gt", 0),
+        GrafanaCondition(held_for_samples("partkey_null_key_rows"), "gt", 0),
         "5m",
         "Rows have a NULL partition key.",
         '{{ $labels.target }} {{ $labels.table }}: {{ printf "%.0f" $value }} rows found by the'
@@ -169,7 +181,7 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "PartkeyExpressionErrorRows",
-        "partkey_expression_error_rows > 0",
+        f'({held_for_samples("partkey_expression_error_rows")}) > 0',
         "15m",
         "warning",
         "The key expression raises an error for some rows.",

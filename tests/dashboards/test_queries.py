@@ -57,7 +57,9 @@ def test_substitution_matches_grafana(queries: list[NamedQuery]) -> None:
     assert by_name["partkey.alerts / PartkeyPartitionSkew"].expr == (
         "max without (source) (partkey_partition_skew_ratio) > 1.5"
     )
-    assert by_name["grafana / PartkeyMismatchedRows / A"].expr == "partkey_mismatched_rows"
+    assert by_name["grafana / PartkeyMismatchedRows / A"].expr == (
+        'partkey_mismatched_rows{mode!="sample"} or max_over_time(partkey_mismatched_rows{mode="sample"}[1h])'
+    )
 
 
 def test_substitute_rejects_unknown_variables() -> None:
