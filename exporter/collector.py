@@ -112,7 +112,9 @@ class PartkeyCollector(Collector):
         nulls = GaugeMetricFamily("partkey_null_key_rows", "Rows with a NULL key.", labels=labels)
         errors = GaugeMetricFamily("partkey_expression_error_rows", "Rows whose key expression raises an error.",
                                    labels=labels)
-        checked = GaugeMetricFamily("partkey_verification_rows_checked", "Rows the last run of the mode checked.",
+        checked = GaugeMetricFamily("partkey_verification_rows_checked",
+                                    "Rows the last run of the mode checked (incremental: every run since the start "
+                                    "or the last clean full verification).",
                                     labels=labels)
         for (target, table, _check), result in sorted(snapshot.results.items()):
             verdict = result.payload

@@ -118,14 +118,20 @@ def test_incremental_counts_only_new_bad_rows(conn: psycopg.Connection[Any], dsn
     insert_rows(conn, 30, modulus=10)
     second = runner.run()
     assert (second.payload.rows_checked, second.payload.mismatched) == (35, 5)
-    third = runner.run()
-    assert (third.payload.rows_checked, third.payload.mismatched) == (0, 5)
-    # While a full pass still finds bad rows, the incremental tally stays; after a repair it starts over.
-    exporter.runners[("t1", "public.chunks", "verification_full")].run()
-    assert runner.run().payload.mismatched == 5
-    conn.execute("UPDATE chunks SET partition_key = abs(hashtext(collection_id::text) % 10)"
-                 " WHERE partition_key <> abs(hashtext(collection_id::text) % 10)")
-    clean = exporter.runners[("t1", "public.chunks", "verification_full")].run()
-    assert clean.payload.mismatched == 0
-    assert runner.run().payload.mismatched == 0
-    exporter.stop()
+    with serving(exporter) as server:  # stops the exporter at the end
+        third = runner.run()
+        # Cumulative: of the 35 rows checked since the start, 5 were bad; none of the 30 good ones count as wrong.
+        assert (third.payload.rows_checked, third.payload.mismatched, third.payload.correct) == (35, 5, 30)
+        samples = metrics(server.url)
+        t = {"target": "t1", "table": "public.chunks", "mode": "incremental"}
+        assert value(samples, "partkey_verification_rows_checked", **t) == 35
+        assert value(samples, "partkey_rows_verified_total", **t) == 35  # the counter counts each row once
+        # While a full pass still finds bad rows, the incremental tally stays; after a repair it starts over.
+        exporter.runners[("t1", "public.chunks", "verification_full")].run()
+        assert runner.run().payload.mismatched == 5
+        conn.execute("UPDATE chunks SET partition_key = abs(hashtext(collection_id::text) % 10)"
+                     " WHERE partition_key <> abs(hashtext(collection_id::text) % 10)")
+        clean = exporter.runners[("t1", "public.chunks", "verification_full")].run()
+        assert clean.payload.mismatched == 0
+        after = runner.run().payload
+        assert (after.rows_checked, after.mismatched) == (0, 0)

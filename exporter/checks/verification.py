@@ -27,7 +27,8 @@ class TableVerificationState:
 
     lock: threading.RLock = field(default_factory=threading.RLock)
     watermark: Any = None
-    incremental_bad: tuple[int, int, int] = (0, 0, 0)  # mismatched, NULL, expression errors since start
+    # Rows checked, mismatched, NULL and expression errors since the start or the last clean full pass.
+    incremental_tally: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class VerificationCheck:
@@ -51,7 +52,7 @@ class VerificationCheck:
             self.state.lock.release()
         if self.mode == "full" and outcome.payload.clean:
             # A clean full pass proves the old bad rows are gone (repaired): the incremental tally starts over.
-            self.state.incremental_bad = (0, 0, 0)
+            self.state.incremental_tally = (0, 0, 0, 0)
         return outcome
 
     def _run(self, conn: psycopg.Connection[Any]) -> Outcome:
@@ -70,11 +71,15 @@ class VerificationCheck:
         elif self.mode == "full":
             result = verifier.run("full")
         else:
-            result = self._incremental(conn, verifier)
+            fresh, tally = self._incremental(conn, verifier)
+            return Outcome(payload=tally, rows_verified=(self.mode, fresh))
         return Outcome(payload=result, rows_verified=(self.mode, result.rows_checked))
 
-    def _incremental(self, conn: psycopg.Connection[Any], verifier: Verifier) -> VerificationResult:
-        """Check rows above the watermark; the first run only sets it, counts accumulate since start."""
+    def _incremental(self, conn: psycopg.Connection[Any], verifier: Verifier) -> tuple[int, VerificationResult]:
+        """Check rows above the watermark: (rows this run checked, the tally since the start or last clean full pass).
+
+        The first run only sets the watermark.
+        """
         column = self.table.monotonic_column
         assert column is not None
         upto = current_watermark(conn, self.table.spec, column)
@@ -82,7 +87,7 @@ class VerificationCheck:
         if state.watermark is None:
             log.info("incremental verification of %s starts after %s=%s", self.table.label, column, upto)
             state.watermark = upto
-            return VerificationResult(
+            return 0, VerificationResult(
                 mode="incremental", rows_checked=0, mismatched=0, null_keys=0, expression_errors=0,
                 watermark=upto, note="watermark initialised; rows inserted from now on are checked",
             )
@@ -92,17 +97,24 @@ class VerificationCheck:
         else:
             new = verifier.run("incremental", watermark_column=column, after=state.watermark, upto=upto)
             state.watermark = upto
-        mismatched, nulls, errors = state.incremental_bad
-        state.incremental_bad = (mismatched + new.mismatched, nulls + new.null_keys, errors + new.expression_errors)
-        # The gauges show every bad row found among the rows checked since the start or the last clean full pass.
-        return VerificationResult(
+        checked, mismatched, nulls, errors = state.incremental_tally
+        state.incremental_tally = (
+            checked + new.rows_checked,
+            mismatched + new.mismatched,
+            nulls + new.null_keys,
+            errors + new.expression_errors,
+        )
+        # The gauges show every row checked, and every bad one found, since the start or the last clean full pass:
+        # a bad row stays counted (and alerting) after the run that found it, and `correct` never goes negative.
+        checked, mismatched, nulls, errors = state.incremental_tally
+        return new.rows_checked, VerificationResult(
             mode="incremental",
-            rows_checked=new.rows_checked,
-            mismatched=state.incremental_bad[0],
-            null_keys=state.incremental_bad[1],
-            expression_errors=state.incremental_bad[2],
+            rows_checked=checked,
+            mismatched=mismatched,
+            null_keys=nulls,
+            expression_errors=errors,
             examples=new.examples,
             watermark=state.watermark,
             duration_seconds=new.duration_seconds,
-            note="bad-row counts are cumulative since the exporter started or the last clean full verification",
+            note="counts are cumulative since the exporter started or the last clean full verification",
         )
