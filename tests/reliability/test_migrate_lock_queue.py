@@ -142,6 +142,22 @@ def hold(dsn: str, mode: str) -> psycopg.Connection[Any]:
     return blocker
 
 
+@contextmanager
+def blocked_upgrade(
+    dsn: str, mode: str, *options: str
+) -> Iterator[tuple[psycopg.Connection[Any], subprocess.Popen[str]]]:
+    """A long transaction holding a lock (mode), and an upgrade started behind it; both ended on the way out."""
+    blocker = hold(dsn, mode)
+    proc = spawn(dsn, "upgrade", *options)
+    try:
+        yield blocker, proc
+    finally:
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def retries(err: str) -> list[tuple[int, float]]:
     """(attempt, pause before the next one) for each logged retry of the ACCESS EXCLUSIVE step."""
     return [(int(m[0]), float(m[2])) for m in RETRY.findall(err)]
@@ -193,17 +209,10 @@ def test_short_lock_timeout_bounds_the_queue_and_finishes_when_the_blocker_commi
 ) -> None:
     rows = keys(list_table)
     with probing(dsn) as measured:
-        blocker = hold(dsn, mode)
-        proc = spawn(dsn, "upgrade", "--lock-timeout", str(SHORT), "--max-attempts", "20")
-        try:
+        with blocked_upgrade(dsn, mode, "--lock-timeout", str(SHORT), "--max-attempts", "20") as (blocker, proc):
             err = wait_for_retries(proc, 4)  # four attempts have queued and given up
             blocker.commit()  # the long transaction ends inside the retry bound
             out, rest = proc.communicate(timeout=30)
-        finally:
-            blocker.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
         err += rest
     report(capsys, measured.line(f"{mode} held, --lock-timeout {SHORT}, blocker commits after 4 attempts"))
     assert proc.returncode == 0, (out, err)
@@ -229,13 +238,9 @@ def test_exhausted_retries_exit_1_and_leave_the_catalog_unchanged(
     list_table: psycopg.Connection[Any], dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before, rows = catalog(list_table), keys(list_table)
-    with probing(dsn) as measured:
-        blocker = hold(dsn, "access share")
-        try:
-            proc = spawn(dsn, "upgrade", "--lock-timeout", str(SHORT), "--max-attempts", "4")
-            out, err = proc.communicate(timeout=30)
-        finally:
-            blocker.close()
+    options = ("--lock-timeout", str(SHORT), "--max-attempts", "4")
+    with probing(dsn) as measured, blocked_upgrade(dsn, "access share", *options) as (_, proc):
+        out, err = proc.communicate(timeout=30)
     report(capsys, measured.line(f"access share held throughout, --lock-timeout {SHORT} --max-attempts 4"))
     # (d) A clear refusal, exit 1, no traceback.
     assert proc.returncode == 1, (out, err)
@@ -276,27 +281,20 @@ def test_a_long_lock_timeout_makes_others_queue_past_the_bound(
 ) -> None:
     """The control: the same probe with --lock-timeout 5 measures waits above the bound the tests above assert."""
     held_for = 2.0
-    with probing(dsn) as measured:
-        blocker = hold(dsn, "access share")
-        proc = spawn(dsn, "upgrade", "--lock-timeout", "5", "--max-attempts", "1")
-        try:
+    options = ("--lock-timeout", "5", "--max-attempts", "1")
+    with probing(dsn) as measured, blocked_upgrade(dsn, "access share", *options) as (blocker, proc):
 
-            def migrate_queued() -> bool:
-                row = list_table.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
-                    " AND wait_event_type = 'Lock' AND query LIKE 'ALTER TABLE%%'"
-                ).fetchone()
-                return row is not None
+        def migrate_queued() -> bool:
+            row = list_table.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
+                " AND wait_event_type = 'Lock' AND query LIKE 'ALTER TABLE%%'"
+            ).fetchone()
+            return row is not None
 
-            wait_until(migrate_queued)
-            time.sleep(held_for)
-            blocker.commit()
-            out, err = proc.communicate(timeout=30)
-        finally:
-            blocker.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+        wait_until(migrate_queued)
+        time.sleep(held_for)
+        blocker.commit()
+        out, err = proc.communicate(timeout=30)
     report(capsys, measured.line(f"access share held {held_for:.0f} s, --lock-timeout 5 (control)"))
     assert proc.returncode == 0, (out, err)
     assert measured.worst > BOUND, measured.line("")  # the measurement does see a queue when there is one
