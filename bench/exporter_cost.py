@@ -1,11 +1,12 @@
 """What the exporter costs its database and host, and how each cost grows (make bench-exporter).
 
-Scenarios: 1M rows x 100 partitions and 1M rows x 1,000 partitions by default, 10M x 100 with --big.
+Scenarios: 1M rows x 100 partitions and 1M rows x 1,000 partitions by default, 10M x 100 with --big,
+10M x 1,000 with --huge.
 Per scenario: each check against its physical limit measured alternately in the same run (a bare count(*) seq
 scan for verification and exact counts, a bare catalog read for statistics and implementation), the database
 time each check consumes per run and per hour at the default schedule (pg_stat_statements), /metrics latency
 under 10 concurrent scrapers, RSS and CPU of the exporter process (`partkey-exporter run`, a subprocess).
-Run: .venv/bin/python -m bench.exporter_cost [--quick] [--big]   (set PARTKEY_BENCH_DSN to use your own server)
+Run: .venv/bin/python -m bench.exporter_cost [--quick] [--big] [--huge]   (set PARTKEY_BENCH_DSN to use your own server)
 """
 
 from __future__ import annotations
@@ -259,6 +260,10 @@ def render(results: dict[tuple[int, int], dict[str, Any]], header: str) -> str:
             growth.append((f"x growth {small[0] // 1_000_000 or small[0]:,}M->{big[0] // 1_000_000}M rows", small, big))
         if wide:
             growth.append((f"x growth 100->{wide[1]:,} partitions", small, wide))
+        both = next((k for k in keys if big and wide and k == (big[0], wide[1])), None)
+        if both:
+            growth.append((f"x growth both ({small[0] // 1_000_000 or small[0]:,}M x 100 -> "
+                           f"{both[0] // 1_000_000}M x {both[1]:,})", small, both))
     names = [f"{r:,} rows x {p:,} partitions ({results[(r, p)]['size']})" for r, p in keys]
     lines = [header, "", "| measurement | " + " | ".join(names + [g[0] for g in growth]) + " |",
              "|---|" + "---|" * (len(names) + len(growth))]
@@ -291,6 +296,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100,000 rows instead of 1,000,000 (about 3 minutes)")
     parser.add_argument("--big", action="store_true", help="add 10,000,000 rows x 100 partitions (+10 minutes)")
+    parser.add_argument("--huge", action="store_true", help="add 10,000,000 rows x 1,000 partitions (+8 minutes)")
     parser.add_argument("--rows", type=int, help="rows of the base scenarios (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--scrapes", type=int, default=5000, help="total /metrics scrapes over the 10 scrapers")
@@ -298,6 +304,7 @@ def main() -> None:
     args = parser.parse_args()
     base = args.rows or (100_000 if args.quick else 1_000_000)
     plan = [(base, 100), (base, 1000)] + ([(base * 10, 100)] if args.big else [])
+    plan += [(base * 10, 1000)] if args.huge else []
     if args.quick:
         args.idle = min(args.idle, 20)
     started = time.monotonic()
