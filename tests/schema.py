@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
+from psycopg.abc import Params
 
 LEGACY_TRIGGER_FUNCTION = """
 CREATE OR REPLACE FUNCTION {schema}.compute_partition_key() RETURNS trigger AS $$
@@ -124,3 +125,10 @@ def insert_rows(
             FROM (SELECT g, md5((g % {collections})::text)::uuid AS collection_id
                   FROM generate_series(1, {count}) g) s"""
     )
+
+
+def scalar(conn: psycopg.Connection[Any], query: LiteralString, params: Params | None = None) -> Any:
+    """The first column of the one row the query returns (a query that returns no row fails the test)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, f"no row from {query!r}"
+    return row[0]

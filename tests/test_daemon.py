@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.e2e.prometheus import free_port
-from tests.schema import create_list_table, insert_rows
+from tests.schema import create_list_table, insert_rows, scalar
 from tests.support import http
 
 CONFIG = """
@@ -79,8 +79,7 @@ def test_run_reload_and_graceful_stop(conn: psycopg.Connection[Any], dsn: str, t
         process.send_signal(signal.SIGHUP)
         time.sleep(1.5)
         assert http(url + "/healthz")[0] == 200  # the old config keeps running
-        holders = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'").fetchone()[0]
+        holders = scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'")
         assert holders <= 1
     finally:
         elapsed, err = _stop(process)
@@ -91,8 +90,8 @@ def test_run_reload_and_graceful_stop(conn: psycopg.Connection[Any], dsn: str, t
     assert "reload refused, the running config stays" in err and "YAML syntax error" in err
     assert "partkey-exporter stopped" in err
     time.sleep(0.5)
-    left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'").fetchone()
-    assert left[0] == 0
+    left = scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'")
+    assert left == 0
 
 
 def test_tls_serves_metrics_with_the_configured_certificate(

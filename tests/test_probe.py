@@ -10,7 +10,7 @@ import pytest
 
 from exporter.daemon import Exporter
 from exporter.target import APPLICATION_NAME
-from tests.schema import create_list_table, create_plain_table, insert_rows
+from tests.schema import create_list_table, create_plain_table, insert_rows, scalar
 from tests.support import config_for, metrics, serving, value
 
 pytestmark = pytest.mark.versioned("insert probe")
@@ -58,11 +58,12 @@ def test_probe_leaves_no_rows(
     after = conn.execute("SELECT count(*), coalesce(sum(partition_key), 0) FROM chunks").fetchone()
     assert after == before
     probe_id = "00000000-0000-0000-0000-000000000000"
-    assert conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (probe_id,)).fetchone()[0] == 0
-    lingering = conn.execute(
+    assert scalar(conn, "SELECT count(*) FROM chunks WHERE collection_id = %s", (probe_id,)) == 0
+    lingering = scalar(
+        conn,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state LIKE 'idle in transaction%%'",
         (APPLICATION_NAME,),
-    ).fetchone()[0]
+    )
     assert lingering == 0
     table = shape.replace("-", " table with ")
     does(f"{PROBE_COMMAND}, {table} key", "5 timed INSERTs rolled back, no row left")
@@ -84,5 +85,5 @@ def test_failed_probe_counts_a_failure_and_says_why(conn: psycopg.Connection[Any
     fixed = _probe(dsn, "checks:\n  insert_probe: {enabled: true, samples: 2, extra_values: {owner: probe}}")
     again = fixed.store.latest("t1", "public.chunks", "insert_probe")
     assert again is not None and again.success, again.error if again else None
-    assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    assert scalar(conn, "SELECT count(*) FROM chunks") == 0
     fixed.stop()

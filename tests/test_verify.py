@@ -16,6 +16,7 @@ from tests.schema import (
     create_list_table,
     create_plain_table,
     insert_rows,
+    scalar,
 )
 
 pytestmark = pytest.mark.versioned("verification")
@@ -36,9 +37,9 @@ def test_full_counts_stale_keys_exactly(conn: psycopg.Connection[Any]) -> None:
     spec = KeySpec(modulus=10)
     result = Verifier(conn, spec, primary_key=("id", "collection_id", "partition_key")).run("full")
     # A random uuid keeps the same key with probability 1/10: recount what really changed.
-    expected = conn.execute(
-        "SELECT count(*) FROM chunks WHERE partition_key <> abs(hashtext(collection_id::text) % 10)"
-    ).fetchone()[0]
+    expected = scalar(
+        conn, "SELECT count(*) FROM chunks WHERE partition_key <> abs(hashtext(collection_id::text) % 10)"
+    )
     assert result.rows_checked == 1000
     assert result.mismatched == expected
     assert result.null_keys == 0 and result.expression_errors == 0
@@ -72,11 +73,12 @@ def test_incremental_sees_only_new_rows(conn: psycopg.Connection[Any]) -> None:
     )
     upto = current_watermark(conn, spec, "id")
     result = verifier.run("incremental", watermark_column="id", after=first, upto=upto)
-    wrong_new = conn.execute(
+    wrong_new = scalar(
+        conn,
         "SELECT count(*) FROM chunks "
         "WHERE id > %s AND partition_key <> abs(hashtext(collection_id::text) %% 10)",
         (first,),
-    ).fetchone()[0]
+    )
     assert result.rows_checked == 240
     assert result.mismatched == wrong_new
     assert result.watermark == upto

@@ -11,6 +11,7 @@ from exporter.config import parse_config
 from exporter.daemon import Exporter
 from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
 from tests.e2e.prometheus import running_prometheus, wait_for
+from tests.schema import scalar
 from tests.support import serving
 
 pytestmark = pytest.mark.e2e
@@ -32,4 +33,4 @@ def test_prometheus_sees_mismatched_rows(dsn: str, conn: psycopg.Connection[Any]
     assert float(mismatched[0]["value"][1]) == STALE_ROWS == facts.stale_rows
     assert float(up[0]["value"][1]) == 1
     assert float(partitions[0]["value"][1]) == 100
-    assert float(total[0]["value"][1]) == conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    assert float(total[0]["value"][1]) == scalar(conn, "SELECT count(*) FROM chunks")

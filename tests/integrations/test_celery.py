@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,6 +67,7 @@ def test_beat_schedules_the_task_and_a_real_worker_runs_it(
 
     task_success.connect(collect, weak=False)
     beat = EmbeddedService(app, thread=True, scheduler_cls="celery.beat.Scheduler", max_interval=1)
+    assert isinstance(beat, threading.Thread)  # thread=True: beat runs in a thread of this process
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
             beat.start()

@@ -76,6 +76,11 @@ def test_four_methods_match_the_daemons_report(conn: psycopg.Connection[Any], ds
     assert "  Incorrect Keys: 3" in report.splitlines() and "  Total Chunks: 500" in report.splitlines()
 
 
+def _status(conn: psycopg.Connection[Any]) -> psycopg.pq.TransactionStatus:
+    """The connection's transaction status now: read by a call, as a statement in between changes it."""
+    return conn.info.transaction_status
+
+
 def test_a_borrowed_connection_is_left_as_it_was(conn: psycopg.Connection[Any], dsn: str) -> None:
     three_wrong_keys(conn)
     with psycopg.connect(dsn) as app:  # autocommit off, as most applications have it
@@ -85,15 +90,15 @@ def test_a_borrowed_connection_is_left_as_it_was(conn: psycopg.Connection[Any], 
         assert detector.verify_partition_keys("full").mismatched == 3
         assert detector.detect_implementation().method == "none"
         assert "  Incorrect Keys: 3" in detector.generate_health_report()
-        assert app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert _status(app) == psycopg.pq.TransactionStatus.IDLE
         # Inside the application's transaction our timeouts would leak into it: refused, and nothing changed.
         app.execute("SELECT 1")
         with pytest.raises(CheckFailedError, match="inside a transaction; commit first"):
             detector.detect_implementation()
-        assert app.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert _status(app) == psycopg.pq.TransactionStatus.INTRANS
         app.rollback()
         detector.close()
-        assert not app.closed and app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert not app.closed and _status(app) == psycopg.pq.TransactionStatus.IDLE
         row = app.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone()
         assert row == ("7s", "0")
         with pytest.raises(CheckFailedError, match="target embedded is closed"):

@@ -40,7 +40,7 @@ def _alive(pid: int) -> bool:
 
 def _root_and_postmaster(dsn: str) -> tuple[Path, int]:
     """The server's temp dir (the socket dir's parent) and its postmaster pid."""
-    socket_dir = Path(psycopg.conninfo.conninfo_to_dict(dsn)["host"] or "")
+    socket_dir = Path(str(psycopg.conninfo.conninfo_to_dict(dsn)["host"] or ""))
     root = socket_dir.parent
     pid = int((root / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
     return root, pid

