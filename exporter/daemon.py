@@ -30,6 +30,8 @@ from exporter.verify import Mode
 
 log = logging.getLogger(__name__)
 
+RENDERED_PER_SNAPSHOT = 4  # /metrics bodies cached per snapshot, one per content type
+
 
 class _SkippedRunFilter(logging.Filter):
     """APScheduler warns on every skipped run of a check that outlives its interval; the Exporter logs it once."""
@@ -93,14 +95,20 @@ class Exporter:
 
     def render_metrics(self, accept: str) -> tuple[bytes, str]:
         """The /metrics body for this Accept header, encoded once per snapshot and reused until the next one."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):  # 'version=x': prometheus_client compares it with ints and raises
+            encoder, content_type = choose_encoder("")
         snapshot = self.store.current
         with self._rendered_lock:
             cached_for, bodies = self._rendered
-            if cached_for is snapshot and content_type in bodies:
+            bodies = bodies if cached_for is snapshot else {}
+            if content_type in bodies:
                 return bodies[content_type]
             body = (encoder(self.registry), content_type)
-            self._rendered = (snapshot, {**(bodies if cached_for is snapshot else {}), content_type: body})
+            # The client picks the version echoed in the content type: keep a few, never one per version sent.
+            if len(bodies) < RENDERED_PER_SNAPSHOT:
+                self._rendered = (snapshot, {**bodies, content_type: body})
             return body
 
     def start(self) -> None:

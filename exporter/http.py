@@ -16,13 +16,15 @@ from exporter import __version__
 from exporter.admin import AdminError, health_json, report_query, report_text, select, verify
 from exporter.config import ListenConfig
 from exporter.daemon import Exporter
+from exporter.openapi import SPEC
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
 GET_PATHS = {
-    "/", "/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report"
+    "/", "/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report",
+    "/openapi.json",
 }
 POST_PATHS = {"/admin/partition/verify"}
 
@@ -110,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, health_json(healths))
             else:
                 self._send(HTTPStatus.OK, report_text(healths).encode(), "text/plain; charset=utf-8")
+        elif path == "/openapi.json":
+            self._json(HTTPStatus.OK, SPEC)
         elif path == "/":
             links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in sorted(GET_PATHS - {"/"}))
             self._send(HTTPStatus.OK, f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
@@ -161,12 +165,16 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors http.server finds itself (request line, headers, version) as a JSON 4xx with a status line."""
         status = HTTPStatus(code)
+        headers = {"Connection": "close"}
         if status == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
             status = HTTPStatus.BAD_REQUEST  # a client's malformed request is a 4xx, never a 5xx
+        elif status == HTTPStatus.NOT_IMPLEMENTED:  # TRACE, CONNECT or an unknown method: 405 like PUT
+            status = HTTPStatus.METHOD_NOT_ALLOWED
+            headers["Allow"] = self._allowed()
         # Before the request line parsed, http.server assumes HTTP/0.9 and would send a bare body, no status line.
         self.request_version = self.protocol_version
         self.close_connection = True
-        self._json(status, {"error": message or status.phrase}, {"Connection": "close"})
+        self._json(status, {"error": message or status.phrase}, headers)
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):
