@@ -109,6 +109,30 @@ def state(conn: psycopg.Connection[Any]) -> tuple[str, list[str]] | None:
     return (row[0], [s["step"] for s in row[1]]) if row else None
 
 
+def migrate_waits_on_lock(conn: psycopg.Connection[Any], statement: str) -> bool:
+    """True while a partkey-migrate backend waits on a lock in a statement LIKE `statement`."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
+        " AND wait_event_type = 'Lock' AND query LIKE %s",
+        (statement,),
+    ).fetchone()
+    return row is not None
+
+
+def assert_acknowledged_rows_landed(
+    conn: psycopg.Connection[Any], acked: list[tuple[int, str]], errors: list[str], modulus: int = 10
+) -> None:
+    """No writer saw an error, and every acknowledged (id, collection) row is there with the right key."""
+    assert errors == [], errors[:5]
+    found = conn.execute(
+        "SELECT id, collection_id::text, partition_key = abs(hashtext(collection_id::text) %% %s) "
+        "FROM chunks WHERE id = ANY(%s)",
+        (modulus, [row_id for row_id, _ in acked]),
+    ).fetchall()
+    assert {(r[0], r[1]) for r in found} == set(acked)
+    assert all(r[2] for r in found)
+
+
 def expected_key(conn: psycopg.Connection[Any], collection_id: str, modulus: int = 10) -> int:
     """The safe formula's value, computed by the server."""
     row = conn.execute("SELECT abs(hashtext(%s::uuid::text) %% %s)", (collection_id, modulus)).fetchone()

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migrations.helpers import catalog, cli, keys, spawn, state
+from tests.migrations.helpers import catalog, cli, keys, migrate_waits_on_lock, spawn, state
 from tests.migrations.test_generated_strategy import PLAIN_STEPS, create_plain
 from tests.schema import create_list_table, insert_rows
 
@@ -120,15 +120,7 @@ def test_list_upgrade_killed_in_the_middle_of_validate_finishes_on_rerun(
     with psycopg.connect(dsn) as blocker:
         # Blocks VALIDATE on one partition only: the statement starts, locks the parent, then waits here.
         blocker.execute("LOCK TABLE chunks_part_05 IN SHARE UPDATE EXCLUSIVE MODE")
-
-        def validate_is_running() -> bool:
-            row = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%VALIDATE CONSTRAINT%%'"
-            ).fetchone()
-            return row is not None
-
-        wait_until(validate_is_running)
+        wait_until(lambda: migrate_waits_on_lock(conn, "%VALIDATE CONSTRAINT%"))
         held = conn.execute(
             "SELECT l.relation::regclass::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE a.application_name = 'partkey-migrate' AND l.granted AND l.mode = 'ShareUpdateExclusiveLock'"

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migrations.helpers import cli
+from tests.migrations.helpers import assert_acknowledged_rows_landed, cli
 from tests.migrations.test_generated_strategy import create_plain
 from tests.schema import create_list_table, insert_rows
 
@@ -77,16 +77,8 @@ def run_under_load(conn: psycopg.Connection[Any], dsn: str, supply_key: bool) ->
 
 def assert_all_acknowledged_rows_are_there(conn: psycopg.Connection[Any], writer: Writer, initial: int) -> None:
     """Every acknowledged row exists once, with its collection and the correct key; nothing else appeared."""
-    assert writer.errors == []
-    ids = [row_id for row_id, _ in writer.acked]
-    found = conn.execute(
-        "SELECT id, collection_id::text, partition_key = abs(hashtext(collection_id::text) %% 10) "
-        "FROM chunks WHERE id = ANY(%s)",
-        (ids,),
-    ).fetchall()
-    assert {(r[0], r[1]) for r in found} == set(writer.acked)
-    assert all(r[2] for r in found)
-    assert conn.execute("SELECT count(*) FROM chunks").fetchone() == (initial + len(ids),)
+    assert_acknowledged_rows_landed(conn, writer.acked, writer.errors)
+    assert conn.execute("SELECT count(*) FROM chunks").fetchone() == (initial + len(writer.acked),)
 
 
 @pytest.mark.timeout(120)

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migrations.helpers import catalog, cli, keys, spawn, state
+from tests.migrations.helpers import catalog, cli, keys, migrate_waits_on_lock, spawn, state
 from tests.migrations.test_generated_strategy import create_plain
 from tests.migrations.test_resume import migrate_backends, stderr_lines, wait_until
 from tests.pgserver import scratch_database
@@ -240,15 +240,7 @@ def test_downgrade_killed_between_backfill_batches(admin_dsn: str) -> None:
                     (PLAIN_ROWS // 2,),
                 ).fetchone()
                 assert middle is not None
-
-                def batch_waits() -> bool:
-                    row = conn.execute(
-                        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
-                        " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE%%partition_key_old%%'"
-                    ).fetchone()
-                    return row is not None
-
-                wait_until(batch_waits)
+                wait_until(lambda: migrate_waits_on_lock(conn, "UPDATE%partition_key_old%"))
                 filled = conn.execute("SELECT count(partition_key_old) FROM chunks").fetchone()
                 assert filled == (PLAIN_ROWS // 2,)  # the 10 batches before the locked row, 100 rows each
                 proc.kill()

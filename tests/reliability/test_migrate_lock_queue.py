@@ -24,7 +24,15 @@ import psycopg
 import pytest
 
 from migrations.options import Options
-from tests.migrations.helpers import catalog, cli, keys, spawn, state
+from tests.migrations.helpers import (
+    assert_acknowledged_rows_landed,
+    catalog,
+    cli,
+    keys,
+    migrate_waits_on_lock,
+    spawn,
+    state,
+)
 from tests.migrations.test_resume import migrate_backends, wait_until
 from tests.schema import create_list_table, insert_rows
 
@@ -176,19 +184,6 @@ def assert_backoff(found: list[tuple[int, float]], max_attempts: int) -> None:
     assert len(found) < max_attempts
 
 
-def assert_probes_landed(conn: psycopg.Connection[Any], measured: Measured) -> None:
-    """Every acknowledged INSERT is there with its key; no prober saw an error."""
-    assert measured.errors == [], measured.errors[:5]
-    ids = [i for i, _ in measured.inserted]
-    found = conn.execute(
-        "SELECT id, collection_id::text, partition_key = abs(hashtext(collection_id::text) %% 10) "
-        "FROM chunks WHERE id = ANY(%s)",
-        (ids,),
-    ).fetchall()
-    assert {(r[0], r[1]) for r in found} == set(measured.inserted)
-    assert all(r[2] for r in found)
-
-
 def wait_for_retries(proc: subprocess.Popen[str], count: int, timeout: float = 30) -> str:
     """Read stderr until the count-th retry line; return what was read."""
     assert proc.stderr is not None
@@ -230,7 +225,7 @@ def test_short_lock_timeout_bounds_the_queue_and_finishes_when_the_blocker_commi
     assert after["constraints"]["chunks_partition_key_check:true"].startswith("CHECK ((partition_key = abs(")
     now = keys(list_table)
     assert {i: now[i] for i in rows} == rows
-    assert_probes_landed(list_table, measured)
+    assert_acknowledged_rows_landed(list_table, measured.inserted, measured.errors)
 
 
 @pytest.mark.timeout(60)
@@ -268,7 +263,7 @@ def test_exhausted_retries_exit_1_and_leave_the_catalog_unchanged(
     assert "steps done:                    none" in shown
     now = keys(list_table)
     assert {i: now[i] for i in rows} == rows
-    assert_probes_landed(list_table, measured)
+    assert_acknowledged_rows_landed(list_table, measured.inserted, measured.errors)
     # Once the long transaction is gone, the same command resumes and finishes.
     rerun = cli(dsn, "upgrade", "--lock-timeout", str(SHORT))
     assert rerun.code == 0, rerun.err
@@ -283,19 +278,11 @@ def test_a_long_lock_timeout_makes_others_queue_past_the_bound(
     held_for = 2.0
     options = ("--lock-timeout", "5", "--max-attempts", "1")
     with probing(dsn) as measured, blocked_upgrade(dsn, "access share", *options) as (blocker, proc):
-
-        def migrate_queued() -> bool:
-            row = list_table.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
-                " AND wait_event_type = 'Lock' AND query LIKE 'ALTER TABLE%%'"
-            ).fetchone()
-            return row is not None
-
-        wait_until(migrate_queued)
+        wait_until(lambda: migrate_waits_on_lock(list_table, "ALTER TABLE%"))
         time.sleep(held_for)
         blocker.commit()
         out, err = proc.communicate(timeout=30)
     report(capsys, measured.line(f"access share held {held_for:.0f} s, --lock-timeout 5 (control)"))
     assert proc.returncode == 0, (out, err)
     assert measured.worst > BOUND, measured.line("")  # the measurement does see a queue when there is one
-    assert_probes_landed(list_table, measured)
+    assert_acknowledged_rows_landed(list_table, measured.inserted, measured.errors)
