@@ -97,16 +97,14 @@ class VerificationCheck:
         else:
             new = verifier.run("incremental", watermark_column=column, after=state.watermark, upto=upto)
             state.watermark = upto
-        checked, mismatched, nulls, errors = state.incremental_tally
-        state.incremental_tally = (
-            checked + new.rows_checked,
-            mismatched + new.mismatched,
-            nulls + new.null_keys,
-            errors + new.expression_errors,
-        )
         # The gauges show every row checked, and every bad one found, since the start or the last clean full pass:
         # a bad row stays counted (and alerting) after the run that found it, and `correct` never goes negative.
         checked, mismatched, nulls, errors = state.incremental_tally
+        checked += new.rows_checked
+        mismatched += new.mismatched
+        nulls += new.null_keys
+        errors += new.expression_errors
+        state.incremental_tally = (checked, mismatched, nulls, errors)
         return new.rows_checked, VerificationResult(
             mode="incremental",
             rows_checked=checked,
