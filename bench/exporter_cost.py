@@ -32,8 +32,8 @@ from psycopg.conninfo import conninfo_to_dict
 from bench.peers import PARTKEY_DEFAULTS, ROLES, _db_ms_by_marker, _roles, _wait_ready, running
 from bench.server import BenchServer, bench_server, machine
 from bench.stats import summarize
+from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.daemon import Exporter
 from tests.e2e.prometheus import free_port
 
 RESULTS = Path(__file__).parent / "results"

@@ -34,8 +34,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bench.server import bench_server, machine
 from bench.stats import summarize
+from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.daemon import Exporter
 from exporter.demo import build_demo_database
 from tests.e2e.prometheus import free_port
 

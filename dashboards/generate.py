@@ -12,7 +12,7 @@ import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards import distribution, latency, overview
+from dashboards import latency, overview, partitions
 from dashboards.grafana_alerts import provisioning_document
 from dashboards.rules import prometheus_rules
 
@@ -21,7 +21,7 @@ DASHBOARD_DIR = ROOT / "grafana"
 
 BUILDERS: dict[str, Callable[[], dm.Dashboard]] = {
     "partkey-overview.json": overview.build,
-    "partkey-distribution.json": distribution.build,
+    "partkey-distribution.json": partitions.build,
     "partkey-insert-latency.json": latency.build,
 }
 

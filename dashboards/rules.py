@@ -8,7 +8,7 @@ from typing import Any, Literal
 from dashboards.common import EXPORTER_JOB
 
 # Where runbook_url points. A relative path resolves in the repository browser; deployments with a
-# public repo replace this prefix (see dashboards/README.md) and regenerate with `make dashboards`.
+# public repo replace this prefix (see docs/dashboards.md) and regenerate with `make dashboards`.
 RUNBOOK = "dashboards/runbook.md"
 
 # The Prometheus datasource uid that provisioning/datasources creates and Grafana-managed rules query.

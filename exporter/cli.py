@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 from exporter import __version__
+from exporter.app import Exporter
 from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
-from exporter.daemon import Exporter
 from exporter.logs import setup_logging
 from exporter.report import overall_status, render_json, render_text
 
@@ -111,7 +111,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
-    from exporter.service import Service
+    from exporter.daemon import Service
 
     Service(args.config).run_forever()
     return EXIT_OK

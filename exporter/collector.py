@@ -13,8 +13,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.distribution import Distribution, finite
 from exporter.introspect import METHODS, Implementation
+from exporter.partition_stats import Distribution, finite
 from exporter.snapshot import PROBE_BUCKETS, Snapshot, SnapshotStore
 from exporter.verify import VerificationResult
 

@@ -1,210 +1,89 @@
-"""Wires config, targets, checks, the scheduler and the snapshot store together."""
+"""The long-running daemon: HTTP server plus scheduler, with SIGTERM shutdown and SIGHUP reload."""
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
-from datetime import datetime, timedelta
-from typing import Any
+import signal
+import time
+from pathlib import Path
+from types import FrameType
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, JobEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-
-from exporter.admin import BusyError, UnknownTableError
-from exporter.checks.base import Check
-from exporter.checks.distribution import DistributionCheck
-from exporter.checks.implementation import ImplementationCheck
-from exporter.checks.insert_probe import InsertProbeCheck
-from exporter.checks.runner import CheckRunner
-from exporter.checks.verification import TableVerificationState, VerificationCheck
-from exporter.collector import PartkeyCollector
-from exporter.config import CheckSettings, Config, TableConfig
-from exporter.report import TableHealth
-from exporter.snapshot import CheckResult, SnapshotStore
-from exporter.target import Target
-from exporter.verify import Mode
+from exporter.app import Exporter
+from exporter.config import ConfigError, load_config
+from exporter.http import ExporterHTTPServer, serve_in_thread
+from exporter.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-RENDERED_PER_SNAPSHOT = 4  # /metrics bodies cached per snapshot, one per content type
+SIGNAL_POLL_SECONDS = 0.2  # how late, at most, a signal that landed on another thread is acted on
 
 
-class _SkippedRunFilter(logging.Filter):
-    """APScheduler warns on every skipped run of a check that outlives its interval; the Exporter logs it once."""
+class Service:
+    """Owns the current Exporter and swaps it on a valid reload."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Drop APScheduler's per-run 'maximum number of running instances' warning."""
-        return "maximum number of running instances" not in str(record.msg)
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        setup_logging(self.config.log_level)
+        self.exporter = Exporter(self.config)
+        self.server: ExporterHTTPServer | None = None
 
+    def start(self) -> str:
+        """Start serving and checking; return the base URL."""
+        self.server, _ = serve_in_thread(self.exporter, self.config.listen)
+        self.exporter.start()
+        log.info("partkey-exporter listening on %s", self.server.url)
+        return self.server.url
 
-_SKIPPED_RUNS = _SkippedRunFilter()
-
-
-def _checks_for(table: TableConfig, state: TableVerificationState) -> list[tuple[Check, CheckSettings]]:
-    """Every enabled check of a table with its settings."""
-    settings = table.checks
-    candidates: list[tuple[Check, CheckSettings]] = [
-        (ImplementationCheck(table), settings.implementation),
-        (VerificationCheck(table, "sample", state), settings.verification_sample),
-        (VerificationCheck(table, "full", state), settings.verification_full),
-        (DistributionCheck(table, exact=False), settings.distribution),
-        (DistributionCheck(table, exact=True), settings.distribution_exact),
-        (InsertProbeCheck(table), settings.insert_probe),
-    ]
-    if table.monotonic_column is not None:
-        candidates.insert(1, (VerificationCheck(table, "incremental", state), settings.verification_incremental))
-    return [(check, s) for check, s in candidates if s.enabled]
-
-
-class Exporter:
-    """The daemon's state: one Target per database, one CheckRunner per check, one store, one registry."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.store = SnapshotStore()
-        self.targets: dict[str, Target] = {}
-        self.tables: dict[tuple[str, str], TableConfig] = {}
-        self.runners: dict[tuple[str, str, str], CheckRunner] = {}
-        self.verify_states: dict[tuple[str, str], TableVerificationState] = {}
-        for target_config in config.targets:
-            target = Target(
-                target_config.name,
-                target_config.resolve_dsn(),
-                connect_timeout=target_config.connect_timeout,
-                lock_timeout=target_config.lock_timeout,
-            )
-            self.targets[target.name] = target
-            for table in target_config.tables:
-                state = TableVerificationState()
-                self.tables[(target.name, table.label)] = table
-                self.verify_states[(target.name, table.label)] = state
-                for check, settings in _checks_for(table, state):
-                    runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout)
-                    self.runners[runner.key] = runner
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PartkeyCollector(self.store, self.targets))
-        self.scheduler: Any = None
-        self.admin_token = config.admin_token()
-        self._rendered_lock = threading.Lock()
-        self._rendered: tuple[object, dict[str, tuple[bytes, str]]] = (None, {})
-        self._overrunning: set[str] = set()
-
-    def render_metrics(self, accept: str) -> tuple[bytes, str]:
-        """The /metrics body for this Accept header, encoded once per snapshot and reused until the next one."""
+    def reload(self) -> bool:
+        """Load the config again; keep the old one running when the new one is invalid."""
         try:
-            encoder, content_type = choose_encoder(accept)
-        except (TypeError, ValueError):  # 'version=x': prometheus_client compares it with ints and raises
-            encoder, content_type = choose_encoder("")
-        snapshot = self.store.current
-        with self._rendered_lock:
-            cached_for, bodies = self._rendered
-            bodies = bodies if cached_for is snapshot else {}
-            if content_type in bodies:
-                return bodies[content_type]
-            body = (encoder(self.registry), content_type)
-            # The client picks the version echoed in the content type: keep a few, never one per version sent.
-            if len(bodies) < RENDERED_PER_SNAPSHOT:
-                self._rendered = (snapshot, {**bodies, content_type: body})
-            return body
-
-    def start(self) -> None:
-        """Schedule every check; the first runs start within a few seconds, staggered."""
-        executor = ThreadPoolExecutor(max_workers=self.config.max_workers)
-        self.scheduler = BackgroundScheduler(
-            executors={"default": executor},
-            job_defaults={"coalesce": True, "max_instances": 1},
-            timezone="UTC",
-        )
-        now = datetime.now().astimezone()
-        for index, (key, runner) in enumerate(sorted(self.runners.items())):
-            # Implementation first, then the rest spread over a few seconds so one target is not hit at once.
-            delay = 0.0 if runner.check.name == "implementation" else 0.5 + index * 0.2 + random.random()
-            self.scheduler.add_job(
-                runner.run,
-                "interval",
-                seconds=runner.interval,
-                next_run_time=now + timedelta(seconds=delay),
-                id="/".join(key),
-                misfire_grace_time=max(1, int(runner.interval)),
-            )
-        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
-        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
-        self.scheduler.start()
-        log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
-
-    def _on_job_event(self, event: JobEvent) -> None:
-        """Log once when a check outlives its interval (its next runs are skipped), not once per skipped run."""
-        if event.code == EVENT_JOB_MAX_INSTANCES:
-            if event.job_id not in self._overrunning:
-                self._overrunning.add(event.job_id)
-                log.warning("%s is still running after its interval: later runs are skipped until it ends",
-                            event.job_id)
-        else:
-            self._overrunning.discard(event.job_id)
+            config = load_config(self.config_path)
+            replacement = Exporter(config)
+        except ConfigError as error:
+            log.error("reload refused, the running config stays: %s", "; ".join(error.problems))
+            return False
+        if config.listen != self.config.listen:
+            log.warning("listen settings changed: they take effect only after a restart")
+        old = self.exporter
+        replacement.start()
+        assert self.server is not None
+        self.server.exporter = replacement
+        self.exporter, self.config = replacement, config
+        old.stop()
+        log.info("configuration reloaded from %s", self.config_path)
+        return True
 
     def stop(self) -> None:
-        """Stop scheduling, wait briefly for running checks, close every connection."""
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
-            self.scheduler = None
-        for target in self.targets.values():
-            target.close()
+        """Stop the HTTP server, the scheduler and every connection."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.exporter.stop()
+        log.info("partkey-exporter stopped")
 
-    def run_all_once(self) -> None:
-        """Run every check once, in order, in this thread (one-shot commands and tests)."""
-        for _key, runner in sorted(self.runners.items(), key=lambda item: item[1].check.name != "implementation"):
-            runner.run()
+    def run_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT; SIGHUP reloads."""
+        # The handlers only set flags. Python runs them in the main thread between bytecodes, so the main thread
+        # must wake up by itself: a process-directed signal may land on another thread, and then a main thread
+        # blocked in Event.wait() without a timeout never ran the handler (SIGHUP and SIGTERM were lost at random).
+        # Setting an Event from the handler could also deadlock on the Event's own lock.
+        requested: dict[str, bool] = {"stop": False, "reload": False}
 
-    def health(self, target: str | None = None, table: str | None = None) -> list[TableHealth]:
-        """The health of every configured table, or of the one asked for."""
-        if target is not None and target not in self.targets:
-            raise UnknownTableError(f"unknown target {target!r}")
-        if table is not None and not any(t == table for _, t in self.tables):
-            raise UnknownTableError(f"unknown table {table!r}")
-        snapshot = self.store.current
-        found = []
-        for target_name, label in self.tables:
-            if (target is not None and target_name != target) or (table is not None and label != table):
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            requested["stop"] = True
+
+        def on_reload(signum: int, frame: FrameType | None) -> None:
+            requested["reload"] = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_reload)
+        self.start()
+        while not requested["stop"]:
+            if requested["reload"]:
+                requested["reload"] = False
+                self.reload()
                 continue
-            results = {c: r for (t, tb, c), r in snapshot.results.items() if t == target_name and tb == label}
-            up = bool(snapshot.target_up.get(target_name))
-            found.append(TableHealth(target=target_name, table=label, target_up=up, results=results))
-        return found
-
-    def verify_now(self, target: str | None, table: str | None, mode: Mode) -> CheckResult:
-        """Run a verification immediately; raise BusyError when one is already running on that table."""
-        matches = [(t, tb) for (t, tb) in self.tables if (target in (None, t)) and (table in (None, tb))]
-        if not matches:
-            raise UnknownTableError(f"unknown target/table {target or '*'}/{table or '*'}")
-        if len(matches) > 1:
-            raise UnknownTableError("several tables match: name the target and the table")
-        key = matches[0]
-        state = self.verify_states[key]
-        if not state.lock.acquire(blocking=False):
-            raise BusyError(f"a verification of {key[1]} on {key[0]} is already running")
-        try:
-            runner = self.runners.get((*key, f"verification_{mode}"))
-            if runner is None:
-                table_config = self.tables[key]
-                if mode == "incremental" and table_config.monotonic_column is None:
-                    raise UnknownTableError(f"{key[1]} has no monotonic_column: incremental mode is unavailable")
-                settings = getattr(table_config.checks, f"verification_{mode}")
-                runner = CheckRunner(
-                    self.targets[key[0]], VerificationCheck(table_config, mode, state), self.store,
-                    settings.interval, settings.statement_timeout,
-                )
-            return runner.run()
-        finally:
-            state.lock.release()
-
-    def ready(self) -> dict[str, bool]:
-        """Per target: has at least one check succeeded?"""
-        snapshot = self.store.current
-        return {
-            name: any(r.last_success_at is not None for (t, _, _), r in snapshot.results.items() if t == name)
-            for name in self.targets
-        }
+            time.sleep(SIGNAL_POLL_SECONDS)
+        self.stop()

@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 
+from exporter.app import Exporter
 from exporter.config import ListenConfig, parse_config
-from exporter.daemon import Exporter
 from exporter.http import serve_in_thread
 from exporter.report import render_text
 

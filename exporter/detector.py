@@ -1,7 +1,7 @@
 """The plan's PartitionImplementationDetector: the daemon's own checks, embedded in an application (sync or asyncio).
 
 Nothing here re-implements a check. The detector builds the daemon's check objects for one table
-(`exporter.daemon._checks_for`), runs each through the daemon's `CheckRunner` (server-side statement_timeout,
+(`exporter.app._checks_for`), runs each through the daemon's `CheckRunner` (server-side statement_timeout,
 lock_timeout, error descriptions, password scrubbing) into its own `SnapshotStore`, and reads the results back as a
 `TableHealth`, so `generate_health_report()` is `/report` rendered from the same kind of data. It also implements
 `exporter.admin.HealthSource`, which lets a web framework reuse the daemon's admin API (token check, body parsing,
@@ -23,14 +23,14 @@ import psycopg
 from psycopg import pq
 
 from exporter.admin import BusyError, UnknownTableError, report_text
+from exporter.app import _checks_for
 from exporter.checks.base import Check
 from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.config import ChecksConfig, TableConfig
-from exporter.daemon import _checks_for
-from exporter.distribution import Distribution
 from exporter.introspect import Implementation
 from exporter.keyspec import KeyFormula
+from exporter.partition_stats import Distribution
 from exporter.report import TableHealth
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target

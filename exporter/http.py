@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from exporter import __version__
 from exporter.admin import AdminError, health_json, report_query, report_text, select, verify
+from exporter.app import Exporter
 from exporter.config import ListenConfig
-from exporter.daemon import Exporter
 from exporter.openapi import SPEC
 
 log = logging.getLogger(__name__)

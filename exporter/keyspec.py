@@ -27,6 +27,11 @@ class KeySpec:
         return f"{self.schema}.{self.table}"
 
     @property
+    def source_columns(self) -> tuple[str, ...]:
+        """The columns the key is computed from (one today; composite keys will list several)."""
+        return (self.source_column,)
+
+    @property
     def table_ident(self) -> sql.Identifier:
         """The quoted, schema-qualified table name."""
         return sql.Identifier(self.schema, self.table)

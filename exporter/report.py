@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from exporter.distribution import Distribution
 from exporter.introspect import Implementation
+from exporter.partition_stats import Distribution
 from exporter.snapshot import CheckResult
 from exporter.verify import VerificationResult
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.app import Exporter
 from exporter.config import Config, ListenConfig, parse_config
-from exporter.daemon import Exporter
 from exporter.http import ExporterHTTPServer, serve_in_thread
 
 

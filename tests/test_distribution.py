@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.distribution import Distribution, estimated_distribution, exact_distribution, summarize
-from exporter.distribution import PartitionRows as P
 from exporter.keyspec import KeySpec
+from exporter.partition_stats import Distribution, estimated_distribution, exact_distribution, summarize
+from exporter.partition_stats import PartitionRows as P
 from tests.schema import create_list_table, insert_rows
 
 pytestmark = pytest.mark.versioned("distribution")

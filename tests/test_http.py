@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, http, serving

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.hashtext import partition_for
 from tests.schema import create_list_table, insert_rows, scalar
 from tests.support import config_for, http, metrics, names_with, serving, value

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.target import APPLICATION_NAME
 from tests.schema import create_list_table, create_plain_table, insert_rows, scalar
 from tests.support import config_for, metrics, serving, value

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.target import APPLICATION_NAME
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, http, metrics, serving, value

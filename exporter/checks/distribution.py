@@ -8,7 +8,7 @@ import psycopg
 
 from exporter.checks.base import Outcome
 from exporter.config import TableConfig
-from exporter.distribution import estimated_distribution, exact_distribution
+from exporter.partition_stats import estimated_distribution, exact_distribution
 
 
 class DistributionCheck:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from dashboards.queries import ALERTS_FILE, all_queries
+from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.daemon import Exporter
 from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
 from tests.e2e.prometheus import query, running_prometheus, wait_for
 from tests.support import serving

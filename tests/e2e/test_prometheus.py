@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.daemon import Exporter
 from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
 from tests.e2e.prometheus import running_prometheus, wait_for
 from tests.schema import scalar

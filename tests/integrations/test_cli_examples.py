@@ -1,4 +1,4 @@
-"""The CLI commands examples/README.md shows, on the same table with three wrong keys."""
+"""The CLI commands docs/integrations.md shows, on the same table with three wrong keys."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CLI = str(Path(sys.executable).parent / "partkey-exporter")  # the one installed
 
 def test_report_and_verify_as_the_examples_readme_shows(conn: psycopg.Connection[Any], dsn: str) -> None:
     three_wrong_keys(conn)
-    readme = (EXAMPLES / "README.md").read_text()
+    readme = (EXAMPLES.parent / "docs" / "integrations.md").read_text()
     assert "partkey-exporter verify --mode full" in readme and "partkey-exporter report --format json" in readme
     env = {**os.environ, "PARTKEY_DSN": dsn}
     verify = subprocess.run([CLI, "verify", "--mode", "full", "--modulus", str(MODULUS)], env=env,

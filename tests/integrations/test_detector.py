@@ -16,9 +16,9 @@ import psycopg
 import pytest
 
 from exporter import AsyncPartitionImplementationDetector, BusyError, CheckFailedError, PartitionImplementationDetector
-from exporter.daemon import Exporter
-from exporter.distribution import Distribution
+from exporter.app import Exporter
 from exporter.introspect import Implementation
+from exporter.partition_stats import Distribution
 from exporter.verify import VerificationResult
 from tests.integrations.common import MODULUS, ROWS, WRONG_IDS, Ticker, hold_lock, three_wrong_keys
 from tests.schema import INT_MIN_COLLECTION_ID, create_list_table

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from exporter import PartitionImplementationDetector
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.integrations.common import MODULUS, ROWS, TOKEN, load_example, three_wrong_keys
 from tests.support import config_for, http, serving

@@ -14,9 +14,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.app import Exporter
 from exporter.cli import main
 from exporter.config import parse_config
-from exporter.daemon import Exporter
 from tests.support import config_for
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.reliability.harness import scrape
 from tests.schema import create_list_table, insert_rows

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from exporter.daemon import RENDERED_PER_SNAPSHOT, Exporter
+from exporter.app import RENDERED_PER_SNAPSHOT, Exporter
 from exporter.http import GET_PATHS, POST_PATHS, ExporterHTTPServer
 from exporter.openapi import SPEC
 from tests.pgserver import scratch_database

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from tests.e2e.prometheus import free_port
 from tests.reliability.harness import Daemon, PrivateServer, get, parse, scrape, wait_for
 from tests.schema import create_list_table, insert_rows

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 
+from exporter.app import Exporter
 from exporter.checks.base import Outcome
-from exporter.daemon import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.reliability.harness import config, get, our_backends, our_lock_waits, parse, scrape, wait_for
 from tests.schema import create_list_table, insert_rows

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.daemon import Exporter
+from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.reliability.harness import Samples, config, get, parse, scrape, series, wait_for
 from tests.schema import create_list_table, insert_rows

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from exporter.app import Exporter
 from exporter.config import ListenConfig
-from exporter.daemon import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, serving

@@ -2,7 +2,7 @@
 
 LIST-partitioned table: CHECK (partition_key = abs(hashtext(collection_id::text) % 100)) added NOT VALID,
 VALIDATEd in its own transaction, then the trigger is dropped. Plain table on PG 12+: a STORED generated
-column. See migrations/README.md.
+column. See docs/migrate.md.
 
 Revision ID: 0001_db003
 Revises:
