@@ -18,7 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/partkey-exporter demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter migrations tests bench dashboards
+	$(VENV)/bin/ruff check exporter migrations tests bench dashboards examples
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 

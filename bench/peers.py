@@ -46,82 +46,122 @@ PGE_BIN = shutil.which("prometheus-postgres-exporter") or "/usr/bin/prometheus-p
 SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
 PROM_INTERVAL = 60  # Prometheus' default scrape_interval, seconds: what "on scrape" costs per hour
 PGE_CACHED = "postgres_exporter (cached)"
-ROLES = {"partkey-exporter": "bench_partkey", "query-exporter": "bench_qe", "postgres_exporter": "bench_pge",
-         PGE_CACHED: "bench_pgec"}
+ROLES = {
+    "partkey-exporter": "bench_partkey",
+    "query-exporter": "bench_qe",
+    "postgres_exporter": "bench_pge",
+    PGE_CACHED: "bench_pgec",
+}
 
 # The three questions, as a user of either peer would write them. Markers tell the statements apart in
 # pg_stat_statements. The wrong-key count can only be a full scan: a peer keeps no watermark between runs.
-SQL_ROWS = ("SELECT /* bench:rows */ relname AS partition, n_live_tup AS {col} FROM pg_stat_user_tables "
-            "WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'chunks'::regclass)")
-SQL_WRONG = ("SELECT /* bench:wrong */ count(*) AS {col} FROM chunks "
-             "WHERE partition_key IS DISTINCT FROM abs(hashtext(collection_id::text) % 100)")
-SQL_IMPL = ("SELECT /* bench:impl */ CASE "
-            "WHEN EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'chunks'::regclass AND NOT tgisinternal "
-            "AND tgenabled <> 'D') THEN 'trigger' "
-            "WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'chunks'::regclass AND contype = 'c') "
-            "THEN 'check' "
-            "WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chunks'::regclass "
-            "AND attname = 'partition_key' AND attgenerated <> '') THEN 'generated' "
-            "ELSE 'none' END AS implementation, 1 AS {col}")
+SQL_ROWS = (
+    "SELECT /* bench:rows */ relname AS partition, n_live_tup AS {col} FROM pg_stat_user_tables "
+    "WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'chunks'::regclass)"
+)
+SQL_WRONG = (
+    "SELECT /* bench:wrong */ count(*) AS {col} FROM chunks "
+    "WHERE partition_key IS DISTINCT FROM abs(hashtext(collection_id::text) % 100)"
+)
+SQL_IMPL = (
+    "SELECT /* bench:impl */ CASE "
+    "WHEN EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'chunks'::regclass AND NOT tgisinternal "
+    "AND tgenabled <> 'D') THEN 'trigger' "
+    "WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'chunks'::regclass AND contype = 'c') "
+    "THEN 'check' "
+    "WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chunks'::regclass "
+    "AND attname = 'partition_key' AND attgenerated <> '') THEN 'generated' "
+    "ELSE 'none' END AS implementation, 1 AS {col}"
+)
 # Runs per hour with the freshness partkey-exporter gives by default: rows and wrong keys every minute,
 # implementation every 5 minutes.
 QE_INTERVALS = {"rows": 60, "wrong": 60, "impl": 300}
 # partkey-exporter's default intervals (seconds), from README "Configuration".
-PARTKEY_DEFAULTS = {"implementation": 300, "verification_incremental": 60, "verification_sample": 300,
-                    "verification_full": 6 * 3600, "distribution": 60, "distribution_exact": 3600}
+PARTKEY_DEFAULTS = {
+    "implementation": 300,
+    "verification_incremental": 60,
+    "verification_sample": 300,
+    "verification_full": 6 * 3600,
+    "distribution": 60,
+    "distribution_exact": 3600,
+}
 
 
 def _qe_config(dsn: str, interval: int) -> str:
     """query-exporter YAML: the three queries, each on its own interval (not on scrape)."""
+
     def query(name: str, sql: str, metric: str) -> str:
-        return (f"  {name}:\n    databases: [db]\n    metrics: [{metric}]\n    interval: {interval}\n"
-                f"    sql: \"{sql.format(col=metric)}\"\n")
-    return (f"databases:\n  db:\n    dsn: \"{dsn}\"\n"
-            "metrics:\n"
-            "  qe_partition_rows:\n    type: gauge\n    labels: [partition]\n"
-            "  qe_wrong_keys:\n    type: gauge\n"
-            "  qe_key_implementation:\n    type: gauge\n    labels: [implementation]\n"
-            "queries:\n" + query("rows", SQL_ROWS, "qe_partition_rows") + query("wrong", SQL_WRONG, "qe_wrong_keys")
-            + query("impl", SQL_IMPL, "qe_key_implementation"))
+        return (
+            f"  {name}:\n    databases: [db]\n    metrics: [{metric}]\n    interval: {interval}\n"
+            f'    sql: "{sql.format(col=metric)}"\n'
+        )
+
+    return (
+        f'databases:\n  db:\n    dsn: "{dsn}"\n'
+        "metrics:\n"
+        "  qe_partition_rows:\n    type: gauge\n    labels: [partition]\n"
+        "  qe_wrong_keys:\n    type: gauge\n"
+        "  qe_key_implementation:\n    type: gauge\n    labels: [implementation]\n"
+        "queries:\n"
+        + query("rows", SQL_ROWS, "qe_partition_rows")
+        + query("wrong", SQL_WRONG, "qe_wrong_keys")
+        + query("impl", SQL_IMPL, "qe_key_implementation")
+    )
 
 
 def _pge_queries(cached: bool = False) -> str:
     """postgres_exporter --extend.query-path YAML: on every scrape, or cached (cache_seconds) as query-exporter's."""
+
     def cache(marker: str) -> str:
         return f"  cache_seconds: {QE_INTERVALS[marker]}\n" if cached else ""
-    return (f"chunks_partition:\n  query: \"{SQL_ROWS.format(col='rows')}\"\n  master: true\n{cache('rows')}"
-            "  metrics:\n"
-            "    - partition: {usage: LABEL, description: partition}\n"
-            "    - rows: {usage: GAUGE, description: live rows from statistics}\n"
-            f"chunks_wrong_keys:\n  query: \"{SQL_WRONG.format(col='count')}\"\n  master: true\n{cache('wrong')}"
-            "  metrics:\n"
-            "    - count: {usage: GAUGE, description: rows whose key differs from the expression}\n"
-            f"chunks_key:\n  query: \"{SQL_IMPL.format(col='value')}\"\n  master: true\n{cache('impl')}"
-            "  metrics:\n"
-            "    - implementation: {usage: LABEL, description: how the key is kept}\n"
-            "    - value: {usage: GAUGE, description: always 1}\n")
+
+    return (
+        f'chunks_partition:\n  query: "{SQL_ROWS.format(col="rows")}"\n  master: true\n{cache("rows")}'
+        "  metrics:\n"
+        "    - partition: {usage: LABEL, description: partition}\n"
+        "    - rows: {usage: GAUGE, description: live rows from statistics}\n"
+        f'chunks_wrong_keys:\n  query: "{SQL_WRONG.format(col="count")}"\n  master: true\n{cache("wrong")}'
+        "  metrics:\n"
+        "    - count: {usage: GAUGE, description: rows whose key differs from the expression}\n"
+        f'chunks_key:\n  query: "{SQL_IMPL.format(col="value")}"\n  master: true\n{cache("impl")}'
+        "  metrics:\n"
+        "    - implementation: {usage: LABEL, description: how the key is kept}\n"
+        "    - value: {usage: GAUGE, description: always 1}\n"
+    )
 
 
 def _partkey_config(dsn: str, port: int, fast: bool) -> str:
     """partkey-exporter YAML; fast=True shortens intervals to 15 s for the live phase (as the peers' queries)."""
     checks = ""
     if fast:
-        checks = ("\n        checks:\n          implementation: {interval: 15s}\n"
-                  "          verification_incremental: {interval: 15s}\n          distribution: {interval: 15s}\n"
-                  "          verification_full: {statement_timeout: 10m}\n"
-                  "          distribution_exact: {statement_timeout: 10m}")
-    return (f"listen: {{address: 127.0.0.1, port: {port}}}\ntargets:\n  - name: bench\n    dsn: \"{dsn}\"\n"
-            f"    tables:\n      - table: chunks\n        monotonic_column: id{checks}\n")
+        checks = (
+            "\n        checks:\n          implementation: {interval: 15s}\n"
+            "          verification_incremental: {interval: 15s}\n          distribution: {interval: 15s}\n"
+            "          verification_full: {statement_timeout: 10m}\n"
+            "          distribution_exact: {statement_timeout: 10m}"
+        )
+    return (
+        f'listen: {{address: 127.0.0.1, port: {port}}}\ntargets:\n  - name: bench\n    dsn: "{dsn}"\n'
+        f"    tables:\n      - table: chunks\n        monotonic_column: id{checks}\n"
+    )
 
 
 # Which metric answers "wrong keys", and which tells how fresh it is, per exporter.
-WRONG_METRIC = {"partkey-exporter": "partkey_mismatched_rows{", "query-exporter": "qe_wrong_keys{",
-                "postgres_exporter": "chunks_wrong_keys_count{", PGE_CACHED: "chunks_wrong_keys_count{"}
-FRESHNESS_METRIC = {"partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="verification_incr',
-                    "query-exporter": 'query_timestamp{database="db",query="wrong"'}
+WRONG_METRIC = {
+    "partkey-exporter": "partkey_mismatched_rows{",
+    "query-exporter": "qe_wrong_keys{",
+    "postgres_exporter": "chunks_wrong_keys_count{",
+    PGE_CACHED: "chunks_wrong_keys_count{",
+}
+FRESHNESS_METRIC = {
+    "partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="verification_incr',
+    "query-exporter": 'query_timestamp{database="db",query="wrong"',
+}
 
-ROWS_FRESHNESS = {"partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="distribution",',
-                  "query-exporter": 'query_timestamp{database="db",query="rows"'}
+ROWS_FRESHNESS = {
+    "partkey-exporter": 'partkey_check_last_success_timestamp_seconds{check="distribution",',
+    "query-exporter": 'query_timestamp{database="db",query="rows"',
+}
 
 
 @dataclass
@@ -186,7 +226,9 @@ def _db_ms_by_marker(conn: psycopg.Connection[Any], role: str) -> dict[str, tupl
     """pg_stat_statements for one role: marker -> (mean ms per call, calls); 'all' sums every statement."""
     rows = conn.execute(
         "SELECT query, calls, total_exec_time FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
-        "WHERE r.rolname = %s", (role,)).fetchall()
+        "WHERE r.rolname = %s",
+        (role,),
+    ).fetchall()
     out: dict[str, tuple[float, int]] = {}
     total, calls = 0.0, 0
     for query, n, ms in rows:
@@ -212,9 +254,11 @@ def partkey_db_time(dsn: str, admin: psycopg.Connection[Any]) -> dict[str, float
         spent = 0.0
         for _ in range(runs):
             if check == "verification_incremental":
-                admin.execute("INSERT INTO chunks (collection_id, partition_key, content) "
-                              "SELECT md5(g::text)::uuid, abs(hashtext(md5(g::text)::uuid::text) % 100), 'x' "
-                              "FROM generate_series(1, 1000) g")
+                admin.execute(
+                    "INSERT INTO chunks (collection_id, partition_key, content) "
+                    "SELECT md5(g::text)::uuid, abs(hashtext(md5(g::text)::uuid::text) % 100), 'x' "
+                    "FROM generate_series(1, 1000) g"
+                )
             admin.execute("SELECT pg_stat_statements_reset()")
             runner.run()
             spent += _db_ms_by_marker(admin, ROLES["partkey-exporter"])["all"][0]
@@ -228,8 +272,14 @@ def running(name: str, command: list[str], env: dict[str, str], port: int, workd
     """Start one exporter process; stop it (TERM, then KILL) on exit."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                   cwd=workdir, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=workdir,
+            start_new_session=True,
+        )
     peer = Peer(name, port, process, log)
     try:
         yield peer
@@ -256,8 +306,10 @@ def _wait_ready(peer: Peer, deadline: float) -> None:
 
 def _backends(admin: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
     """Per exporter: (backends connected, backends waiting on a lock)."""
-    rows = admin.execute("SELECT usename, count(*), count(*) FILTER (WHERE wait_event_type = 'Lock') "
-                         "FROM pg_stat_activity WHERE usename LIKE 'bench_%' GROUP BY usename").fetchall()
+    rows = admin.execute(
+        "SELECT usename, count(*), count(*) FILTER (WHERE wait_event_type = 'Lock') "
+        "FROM pg_stat_activity WHERE usename LIKE 'bench_%' GROUP BY usename"
+    ).fetchall()
     by_role = {r[0]: (int(r[1]), int(r[2])) for r in rows}
     return {name: by_role.get(role, (0, 0)) for name, role in ROLES.items()}
 
@@ -313,8 +365,11 @@ def _describe(scrapes: list[tuple[float, str, float, str]], name: str, since_wal
     rows_fresh = value(last, ROWS_FRESHNESS[name]) if name in ROWS_FRESHNESS else None
     if rows_fresh is not None:
         age = since_wall - rows_fresh
-        served += (f"; rows per partition computed {age:.0f} s before the event" if age > 0
-                   else f"; rows per partition computed {-age:.0f} s after it began")
+        served += (
+            f"; rows per partition computed {age:.0f} s before the event"
+            if age > 0
+            else f"; rows per partition computed {-age:.0f} s after it began"
+        )
     if name == "partkey-exporter":
         success = value(last, 'partkey_check_success{check="verification_incremental"')
         served += f", check_success={success:.0f}" if success is not None else ""
@@ -337,8 +392,9 @@ def _time_to_fresh(peer: Peer, after_wall: float, limit: float) -> str:
     return f"not within {limit:.0f} s"
 
 
-def _fresh_in(scrapes: list[tuple[float, str, float, str]], name: str, event_wall: float,
-              watch_start: float) -> str | None:
+def _fresh_in(
+    scrapes: list[tuple[float, str, float, str]], name: str, event_wall: float, watch_start: float
+) -> str | None:
     """Seconds from event_wall until a recorded scrape carried a wrong-key value computed after it, else None."""
     if name == PGE_CACHED:
         return None
@@ -376,23 +432,66 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
         admin.execute("SELECT pg_stat_statements_reset()")
         with contextlib.ExitStack() as stack:
             peers = [
-                stack.enter_context(running("partkey-exporter", [partkey_bin, "run", "--config", "partkey.yaml"], {},
-                                            ports["partkey-exporter"], workdir)),
-                stack.enter_context(running("query-exporter", [str(QE_BIN), "--config", "qe.yaml", "-H", "127.0.0.1",
-                                                               "-p", str(ports["query-exporter"]), "-L", "warning"],
-                                            {}, ports["query-exporter"], workdir)),
-                stack.enter_context(running(
-                    "postgres_exporter",
-                    [PGE_BIN, f"--web.listen-address=127.0.0.1:{ports['postgres_exporter']}",
-                     "--extend.query-path=pge.yaml", "--disable-default-metrics", "--disable-settings-metrics",
-                     "--log.level=warn"],
-                    {"DATA_SOURCE_NAME": pge_dsn}, ports["postgres_exporter"], workdir)),
-                stack.enter_context(running(
-                    PGE_CACHED,
-                    [PGE_BIN, f"--web.listen-address=127.0.0.1:{ports[PGE_CACHED]}",
-                     "--extend.query-path=pgec.yaml", "--disable-default-metrics", "--disable-settings-metrics",
-                     "--log.level=warn"],
-                    {"DATA_SOURCE_NAME": pgec_dsn}, ports[PGE_CACHED], workdir)),
+                stack.enter_context(
+                    running(
+                        "partkey-exporter",
+                        [partkey_bin, "run", "--config", "partkey.yaml"],
+                        {},
+                        ports["partkey-exporter"],
+                        workdir,
+                    )
+                ),
+                stack.enter_context(
+                    running(
+                        "query-exporter",
+                        [
+                            str(QE_BIN),
+                            "--config",
+                            "qe.yaml",
+                            "-H",
+                            "127.0.0.1",
+                            "-p",
+                            str(ports["query-exporter"]),
+                            "-L",
+                            "warning",
+                        ],
+                        {},
+                        ports["query-exporter"],
+                        workdir,
+                    )
+                ),
+                stack.enter_context(
+                    running(
+                        "postgres_exporter",
+                        [
+                            PGE_BIN,
+                            f"--web.listen-address=127.0.0.1:{ports['postgres_exporter']}",
+                            "--extend.query-path=pge.yaml",
+                            "--disable-default-metrics",
+                            "--disable-settings-metrics",
+                            "--log.level=warn",
+                        ],
+                        {"DATA_SOURCE_NAME": pge_dsn},
+                        ports["postgres_exporter"],
+                        workdir,
+                    )
+                ),
+                stack.enter_context(
+                    running(
+                        PGE_CACHED,
+                        [
+                            PGE_BIN,
+                            f"--web.listen-address=127.0.0.1:{ports[PGE_CACHED]}",
+                            "--extend.query-path=pgec.yaml",
+                            "--disable-default-metrics",
+                            "--disable-settings-metrics",
+                            "--log.level=warn",
+                        ],
+                        {"DATA_SOURCE_NAME": pgec_dsn},
+                        ports[PGE_CACHED],
+                        workdir,
+                    )
+                ),
             ]
             deadline = time.monotonic() + 120
             for peer in peers:
@@ -405,7 +504,7 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
             # Prometheus keeps its connection open between scrapes; measure that too, it behaves differently.
             alive = {p.name: http.client.HTTPConnection("127.0.0.1", p.port, timeout=30) for p in peers}
             for r in range(rounds):
-                for peer in peers[r % len(peers):] + peers[:r % len(peers)]:
+                for peer in peers[r % len(peers) :] + peers[: r % len(peers)]:
                     status, took, _ = scrape(peer.port, 30)
                     if status == "ok":
                         latency[peer.name].append(took)
@@ -417,8 +516,10 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
                 connection.close()
             time.sleep(settle)  # let interval-driven queries run a few times at rest
             held = _backends(admin)
-            usage = {p.name: (p.rss_mb(), (p.cpu_seconds() - p.cpu_start) / (time.monotonic() - p.started) * 3600)
-                     for p in peers}
+            usage = {
+                p.name: (p.rss_mb(), (p.cpu_seconds() - p.cpu_start) / (time.monotonic() - p.started) * 3600)
+                for p in peers
+            }
             db = {name: _db_ms_by_marker(admin, role) for name, role in ROLES.items()}
             out += _normal_table(latency, kept, per_check, db, held, usage)
             print(f"lock: ACCESS EXCLUSIVE on chunks for {lock_seconds} s ...", flush=True)
@@ -431,41 +532,57 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
             released = time.time()
             after = {p.name: _time_to_fresh(p, released, 90) for p in peers}
             piled = _backends(admin)
-            out += ["", f"**Lock**: `LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE` held {lock_seconds} s while "
-                    f"each exporter was scraped once a second (overlapping, client timeout {SCRAPE_TIMEOUT:.0f} s).",
-                    "", "| exporter | scrapes during the lock | what a 200 carried at the end | peak backends "
-                    "(waiting on the lock) | fresh value after release | backends right after |",
-                    "|---|---|---|---|---|---|"]
+            out += [
+                "",
+                f"**Lock**: `LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE` held {lock_seconds} s while "
+                f"each exporter was scraped once a second (overlapping, client timeout {SCRAPE_TIMEOUT:.0f} s).",
+                "",
+                "| exporter | scrapes during the lock | what a 200 carried at the end | peak backends "
+                "(waiting on the lock) | fresh value after release | backends right after |",
+                "|---|---|---|---|---|---|",
+            ]
             for peer in peers:
                 summary, served = _describe(during["scrapes"][peer.name], peer.name, lock_wall)
                 peak = during["peaks"][peer.name]
-                out.append(f"| {peer.name} | {summary} | {served} | {peak[0]} ({peak[1]}) | {after[peer.name]} | "
-                           f"{piled[peer.name][0]} |")
+                out.append(
+                    f"| {peer.name} | {summary} | {served} | {peak[0]} ({peak[1]}) | {after[peer.name]} | "
+                    f"{piled[peer.name][0]} |"
+                )
             print("restart: pg_ctl restart -m fast ...", flush=True)
             restart_started = time.time()
             restart_watch: dict[str, Any] = {}
-            watcher = threading.Thread(target=lambda: restart_watch.update(_observe(peers, 20, server.dsn)),
-                                       daemon=True)
+            watcher = threading.Thread(
+                target=lambda: restart_watch.update(_observe(peers, 20, server.dsn)), daemon=True
+            )
             watcher.start()
             server.restart()
             restarted = time.time()
             watcher.join(60)
             watch_start = restart_started  # _observe's offsets count from (about) here
-            after = {p.name: _fresh_in(restart_watch.get("scrapes", {}).get(p.name, []), p.name, restarted,
-                                       watch_start) or _time_to_fresh(p, restarted, 120) for p in peers}
+            after = {
+                p.name: _fresh_in(restart_watch.get("scrapes", {}).get(p.name, []), p.name, restarted, watch_start)
+                or _time_to_fresh(p, restarted, 120)
+                for p in peers
+            }
             time.sleep(2)
             reconnected = _backends_fresh(server.dsn)
             took = restarted - restart_started
-            out += ["", f"**Restart**: `pg_ctl restart -m fast` took {took:.1f} s; each exporter "
-                    "scraped once a second for 20 s from the moment it began.", "",
-                    "| exporter | process survived | scrapes in those 20 s | fresh value after the restart "
-                    "| backends after |", "|---|---|---|---|---|"]
+            out += [
+                "",
+                f"**Restart**: `pg_ctl restart -m fast` took {took:.1f} s; each exporter "
+                "scraped once a second for 20 s from the moment it began.",
+                "",
+                "| exporter | process survived | scrapes in those 20 s | fresh value after the restart "
+                "| backends after |",
+                "|---|---|---|---|---|",
+            ]
             for peer in peers:
                 scrapes = restart_watch.get("scrapes", {}).get(peer.name, [])
                 summary, _ = _describe(scrapes, peer.name, restart_started)
                 survived = "yes" if peer.process.poll() is None else f"no (exit {peer.process.returncode})"
-                out.append(f"| {peer.name} | {survived} | {summary} | {after[peer.name]} | "
-                           f"{reconnected[peer.name][0]} |")
+                out.append(
+                    f"| {peer.name} | {survived} | {summary} | {after[peer.name]} | {reconnected[peer.name][0]} |"
+                )
     shutil.rmtree(workdir, ignore_errors=True)
     return out
 
@@ -476,20 +593,27 @@ def _backends_fresh(dsn: str) -> dict[str, tuple[int, int]]:
         return _backends(conn)
 
 
-def _normal_table(latency: dict[str, list[float]], kept: dict[str, list[float]], per_check: dict[str, float],
-                  db: dict[str, dict[str, tuple[float, int]]], held: dict[str, tuple[int, int]],
-                  usage: dict[str, tuple[float, float]]) -> list[str]:
+def _normal_table(
+    latency: dict[str, list[float]],
+    kept: dict[str, list[float]],
+    per_check: dict[str, float],
+    db: dict[str, dict[str, tuple[float, int]]],
+    held: dict[str, tuple[int, int]],
+    usage: dict[str, tuple[float, float]],
+) -> list[str]:
     """The main comparison: scrape latency, DB time per run and per hour, backends, RSS, CPU."""
     hour: dict[str, float] = {
         "partkey-exporter": sum(ms * 3600 / PARTKEY_DEFAULTS[c] for c, ms in per_check.items()),
         "query-exporter": sum(db["query-exporter"].get(k, (0.0, 0))[0] * 3600 / s for k, s in QE_INTERVALS.items()),
         "postgres_exporter": sum(db["postgres_exporter"].get(k, (0.0, 0))[0] for k in QE_INTERVALS)
-        * 3600 / PROM_INTERVAL,
+        * 3600
+        / PROM_INTERVAL,
         PGE_CACHED: sum(db[PGE_CACHED].get(k, (0.0, 0))[0] * 3600 / s for k, s in QE_INTERVALS.items()),
     }
     per_run = {
-        "partkey-exporter": "; ".join(f"{c.replace('verification_', 'verify ')} {ms:.1f}"
-                                      for c, ms in per_check.items()),
+        "partkey-exporter": "; ".join(
+            f"{c.replace('verification_', 'verify ')} {ms:.1f}" for c, ms in per_check.items()
+        ),
         "query-exporter": "; ".join(f"{k} {db['query-exporter'].get(k, (0.0, 0))[0]:.1f}" for k in QE_INTERVALS)
         + " (per interval)",
         "postgres_exporter": f"{sum(db['postgres_exporter'].get(k, (0.0, 0))[0] for k in QE_INTERVALS):.1f} per "
@@ -497,19 +621,23 @@ def _normal_table(latency: dict[str, list[float]], kept: dict[str, list[float]],
         PGE_CACHED: "; ".join(f"{k} {db[PGE_CACHED].get(k, (0.0, 0))[0]:.1f}" for k in QE_INTERVALS)
         + " (once per cache_seconds)",
     }
-    how = {"partkey-exporter": "defaults: estimate + incremental verify 1 min, sample and implementation 5 min, "
-           "exact 1 h, full 6 h; scrape serves a cached snapshot",
-           "query-exporter": "3 queries on intervals: rows and wrong keys 1 min (full scan), implementation 5 min",
-           "postgres_exporter": f"3 queries on every scrape (Prometheus default {PROM_INTERVAL} s)",
-           PGE_CACHED: "the same 3 queries with cache_seconds: rows and wrong keys 60, implementation 300; "
-           "a scrape after expiry runs them"}
+    how = {
+        "partkey-exporter": "defaults: estimate + incremental verify 1 min, sample and implementation 5 min, "
+        "exact 1 h, full 6 h; scrape serves a cached snapshot",
+        "query-exporter": "3 queries on intervals: rows and wrong keys 1 min (full scan), implementation 5 min",
+        "postgres_exporter": f"3 queries on every scrape (Prometheus default {PROM_INTERVAL} s)",
+        PGE_CACHED: "the same 3 queries with cache_seconds: rows and wrong keys 60, implementation 300; "
+        "a scrape after expiry runs them",
+    }
     base_latency = summarize(latency["partkey-exporter"]).median
     base_kept = summarize(kept["partkey-exporter"]).median
-    lines = ["| exporter | schedule | scrape p50 / p99 (max), ms, new connection each | x partkey p50 "
-             "| scrape p50 / p99 ms, one kept-alive connection (as Prometheus) | x partkey p50 "
-             "| DB ms per run (pg_stat_statements) | DB s per hour | x partkey | backends | RSS MB "
-             "| CPU s per hour (live phase) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| exporter | schedule | scrape p50 / p99 (max), ms, new connection each | x partkey p50 "
+        "| scrape p50 / p99 ms, one kept-alive connection (as Prometheus) | x partkey p50 "
+        "| DB ms per run (pg_stat_statements) | DB s per hour | x partkey | backends | RSS MB "
+        "| CPU s per hour (live phase) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in ROLES:
         s = summarize(latency[name]) if latency[name] else None
         cell = f"{s.median:.2f} / {s.p99:.2f} ({s.high:.2f}), n={s.runs}" if s else "no successful scrape"
@@ -518,9 +646,11 @@ def _normal_table(latency: dict[str, list[float]], kept: dict[str, list[float]],
         kept_cell = f"{k.median:.2f} / {k.p99:.2f}"
         kept_ratio = f"{k.median / base_kept:.2f}x" if name != "partkey-exporter" else "1"
         db_ratio = f"{hour[name] / hour['partkey-exporter']:.1f}x" if name != "partkey-exporter" else "1"
-        lines.append(f"| {name} | {how[name]} | {cell} | {ratio} | {kept_cell} | {kept_ratio} | {per_run[name]} | "
-                     f"{hour[name] / 1000:.1f} | "
-                     f"{db_ratio} | {held[name][0]} | {usage[name][0]:.0f} | {usage[name][1]:.0f} |")
+        lines.append(
+            f"| {name} | {how[name]} | {cell} | {ratio} | {kept_cell} | {kept_ratio} | {per_run[name]} | "
+            f"{hour[name] / 1000:.1f} | "
+            f"{db_ratio} | {held[name][0]} | {usage[name][0]:.0f} | {usage[name][1]:.0f} |"
+        )
     return lines
 
 
@@ -534,8 +664,9 @@ def main() -> None:
     args = parser.parse_args()
     missing = []
     if not QE_BIN.exists():
-        missing.append(f"python3 -m venv {HERE}/.peers-venv && {HERE}/.peers-venv/bin/pip install query-exporter "
-                       "psycopg2-binary")
+        missing.append(
+            f"python3 -m venv {HERE}/.peers-venv && {HERE}/.peers-venv/bin/pip install query-exporter psycopg2-binary"
+        )
     if not Path(PGE_BIN).exists():
         missing.append("apt-get install prometheus-postgres-exporter")
     if missing:
@@ -546,9 +677,11 @@ def main() -> None:
     versions = subprocess.run([str(QE_BIN), "--version"], capture_output=True, text=True, check=False).stdout.strip()
     pge = subprocess.run([PGE_BIN, "--version"], capture_output=True, text=True, check=False)
     pge_version = (pge.stdout + pge.stderr).splitlines()[0] if (pge.stdout + pge.stderr) else "?"
-    header = (f"<!-- bench-peers: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, shared with other "
-              f"developers' test runs; embedded PostgreSQL 18, demo chunks table {rows:,} rows x 100 LIST partitions; "
-              f"{versions}; {pge_version}; {time.monotonic() - started:.0f} s -->")
+    header = (
+        f"<!-- bench-peers: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, shared with other "
+        f"developers' test runs; embedded PostgreSQL 18, demo chunks table {rows:,} rows x 100 LIST partitions; "
+        f"{versions}; {pge_version}; {time.monotonic() - started:.0f} s -->"
+    )
     text = "\n".join([header, *lines]) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -63,8 +63,12 @@ def _embedded() -> Iterator[BenchServer]:
 
     def restart() -> None:
         # pg_ctl restart reuses postmaster.opts, so the socket-only options of the first start are kept.
-        commands.pg_ctl(["-w", "-t", "120", "-m", "fast", "-l", str(server.log), "restart"],
-                        pgdata=server.pgdata, user=server.system_user, timeout=180)
+        commands.pg_ctl(
+            ["-w", "-t", "120", "-m", "fast", "-l", str(server.log), "restart"],
+            pgdata=server.pgdata,
+            user=server.system_user,
+            timeout=180,
+        )
         # The library remembers the old postmaster's pid; refresh it so cleanup() stops the new one.
         server._postmaster_info = info.PostmasterInfo.read_from_pgdata(server.pgdata)
 
@@ -82,8 +86,9 @@ def _versioned(major: int) -> Iterator[BenchServer]:
     server = pgversions.VersionedServer(major)
 
     def restart() -> None:
-        server._as_server_user(server._pg_ctl("restart", "-m", "fast", "-w", "-t", "120",
-                                              "-l", str(server.logfile)), timeout=180)
+        server._as_server_user(
+            server._pg_ctl("restart", "-m", "fast", "-w", "-t", "120", "-l", str(server.logfile)), timeout=180
+        )
 
     try:
         yield BenchServer(server.start(), restart)

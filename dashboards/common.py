@@ -102,9 +102,7 @@ def query(
     return q
 
 
-def finish(
-    panel: P, title: str, description: str, queries: Iterable[prometheus.Dataquery], w: int, h: int
-) -> P:
+def finish(panel: P, title: str, description: str, queries: Iterable[prometheus.Dataquery], w: int, h: int) -> P:
     """Set the fields every panel must have: title, what-to-do description, datasource, queries, size."""
     panel = panel.title(title).description(description).datasource(DATASOURCE).span(w).height(h)
     for q in queries:

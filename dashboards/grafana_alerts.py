@@ -56,9 +56,7 @@ def grafana_rule(alert: Alert) -> alerting.Rule:
             .conditions(
                 [
                     expr.ExprTypeThresholdConditions().evaluator(
-                        expr.ExprTypeThresholdConditionsEvaluator()
-                        .type(condition.op)
-                        .params([condition.threshold])
+                        expr.ExprTypeThresholdConditionsEvaluator().type(condition.op).params([condition.threshold])
                     )
                 ]
             )

@@ -45,8 +45,14 @@ def build() -> dm.Dashboard:
         finish(
             heatmap.Panel()
             .calculate(False)
-            .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges")
-                   .scale(hm.HeatmapColorScale.EXPONENTIAL).exponent(0.5).steps(64))
+            .color(
+                heatmap.HeatmapColorOptions()
+                .mode(hm.HeatmapColorMode.SCHEME)
+                .scheme("Oranges")
+                .scale(hm.HeatmapColorScale.EXPONENTIAL)
+                .exponent(0.5)
+                .steps(64)
+            )
             .y_axis(heatmap.YAxisConfig().unit("s"))
             .cell_values(heatmap.CellValues().unit("short"))
             .show_value(cm.VisibilityMode.NEVER),
@@ -55,14 +61,20 @@ def build() -> dm.Dashboard:
             "migration is a slower key trigger/CHECK: compare implementations with "
             "`partkey-exporter report`. "
             "Isolated dots near the top are lock waits: look for long transactions in pg_stat_activity.",
-            [query(f"sum by (le) (increase({_BUCKETS}[$__rate_interval]))", "A", "{{le}}",
-                   fmt=PromQueryFormat.HEATMAP)],
-            24, 9,
+            [
+                query(
+                    f"sum by (le) (increase({_BUCKETS}[$__rate_interval]))", "A", "{{le}}", fmt=PromQueryFormat.HEATMAP
+                )
+            ],
+            24,
+            9,
         )
     )
     board = board.with_panel(
         finish(
-            timeseries.Panel().unit("s").min(0)
+            timeseries.Panel()
+            .unit("s")
+            .min(0)
             .thresholds(thresholds((None, "green"), (LATENCY_P99_SECONDS, "red")))
             .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
             "p50 / p95 / p99 latency",
@@ -76,27 +88,40 @@ def build() -> dm.Dashboard:
                 query(f'{QUANTILE_RECORD}{{{TARGET_TABLE}, quantile="0.95"}}', "B", "{{table}} p95"),
                 query(f'{QUANTILE_RECORD}{{{TARGET_TABLE}, quantile="0.99"}}', "C", "{{table}} p99"),
             ],
-            16, 8,
+            16,
+            8,
         )
     )
     board = board.with_panel(
         finish(
-            stat.Panel().unit("s").decimals(4)
+            stat.Panel()
+            .unit("s")
+            .decimals(4)
             .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
             .thresholds(thresholds((None, "green"), (LATENCY_P99_SECONDS, "red")))
-            .graph_mode(cm.BigValueGraphMode.AREA).text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            .graph_mode(cm.BigValueGraphMode.AREA)
+            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "p99 now (live window)",
             "p99 probe latency over the panel's rate interval, computed from the raw histogram (no recording "
             "rule needed). Red: see the runbook entry PartkeyInsertLatencyHigh.",
-            [query("histogram_quantile(0.99, sum by (target, table, le) "
-                   f"(rate({_BUCKETS}[$__rate_interval])))", "A", "{{target}} {{table}}")],
-            8, 8,
+            [
+                query(
+                    f"histogram_quantile(0.99, sum by (target, table, le) (rate({_BUCKETS}[$__rate_interval])))",
+                    "A",
+                    "{{target}} {{table}}",
+                )
+            ],
+            8,
+            8,
         )
     )
     board = board.with_row(db.Row("Probe failures"))
     board = board.with_panel(
         finish(
-            timeseries.Panel().unit("percentunit").min(0).max(1)
+            timeseries.Panel()
+            .unit("percentunit")
+            .min(0)
+            .max(1)
             .thresholds(thresholds((None, "green"), (PROBE_FAILURE_RATIO, "red")))
             .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
             "Probe failure ratio",
@@ -105,7 +130,8 @@ def build() -> dm.Dashboard:
             "holds the table), a key CHECK/trigger rejecting the probe row, or a lost INSERT privilege; "
             "`partkey-exporter report` shows the last error.",
             [query(f"{FAILURE_RATIO_RECORD}{{{TARGET_TABLE}}}", "A", "{{target}} {{table}}")],
-            12, 8,
+            12,
+            8,
         )
     )
     board = board.with_panel(
@@ -115,12 +141,21 @@ def build() -> dm.Dashboard:
             "Raw failure rate of the probe. Any steady rate: see Probe failure ratio. Zero failures and no "
             "latency data at all: the probe is disabled (checks.insert_probe.enabled) or lacks INSERT.",
             [
-                query(f"sum by (target, table) (rate(partkey_insert_probe_failures_total{{{TARGET_TABLE}}}"
-                      "[$__rate_interval]))", "A", "{{table}} failed"),
-                query(f"sum by (target, table) (rate(partkey_insert_probe_duration_seconds_count"
-                      f"{{{TARGET_TABLE}}}[$__rate_interval]))", "B", "{{table}} succeeded"),
+                query(
+                    f"sum by (target, table) (rate(partkey_insert_probe_failures_total{{{TARGET_TABLE}}}"
+                    "[$__rate_interval]))",
+                    "A",
+                    "{{table}} failed",
+                ),
+                query(
+                    f"sum by (target, table) (rate(partkey_insert_probe_duration_seconds_count"
+                    f"{{{TARGET_TABLE}}}[$__rate_interval]))",
+                    "B",
+                    "{{table}} succeeded",
+                ),
             ],
-            12, 8,
+            12,
+            8,
         )
     )
     return board.build()

@@ -39,48 +39,64 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_row(db.Row("Exporter and targets"))
     board = board.with_panel(
         finish(
-            stat.Panel().mappings(_UP).thresholds(thresholds((None, "red"), (1, "green")))
-            .reduce_options(_last_stat()).color_mode(cm.BigValueColorMode.BACKGROUND).text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            stat.Panel()
+            .mappings(_UP)
+            .thresholds(thresholds((None, "red"), (1, "green")))
+            .reduce_options(_last_stat())
+            .color_mode(cm.BigValueColorMode.BACKGROUND)
+            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "Exporter up",
             "Prometheus's scrape of the exporter (1 = answered). DOWN: check the exporter process or "
             "container (`partkey-exporter check-config`, its logs, port 19187) and the scrape job "
             f"`{EXPORTER_JOB}` in prometheus.yml. Nothing below is current while it is down.",
             [query(f'up{{job="{EXPORTER_JOB}"}}', "A", "{{instance}}", instant=True)],
-            6, 4,
+            6,
+            4,
         )
     )
     board = board.with_panel(
         finish(
-            stat.Panel().mappings(_UP).thresholds(thresholds((None, "red"), (1, "green")))
-            .reduce_options(_last_stat()).color_mode(cm.BigValueColorMode.BACKGROUND).text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            stat.Panel()
+            .mappings(_UP)
+            .thresholds(thresholds((None, "red"), (1, "green")))
+            .reduce_options(_last_stat())
+            .color_mode(cm.BigValueColorMode.BACKGROUND)
+            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "Target up",
             "1 when the exporter's connection to the database works. DOWN: the database is unreachable or "
             "refuses the exporter's role; run `partkey-exporter report` for the connection error, then check "
             "the DSN, pg_hba.conf and that the role still has pg_monitor.",
             [query(f"partkey_up{{{TARGET}}}", "A", "{{target}}", instant=True)],
-            8, 4,
+            8,
+            4,
         )
     )
     board = board.with_panel(
         finish(
-            stat.Panel().reduce_options(_last_stat()).text_mode(cm.BigValueTextMode.NAME)
+            stat.Panel()
+            .reduce_options(_last_stat())
+            .text_mode(cm.BigValueTextMode.NAME)
             .color_mode(cm.BigValueColorMode.NONE),
             "PostgreSQL version",
             "Server version per target; the best key implementation depends on it (generated columns need "
             "PG 12+). Empty: the implementation check has not run yet or the target is down.",
             [query(f"partkey_postgres_version{{{TARGET}}}", "A", "{{target}}: {{version}}", instant=True)],
-            6, 4,
+            6,
+            4,
         )
     )
     board = board.with_panel(
         finish(
-            stat.Panel().reduce_options(_last_stat()).text_mode(cm.BigValueTextMode.NAME)
+            stat.Panel()
+            .reduce_options(_last_stat())
+            .text_mode(cm.BigValueTextMode.NAME)
             .color_mode(cm.BigValueColorMode.NONE),
             "Exporter version",
             "partkey-exporter build per scrape target. Two versions at once: a rolling upgrade in progress "
             "or a forgotten old instance; metrics and rules may differ between them.",
             [query("partkey_build_info", "A", "{{version}}", instant=True)],
-            4, 4,
+            4,
+            4,
         )
     )
     return board
@@ -115,16 +131,20 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
             "trigger enabled = no on a trigger table: nothing sets or checks the key; re-enable it or "
             "`partkey-migrate upgrade`.",
             [
-                query(f"partkey_key_implementation{{{TARGET_TABLE}}} == 1", "A", instant=True,
-                      fmt=PromQueryFormat.TABLE),
-                query(f"partkey_key_implementation_optimal{{{TARGET_TABLE}}}", "B", instant=True,
-                      fmt=PromQueryFormat.TABLE),
-                query(f"partkey_key_formula_overflow{{{TARGET_TABLE}}}", "C", instant=True,
-                      fmt=PromQueryFormat.TABLE),
-                query(f"partkey_key_trigger_enabled{{{TARGET_TABLE}}}", "D", instant=True,
-                      fmt=PromQueryFormat.TABLE),
+                query(
+                    f"partkey_key_implementation{{{TARGET_TABLE}}} == 1", "A", instant=True, fmt=PromQueryFormat.TABLE
+                ),
+                query(
+                    f"partkey_key_implementation_optimal{{{TARGET_TABLE}}}",
+                    "B",
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                ),
+                query(f"partkey_key_formula_overflow{{{TARGET_TABLE}}}", "C", instant=True, fmt=PromQueryFormat.TABLE),
+                query(f"partkey_key_trigger_enabled{{{TARGET_TABLE}}}", "D", instant=True, fmt=PromQueryFormat.TABLE),
             ],
-            16, 7,
+            16,
+            7,
         )
     )
     board = board.with_panel(
@@ -138,9 +158,9 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
             "Optimal implementation",
             "1 when the key implementation is the fastest correct one for this table. Not optimal: see "
             "runbook PartkeyNonOptimalImplementation; `partkey-migrate upgrade --dry-run` shows the plan.",
-            [query(f"partkey_key_implementation_optimal{{{TARGET_TABLE}}}", "A", "{{target}} {{table}}",
-                   instant=True)],
-            8, 7,
+            [query(f"partkey_key_implementation_optimal{{{TARGET_TABLE}}}", "A", "{{target}} {{table}}", instant=True)],
+            8,
+            7,
         )
     )
     return board
@@ -150,27 +170,40 @@ def _bad_rows_row(board: db.Dashboard) -> db.Dashboard:
     """Wrong, NULL and unevaluable keys over time."""
     board = board.with_row(db.Row("Bad rows"))
     specs = (
-        ("Wrong keys (mismatched rows)", "partkey_mismatched_rows",
-         "Rows whose stored key differs from the key expression, per verification mode. Any value above 0 "
-         "is critical: queries filtered by partition key miss these rows. Confirm with "
-         "`partkey-exporter verify --mode full`, list examples with `partkey-exporter report`, fix with "
-         "`partkey-migrate repair`, then find the writer that uses another key formula."),
-        ("NULL keys", "partkey_null_key_rows",
-         "Rows with a NULL partition key. Above 0: a writer bypasses the trigger/default or the column lost "
-         "NOT NULL. Confirm with `partkey-exporter verify`, fix with `partkey-migrate repair`."),
-        ("Expression-error rows", "partkey_expression_error_rows",
-         "Rows for which the key expression itself raises (abs() of hashtext() = INT_MIN). Above 0: the "
-         "formula overflows; move to abs(hashtext(x) % N) with `partkey-migrate upgrade`."),
+        (
+            "Wrong keys (mismatched rows)",
+            "partkey_mismatched_rows",
+            "Rows whose stored key differs from the key expression, per verification mode. Any value above 0 "
+            "is critical: queries filtered by partition key miss these rows. Confirm with "
+            "`partkey-exporter verify --mode full`, list examples with `partkey-exporter report`, fix with "
+            "`partkey-migrate repair`, then find the writer that uses another key formula.",
+        ),
+        (
+            "NULL keys",
+            "partkey_null_key_rows",
+            "Rows with a NULL partition key. Above 0: a writer bypasses the trigger/default or the column lost "
+            "NOT NULL. Confirm with `partkey-exporter verify`, fix with `partkey-migrate repair`.",
+        ),
+        (
+            "Expression-error rows",
+            "partkey_expression_error_rows",
+            "Rows for which the key expression itself raises (abs() of hashtext() = INT_MIN). Above 0: the "
+            "formula overflows; move to abs(hashtext(x) % N) with `partkey-migrate upgrade`.",
+        ),
     )
     for title, metric, description in specs:
         board = board.with_panel(
             finish(
-                timeseries.Panel().min(0).decimals(0).thresholds(_GREEN_RED_ABOVE_0)
+                timeseries.Panel()
+                .min(0)
+                .decimals(0)
+                .thresholds(_GREEN_RED_ABOVE_0)
                 .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
                 title,
                 description,
                 [query(f"{metric}{{{TARGET_TABLE}}}", "A", "{{target}} {{table}} ({{mode}})")],
-                8, 8,
+                8,
+                8,
             )
         )
     return board
@@ -181,8 +214,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_row(db.Row("Verification and checks"))
     board = board.with_panel(
         finish(
-            table.Panel()
-            .with_transformation(
+            table.Panel().with_transformation(
                 dm.DataTransformerConfig(
                     id_val="organize",
                     options={
@@ -195,28 +227,44 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             "Which verification modes run per table (incremental every minute, sample, full on a slow "
             "schedule) and how many rows their last run checked. A mode missing here is disabled in the "
             "config; 0 rows for incremental means no new rows since the last watermark.",
-            [query(f"partkey_verification_rows_checked{{{TARGET_TABLE}}}", "A", instant=True,
-                   fmt=PromQueryFormat.TABLE)],
-            8, 8,
+            [
+                query(
+                    f"partkey_verification_rows_checked{{{TARGET_TABLE}}}", "A", instant=True, fmt=PromQueryFormat.TABLE
+                )
+            ],
+            8,
+            8,
         )
     )
     board = board.with_panel(
         finish(
-            stat.Panel().unit("s").reduce_options(_last_stat())
+            stat.Panel()
+            .unit("s")
+            .reduce_options(_last_stat())
             .thresholds(thresholds((None, "green"), (3600, "yellow"), (86400, "red")))
-            .color_mode(cm.BigValueColorMode.BACKGROUND).text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            .color_mode(cm.BigValueColorMode.BACKGROUND)
+            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "Time since last successful check",
             "Freshness: seconds since each check last succeeded, so a silent check is visible. Compare with "
             "the check's interval (next panel). Growing: the check fails or times out; see `Check success`, "
             "the exporter log and `partkey-exporter report`.",
-            [query(f"time() - partkey_check_last_success_timestamp_seconds{{{TARGET_TABLE}}}", "A",
-                   "{{table}} {{check}}", instant=True)],
-            8, 8,
+            [
+                query(
+                    f"time() - partkey_check_last_success_timestamp_seconds{{{TARGET_TABLE}}}",
+                    "A",
+                    "{{table}} {{check}}",
+                    instant=True,
+                )
+            ],
+            8,
+            8,
         )
     )
     board = board.with_panel(
         finish(
-            timeseries.Panel().min(0).decimals(1)
+            timeseries.Panel()
+            .min(0)
+            .decimals(1)
             .thresholds(thresholds((None, "green"), (STALE_INTERVALS, "red")))
             .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
             "Staleness (intervals since last success)",
@@ -224,7 +272,8 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             "PartkeyVerificationStale fires for verification checks: nothing is watching new rows. Look at "
             "the check's errors in `partkey-exporter report` (statement_timeout, lock_timeout, permissions).",
             [query(f"{CHECK_AGE_RECORD}{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
-            8, 8,
+            8,
+            8,
         )
     )
     board = board.with_panel(
@@ -239,7 +288,8 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             "statement_timeout or an off-peak schedule, permission errors mean the role lacks pg_monitor or "
             "SELECT on the table.",
             [query(f"partkey_check_success{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
-            12, 8,
+            12,
+            8,
         )
     )
     board = board.with_panel(
@@ -250,7 +300,8 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             "table grew or is bloated; run ANALYZE/VACUUM, lower the sample percent, or move the full "
             "verification off-peak.",
             [query(f"partkey_check_duration_seconds{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
-            12, 8,
+            12,
+            8,
         )
     )
     board = board.with_panel(
@@ -259,9 +310,16 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             "Rows verified per second",
             "Verification throughput per mode from partkey_rows_verified_total. Flat at 0 while the app "
             "writes: the incremental watermark is stuck or the check fails; see `Check success`.",
-            [query(f"sum by (target, table, mode) (rate(partkey_rows_verified_total{{{TARGET_TABLE}}}"
-                   "[$__rate_interval]))", "A", "{{table}} ({{mode}})")],
-            24, 7,
+            [
+                query(
+                    f"sum by (target, table, mode) (rate(partkey_rows_verified_total{{{TARGET_TABLE}}}"
+                    "[$__rate_interval]))",
+                    "A",
+                    "{{table}} ({{mode}})",
+                )
+            ],
+            24,
+            7,
         )
     )
     return board

@@ -37,79 +37,119 @@ def _last() -> cb.ReduceDataOptions:
     return cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
 
 
-def _stat(title: str, description: str, expr: str, steps: db.ThresholdsConfig, *, unit: str = "short",
-          decimals: int = 0, no_value: str = "No data") -> stat.Panel:
+def _stat(
+    title: str,
+    description: str,
+    expr: str,
+    steps: db.ThresholdsConfig,
+    *,
+    unit: str = "short",
+    decimals: int = 0,
+    no_value: str = "No data",
+) -> stat.Panel:
     """A per-table stat panel with a sparkline."""
     return finish(
-        stat.Panel().unit(unit).decimals(decimals).thresholds(steps).reduce_options(_last()).no_value(no_value)
-        .graph_mode(cm.BigValueGraphMode.AREA).color_mode(cm.BigValueColorMode.VALUE)
+        stat.Panel()
+        .unit(unit)
+        .decimals(decimals)
+        .thresholds(steps)
+        .reduce_options(_last())
+        .no_value(no_value)
+        .graph_mode(cm.BigValueGraphMode.AREA)
+        .color_mode(cm.BigValueColorMode.VALUE)
         .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
         title,
         description,
         [query(expr, "A", "{{target}} {{table}}")],
-        6, 5,
+        6,
+        5,
     )
 
 
 def _summary_row(board: db.Dashboard) -> db.Dashboard:
     """The numbers on-call looks at first."""
     board = board.with_row(db.Row("Skew summary"))
-    board = board.with_panel(_stat(
-        "Skew ratio (max / avg)",
-        f"Rows in the largest partition divided by the average. Above {SKEW_RATIO:g} for 30 minutes "
-        "PartkeyPartitionSkew fires. Find the hot partitions below; if a few collections dominate, the key "
-        "is doing its job and the data is skewed; if the estimate disagrees with exact counts, run ANALYZE.",
-        f"partkey_partition_skew_ratio{{{SELECTOR}}}", _SKEW_STEPS, decimals=2,
-    ))
-    board = board.with_panel(_stat(
-        "Coefficient of variation",
-        "Standard deviation of rows per partition divided by the mean. Near 0 is an even spread; above "
-        "~0.3 several partitions are far from the average, not just one. Check the bar gauge for a pattern.",
-        f"partkey_partition_rows_cv{{{SELECTOR}}}",
-        thresholds((None, "green"), (0.2, "yellow"), (0.5, "red")), decimals=2,
-    ))
-    board = board.with_panel(_stat(
-        "Empty partitions",
-        "Partitions with no rows. Many empty partitions on a large table mean keys concentrate on few "
-        "values: check the key formula and modulus. With source=estimate, never-analyzed partitions also "
-        "look empty; run ANALYZE on the table.",
-        f"partkey_partitions_empty{{{SELECTOR}}}", thresholds((None, "green"), (1, "yellow")),
-    ))
-    board = board.with_panel(_stat(
-        "Default-partition rows",
-        "Rows in the DEFAULT partition: their key matched no listed partition (empty when the table has "
-        "no DEFAULT partition; then such inserts fail instead). Above 0 a writer uses a "
-        "different formula or modulus. Confirm with `partkey-exporter verify --mode full`, move them with "
-        "`partkey-migrate repair`. See runbook PartkeyDefaultPartitionRows.",
-        f"partkey_default_partition_rows{{{SELECTOR}}}", thresholds((None, "green"), (1, "red")),
-        # The exporter emits nothing for a table without a DEFAULT partition; say so instead of "No data".
-        no_value="no DEFAULT partition",
-    ))
-    board = board.with_panel(_stat(
-        "Hot partitions (> 1.2x avg)",
-        "Partitions holding more than 1.2x the average rows. A few hot partitions: large tenants; their "
-        "vacuum and index maintenance cost more. Consider a larger modulus or sub-partitioning.",
-        f"partkey_partitions_hot{{{SELECTOR}}}", thresholds((None, "green"), (1, "yellow")),
-    ))
-    board = board.with_panel(_stat(
-        "Cold partitions (< 0.8x avg)",
-        "Partitions holding less than 0.8x the average rows. Many cold and few hot partitions is the "
-        "shape of skew; with source=estimate, stale statistics show as cold: run ANALYZE.",
-        f"partkey_partitions_cold{{{SELECTOR}}}", thresholds((None, "green"), (1, "yellow")),
-    ))
-    board = board.with_panel(_stat(
-        "Active partitions",
-        "Partitions holding at least one row, next to the table's leaf partition count. Far fewer active "
-        "than partitions on a table with many distinct keys: keys collapse onto few values; check the "
-        "modulus in the app's key formula.",
-        f"partkey_partitions_active{{{SELECTOR}}}", thresholds((None, "green")),
-    ))
-    board = board.with_panel(_stat(
-        "Partitions without statistics",
-        "Partitions whose row estimate is unknown (never analyzed, or statistics reset). Above 0: every "
-        "estimate-based number on this dashboard is unreliable; run ANALYZE on the table.",
-        f"partkey_partitions_unknown{{{TARGET_TABLE}}}", thresholds((None, "green"), (1, "orange")),
-    ))
+    board = board.with_panel(
+        _stat(
+            "Skew ratio (max / avg)",
+            f"Rows in the largest partition divided by the average. Above {SKEW_RATIO:g} for 30 minutes "
+            "PartkeyPartitionSkew fires. Find the hot partitions below; if a few collections dominate, the key "
+            "is doing its job and the data is skewed; if the estimate disagrees with exact counts, run ANALYZE.",
+            f"partkey_partition_skew_ratio{{{SELECTOR}}}",
+            _SKEW_STEPS,
+            decimals=2,
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Coefficient of variation",
+            "Standard deviation of rows per partition divided by the mean. Near 0 is an even spread; above "
+            "~0.3 several partitions are far from the average, not just one. Check the bar gauge for a pattern.",
+            f"partkey_partition_rows_cv{{{SELECTOR}}}",
+            thresholds((None, "green"), (0.2, "yellow"), (0.5, "red")),
+            decimals=2,
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Empty partitions",
+            "Partitions with no rows. Many empty partitions on a large table mean keys concentrate on few "
+            "values: check the key formula and modulus. With source=estimate, never-analyzed partitions also "
+            "look empty; run ANALYZE on the table.",
+            f"partkey_partitions_empty{{{SELECTOR}}}",
+            thresholds((None, "green"), (1, "yellow")),
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Default-partition rows",
+            "Rows in the DEFAULT partition: their key matched no listed partition (empty when the table has "
+            "no DEFAULT partition; then such inserts fail instead). Above 0 a writer uses a "
+            "different formula or modulus. Confirm with `partkey-exporter verify --mode full`, move them with "
+            "`partkey-migrate repair`. See runbook PartkeyDefaultPartitionRows.",
+            f"partkey_default_partition_rows{{{SELECTOR}}}",
+            thresholds((None, "green"), (1, "red")),
+            # The exporter emits nothing for a table without a DEFAULT partition; say so instead of "No data".
+            no_value="no DEFAULT partition",
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Hot partitions (> 1.2x avg)",
+            "Partitions holding more than 1.2x the average rows. A few hot partitions: large tenants; their "
+            "vacuum and index maintenance cost more. Consider a larger modulus or sub-partitioning.",
+            f"partkey_partitions_hot{{{SELECTOR}}}",
+            thresholds((None, "green"), (1, "yellow")),
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Cold partitions (< 0.8x avg)",
+            "Partitions holding less than 0.8x the average rows. Many cold and few hot partitions is the "
+            "shape of skew; with source=estimate, stale statistics show as cold: run ANALYZE.",
+            f"partkey_partitions_cold{{{SELECTOR}}}",
+            thresholds((None, "green"), (1, "yellow")),
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Active partitions",
+            "Partitions holding at least one row, next to the table's leaf partition count. Far fewer active "
+            "than partitions on a table with many distinct keys: keys collapse onto few values; check the "
+            "modulus in the app's key formula.",
+            f"partkey_partitions_active{{{SELECTOR}}}",
+            thresholds((None, "green")),
+        )
+    )
+    board = board.with_panel(
+        _stat(
+            "Partitions without statistics",
+            "Partitions whose row estimate is unknown (never analyzed, or statistics reset). Above 0: every "
+            "estimate-based number on this dashboard is unreliable; run ANALYZE on the table.",
+            f"partkey_partitions_unknown{{{TARGET_TABLE}}}",
+            thresholds((None, "green"), (1, "orange")),
+        )
+    )
     return board
 
 
@@ -118,7 +158,9 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_row(db.Row("Partitions"))
     board = board.with_panel(
         finish(
-            bargauge.Panel().unit("short").min(0)
+            bargauge.Panel()
+            .unit("short")
+            .min(0)
             .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
             .orientation(cm.VizOrientation.HORIZONTAL)
             .value_mode(cm.BarGaugeValueMode.COLOR)
@@ -130,15 +172,24 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             "partition; compare with the Skew ratio. Bars at 0 on a busy table with source=estimate mean "
             "statistics are missing: ANALYZE the partition.",
             [query(f"sort_desc(partkey_partition_rows{{{SELECTOR}}})", "A", "{{partition}}", instant=True)],
-            12, 16,
+            12,
+            16,
         )
     )
     board = board.with_panel(
         finish(
             heatmap.Panel()
             .calculate(False)
-            .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("RdYlGn")
-                   .reverse(True).min(0).max(2).scale(hm.HeatmapColorScale.LINEAR).steps(64))
+            .color(
+                heatmap.HeatmapColorOptions()
+                .mode(hm.HeatmapColorMode.SCHEME)
+                .scheme("RdYlGn")
+                .reverse(True)
+                .min(0)
+                .max(2)
+                .scale(hm.HeatmapColorScale.LINEAR)
+                .steps(64)
+            )
             .y_axis(heatmap.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT))
             .cell_values(heatmap.CellValues().decimals(2))
             .show_value(cm.VisibilityMode.NEVER),
@@ -147,7 +198,8 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             "partition (1 = average, green; red = hot, above 1.2x). A red band that widens is a tenant "
             "growing into a hot spot. Needs the recording rules from dashboards/alerts.yaml.",
             [query(f"{PARTITION_RATIO_RECORD}{{{SELECTOR}}}", "A", "{{partition}}")],
-            12, 16,
+            12,
+            16,
         )
     )
     return board
@@ -158,7 +210,8 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_row(db.Row("Growth"))
     board = board.with_panel(
         finish(
-            bargauge.Panel().unit("short")
+            bargauge.Panel()
+            .unit("short")
             .display_mode(cm.BarGaugeDisplayMode.BASIC)
             .orientation(cm.VizOrientation.HORIZONTAL)
             .reduce_options(_last())
@@ -166,9 +219,16 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             "Top 10 partitions by growth (selected range)",
             "Rows added per partition over the dashboard's time range (statistics estimate). The top bars "
             "are where the next hot spot forms; a negative value is a purge or a repair moving rows away.",
-            [query(f"topk(10, delta(partkey_partition_rows{{{ESTIMATE}}}[$__range]))", "A",
-                   "{{table}} {{partition}}", instant=True)],
-            12, 10,
+            [
+                query(
+                    f"topk(10, delta(partkey_partition_rows{{{ESTIMATE}}}[$__range]))",
+                    "A",
+                    "{{table}} {{partition}}",
+                    instant=True,
+                )
+            ],
+            12,
+            10,
         )
     )
     board = board.with_panel(
@@ -177,14 +237,20 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             "Growth rate, top 10 partitions (rows per hour)",
             "Per-hour growth of the fastest-growing partitions, from a linear fit over the last hour. A "
             "single line far above the rest is one tenant loading data; confirm with the Skew ratio.",
-            [query(f"topk(10, deriv(partkey_partition_rows{{{ESTIMATE}}}[1h]) * 3600)", "A",
-                   "{{table}} {{partition}}")],
-            12, 10,
+            [
+                query(
+                    f"topk(10, deriv(partkey_partition_rows{{{ESTIMATE}}}[1h]) * 3600)", "A", "{{table}} {{partition}}"
+                )
+            ],
+            12,
+            10,
         )
     )
     board = board.with_panel(
         finish(
-            timeseries.Panel().min(0).decimals(2)
+            timeseries.Panel()
+            .min(0)
+            .decimals(2)
             .thresholds(_SKEW_STEPS)
             .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
             "Skew ratio and CV over time",
@@ -194,7 +260,8 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
                 query(f"partkey_partition_skew_ratio{{{SELECTOR}}}", "A", "{{table}} skew"),
                 query(f"partkey_partition_rows_cv{{{SELECTOR}}}", "B", "{{table}} CV"),
             ],
-            12, 8,
+            12,
+            8,
         )
     )
     board = board.with_panel(
@@ -203,8 +270,9 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             "Table rows",
             "Rows in the whole table. Compare estimate and exact: a large gap means stale statistics, and "
             "every estimate-based panel above is off by as much; run ANALYZE.",
-            [query(f'partkey_table_rows{{{TARGET_TABLE}}}', "A", "{{table}} ({{source}})")],
-            12, 8,
+            [query(f"partkey_table_rows{{{TARGET_TABLE}}}", "A", "{{table}} ({{source}})")],
+            12,
+            8,
         )
     )
     return board

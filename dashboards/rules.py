@@ -89,9 +89,7 @@ class Alert:
         }
 
 
-def _condition_alert(
-    name: str, condition: GrafanaCondition, for_: str, summary: str, description: str
-) -> Alert:
+def _condition_alert(name: str, condition: GrafanaCondition, for_: str, summary: str, description: str) -> Alert:
     """A critical alert whose PromQL is derived from its Grafana condition, so the two cannot drift."""
     return Alert(name, condition.promql, for_, "critical", summary, description, grafana=condition)
 
@@ -119,8 +117,7 @@ _FAILURE_RATIO = (
     "  +\n  sum by (target, table) (rate(partkey_insert_probe_duration_seconds_count[5m]))\n)"
 )
 _P99 = (
-    "histogram_quantile(0.99,\n"
-    "  sum by (target, table, le) (rate(partkey_insert_probe_duration_seconds_bucket[5m]))\n)"
+    "histogram_quantile(0.99,\n  sum by (target, table, le) (rate(partkey_insert_probe_duration_seconds_bucket[5m]))\n)"
 )
 
 RECORDING_RULES: tuple[Recording, ...] = (
@@ -181,7 +178,7 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "PartkeyExpressionErrorRows",
-        f'({held_for_samples("partkey_expression_error_rows")}) > 0',
+        f"({held_for_samples('partkey_expression_error_rows')}) > 0",
         "15m",
         "warning",
         "The key expression raises an error for some rows.",

@@ -125,5 +125,10 @@ def verify(source: HealthSource, authorization: str | None, body: bytes) -> tupl
         raise AdminError(HTTPStatus.CONFLICT, str(error)) from None
     payload = result.payload.to_dict() if result.success and result.payload is not None else None
     status = HTTPStatus.OK if result.success else HTTPStatus.BAD_GATEWAY
-    return status, {"target": result.target, "table": result.table, "success": result.success,
-                    "error": result.error, "verification": payload}
+    return status, {
+        "target": result.target,
+        "table": result.table,
+        "success": result.success,
+        "error": result.error,
+        "verification": payload,
+    }

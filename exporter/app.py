@@ -141,8 +141,9 @@ class Exporter:
         if event.code == EVENT_JOB_MAX_INSTANCES:
             if event.job_id not in self._overrunning:
                 self._overrunning.add(event.job_id)
-                log.warning("%s is still running after its interval: later runs are skipped until it ends",
-                            event.job_id)
+                log.warning(
+                    "%s is still running after its interval: later runs are skipped until it ends", event.job_id
+                )
         else:
             self._overrunning.discard(event.job_id)
 
@@ -194,8 +195,11 @@ class Exporter:
                     raise UnknownTableError(f"{key[1]} has no monotonic_column: incremental mode is unavailable")
                 settings = getattr(table_config.checks, f"verification_{mode}")
                 runner = CheckRunner(
-                    self.targets[key[0]], VerificationCheck(table_config, mode, state), self.store,
-                    settings.interval, settings.statement_timeout,
+                    self.targets[key[0]],
+                    VerificationCheck(table_config, mode, state),
+                    self.store,
+                    settings.interval,
+                    settings.statement_timeout,
                 )
             return runner.run()
         finally:

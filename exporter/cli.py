@@ -21,8 +21,11 @@ EXIT_OK, EXIT_BAD_KEYS, EXIT_ERROR = 0, 1, 2
 def _add_source(parser: argparse.ArgumentParser) -> None:
     """--config, or --dsn with the table options, for the one-shot commands."""
     parser.add_argument("--config", type=Path, help="YAML config file (all targets and tables)")
-    parser.add_argument("--dsn", default=os.environ.get("PARTKEY_DSN"),
-                        help="connection string instead of --config (default: $PARTKEY_DSN)")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("PARTKEY_DSN"),
+        help="connection string instead of --config (default: $PARTKEY_DSN)",
+    )
     parser.add_argument("--table", default="chunks", help="table name (default: chunks)")
     parser.add_argument("--schema", default="public", help="schema (default: public)")
     parser.add_argument("--key-column", default="partition_key")
@@ -39,8 +42,12 @@ def _config_from(args: argparse.Namespace) -> Config:
         raise ConfigError(["give --config FILE, or --dsn (or set PARTKEY_DSN)"])
     try:
         table = TableConfig(
-            table=args.table, schema=args.schema, key_column=args.key_column,
-            source_column=args.source_column, modulus=args.modulus, key_expression=args.key_expression,
+            table=args.table,
+            schema=args.schema,
+            key_column=args.key_column,
+            source_column=args.source_column,
+            modulus=args.modulus,
+            key_expression=args.key_expression,
         )
         return Config(targets=[TargetConfig(name="default", dsn=args.dsn, tables=[table])])
     except ValueError as error:
@@ -64,8 +71,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         healths = exporter.health()
         if args.format == "json":
-            print(json.dumps({"status": overall_status(healths), "tables": [render_json(h) for h in healths]},
-                             indent=2, default=str))
+            print(
+                json.dumps(
+                    {"status": overall_status(healths), "tables": [render_json(h) for h in healths]},
+                    indent=2,
+                    default=str,
+                )
+            )
         else:
             print("\n".join(render_text(h) for h in healths), end="")
         return EXIT_OK if all(h.target_up for h in healths) else EXIT_ERROR
@@ -87,13 +99,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 continue
             found = result.payload
             bad = found.mismatched + found.null_keys + found.expression_errors
-            print(f"{target}/{table}: {found.rows_checked} rows checked ({args.mode}), {found.mismatched} wrong keys, "
-                  f"{found.null_keys} NULL keys, {found.expression_errors} expression errors"
-                  + (f"; {found.note}" if found.note else ""))
+            print(
+                f"{target}/{table}: {found.rows_checked} rows checked ({args.mode}), {found.mismatched} wrong keys, "
+                f"{found.null_keys} NULL keys, {found.expression_errors} expression errors"
+                + (f"; {found.note}" if found.note else "")
+            )
             for example in found.examples:
                 key = ", ".join(f"{k}={v}" for k, v in example.primary_key.items())
-                print(f"  {example.kind}: {example.relation} ({key}) stored={example.stored_key} "
-                      f"expected={example.expected_key}" + (f" error={example.error}" if example.error else ""))
+                print(
+                    f"  {example.kind}: {example.relation} ({key}) stored={example.stored_key} "
+                    f"expected={example.expected_key}" + (f" error={example.error}" if example.error else "")
+                )
             if bad and status == EXIT_OK:
                 status = EXIT_BAD_KEYS
         return status
@@ -136,8 +152,11 @@ def cmd_key(args: argparse.Namespace) -> int:
     try:
         print(partition_for(source, args.modulus, args.key_expression))
     except OverflowError as error:
-        print(f"error: {error} (the legacy formula overflows for this id; the safe one gives "
-              f"{partition_for(source, args.modulus, 'safe')})", file=sys.stderr)
+        print(
+            f"error: {error} (the legacy formula overflows for this id; the safe one gives "
+            f"{partition_for(source, args.modulus, 'safe')})",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return EXIT_OK
 

@@ -44,16 +44,18 @@ class PartkeyCollector(Collector):
 
     def _meta(self, snapshot: Snapshot) -> Iterator[Metric]:
         """partkey_up, build info and server version."""
-        up = GaugeMetricFamily("partkey_up", "1 when the target's database answers, 0 when it cannot be reached.",
-                               labels=["target"])
+        up = GaugeMetricFamily(
+            "partkey_up", "1 when the target's database answers, 0 when it cannot be reached.", labels=["target"]
+        )
         for target in self.targets:
             up.add_metric([target], 1.0 if snapshot.target_up.get(target) else 0.0)
         yield up
         build = GaugeMetricFamily("partkey_build_info", "Build information; always 1.", labels=["version"])
         build.add_metric([__version__], 1.0)
         yield build
-        version = GaugeMetricFamily("partkey_postgres_version", "The target server's major version.",
-                                    labels=["target", "version"])
+        version = GaugeMetricFamily(
+            "partkey_postgres_version", "The target server's major version.", labels=["target", "version"]
+        )
         for target, (major, text) in snapshot.target_versions.items():
             version.add_metric([target, text], float(major))
         yield version
@@ -61,14 +63,18 @@ class PartkeyCollector(Collector):
     def _checks(self, snapshot: Snapshot) -> Iterator[Metric]:
         """Per-check success, duration, freshness and interval."""
         labels = ["target", "table", "check"]
-        success = GaugeMetricFamily("partkey_check_success", "1 when the last run of the check succeeded.",
-                                    labels=labels)
-        duration = GaugeMetricFamily("partkey_check_duration_seconds", "Duration of the last run of the check.",
-                                     labels=labels)
-        last = GaugeMetricFamily("partkey_check_last_success_timestamp_seconds",
-                                 "Unix time of the check's last success.", labels=labels)
-        interval = GaugeMetricFamily("partkey_check_interval_seconds", "The check's configured interval.",
-                                     labels=labels)
+        success = GaugeMetricFamily(
+            "partkey_check_success", "1 when the last run of the check succeeded.", labels=labels
+        )
+        duration = GaugeMetricFamily(
+            "partkey_check_duration_seconds", "Duration of the last run of the check.", labels=labels
+        )
+        last = GaugeMetricFamily(
+            "partkey_check_last_success_timestamp_seconds", "Unix time of the check's last success.", labels=labels
+        )
+        interval = GaugeMetricFamily(
+            "partkey_check_interval_seconds", "The check's configured interval.", labels=labels
+        )
         for (target, table, check), result in sorted(snapshot.results.items()):
             key = [target, table, check]
             success.add_metric(key, 1.0 if result.success else 0.0)
@@ -80,14 +86,22 @@ class PartkeyCollector(Collector):
 
     def _implementation(self, snapshot: Snapshot) -> Iterator[Metric]:
         """The implementation state set and its attributes."""
-        impl = GaugeMetricFamily("partkey_key_implementation", "How the key is maintained (state set).",
-                                 labels=[*TT, "implementation"])
-        optimal = GaugeMetricFamily("partkey_key_implementation_optimal",
-                                    "1 when the method is the best this version and table shape allow.", labels=TT)
-        trigger = GaugeMetricFamily("partkey_key_trigger_enabled", "1 when every copy of the key trigger is enabled.",
-                                    labels=TT)
-        overflow = GaugeMetricFamily("partkey_key_formula_overflow",
-                                     "1 when a key formula takes abs(hashtext(x)), which raises on INT_MIN.", labels=TT)
+        impl = GaugeMetricFamily(
+            "partkey_key_implementation", "How the key is maintained (state set).", labels=[*TT, "implementation"]
+        )
+        optimal = GaugeMetricFamily(
+            "partkey_key_implementation_optimal",
+            "1 when the method is the best this version and table shape allow.",
+            labels=TT,
+        )
+        trigger = GaugeMetricFamily(
+            "partkey_key_trigger_enabled", "1 when every copy of the key trigger is enabled.", labels=TT
+        )
+        overflow = GaugeMetricFamily(
+            "partkey_key_formula_overflow",
+            "1 when a key formula takes abs(hashtext(x)), which raises on INT_MIN.",
+            labels=TT,
+        )
         partitions = GaugeMetricFamily("partkey_table_partitions", "Leaf partitions of the table.", labels=TT)
         default = GaugeMetricFamily("partkey_table_default_partition", "1 when a DEFAULT partition exists.", labels=TT)
         for (target, table, check), result in sorted(snapshot.results.items()):
@@ -107,15 +121,19 @@ class PartkeyCollector(Collector):
     def _verification(self, snapshot: Snapshot) -> Iterator[Metric]:
         """Bad-row gauges per mode and the rows-verified counter."""
         labels = [*TT, "mode"]
-        mismatched = GaugeMetricFamily("partkey_mismatched_rows",
-                                       "Rows whose key differs from the key expression.", labels=labels)
+        mismatched = GaugeMetricFamily(
+            "partkey_mismatched_rows", "Rows whose key differs from the key expression.", labels=labels
+        )
         nulls = GaugeMetricFamily("partkey_null_key_rows", "Rows with a NULL key.", labels=labels)
-        errors = GaugeMetricFamily("partkey_expression_error_rows", "Rows whose key expression raises an error.",
-                                   labels=labels)
-        checked = GaugeMetricFamily("partkey_verification_rows_checked",
-                                    "Rows the last run of the mode checked (incremental: every run since the start "
-                                    "or the last clean full verification).",
-                                    labels=labels)
+        errors = GaugeMetricFamily(
+            "partkey_expression_error_rows", "Rows whose key expression raises an error.", labels=labels
+        )
+        checked = GaugeMetricFamily(
+            "partkey_verification_rows_checked",
+            "Rows the last run of the mode checked (incremental: every run since the start "
+            "or the last clean full verification).",
+            labels=labels,
+        )
         for (target, table, _check), result in sorted(snapshot.results.items()):
             verdict = result.payload
             if not isinstance(verdict, VerificationResult):
@@ -148,8 +166,9 @@ class PartkeyCollector(Collector):
             "cold": ("partkey_partitions_cold", "Partitions below 0.8x the average."),
         }
         families = {field: GaugeMetricFamily(name, text, labels=labels) for field, (name, text) in gauges.items()}
-        unknown = GaugeMetricFamily("partkey_partitions_unknown",
-                                    "Partitions whose statistics cannot tell their row count.", labels=TT)
+        unknown = GaugeMetricFamily(
+            "partkey_partitions_unknown", "Partitions whose statistics cannot tell their row count.", labels=TT
+        )
         for (target, table, _check), result in sorted(snapshot.results.items()):
             spread = result.payload
             if not isinstance(spread, Distribution):
@@ -161,8 +180,11 @@ class PartkeyCollector(Collector):
             values = {
                 "table_rows": spread.total_rows,
                 "default_rows": spread.default_rows,
-                "avg": spread.avg, "max": spread.max, "min": spread.min,
-                "skew_ratio": spread.skew_ratio, "cv": spread.cv,
+                "avg": spread.avg,
+                "max": spread.max,
+                "min": spread.min,
+                "skew_ratio": spread.skew_ratio,
+                "cv": spread.cv,
             }
             if spread.partitioned:
                 values.update(active=spread.active, empty=spread.empty, hot=spread.hot, cold=spread.cold)
@@ -179,8 +201,9 @@ class PartkeyCollector(Collector):
 
     def _probe(self, snapshot: Snapshot) -> Iterator[Metric]:
         """The probe latency histogram and its failure counter."""
-        histogram = HistogramMetricFamily("partkey_insert_probe_duration_seconds",
-                                          "INSERT latency of the synthetic, rolled-back row.", labels=TT)
+        histogram = HistogramMetricFamily(
+            "partkey_insert_probe_duration_seconds", "INSERT latency of the synthetic, rolled-back row.", labels=TT
+        )
         failures = CounterMetricFamily("partkey_insert_probe_failures", "Insert probes that failed.", labels=TT)
         for (target, table), state in sorted(snapshot.probe_histograms.items()):
             buckets = [(str(bound), float(count)) for bound, count in zip(PROBE_BUCKETS, state.buckets, strict=True)]

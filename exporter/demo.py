@@ -82,9 +82,7 @@ def build_demo_database(dsn: str, rows: int = 300_000) -> DemoFacts:
 
 def _plant_stale_keys(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
     """UPDATE collection_id on a few rows: the INSERT-only trigger never fixes their keys, as in production."""
-    rows = conn.execute(
-        "SELECT id, partition_key FROM chunks ORDER BY id LIMIT %s", (STALE_ROWS,)
-    ).fetchall()
+    rows = conn.execute("SELECT id, partition_key FROM chunks ORDER BY id LIMIT %s", (STALE_ROWS,)).fetchall()
     for attempt, (row_id, key) in enumerate(rows):
         new_key_row = conn.execute(
             "SELECT u FROM (SELECT md5('moved-' || g || '-' || %s)::uuid AS u "
@@ -161,10 +159,16 @@ def run_demo(port: int = 19187, rows: int = 300_000, duration: float | None = No
         base = http_server.url
         print(f"\nstale keys planted: {facts.stale_rows} (ids {', '.join(map(str, facts.stale_ids))})")
         print(f"\nexporter on {base}")
-        for path in ("/metrics", "/report", "/admin/partition/health", "/admin/partition/health/report", "/healthz",
-                     "/readyz"):
+        for path in (
+            "/metrics",
+            "/report",
+            "/admin/partition/health",
+            "/admin/partition/health/report",
+            "/healthz",
+            "/readyz",
+        ):
             print(f"  {base}{path}")
-        print(f"  curl -X POST {base}/admin/partition/verify -d '{{\"mode\": \"full\"}}'")
+        print(f'  curl -X POST {base}/admin/partition/verify -d \'{{"mode": "full"}}\'')
         print("\nPress Ctrl-C to stop.", flush=True)
         try:
             deadline = None if duration is None else time.monotonic() + duration

@@ -125,11 +125,19 @@ class PartitionImplementationDetector:
         cache_seconds: float = 60.0,
     ) -> None:
         # Validated by the daemon's own config model: a bad modulus or name fails here, with pydantic's message.
-        self.table_config = TableConfig.model_validate({
-            "table": table, "schema": schema, "key_column": key_column, "source_column": source_column,
-            "modulus": modulus, "key_expression": key_expression, "monotonic_column": monotonic_column,
-            "examples_limit": examples_limit, "checks": checks or ChecksConfig(),
-        })
+        self.table_config = TableConfig.model_validate(
+            {
+                "table": table,
+                "schema": schema,
+                "key_column": key_column,
+                "source_column": source_column,
+                "modulus": modulus,
+                "key_expression": key_expression,
+                "monotonic_column": monotonic_column,
+                "examples_limit": examples_limit,
+                "checks": checks or ChecksConfig(),
+            }
+        )
         self.target_name = target
         self.admin_token = admin_token
         self.cache_seconds = cache_seconds

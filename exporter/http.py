@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
 GET_PATHS = {
-    "/", "/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health", "/admin/partition/health/report",
+    "/",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/report",
+    "/admin/partition/health",
+    "/admin/partition/health/report",
     "/openapi.json",
 }
 POST_PATHS = {"/admin/partition/verify"}
@@ -116,8 +122,11 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, SPEC)
         elif path == "/":
             links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in sorted(GET_PATHS - {"/"}))
-            self._send(HTTPStatus.OK, f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
-                       "text/html; charset=utf-8")
+            self._send(
+                HTTPStatus.OK,
+                f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
+                "text/html; charset=utf-8",
+            )
         else:
             raise AdminError(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
 

@@ -205,8 +205,7 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
 
     key_column = next((c for c in columns if c["attname"] == spec.key_column), None)
     partitions = tuple(
-        PartitionInfo(name=leaf["relname"], oid=leaf["oid"], is_default=bool(leaf["is_default"]))
-        for leaf in leaves
+        PartitionInfo(name=leaf["relname"], oid=leaf["oid"], is_default=bool(leaf["is_default"])) for leaf in leaves
     )
     shape, by_key = _shape(table, key_column)
     triggers_found = _key_triggers(trigger_rows, spec)
@@ -234,9 +233,7 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
     if shape == "expression" and table["partkeydef"]:
         overflow_sources.append(formula_overflows(table["partkeydef"]))
     overflow = any(overflow_sources)
-    optimal, reason = judge(
-        version, shape, by_key, method, generated_kind, enabled, overflow, bool(missing)
-    )
+    optimal, reason = judge(version, shape, by_key, method, generated_kind, enabled, overflow, bool(missing))
     return Implementation(
         server_version_num=version,
         server_version=version_text,
@@ -281,9 +278,7 @@ def _key_triggers(rows: list[dict[str, Any]], spec: KeySpec) -> tuple[TriggerInf
     found = []
     for row in rows:
         tgtype = int(row["tgtype"])
-        is_before_row_insert = (
-            tgtype & _TRIGGER_ROW and tgtype & _TRIGGER_BEFORE and tgtype & _TRIGGER_INSERT
-        )
+        is_before_row_insert = tgtype & _TRIGGER_ROW and tgtype & _TRIGGER_BEFORE and tgtype & _TRIGGER_INSERT
         if not is_before_row_insert or not mentions_key_formula(row["prosrc"], spec.key_column):
             continue
         found.append(
@@ -345,8 +340,11 @@ def judge(
 ) -> tuple[bool, str]:
     """Whether the method is the best this version and shape allow, and why (see design.md)."""
     if overflow:
-        return False, "the key formula takes abs() of hashtext(): ids hashing to INT_MIN raise " \
-            "'integer out of range'; use abs(hashtext(x) % n)"
+        return (
+            False,
+            "the key formula takes abs() of hashtext(): ids hashing to INT_MIN raise "
+            "'integer out of range'; use abs(hashtext(x) % n)",
+        )
     if method == "trigger" and trigger_enabled is False:
         return False, "the key trigger is disabled: nothing checks new rows' keys"
     if partitions_missing_trigger:
@@ -371,7 +369,10 @@ def judge(
         if method == "check":
             return True, "a CHECK rejects wrong keys without a trigger's cost; routing already needs the key"
         if method == "trigger":
-            return False, "on a partitioned table the trigger only rejects wrong keys (rows are routed first); " \
-                "a CHECK constraint does the same 30-43% cheaper on bulk inserts"
+            return (
+                False,
+                "on a partitioned table the trigger only rejects wrong keys (rows are routed first); "
+                "a CHECK constraint does the same 30-43% cheaper on bulk inserts",
+            )
         return False, "nothing rejects a wrong key; add CHECK (key = expression)"
     return False, f"{shape}-partitioned, but not by the key column: the key is not what routes rows"

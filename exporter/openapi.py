@@ -48,31 +48,39 @@ STATUS = {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]}
 MODE = {"type": "string", "enum": ["full", "sample", "incremental"]}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"error": {"type": "string", "minLength": 1}}, additionalProperties=False,
-                  description="The body of every 4xx: a message naming the problem."),
-    "Ready": _obj({"ready": BOOLEAN, "targets": {"type": "object", "additionalProperties": BOOLEAN}},
-                  additionalProperties=False),
-    "BadRow": _obj({
-        "kind": {"type": "string", "enum": ["mismatch", "null", "error"]},
-        "relation": STRING,
-        "primary_key": {"type": "object", "additionalProperties": STRING},
-        "stored_key": NULLABLE_INTEGER,
-        "expected_key": NULLABLE_INTEGER,
-        "error": NULLABLE_STRING,
-    }),
-    "Verification": _obj({
-        "mode": MODE,
-        "rows_checked": INTEGER,
-        "mismatched": INTEGER,
-        "null_keys": INTEGER,
-        "expression_errors": INTEGER,
-        "correct": INTEGER,
-        "examples": {"type": "array", "items": _ref("BadRow")},
-        "watermark": NULLABLE_STRING,
-        "sample_percent": NULLABLE_NUMBER,
-        "duration_seconds": NUMBER,
-        "note": NULLABLE_STRING,
-    }),
+    "Error": _obj(
+        {"error": {"type": "string", "minLength": 1}},
+        additionalProperties=False,
+        description="The body of every 4xx: a message naming the problem.",
+    ),
+    "Ready": _obj(
+        {"ready": BOOLEAN, "targets": {"type": "object", "additionalProperties": BOOLEAN}}, additionalProperties=False
+    ),
+    "BadRow": _obj(
+        {
+            "kind": {"type": "string", "enum": ["mismatch", "null", "error"]},
+            "relation": STRING,
+            "primary_key": {"type": "object", "additionalProperties": STRING},
+            "stored_key": NULLABLE_INTEGER,
+            "expected_key": NULLABLE_INTEGER,
+            "error": NULLABLE_STRING,
+        }
+    ),
+    "Verification": _obj(
+        {
+            "mode": MODE,
+            "rows_checked": INTEGER,
+            "mismatched": INTEGER,
+            "null_keys": INTEGER,
+            "expression_errors": INTEGER,
+            "correct": INTEGER,
+            "examples": {"type": "array", "items": _ref("BadRow")},
+            "watermark": NULLABLE_STRING,
+            "sample_percent": NULLABLE_NUMBER,
+            "duration_seconds": NUMBER,
+            "note": NULLABLE_STRING,
+        }
+    ),
     "Implementation": _obj(
         {
             "server_version_num": INTEGER,
@@ -89,41 +97,58 @@ SCHEMAS: dict[str, Any] = {
         },
         description="What the catalog says about the table; more fields than listed here may appear.",
     ),
-    "Distribution": _obj({
-        "source": {"type": "string", "enum": ["estimate", "exact"]},
-        "partitioned": BOOLEAN,
-        "partitions": {"type": "array", "items": _obj(
-            {"name": STRING, "rows": NULLABLE_INTEGER, "is_default": BOOLEAN})},
-        "total_rows": NULLABLE_INTEGER,
-        "default_rows": NULLABLE_INTEGER,
-        "partition_count": INTEGER,
-        "active": INTEGER,
-        "empty": INTEGER,
-        "unknown": INTEGER,
-        "avg": NULLABLE_NUMBER,
-        "max": NULLABLE_INTEGER,
-        "min": NULLABLE_INTEGER,
-        "skew_ratio": NULLABLE_NUMBER,
-        "cv": NULLABLE_NUMBER,
-        "hot": INTEGER,
-        "cold": INTEGER,
-    }),
-    "CheckState": _obj({
-        "success": BOOLEAN, "error": NULLABLE_STRING, "duration_seconds": NUMBER, "last_success_at": NULLABLE_NUMBER,
-    }),
-    "TableHealth": _obj({
-        "target": STRING,
-        "table": STRING,
-        "status": STATUS,
-        "target_up": BOOLEAN,
-        "implementation": _nullable("Implementation"),
-        "verification": _nullable("Verification"),
-        "verifications": {"type": "object", "additionalProperties": _ref("Verification"),
-                          "description": "Every mode that has run, by mode."},
-        "distribution": _nullable("Distribution"),
-        "checks": {"type": "object", "additionalProperties": _ref("CheckState"),
-                   "description": "The last run of every check, by check name."},
-    }),
+    "Distribution": _obj(
+        {
+            "source": {"type": "string", "enum": ["estimate", "exact"]},
+            "partitioned": BOOLEAN,
+            "partitions": {
+                "type": "array",
+                "items": _obj({"name": STRING, "rows": NULLABLE_INTEGER, "is_default": BOOLEAN}),
+            },
+            "total_rows": NULLABLE_INTEGER,
+            "default_rows": NULLABLE_INTEGER,
+            "partition_count": INTEGER,
+            "active": INTEGER,
+            "empty": INTEGER,
+            "unknown": INTEGER,
+            "avg": NULLABLE_NUMBER,
+            "max": NULLABLE_INTEGER,
+            "min": NULLABLE_INTEGER,
+            "skew_ratio": NULLABLE_NUMBER,
+            "cv": NULLABLE_NUMBER,
+            "hot": INTEGER,
+            "cold": INTEGER,
+        }
+    ),
+    "CheckState": _obj(
+        {
+            "success": BOOLEAN,
+            "error": NULLABLE_STRING,
+            "duration_seconds": NUMBER,
+            "last_success_at": NULLABLE_NUMBER,
+        }
+    ),
+    "TableHealth": _obj(
+        {
+            "target": STRING,
+            "table": STRING,
+            "status": STATUS,
+            "target_up": BOOLEAN,
+            "implementation": _nullable("Implementation"),
+            "verification": _nullable("Verification"),
+            "verifications": {
+                "type": "object",
+                "additionalProperties": _ref("Verification"),
+                "description": "Every mode that has run, by mode.",
+            },
+            "distribution": _nullable("Distribution"),
+            "checks": {
+                "type": "object",
+                "additionalProperties": _ref("CheckState"),
+                "description": "The last run of every check, by check name.",
+            },
+        }
+    ),
     "Health": _obj({"status": STATUS, "tables": {"type": "array", "items": _ref("TableHealth")}}),
     "VerifyRequest": {
         "type": "object",
@@ -131,13 +156,15 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"target": STRING, "table": STRING, "mode": {**MODE, "default": "full"}},
         "description": "All fields optional; target and table may be left out when only one table matches.",
     },
-    "VerifyResult": _obj({
-        "target": STRING,
-        "table": STRING,
-        "success": BOOLEAN,
-        "error": NULLABLE_STRING,
-        "verification": _nullable("Verification"),
-    }),
+    "VerifyResult": _obj(
+        {
+            "target": STRING,
+            "table": STRING,
+            "success": BOOLEAN,
+            "error": NULLABLE_STRING,
+            "verification": _nullable("Verification"),
+        }
+    ),
 }
 
 RESPONSES: dict[str, Any] = {
@@ -151,21 +178,40 @@ RESPONSES: dict[str, Any] = {
         "PayloadTooLarge": "A body over 64 KiB.",
     }.items()
 }
-RESPONSES["Unauthorized"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]},
-                                                             "required": True}}
+RESPONSES["Unauthorized"]["headers"] = {
+    "WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}, "required": True}
+}
 
 QUERY = [
-    {"name": "format", "in": "query", "required": False, "schema": {"type": "string", "enum": ["text", "json"],
-                                                                      "default": "text"}},
-    {"name": "target", "in": "query", "required": False, "schema": STRING,
-     "description": "Only this target; an unknown one gives 404."},
-    {"name": "table", "in": "query", "required": False, "schema": STRING,
-     "description": "Only this table (schema.table); an unknown one gives 404."},
+    {
+        "name": "format",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["text", "json"], "default": "text"},
+    },
+    {
+        "name": "target",
+        "in": "query",
+        "required": False,
+        "schema": STRING,
+        "description": "Only this target; an unknown one gives 404.",
+    },
+    {
+        "name": "table",
+        "in": "query",
+        "required": False,
+        "schema": STRING,
+        "description": "Only this table (schema.table); an unknown one gives 404.",
+    },
 ]
 QUERY_ERRORS = {"400": _error("BadRequest"), "404": _error("NotFound")}
-REPORT = {"200": {"description": "The text report, or its JSON twin with format=json.",
-                  "content": {"text/plain": {"schema": STRING}, "application/json": {"schema": _ref("Health")}}},
-          **QUERY_ERRORS}
+REPORT = {
+    "200": {
+        "description": "The text report, or its JSON twin with format=json.",
+        "content": {"text/plain": {"schema": STRING}, "application/json": {"schema": _ref("Health")}},
+    },
+    **QUERY_ERRORS,
+}
 
 
 def _get(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -182,50 +228,79 @@ SPEC: dict[str, Any] = {
         "title": "partkey-exporter",
         "version": __version__,
         "description": "The daemon's HTTP API. Every GET path answers HEAD too. Unknown paths give 404 and "
-                       "wrong methods 405 (with Allow), each with the Error body.",
+        "wrong methods 405 (with Allow), each with the Error body.",
     },
     "paths": {
         "/": _get("An HTML page linking the GET paths.", {"200": _text("The index page.", ("text/html",))}),
-        "/metrics": _get("The Prometheus exposition, from the last snapshot.", {"200": _text(
-            "Prometheus text format 0.0.4, or OpenMetrics (or text 1.0.0) when the Accept header asks for it; "
-            "the version in the content type follows the request.",
-            ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0"))}),
-        "/healthz": _get("Liveness; never touches the database.", {"200": _text("Always `ok`.")}),
-        "/readyz": _get("Readiness: has every target had a successful check?", {
-            "200": _json("Every target is ready.", _ref("Ready")),
-            "503": _json("Some target has had no successful check yet.", _ref("Ready")),
-        }),
-        "/report": _get("The health report.", REPORT, QUERY),
-        "/admin/partition/health": _get("The plan's JSON summary of every selected table.", {
-            "200": _json("The overall status and every table's details.", _ref("Health")), **QUERY_ERRORS,
-        }, [{**QUERY[0], "description": "Accepted and checked, but the answer is always JSON."}, *QUERY[1:]]),
-        "/admin/partition/health/report": _get("The plan's text report (same as /report).", REPORT, QUERY),
-        "/admin/partition/verify": {"post": {
-            "summary": "Run a verification now; one at a time per table.",
-            "security": [{"bearerAuth": []}, {}],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("VerifyRequest")}}},
-            "responses": {
-                "200": _json("The verification ran.", _ref("VerifyResult")),
-                "400": _error("BadRequest"),
-                "401": _error("Unauthorized"),
-                "404": _json("No such target or table, several match, or incremental mode without "
-                             "monotonic_column.", _ref("Error")),
-                "409": _error("Conflict"),
-                "411": _error("LengthRequired"),
-                "413": _error("PayloadTooLarge"),
-                "502": _json("The verification failed on the database: success is false and error says why.",
-                             _ref("VerifyResult")),
+        "/metrics": _get(
+            "The Prometheus exposition, from the last snapshot.",
+            {
+                "200": _text(
+                    "Prometheus text format 0.0.4, or OpenMetrics (or text 1.0.0) when the Accept header asks for it; "
+                    "the version in the content type follows the request.",
+                    ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0"),
+                )
             },
-        }},
-        "/openapi.json": _get("This document.", {"200": _json("OpenAPI 3.0.", _obj(
-            {"openapi": STRING, "info": {"type": "object"}, "paths": {"type": "object"}}))}),
+        ),
+        "/healthz": _get("Liveness; never touches the database.", {"200": _text("Always `ok`.")}),
+        "/readyz": _get(
+            "Readiness: has every target had a successful check?",
+            {
+                "200": _json("Every target is ready.", _ref("Ready")),
+                "503": _json("Some target has had no successful check yet.", _ref("Ready")),
+            },
+        ),
+        "/report": _get("The health report.", REPORT, QUERY),
+        "/admin/partition/health": _get(
+            "The plan's JSON summary of every selected table.",
+            {
+                "200": _json("The overall status and every table's details.", _ref("Health")),
+                **QUERY_ERRORS,
+            },
+            [{**QUERY[0], "description": "Accepted and checked, but the answer is always JSON."}, *QUERY[1:]],
+        ),
+        "/admin/partition/health/report": _get("The plan's text report (same as /report).", REPORT, QUERY),
+        "/admin/partition/verify": {
+            "post": {
+                "summary": "Run a verification now; one at a time per table.",
+                "security": [{"bearerAuth": []}, {}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("VerifyRequest")}}},
+                "responses": {
+                    "200": _json("The verification ran.", _ref("VerifyResult")),
+                    "400": _error("BadRequest"),
+                    "401": _error("Unauthorized"),
+                    "404": _json(
+                        "No such target or table, several match, or incremental mode without monotonic_column.",
+                        _ref("Error"),
+                    ),
+                    "409": _error("Conflict"),
+                    "411": _error("LengthRequired"),
+                    "413": _error("PayloadTooLarge"),
+                    "502": _json(
+                        "The verification failed on the database: success is false and error says why.",
+                        _ref("VerifyResult"),
+                    ),
+                },
+            }
+        },
+        "/openapi.json": _get(
+            "This document.",
+            {
+                "200": _json(
+                    "OpenAPI 3.0.", _obj({"openapi": STRING, "info": {"type": "object"}, "paths": {"type": "object"}})
+                )
+            },
+        ),
     },
     "components": {
         "schemas": SCHEMAS,
         "responses": RESPONSES,
-        "securitySchemes": {"bearerAuth": {
-            "type": "http", "scheme": "bearer",
-            "description": "Only when admin_token_env or admin_token_file is configured; compared in constant time.",
-        }},
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Only when admin_token_env or admin_token_file is set; compared in constant time.",
+            }
+        },
     },
 }

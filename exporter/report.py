@@ -51,7 +51,8 @@ class TableHealth:
     def distribution(self) -> Distribution | None:
         """The freshest distribution, exact or estimated."""
         candidates = [
-            r for r in (self.results.get("distribution"), self.results.get("distribution_exact"))
+            r
+            for r in (self.results.get("distribution"), self.results.get("distribution_exact"))
             if r is not None and isinstance(r.payload, Distribution)
         ]
         if not candidates:
@@ -63,9 +64,7 @@ class TableHealth:
     @property
     def bad_rows(self) -> int:
         """The largest bad-row count any verification mode reports."""
-        return max(
-            (v.mismatched + v.null_keys + v.expression_errors for _, _, v in self.verifications()), default=0
-        )
+        return max((v.mismatched + v.null_keys + v.expression_errors for _, _, v in self.verifications()), default=0)
 
     @property
     def failing_checks(self) -> list[str]:
@@ -137,15 +136,21 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
         ]
     else:
         lines += ["  Total Chunks: unknown"]
-    lines += ["", "DETAILS:", f"  Target: {health.target}", f"  Table: {health.table}",
-              f"  Status: {health.status.upper()}"]
+    lines += [
+        "",
+        "DETAILS:",
+        f"  Target: {health.target}",
+        f"  Table: {health.table}",
+        f"  Status: {health.status.upper()}",
+    ]
     if not health.target_up:
         lines.append("  Target Reachable: NO")
     if info is not None:
         shape = info.shape.upper() if info.shape != "plain" else "PLAIN (not partitioned)"
         if info.shape != "plain":
             shape += f", {info.partition_count} partitions, " + (
-                "with a DEFAULT partition" if info.has_default_partition else "no DEFAULT partition")
+                "with a DEFAULT partition" if info.has_default_partition else "no DEFAULT partition"
+            )
         lines += [f"  PostgreSQL Server: {info.server_version}", f"  Table Shape: {shape}"]
         if info.trigger_location:
             lines.append(f"  Trigger: on the {info.trigger_location}, enabled: {_yes(bool(info.trigger_enabled))}")
@@ -172,8 +177,11 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
         lines.append("  Example Bad Keys:")
         for example in examples[:10]:
             key = ", ".join(f"{k}={v}" for k, v in example.primary_key.items())
-            detail = example.error if example.kind == "error" else (
-                f"stored {example.stored_key}, expected {example.expected_key}")
+            detail = (
+                example.error
+                if example.kind == "error"
+                else (f"stored {example.stored_key}, expected {example.expected_key}")
+            )
             lines.append(f"    - {example.kind} in {example.relation} ({key}): {detail}")
     for name in health.failing_checks:
         lines.append(f"  Failing Check: {name}: {health.results[name].error}")

@@ -76,8 +76,9 @@ class Target:
         self._next_attempt = time.monotonic() + delay
         message = self.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         if self.up is not False:
-            log.error("target %s is down: %s (retrying with backoff up to %.0fs)",
-                      self.name, message, MAX_BACKOFF_SECONDS)
+            log.error(
+                "target %s is down: %s (retrying with backoff up to %.0fs)", self.name, message, MAX_BACKOFF_SECONDS
+            )
         else:
             log.debug("target %s still down: %s (next attempt in %.0fs)", self.name, message, delay)
         self.up = False
@@ -152,8 +153,9 @@ class Target:
                     conn.cancel()
             acquired = self._lock.acquire(timeout=3 * grace)
         if not acquired:
-            log.warning("target %s: a check is still running at shutdown; its connection closes with the process",
-                        self.name)
+            log.warning(
+                "target %s: a check is still running at shutdown; its connection closes with the process", self.name
+            )
             return
         try:
             self._drop_connection()

@@ -297,12 +297,8 @@ class Verifier:
     def _collect_examples(self, source: sql.Composable, where: sql.Composable, tally: _Tally) -> None:
         """Fetch a few bad rows' primary keys and partitions; skip quietly if the expression errors here."""
         key = sql.Identifier(self.spec.key_column)
-        bad = sql.SQL("({key} IS NULL OR {key} IS DISTINCT FROM {expr})").format(
-            key=key, expr=self.spec.expression()
-        )
-        condition = (
-            sql.SQL(" WHERE ") + bad if where.as_string(self.conn) == "" else where + sql.SQL(" AND ") + bad
-        )
+        bad = sql.SQL("({key} IS NULL OR {key} IS DISTINCT FROM {expr})").format(key=key, expr=self.spec.expression())
+        condition = sql.SQL(" WHERE ") + bad if where.as_string(self.conn) == "" else where + sql.SQL(" AND ") + bad
         query = sql.SQL(
             "SELECT (SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c"
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.tableoid),"
@@ -365,7 +361,5 @@ class Verifier:
 
 def current_watermark(conn: psycopg.Connection[Any], spec: KeySpec, column: str) -> Any:
     """The newest value of the watermark column, or None for an empty table."""
-    row = conn.execute(
-        sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), spec.table_ident)
-    ).fetchone()
+    row = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), spec.table_ident)).fetchone()
     return row[0] if row else None

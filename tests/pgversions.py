@@ -195,8 +195,19 @@ class VersionedServer:
         """initdb, configure and start; return the DSN."""
         self._prepare_tree()
         self._as_server_user(
-            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--locale=C", "--no-sync"]
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
         )
         settings = dict(SERVER_SETTINGS, port=str(PORT), unix_socket_directories=f"'{self.socket_dir}'")
         with (self.data / "postgresql.conf").open("a") as conf:

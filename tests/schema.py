@@ -49,8 +49,7 @@ def create_list_table(
     )
     for key in range(modulus):
         conn.execute(
-            f"CREATE TABLE {schema}.{table}_part_{key:02d} PARTITION OF {schema}.{table} "
-            f"FOR VALUES IN ({key})"
+            f"CREATE TABLE {schema}.{table}_part_{key:02d} PARTITION OF {schema}.{table} FOR VALUES IN ({key})"
         )
     if default_partition:
         conn.execute(f"CREATE TABLE {schema}.{table}_default PARTITION OF {schema}.{table} DEFAULT")

@@ -44,8 +44,9 @@ def serving(exporter: Exporter, listen: ListenConfig | None = None) -> Iterator[
         exporter.stop()
 
 
-def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+def http(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of one request; HTTP errors are returned, not raised."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
     try:

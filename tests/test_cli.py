@@ -44,9 +44,16 @@ def test_report_text(conn: psycopg.Connection[Any], dsn: str, capsys: pytest.Cap
     assert main(["report", "--dsn", dsn, "--modulus", "10"]) == 0
     lines = capsys.readouterr().out.splitlines()
     major = conn.info.server_version // 10000
-    for expected in [f"  PostgreSQL Version: {major}", "  Current Method: TRIGGER", "  Is Optimal: NO",
-                     "  Records Checked: 1,000", "  Correct Keys: 1,000", "  Validation: PASSED",
-                     "  Total Chunks: 1,000", "  INT_MIN Overflow in Formula: YES"]:
+    for expected in [
+        f"  PostgreSQL Version: {major}",
+        "  Current Method: TRIGGER",
+        "  Is Optimal: NO",
+        "  Records Checked: 1,000",
+        "  Correct Keys: 1,000",
+        "  Validation: PASSED",
+        "  Total Chunks: 1,000",
+        "  INT_MIN Overflow in Formula: YES",
+    ]:
         assert expected in lines
 
 
@@ -61,6 +68,7 @@ def test_key_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_help_for_every_command() -> None:
     for command in ([], ["run"], ["report"], ["verify"], ["check-config"], ["demo"], ["key"]):
-        done = subprocess.run([sys.executable, "-m", "exporter.cli", *command, "--help"], capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", *command, "--help"], capture_output=True, text=True, check=False
+        )
         assert done.returncode == 0 and "usage: partkey-exporter" in done.stdout

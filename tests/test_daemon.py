@@ -49,8 +49,12 @@ def _wait_ready(url: str, context: ssl.SSLContext | None = None, timeout: float 
 
 
 def _start(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[float, str]:
@@ -101,9 +105,28 @@ def test_tls_serves_metrics_with_the_configured_certificate(
         pytest.skip("openssl command not found")
     create_list_table(conn, modulus=4, trigger=None)
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     config = tmp_path / "partkey.yaml"
     _write(config, dsn, port, tls=f", tls_cert_file: {cert}, tls_key_file: {key}")

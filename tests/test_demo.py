@@ -28,8 +28,12 @@ def _postgres_children(datadir: str) -> list[psutil.Process]:
 
 def test_demo_runs_reports_and_stops_cleanly() -> None:
     port = free_port()
-    demo = subprocess.Popen([sys.executable, "-m", "exporter.cli", "demo", "--rows", "5000", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "demo", "--rows", "5000", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert demo.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + 120

@@ -44,8 +44,9 @@ def test_never_analyzed_partitions_are_unknown_not_empty(
 def test_estimate_matches_exact_after_analyze(conn: psycopg.Connection[Any]) -> None:
     create_list_table(conn, modulus=5, trigger=None, default_partition=True)
     insert_rows(conn, 3000, modulus=5, collections=7)
-    conn.execute("INSERT INTO chunks (collection_id, partition_key) SELECT md5(g::text)::uuid, 77 "
-                 "FROM generate_series(1, 9) g")
+    conn.execute(
+        "INSERT INTO chunks (collection_id, partition_key) SELECT md5(g::text)::uuid, 77 FROM generate_series(1, 9) g"
+    )
     conn.execute("ANALYZE chunks")
     exact = exact_distribution(conn, SPEC)
     estimate = _until(lambda: estimated_distribution(conn, SPEC), lambda d: d.partitions == exact.partitions)
@@ -60,9 +61,12 @@ def test_estimate_matches_exact_after_analyze(conn: psycopg.Connection[Any]) -> 
 
 
 def test_skew_figures() -> None:
-    spread = summarize("exact", True, [P("a", 100, False), P("b", 50, False), P("c", 0, False), P("d", 50, False),
-                                       P("default", 3, True)])
+    spread = summarize(
+        "exact",
+        True,
+        [P("a", 100, False), P("b", 50, False), P("c", 0, False), P("d", 50, False), P("default", 3, True)],
+    )
     assert (spread.total_rows, spread.default_rows, spread.partition_count) == (203, 3, 4)
     assert (spread.avg, spread.max, spread.min, spread.skew_ratio) == (50.0, 100, 0, 2.0)
-    assert spread.cv == pytest.approx((1250 ** 0.5) / 50)
+    assert spread.cv == pytest.approx((1250**0.5) / 50)
     assert (spread.active, spread.empty, spread.hot, spread.cold) == (3, 1, 1, 1)

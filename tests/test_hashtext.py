@@ -156,8 +156,9 @@ def test_partition_for_agrees_with_the_exporters_key_sql(conn: psycopg.Connectio
 
 @pytest.mark.versioned("hashtext agreement")
 def test_int_min_on_server(conn: psycopg.Connection[Any]) -> None:
-    safe = conn.execute("SELECT hashtext(x), abs(hashtext(x) %% 100) FROM (SELECT %s::text AS x) s",
-                        (INT_MIN_COLLECTION_ID,)).fetchone()
+    safe = conn.execute(
+        "SELECT hashtext(x), abs(hashtext(x) %% 100) FROM (SELECT %s::text AS x) s", (INT_MIN_COLLECTION_ID,)
+    ).fetchone()
     assert safe == (-2147483648, partition_for(INT_MIN_COLLECTION_ID))
     with pytest.raises(psycopg.errors.NumericValueOutOfRange, match=r"^integer out of range$"):
         conn.execute("SELECT abs(hashtext(%s)) %% 100", (INT_MIN_COLLECTION_ID,))

@@ -91,8 +91,7 @@ def test_one_disabled_partition_trigger_is_reported(conn: psycopg.Connection[Any
 def test_list_table_with_check_is_optimal(conn: psycopg.Connection[Any]) -> None:
     create_list_table(conn, modulus=3, trigger=None)
     conn.execute(
-        "ALTER TABLE chunks ADD CONSTRAINT chunks_partition_key_check "
-        f"CHECK (partition_key = {SAFE.format(modulus=3)})"
+        f"ALTER TABLE chunks ADD CONSTRAINT chunks_partition_key_check CHECK (partition_key = {SAFE.format(modulus=3)})"
     )
     info = detect(conn, KeySpec(modulus=3))
     assert (info.method, info.optimal, info.formula_overflow) == ("check", True, False)
@@ -127,9 +126,7 @@ def test_plain_table_kinds(conn: psycopg.Connection[Any], key: str, method: str,
     if key == "check" and pg11:
         # Without GENERATED columns a CHECK (safe formula) is the best PG 11 allows.
         optimal = True
-        assert info.reason == (
-            "PostgreSQL 11 has no GENERATED columns; a trigger or CHECK is the best it allows"
-        )
+        assert info.reason == ("PostgreSQL 11 has no GENERATED columns; a trigger or CHECK is the best it allows")
     assert (info.method, info.optimal) == (method, optimal)
     if key == "generated":
         assert info.generated_kind == "stored"
@@ -161,9 +158,7 @@ def test_hash_partitioned_table(conn: psycopg.Connection[Any]) -> None:
         "PARTITION BY HASH (collection_id)"
     )
     for r in range(4):
-        conn.execute(
-            f"CREATE TABLE chunks_h{r} PARTITION OF chunks FOR VALUES WITH (MODULUS 4, REMAINDER {r})"
-        )
+        conn.execute(f"CREATE TABLE chunks_h{r} PARTITION OF chunks FOR VALUES WITH (MODULUS 4, REMAINDER {r})")
     info = detect(conn, SPEC)
     assert (info.shape, info.method, info.optimal, info.partition_count) == ("hash", "hash", True, 4)
     assert info.key_column_exists is False

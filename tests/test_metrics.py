@@ -72,15 +72,23 @@ def test_metrics_values_match_the_database(conn: psycopg.Connection[Any], dsn: s
     assert value(samples, "partkey_partitions_hot", **t, source="exact") == sum(1 for c in counts if c > 1.2 * avg)
     assert value(samples, "partkey_insert_probe_duration_seconds_count", **t) == 4
     assert value(samples, "partkey_insert_probe_failures_total", **t) == 0
-    for check in ("implementation", "verification_full", "verification_sample", "verification_incremental",
-                  "distribution", "distribution_exact", "insert_probe"):
+    for check in (
+        "implementation",
+        "verification_full",
+        "verification_sample",
+        "verification_incremental",
+        "distribution",
+        "distribution_exact",
+        "insert_probe",
+    ):
         assert value(samples, "partkey_check_success", **t, check=check) == 1, check
         assert value(samples, "partkey_check_last_success_timestamp_seconds", **t, check=check) > 0
     assert value(samples, "partkey_check_interval_seconds", **t, check="verification_full") == 21600
     # No label ever carries a collection id: no label name or value mentions one, and no value holds a uuid.
     pairs = [pair for (_, labels) in samples for pair in labels]
-    assert not [(label, text) for label, text in pairs
-                if "collection" in label or "collection" in text or UUID.search(text)]
+    assert not [
+        (label, text) for label, text in pairs if "collection" in label or "collection" in text or UUID.search(text)
+    ]
 
 
 def test_openmetrics_when_asked(conn: psycopg.Connection[Any], dsn: str) -> None:
@@ -117,8 +125,10 @@ def test_incremental_counts_only_new_bad_rows(conn: psycopg.Connection[Any], dsn
     first = runner.run()
     assert first.payload.rows_checked == 0 and first.payload.mismatched == 0
     conn.execute("ALTER TABLE chunks DISABLE TRIGGER set_partition_key")
-    conn.execute("INSERT INTO chunks (collection_id, partition_key) SELECT md5('n' || g)::uuid, "
-                 "(abs(hashtext(md5('n' || g)::uuid::text) % 10) + 1) % 10 FROM generate_series(1, 5) g")
+    conn.execute(
+        "INSERT INTO chunks (collection_id, partition_key) SELECT md5('n' || g)::uuid, "
+        "(abs(hashtext(md5('n' || g)::uuid::text) % 10) + 1) % 10 FROM generate_series(1, 5) g"
+    )
     insert_rows(conn, 30, modulus=10)
     second = runner.run()
     assert (second.payload.rows_checked, second.payload.mismatched) == (35, 5)
@@ -133,8 +143,10 @@ def test_incremental_counts_only_new_bad_rows(conn: psycopg.Connection[Any], dsn
         # While a full pass still finds bad rows, the incremental tally stays; after a repair it starts over.
         exporter.runners[("t1", "public.chunks", "verification_full")].run()
         assert runner.run().payload.mismatched == 5
-        conn.execute("UPDATE chunks SET partition_key = abs(hashtext(collection_id::text) % 10)"
-                     " WHERE partition_key <> abs(hashtext(collection_id::text) % 10)")
+        conn.execute(
+            "UPDATE chunks SET partition_key = abs(hashtext(collection_id::text) % 10)"
+            " WHERE partition_key <> abs(hashtext(collection_id::text) % 10)"
+        )
         clean = exporter.runners[("t1", "public.chunks", "verification_full")].run()
         assert clean.payload.mismatched == 0
         after = runner.run().payload

@@ -20,16 +20,18 @@ T = {"target": "t1", "table": "public.chunks"}
 
 def _our_active_queries(admin: psycopg.Connection[Any]) -> list[str]:
     """Queries of the exporter's connection that are still running."""
-    return [r[0] for r in admin.execute(
-        "SELECT query FROM pg_stat_activity WHERE application_name = %s AND state = 'active'", (APPLICATION_NAME,)
-    ).fetchall()]
+    return [
+        r[0]
+        for r in admin.execute(
+            "SELECT query FROM pg_stat_activity WHERE application_name = %s AND state = 'active'", (APPLICATION_NAME,)
+        ).fetchall()
+    ]
 
 
 def test_scrape_serves_old_snapshot_while_check_is_blocked(conn: psycopg.Connection[Any], dsn: str) -> None:
     create_list_table(conn, modulus=4, trigger=None)
     insert_rows(conn, 400, modulus=4)
-    config = config_for(dsn, "modulus: 4\nchecks:\n  verification_full: {statement_timeout: 30s}",
-                        name="t1")
+    config = config_for(dsn, "modulus: 4\nchecks:\n  verification_full: {statement_timeout: 30s}", name="t1")
     config = config.model_copy(update={"targets": [config.targets[0].model_copy(update={"lock_timeout": 3.0})]})
     exporter = Exporter(config)
     runner = exporter.runners[("t1", "public.chunks", "verification_full")]
@@ -116,8 +118,9 @@ def test_reconnects_after_backend_is_terminated(conn: psycopg.Connection[Any], d
             break
     assert exporter.targets["t1"].up is True
     assert exporter.targets["t1"].backend_pid != pid
-    holders = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                           (APPLICATION_NAME,)).fetchone()[0]
+    holders = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+    ).fetchone()[0]
     assert holders == 1  # one connection per target
     exporter.stop()
 

@@ -25,8 +25,7 @@ pytestmark = pytest.mark.versioned("verification")
 def _stale_keys(conn: psycopg.Connection[Any], count: int) -> None:
     """Move collection ids under existing rows without fixing the key, as production drift does."""
     conn.execute(
-        f"UPDATE chunks SET collection_id = {RANDOM_UUID} "
-        f"WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT {count})"
+        f"UPDATE chunks SET collection_id = {RANDOM_UUID} WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT {count})"
     )
 
 
@@ -68,15 +67,13 @@ def test_incremental_sees_only_new_rows(conn: psycopg.Connection[Any]) -> None:
     first = current_watermark(conn, spec, "id")
     insert_rows(conn, 200, modulus=10)
     conn.execute(
-        f"INSERT INTO chunks (collection_id, partition_key) "
-        f"SELECT {RANDOM_UUID}, 3 FROM generate_series(1, 40)"
+        f"INSERT INTO chunks (collection_id, partition_key) SELECT {RANDOM_UUID}, 3 FROM generate_series(1, 40)"
     )
     upto = current_watermark(conn, spec, "id")
     result = verifier.run("incremental", watermark_column="id", after=first, upto=upto)
     wrong_new = scalar(
         conn,
-        "SELECT count(*) FROM chunks "
-        "WHERE id > %s AND partition_key <> abs(hashtext(collection_id::text) %% 10)",
+        "SELECT count(*) FROM chunks WHERE id > %s AND partition_key <> abs(hashtext(collection_id::text) %% 10)",
         (first,),
     )
     assert result.rows_checked == 240

@@ -48,13 +48,27 @@ def schedule_verification(
         if result.clean:
             log.info("%s: no bad partition key among %d rows checked (%s)", sync.label, result.rows_checked, mode)
         else:
-            log.error("%s: %d wrong, %d NULL, %d unevaluable partition keys among %d rows (%s)", sync.label,
-                      result.mismatched, result.null_keys, result.expression_errors, result.rows_checked, mode)
+            log.error(
+                "%s: %d wrong, %d NULL, %d unevaluable partition keys among %d rows (%s)",
+                sync.label,
+                result.mismatched,
+                result.null_keys,
+                result.expression_errors,
+                result.rows_checked,
+                mode,
+            )
         if on_result is not None:
             on_result(result)
 
-    return scheduler.add_job(job, "interval", seconds=seconds, id=f"verify-{sync.label}-{mode}",
-                             next_run_time=dt.datetime.now(dt.UTC), max_instances=1, coalesce=True)
+    return scheduler.add_job(
+        job,
+        "interval",
+        seconds=seconds,
+        id=f"verify-{sync.label}-{mode}",
+        next_run_time=dt.datetime.now(dt.UTC),
+        max_instances=1,
+        coalesce=True,
+    )
 
 
 def main() -> None:

@@ -47,14 +47,17 @@ def verify_partition_keys(mode: str = "sample", raise_on_bad: bool = False, **op
     if mode not in {"sample", "full"}:
         raise ValueError(f"mode must be sample or full, got {mode!r}")
     dsn = options.pop("dsn", None)
-    detector = (PartitionImplementationDetector(dsn, **options) if dsn
-                else PartitionImplementationDetector.from_env(**options))
+    detector = (
+        PartitionImplementationDetector(dsn, **options) if dsn else PartitionImplementationDetector.from_env(**options)
+    )
     with detector:
         result = detector.verify_partition_keys("full" if mode == "full" else "sample")
     summary = {"table": detector.label, "target": detector.target_name, "clean": result.clean, **result.to_dict()}
     if not result.clean:
-        message = (f"{detector.label}: {result.mismatched} wrong, {result.null_keys} NULL and "
-                   f"{result.expression_errors} unevaluable partition keys among {result.rows_checked} rows ({mode})")
+        message = (
+            f"{detector.label}: {result.mismatched} wrong, {result.null_keys} NULL and "
+            f"{result.expression_errors} unevaluable partition keys among {result.rows_checked} rows ({mode})"
+        )
         if raise_on_bad:
             raise WrongPartitionKeysError(message)
         log.error("%s", message)

@@ -110,8 +110,9 @@ def partition_health_router(
 
         return endpoint
 
-    router.add_api_route("/verify", not_allowed("POST"), methods=["GET", "HEAD", *OTHER_METHODS],
-                         include_in_schema=False)
+    router.add_api_route(
+        "/verify", not_allowed("POST"), methods=["GET", "HEAD", *OTHER_METHODS], include_in_schema=False
+    )
     for path in ("/health", "/health/report"):
         router.add_api_route(path, not_allowed("GET, HEAD"), methods=["POST", *OTHER_METHODS], include_in_schema=False)
     return router

@@ -81,4 +81,3 @@ class InsertProbeCheck:
                 latencies.append(time.perf_counter() - started)
                 raise psycopg.Rollback(savepoint)
         return Outcome(payload=ProbeResult(samples=tuple(latencies)), probe=(latencies, 0))
-

@@ -61,7 +61,11 @@ class VerificationCheck:
         key_column_exists, primary_key = verification_inputs(conn, spec)
         if not key_column_exists:
             result = VerificationResult(
-                mode=self.mode, rows_checked=0, mismatched=0, null_keys=0, expression_errors=0,
+                mode=self.mode,
+                rows_checked=0,
+                mismatched=0,
+                null_keys=0,
+                expression_errors=0,
                 note=f"no column {spec.key_column}: the server routes rows itself, nothing to verify",
             )
             return Outcome(payload=result, rows_verified=(self.mode, 0))
@@ -88,12 +92,23 @@ class VerificationCheck:
             log.info("incremental verification of %s starts after %s=%s", self.table.label, column, upto)
             state.watermark = upto
             return 0, VerificationResult(
-                mode="incremental", rows_checked=0, mismatched=0, null_keys=0, expression_errors=0,
-                watermark=upto, note="watermark initialised; rows inserted from now on are checked",
+                mode="incremental",
+                rows_checked=0,
+                mismatched=0,
+                null_keys=0,
+                expression_errors=0,
+                watermark=upto,
+                note="watermark initialised; rows inserted from now on are checked",
             )
         if upto is None or upto == state.watermark:
-            new = VerificationResult(mode="incremental", rows_checked=0, mismatched=0, null_keys=0,
-                                     expression_errors=0, watermark=state.watermark)
+            new = VerificationResult(
+                mode="incremental",
+                rows_checked=0,
+                mismatched=0,
+                null_keys=0,
+                expression_errors=0,
+                watermark=state.watermark,
+            )
         else:
             new = verifier.run("incremental", watermark_column=column, after=state.watermark, upto=upto)
             state.watermark = upto

@@ -51,7 +51,10 @@ def test_services_and_exporter_image(compose: dict[str, Any]) -> None:
     assert (ROOT / exporter["build"]["context"]).resolve() == REPO
     assert exporter["build"]["dockerfile"] == "Dockerfile"
     assert [*exporter["entrypoint"], *exporter["command"]] == [
-        "partkey-exporter", "run", "--config", "/etc/partkey/config.yaml",
+        "partkey-exporter",
+        "run",
+        "--config",
+        "/etc/partkey/config.yaml",
     ]
     assert exporter["ports"] == [f"{PORT}:{PORT}"]
     assert exporter["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -150,9 +153,9 @@ def test_demo_database_and_exporter_role(dsn: str, compose: dict[str, Any]) -> N
         try:
             conn.execute(sql)  # a trusted file of several statements
             assert conn.execute("SELECT count(*) FROM chunks").fetchone() == (100_000,)
-            assert conn.execute(
-                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'chunks'::regclass"
-            ).fetchone() == (100,)
+            assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'chunks'::regclass").fetchone() == (
+                100,
+            )
             wrong = conn.execute(
                 "SELECT count(*) FROM chunks WHERE partition_key <> abs(hashtext(collection_id::text) % 100)"
             ).fetchone()
@@ -162,9 +165,22 @@ def test_demo_database_and_exporter_role(dsn: str, compose: dict[str, Any]) -> N
             role_dsn = psycopg.conninfo.make_conninfo(dsn, user=role, password=password)
             env = {**os.environ, "PARTKEY_DSN": role_dsn}
             result = subprocess.run(
-                [sys.executable, "-m", "exporter.cli", "verify", "--config",
-                 str(ROOT / "compose" / "partkey.yaml"), "--mode", "full"],
-                capture_output=True, text=True, timeout=60, env=env, cwd=REPO, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "exporter.cli",
+                    "verify",
+                    "--config",
+                    str(ROOT / "compose" / "partkey.yaml"),
+                    "--mode",
+                    "full",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                cwd=REPO,
+                check=False,
             )
             assert result.returncode == 1, result.stdout + result.stderr  # 1 = bad keys found
             expected = "demo/public.chunks: 100000 rows checked (full), 7 wrong keys, 0 NULL keys"

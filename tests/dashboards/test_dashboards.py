@@ -63,9 +63,7 @@ def test_json_loads_back_through_the_sdk(name: str) -> None:
         if isinstance(panel, dm.Panel):
             assert panel.targets is not None
             assert all(isinstance(t, pm.Dataquery) for t in panel.targets)
-            assert [t.expr for t in panel.targets if isinstance(t, pm.Dataquery)] == [
-                t["expr"] for t in raw["targets"]
-            ]
+            assert [t.expr for t in panel.targets if isinstance(t, pm.Dataquery)] == [t["expr"] for t in raw["targets"]]
 
 
 def test_dashboards_have_the_expected_panels() -> None:

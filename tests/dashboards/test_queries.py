@@ -44,9 +44,7 @@ def test_substitution_matches_grafana(queries: list[NamedQuery]) -> None:
     by_name = {q.name: q for q in queries}
     skew = by_name["Partkey / Partition distribution / Skew ratio (max / avg) / A"]
     assert skew.raw == 'partkey_partition_skew_ratio{target=~"$target", table=~"$table", source="$source"}'
-    assert skew.expr == (
-        r'partkey_partition_skew_ratio{target=~"demo", table=~"public\\.chunks", source="estimate"}'
-    )
+    assert skew.expr == (r'partkey_partition_skew_ratio{target=~"demo", table=~"public\\.chunks", source="estimate"}')
     assert skew.instant is False
     growth = by_name["Partkey / Partition distribution / Top 10 partitions by growth (selected range) / A"]
     assert growth.expr.endswith("[1h]))")

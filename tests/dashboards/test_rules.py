@@ -163,12 +163,16 @@ def test_grafana_managed_copies_match_the_prometheus_alerts() -> None:
     provisioned = {rule["title"]: rule for rule in group["rules"]}
     alerts = _by_name()
     critical = sorted(n for n, r in alerts.items() if r["labels"]["severity"] == "critical")
-    assert sorted(provisioned) == critical == [
-        "PartkeyExporterDown",
-        "PartkeyMismatchedRows",
-        "PartkeyNullKeys",
-        "PartkeyTargetDown",
-    ]
+    assert (
+        sorted(provisioned)
+        == critical
+        == [
+            "PartkeyExporterDown",
+            "PartkeyMismatchedRows",
+            "PartkeyNullKeys",
+            "PartkeyTargetDown",
+        ]
+    )
     symbols = {"gt": ">", "lt": "<"}
     for name, rule in provisioned.items():
         prom = alerts[name]
@@ -177,7 +181,10 @@ def test_grafana_managed_copies_match_the_prometheus_alerts() -> None:
         assert rule["condition"] == "C"
         assert query["datasourceUid"] == rules.GRAFANA_DATASOURCE_UID
         assert reduce["model"] == {
-            "expression": "A", "reducer": "last", "refId": "B", "type": "reduce",
+            "expression": "A",
+            "reducer": "last",
+            "refId": "B",
+            "type": "reduce",
             "datasource": {"type": "__expr__", "uid": "__expr__"},
         }
         evaluator = threshold["model"]["conditions"][0]["evaluator"]

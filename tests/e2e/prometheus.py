@@ -38,8 +38,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_prometheus(scrape_target: str, rule_files: list[Path] | None = None,
-                       scrape_interval: str = "1s") -> Iterator[str]:
+def running_prometheus(
+    scrape_target: str, rule_files: list[Path] | None = None, scrape_interval: str = "1s"
+) -> Iterator[str]:
     """Run Prometheus scraping host:port every second; yield its base URL."""
     binary = require_binary("prometheus")
     workdir = Path(tempfile.mkdtemp(prefix="partkey-prom-"))
@@ -58,9 +59,15 @@ scrape_configs:
     port = free_port()
     log = (workdir / "prometheus.log").open("w")
     process = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

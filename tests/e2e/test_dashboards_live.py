@@ -21,6 +21,7 @@ from tests.support import serving
 
 pytestmark = pytest.mark.e2e
 
+
 def _fast_rules(directory: Path) -> Path:
     """dashboards/alerts.yaml with every `for:` cut to 2s, so alerts can fire within the test."""
     document = yaml.safe_load(ALERTS_FILE.read_text())
@@ -53,8 +54,10 @@ def test_every_panel_and_rule_returns_data(dsn: str, conn: psycopg.Connection[An
             # Keep writing a little, so growth and rate panels see change, and wait for enough scrapes.
             deadline = time.monotonic() + 25
             while time.monotonic() < deadline:
-                conn.execute("INSERT INTO chunks (collection_id, partition_key) SELECT md5(g::text)::uuid, "
-                             "abs(hashtext(md5(g::text)::uuid::text) % 100) FROM generate_series(1, 200) g")
+                conn.execute(
+                    "INSERT INTO chunks (collection_id, partition_key) SELECT md5(g::text)::uuid, "
+                    "abs(hashtext(md5(g::text)::uuid::text) % 100) FROM generate_series(1, 200) g"
+                )
                 time.sleep(1)
             empty: list[str] = []
             failing: list[str] = []
@@ -71,8 +74,11 @@ def test_every_panel_and_rule_returns_data(dsn: str, conn: psycopg.Connection[An
             firing: list[dict[str, Any]] = []
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not firing:
-                firing = [a for a in _alerts(prometheus)
-                          if a["labels"]["alertname"] == "PartkeyMismatchedRows" and a["state"] == "firing"]
+                firing = [
+                    a
+                    for a in _alerts(prometheus)
+                    if a["labels"]["alertname"] == "PartkeyMismatchedRows" and a["state"] == "firing"
+                ]
                 time.sleep(1)
     assert failing == []
     assert empty == []

@@ -71,7 +71,8 @@ class Ticker:
         self._task = asyncio.create_task(self._tick())
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._task is not None
         self._task.cancel()

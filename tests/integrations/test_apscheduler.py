@@ -33,9 +33,11 @@ def test_background_scheduler_runs_incremental_verification(conn: psycopg.Connec
         try:
             first = results.get(timeout=20)
             assert (first.mode, first.rows_checked, first.mismatched) == ("incremental", 0, 0)  # sets the watermark
-            conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES"
-                         " (md5('x')::uuid, (abs(hashtext(md5('x')::uuid::text) % 5) + 2) % 5),"
-                         " (md5('y')::uuid, abs(hashtext(md5('y')::uuid::text) % 5))")
+            conn.execute(
+                "INSERT INTO chunks (collection_id, partition_key) VALUES"
+                " (md5('x')::uuid, (abs(hashtext(md5('x')::uuid::text) % 5) + 2) % 5),"
+                " (md5('y')::uuid, abs(hashtext(md5('y')::uuid::text) % 5))"
+            )
             deadline = time.monotonic() + 20
             later = results.get(timeout=20)
             while later.rows_checked == 0 and time.monotonic() < deadline:
@@ -56,10 +58,17 @@ def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], ds
         loop = asyncio.get_running_loop()
         done: asyncio.Future[VerificationResult] = loop.create_future()
         scheduler = AsyncIOScheduler(timezone="UTC")
-        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector, \
-                Ticker(0.02) as ticker:
-            example.schedule_verification(scheduler, detector, "full", seconds=60,
-                                          on_result=lambda r: loop.call_soon_threadsafe(done.set_result, r))
+        async with (
+            AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector,
+            Ticker(0.02) as ticker,
+        ):
+            example.schedule_verification(
+                scheduler,
+                detector,
+                "full",
+                seconds=60,
+                on_result=lambda r: loop.call_soon_threadsafe(done.set_result, r),
+            )
             scheduler.start()
             result = await asyncio.wait_for(done, timeout=20)  # after the lock is released, ~3 s from now
             scheduler.shutdown(wait=False)
@@ -74,8 +83,13 @@ def test_asyncio_scheduler_keeps_the_loop_free(conn: psycopg.Connection[Any], ds
 def test_the_script_runs_as_documented(conn: psycopg.Connection[Any], dsn: str) -> None:
     three_wrong_keys(conn)
     env = {**os.environ, "PARTKEY_DSN": dsn, "PARTKEY_MODULUS": str(MODULUS), "PARTKEY_VERIFY_MODE": "full"}
-    process = subprocess.Popen([sys.executable, "partkey_apscheduler.py"], cwd=EXAMPLES / "apscheduler", env=env,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "partkey_apscheduler.py"],
+        cwd=EXAMPLES / "apscheduler",
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stderr is not None
         line = process.stderr.readline()

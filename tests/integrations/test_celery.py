@@ -41,8 +41,10 @@ def test_the_task_returns_the_real_counts_and_logs_wrong_keys(
     assert "public.chunks: 3 wrong, 0 NULL and 0 unevaluable partition keys among 500 rows (full)" in caplog.text
     with pytest.raises(celery_example.WrongPartitionKeysError, match="3 wrong"):
         celery_example.verify_partition_keys.delay(mode="full", raise_on_bad=True, dsn=dsn, modulus=MODULUS).get()
-    conn.execute("UPDATE chunks SET partition_key = abs(hashtext(collection_id::text) % 5)"
-                 " WHERE partition_key IS DISTINCT FROM abs(hashtext(collection_id::text) % 5)")
+    conn.execute(
+        "UPDATE chunks SET partition_key = abs(hashtext(collection_id::text) % 5)"
+        " WHERE partition_key IS DISTINCT FROM abs(hashtext(collection_id::text) % 5)"
+    )
     repaired = celery_example.verify_partition_keys.delay(mode="full", raise_on_bad=True, dsn=dsn, modulus=5).get()
     assert (repaired["rows_checked"], repaired["mismatched"], repaired["clean"]) == (ROWS, 0, True)
     with pytest.raises(ValueError, match="mode must be sample or full"):
@@ -58,8 +60,9 @@ def test_beat_schedules_the_task_and_a_real_worker_runs_it(
     # The documented environment is all the task needs; beat fires every second for the test.
     monkeypatch.setenv("PARTKEY_DSN", dsn)
     monkeypatch.setenv("PARTKEY_MODULUS", str(MODULUS))
-    monkeypatch.setitem(app.conf.beat_schedule, "verify-partition-keys", {**entry, "schedule": 1.0,
-                                                                          "kwargs": {"mode": "full"}})
+    monkeypatch.setitem(
+        app.conf.beat_schedule, "verify-partition-keys", {**entry, "schedule": 1.0, "kwargs": {"mode": "full"}}
+    )
     results: queue.Queue[Any] = queue.Queue()
 
     def collect(sender: Any = None, result: Any = None, **_: Any) -> None:

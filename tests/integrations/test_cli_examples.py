@@ -21,12 +21,22 @@ def test_report_and_verify_as_the_examples_readme_shows(conn: psycopg.Connection
     readme = (EXAMPLES.parent / "docs" / "integrations.md").read_text()
     assert "partkey-exporter verify --mode full" in readme and "partkey-exporter report --format json" in readme
     env = {**os.environ, "PARTKEY_DSN": dsn}
-    verify = subprocess.run([CLI, "verify", "--mode", "full", "--modulus", str(MODULUS)], env=env,
-                            capture_output=True, text=True, timeout=60)
+    verify = subprocess.run(
+        [CLI, "verify", "--mode", "full", "--modulus", str(MODULUS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert verify.returncode == 1, verify.stderr
     assert f"default/public.chunks: {ROWS} rows checked (full), 3 wrong keys, 0 NULL keys" in verify.stdout
-    report = subprocess.run([CLI, "report", "--format", "json", "--modulus", str(MODULUS)], env=env,
-                            capture_output=True, text=True, timeout=60)
+    report = subprocess.run(
+        [CLI, "report", "--format", "json", "--modulus", str(MODULUS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
     assert data["status"] == "unhealthy" and data["tables"][0]["verification"]["mismatched"] == 3

@@ -114,17 +114,21 @@ def test_limit_modes_and_expression_errors(conn: psycopg.Connection[Any], dsn: s
         assert detector.verify_partition_keys("full", limit=0).examples == ()
         first = detector.verify_partition_keys("incremental")
         assert (first.rows_checked, first.mismatched) == (0, 0)  # the first run only sets the watermark
-        conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES"
-                     " (md5('a')::uuid, abs(hashtext(md5('a')::uuid::text) % 5)),"
-                     " (md5('b')::uuid, (abs(hashtext(md5('b')::uuid::text) % 5) + 1) % 5)")
+        conn.execute(
+            "INSERT INTO chunks (collection_id, partition_key) VALUES"
+            " (md5('a')::uuid, abs(hashtext(md5('a')::uuid::text) % 5)),"
+            " (md5('b')::uuid, (abs(hashtext(md5('b')::uuid::text) % 5) + 1) % 5)"
+        )
         later = detector.verify_partition_keys("incremental")
         assert (later.rows_checked, later.mismatched) == (2, 1)
         with pytest.raises(ValueError, match="mode must be full, sample or incremental, got 'everything'"):
             detector.verify_partition_keys("everything")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="limit must be between 0 and 1000"):
             detector.verify_partition_keys("full", limit=5000)
-    with PartitionImplementationDetector(dsn, modulus=MODULUS) as detector, \
-            pytest.raises(ValueError, match="no monotonic_column"):
+    with (
+        PartitionImplementationDetector(dsn, modulus=MODULUS) as detector,
+        pytest.raises(ValueError, match="no monotonic_column"),
+    ):
         detector.verify_partition_keys("incremental")
 
 
@@ -138,13 +142,17 @@ def test_legacy_formula_counts_the_int_min_row_as_an_expression_error(conn: psyc
 
 
 def test_failures_raise_with_the_daemons_message(conn: psycopg.Connection[Any], dsn: str) -> None:
-    with PartitionImplementationDetector(dsn, table="missing") as detector, \
-            pytest.raises(CheckFailedError, match=r"implementation of public\.missing failed: .*missing") as failed:
+    with (
+        PartitionImplementationDetector(dsn, table="missing") as detector,
+        pytest.raises(CheckFailedError, match=r"implementation of public\.missing failed: .*missing") as failed,
+    ):
         detector.detect_implementation()
     assert failed.value.result.success is False
     three_wrong_keys(conn)
-    with psycopg.connect(dsn) as locker, PartitionImplementationDetector(dsn, modulus=MODULUS,
-                                                                          lock_timeout=0.3) as detector:
+    with (
+        psycopg.connect(dsn) as locker,
+        PartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=0.3) as detector,
+    ):
         locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(CheckFailedError, match=r"lock wait exceeded lock_timeout=0.3s"):
             detector.verify_partition_keys("full")
@@ -160,8 +168,10 @@ def test_async_detector_keeps_the_loop_running_and_refuses_a_second_verification
     holder = threading.Thread(target=hold_lock, args=(dsn, 1.5, locked))
 
     async def scenario() -> tuple[int, VerificationResult, BaseException | None, Implementation]:
-        async with AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector, \
-                Ticker(0.05) as ticker:
+        async with (
+            AsyncPartitionImplementationDetector(dsn, modulus=MODULUS, lock_timeout=10) as detector,
+            Ticker(0.05) as ticker,
+        ):
             holder.start()
             await asyncio.to_thread(locked.wait, 5)
             verification = asyncio.create_task(detector.verify_partition_keys("full"))

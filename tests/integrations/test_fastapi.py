@@ -29,13 +29,16 @@ class Pair:
     def __init__(self, server: ExporterHTTPServer, client: TestClient, detector: PartitionImplementationDetector):
         self.server, self.client, self.detector = server, client, detector
 
-    def ask(self, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[tuple[int, dict[str, str], bytes], ...]:
+    def ask(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[tuple[int, dict[str, str], bytes], ...]:
         """(status, lower-cased headers, body) from the daemon, then from FastAPI."""
         status, daemon_headers, daemon_body = http(self.server.url + path, method, body, headers)
         response = self.client.request(method, path, content=body, headers=headers)
-        return ((status, {k.lower(): v for k, v in daemon_headers.items()}, daemon_body),
-                (response.status_code, dict(response.headers), response.content))
+        return (
+            (status, {k.lower(): v for k, v in daemon_headers.items()}, daemon_body),
+            (response.status_code, dict(response.headers), response.content),
+        )
 
 
 def _normal(data: Any) -> Any:
@@ -52,8 +55,13 @@ def pair(conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatc
     """Both servers behind the same token; the daemon's sample verification is off (it reads random pages)."""
     three_wrong_keys(conn)
     monkeypatch.setenv("PARTKEY_TEST_TOKEN", TOKEN)
-    exporter = Exporter(config_for(dsn, "modulus: 5\nchecks: {verification_sample: {enabled: false}}",
-                                   extra="admin_token_env: PARTKEY_TEST_TOKEN"))
+    exporter = Exporter(
+        config_for(
+            dsn,
+            "modulus: 5\nchecks: {verification_sample: {enabled: false}}",
+            extra="admin_token_env: PARTKEY_TEST_TOKEN",
+        )
+    )
     exporter.run_all_once()
     detector = PartitionImplementationDetector(dsn, modulus=MODULUS, target="t1", admin_token=TOKEN, cache_seconds=0)
     app: FastAPI = fastapi_example.create_app(detector)
@@ -164,8 +172,9 @@ def test_a_failed_verification_is_502_with_the_reason(pair: Pair, conn: psycopg.
     assert data["success"] is False and data["verification"] is None and "chunks" in data["error"]
 
 
-def test_the_example_app_from_the_environment(conn: psycopg.Connection[Any], dsn: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_app_from_the_environment(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     three_wrong_keys(conn)
     for name, value in {"DSN": dsn, "MODULUS": str(MODULUS), "ADMIN_TOKEN": TOKEN}.items():
         monkeypatch.setenv(f"PARTKEY_{name}", value)

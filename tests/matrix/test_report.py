@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.matrix.run_matrix import REPO, VersionRun, parse_junit, render
 
-SAMPLE_TESTS = '''
+SAMPLE_TESTS = """
 import pytest
 
 pytestmark = pytest.mark.versioned("sample feature")
@@ -25,7 +25,7 @@ def test_fails_with_the_servers_message():
 @pytest.mark.versioned("other feature")
 def test_other_feature_passes():
     pass
-'''
+"""
 
 
 def _run_sample(tmp_path: Path) -> VersionRun:
@@ -35,10 +35,28 @@ def _run_sample(tmp_path: Path) -> VersionRun:
     junit = tmp_path / "report.xml"
     result = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-m", "versioned", "-p", "tests.matrix.plugin", "-p", "tests.conftest",
-            "-p", "no:cacheprovider", "-q", "-o", "junit_family=xunit1", f"--junitxml={junit}", str(sample),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "versioned",
+            "-p",
+            "tests.matrix.plugin",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "junit_family=xunit1",
+            f"--junitxml={junit}",
+            str(sample),
         ],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one test fails on purpose
     return VersionRun(major=18, server_version="18.4", cases=parse_junit(junit))
@@ -47,7 +65,9 @@ def _run_sample(tmp_path: Path) -> VersionRun:
 def test_a_failure_names_version_feature_test_and_message(tmp_path: Path) -> None:
     run = _run_sample(tmp_path)
     assert {(c.feature, c.outcome) for c in run.cases} == {
-        ("sample feature", "passed"), ("sample feature", "failed"), ("other feature", "passed"),
+        ("sample feature", "passed"),
+        ("sample feature", "failed"),
+        ("other feature", "passed"),
     }
     text = render([run])
     assert "| sample feature | ✗ 1 of 2 failed |" in text

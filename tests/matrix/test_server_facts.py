@@ -37,9 +37,7 @@ def test_reltuples_is_unknown_until_the_first_analyze(
         " WITH (autovacuum_enabled = false)"
     )
     conn.execute("CREATE TABLE parted (k int NOT NULL, v text) PARTITION BY LIST (k)")
-    conn.execute(
-        "CREATE TABLE parted_0 PARTITION OF parted FOR VALUES IN (0) WITH (autovacuum_enabled = false)"
-    )
+    conn.execute("CREATE TABLE parted_0 PARTITION OF parted FOR VALUES IN (0) WITH (autovacuum_enabled = false)")
     conn.execute("CREATE TABLE empty (v text) WITH (autovacuum_enabled = false)")
     fresh = {"plain": (unknown, 0), "parted": (unknown, 0), "parted_0": (unknown, 0), "empty": (unknown, 0)}
     assert _stats(conn, "plain", "parted", "parted_0", "empty") == fresh
@@ -99,8 +97,7 @@ def test_key_trigger_rejects_wrong_keys_but_never_supplies_one(conn: psycopg.Con
             "moving row to another partition during a BEFORE FOR EACH ROW trigger is not supported"
         )
         assert wrong.diag.message_detail == (
-            'Before executing trigger "set_partition_key", '
-            'the row was to be in partition "public.chunks_part_02".'
+            'Before executing trigger "set_partition_key", the row was to be in partition "public.chunks_part_02".'
         )
     else:
         assert isinstance(wrong, psycopg.errors.CheckViolation)
@@ -154,8 +151,7 @@ def test_check_added_not_valid_then_validated(conn: psycopg.Connection[Any]) -> 
     conn.execute(validate)
     assert [c.validated for c in detect(conn, spec).checks] == [True]
     inherited = conn.execute(
-        "SELECT count(*), bool_and(convalidated) FROM pg_constraint "
-        "WHERE conname = 'chunks_partition_key_check'"
+        "SELECT count(*), bool_and(convalidated) FROM pg_constraint WHERE conname = 'chunks_partition_key_check'"
     ).fetchone()
     assert inherited == (11, True)  # the parent and its 10 partitions
 

@@ -26,8 +26,15 @@ from tests.pgserver import scratch_database
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 T = TypeVar("T")
 
-CHECKS = ("implementation", "verification_incremental", "verification_sample", "verification_full",
-          "distribution", "distribution_exact", "insert_probe")
+CHECKS = (
+    "implementation",
+    "verification_incremental",
+    "verification_sample",
+    "verification_full",
+    "distribution",
+    "distribution_exact",
+    "insert_probe",
+)
 
 
 class PrivateServer:
@@ -111,12 +118,26 @@ class PrivateServer:
         shutil.rmtree(self.datadir, ignore_errors=True)
 
 
-def config(dsn: str, *, modulus: int = 4, checks: dict[str, str] | None = None, lock_timeout: str = "1s",
-           table: str = "chunks", extra: str = "", table_extra: str = "", name: str = "t1") -> Config:
+def config(
+    dsn: str,
+    *,
+    modulus: int = 4,
+    checks: dict[str, str] | None = None,
+    lock_timeout: str = "1s",
+    table: str = "chunks",
+    extra: str = "",
+    table_extra: str = "",
+    name: str = "t1",
+) -> Config:
     """A one-target config whose checks run every second unless told otherwise; `checks` maps name to flow YAML."""
-    wanted = {"implementation": "{interval: 1s}", "distribution": "{interval: 1s}",
-              "verification_full": "{interval: 1s}", "verification_sample": "{enabled: false}",
-              "distribution_exact": "{enabled: false}", "insert_probe": "{enabled: false}"}
+    wanted = {
+        "implementation": "{interval: 1s}",
+        "distribution": "{interval: 1s}",
+        "verification_full": "{interval: 1s}",
+        "verification_sample": "{enabled: false}",
+        "distribution_exact": "{enabled: false}",
+        "insert_probe": "{enabled: false}",
+    }
     wanted.update(checks or {})
     lines = "\n".join(f"          {check}: {settings}" for check, settings in wanted.items())
     return parse_config(
@@ -207,7 +228,10 @@ class Daemon:
     def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exporter.cli", "run", "--config", str(config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -242,12 +266,26 @@ class Daemon:
         return elapsed
 
 
-def write_daemon_config(path: Path, dsn: str, port: int, *, modulus: int = 4, checks: dict[str, str] | None = None,
-                        lock_timeout: str = "1s", extra: str = "", name: str = "live") -> None:
+def write_daemon_config(
+    path: Path,
+    dsn: str,
+    port: int,
+    *,
+    modulus: int = 4,
+    checks: dict[str, str] | None = None,
+    lock_timeout: str = "1s",
+    extra: str = "",
+    name: str = "live",
+) -> None:
     """A daemon config file with a listen port; checks every second unless told otherwise."""
-    wanted = {"implementation": "{interval: 1s}", "distribution": "{interval: 1s}",
-              "verification_full": "{interval: 1s}", "verification_sample": "{enabled: false}",
-              "distribution_exact": "{enabled: false}", "insert_probe": "{enabled: false}"}
+    wanted = {
+        "implementation": "{interval: 1s}",
+        "distribution": "{interval: 1s}",
+        "verification_full": "{interval: 1s}",
+        "verification_sample": "{enabled: false}",
+        "distribution_exact": "{enabled: false}",
+        "insert_probe": "{enabled: false}",
+    }
     wanted.update(checks or {})
     lines = "\n".join(f"          {check}: {settings}" for check, settings in wanted.items())
     path.write_text(f"""

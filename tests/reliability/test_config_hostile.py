@@ -23,11 +23,21 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 VALID = {
     "listen": {"address": "127.0.0.1", "port": 19187},
     "log_level": "info",
-    "targets": [{
-        "name": "a", "dsn": "host=/tmp dbname=x", "lock_timeout": "1s",
-        "tables": [{"table": "chunks", "modulus": 100, "key_expression": "safe",
-                    "checks": {"distribution": {"interval": "1m"}, "insert_probe": {"enabled": False}}}],
-    }],
+    "targets": [
+        {
+            "name": "a",
+            "dsn": "host=/tmp dbname=x",
+            "lock_timeout": "1s",
+            "tables": [
+                {
+                    "table": "chunks",
+                    "modulus": 100,
+                    "key_expression": "safe",
+                    "checks": {"distribution": {"interval": "1m"}, "insert_probe": {"enabled": False}},
+                }
+            ],
+        }
+    ],
 }
 
 
@@ -54,14 +64,60 @@ def _assert_reported(path: Path, text: str) -> None:
         assert located.match(line), f"no location in {line!r} for {text!r}"
 
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
-                    st.sampled_from(["1s", "500ms", "-1s", "0", ".inf", "nan", "1e999", "${NOPE}", "${HOME}",
-                                     "5m", "x" * 70, "a\x00b", "legacy", "safe"]))
-trees = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3),
-    st.dictionaries(st.sampled_from(["targets", "tables", "checks", "name", "dsn", "table", "modulus", "interval",
-                                     "listen", "port", "schema", "enabled", "x"]) | st.text(max_size=8),
-                    inner, max_size=4)), max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "1s",
+            "500ms",
+            "-1s",
+            "0",
+            ".inf",
+            "nan",
+            "1e999",
+            "${NOPE}",
+            "${HOME}",
+            "5m",
+            "x" * 70,
+            "a\x00b",
+            "legacy",
+            "safe",
+        ]
+    ),
+)
+trees = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "targets",
+                    "tables",
+                    "checks",
+                    "name",
+                    "dsn",
+                    "table",
+                    "modulus",
+                    "interval",
+                    "listen",
+                    "port",
+                    "schema",
+                    "enabled",
+                    "x",
+                ]
+            )
+            | st.text(max_size=8),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
 
 
 def _mutate(tree: Any, path: list[Any], value: Any) -> Any:
@@ -74,7 +130,7 @@ def _mutate(tree: Any, path: list[Any], value: Any) -> Any:
         return {**tree, key: _mutate(tree[key], rest, value)}
     if isinstance(tree, list) and tree:
         index = head % len(tree)
-        return [*tree[:index], _mutate(tree[index], rest, value), *tree[index + 1:]]
+        return [*tree[:index], _mutate(tree[index], rest, value), *tree[index + 1 :]]
     return value
 
 
@@ -101,16 +157,29 @@ def test_valid_config_with_one_node_replaced(tmp_path: Path, path: list[int], va
     [
         ("a: &a [*a]\ntargets: *a\n", "targets[0]: Input should be a valid dictionary"),
         ("targets: &t\n  - name: a\n    dsn: x\n    tables: *t\n", "tables[0]"),
-        ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else 'l0: &l0 ["x"]\n' for i in range(10))
-         + "targets: *l9\n", "targets[0]: Input should be a valid dictionary"),
-        ("targets: [{name: a, dsn: 'host=/tmp', tables: [{checks: {distribution: {interval: .inf}}}]}]",
-         "interval: Input should be less than or equal to 31622400"),
-        ("targets: [{name: a, dsn: 'host=/tmp', tables: [{checks: {distribution: {interval: 1.0e+300}}}]}]",
-         "interval: Input should be less than or equal to 31622400"),
+        (
+            "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" if i else 'l0: &l0 ["x"]\n' for i in range(10))
+            + "targets: *l9\n",
+            "targets[0]: Input should be a valid dictionary",
+        ),
+        (
+            "targets: [{name: a, dsn: 'host=/tmp', tables: [{checks: {distribution: {interval: .inf}}}]}]",
+            "interval: Input should be less than or equal to 31622400",
+        ),
+        (
+            "targets: [{name: a, dsn: 'host=/tmp', tables: [{checks: {distribution: {interval: 1.0e+300}}}]}]",
+            "interval: Input should be less than or equal to 31622400",
+        ),
         ("targets: !!python/object:os.system [echo]", "could not determine a constructor"),
     ],
-    ids=["recursive-alias", "self-containing-target", "billion-laughs", "infinite-interval", "huge-interval",
-         "python-tag"],
+    ids=[
+        "recursive-alias",
+        "self-containing-target",
+        "billion-laughs",
+        "infinite-interval",
+        "huge-interval",
+        "python-tag",
+    ],
 )
 def test_hostile_yaml_is_refused_with_a_location(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "hostile.yaml"
@@ -123,8 +192,9 @@ def test_hostile_yaml_is_refused_with_a_location(tmp_path: Path, text: str, expe
 
 def test_every_accepted_interval_can_be_scheduled() -> None:
     """What check-config accepts, the daemon can run: the longest interval still schedules."""
-    config = parse_config("targets: [{name: a, dsn: 'host=/tmp dbname=x', "
-                          "tables: [{checks: {distribution: {interval: 366d}}}]}]")
+    config = parse_config(
+        "targets: [{name: a, dsn: 'host=/tmp dbname=x', tables: [{checks: {distribution: {interval: 366d}}}]}]"
+    )
     exporter = Exporter(config)
     try:
         exporter.start()
@@ -145,37 +215,57 @@ def test_hostile_identifiers_are_quoted_not_executed(conn: psycopg.Connection[An
     conn.execute("INSERT INTO canary VALUES (1), (2)")
     conn.execute(psycopg.sql.SQL("CREATE SCHEMA {}").format(ident(HOSTILE_SCHEMA)))
     table = psycopg.sql.SQL("{}.{}").format(ident(HOSTILE_SCHEMA), ident(HOSTILE_TABLE))
-    conn.execute(psycopg.sql.SQL(
-        "CREATE TABLE {} (id bigint GENERATED BY DEFAULT AS IDENTITY, {} uuid NOT NULL, {} integer NOT NULL, "
-        "PRIMARY KEY (id, {})) PARTITION BY LIST ({})"
-    ).format(table, ident(HOSTILE_SOURCE), ident(HOSTILE_KEY), ident(HOSTILE_KEY), ident(HOSTILE_KEY)))
+    conn.execute(
+        psycopg.sql.SQL(
+            "CREATE TABLE {} (id bigint GENERATED BY DEFAULT AS IDENTITY, {} uuid NOT NULL, {} integer NOT NULL, "
+            "PRIMARY KEY (id, {})) PARTITION BY LIST ({})"
+        ).format(table, ident(HOSTILE_SOURCE), ident(HOSTILE_KEY), ident(HOSTILE_KEY), ident(HOSTILE_KEY))
+    )
     for key in range(4):
         part = psycopg.sql.SQL("{}.{}").format(ident(HOSTILE_SCHEMA), ident(f"{HOSTILE_TABLE[:40]}_p{key}"))
-        conn.execute(psycopg.sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
-            part, table, psycopg.sql.Literal(key)))
-    conn.execute(psycopg.sql.SQL(
-        "INSERT INTO {} ({}, {}) SELECT c, abs(hashtext(c::text) % 4) "
-        "FROM (SELECT md5(g::text)::uuid AS c FROM generate_series(1, 200) g) s").format(
-        table, ident(HOSTILE_SOURCE), ident(HOSTILE_KEY)))
-    conn.execute(psycopg.sql.SQL("UPDATE {} SET {} = ({} + 1) % 4 WHERE id = 5").format(
-        table, ident(HOSTILE_KEY), ident(HOSTILE_KEY)))
+        conn.execute(
+            psycopg.sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
+                part, table, psycopg.sql.Literal(key)
+            )
+        )
+    conn.execute(
+        psycopg.sql.SQL(
+            "INSERT INTO {} ({}, {}) SELECT c, abs(hashtext(c::text) % 4) "
+            "FROM (SELECT md5(g::text)::uuid AS c FROM generate_series(1, 200) g) s"
+        ).format(table, ident(HOSTILE_SOURCE), ident(HOSTILE_KEY))
+    )
+    conn.execute(
+        psycopg.sql.SQL("UPDATE {} SET {} = ({} + 1) % 4 WHERE id = 5").format(
+            table, ident(HOSTILE_KEY), ident(HOSTILE_KEY)
+        )
+    )
     conn.execute(psycopg.sql.SQL("ANALYZE {}").format(table))
     before = conn.execute("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') ORDER BY 1").fetchall()
 
     def q(text: str) -> str:
         return yaml.safe_dump(text, allow_unicode=True).strip().removesuffix("...").strip()
 
-    settings_yaml = (f"schema: {q(HOSTILE_SCHEMA)}\ntable: {q(HOSTILE_TABLE)}\nkey_column: {q(HOSTILE_KEY)}\n"
-                     f"source_column: {q(HOSTILE_SOURCE)}\nmodulus: 4\nmonotonic_column: id\n"
-                     "checks:\n  verification_sample: {percent: 100}\n  insert_probe: {enabled: true}")
+    settings_yaml = (
+        f"schema: {q(HOSTILE_SCHEMA)}\ntable: {q(HOSTILE_TABLE)}\nkey_column: {q(HOSTILE_KEY)}\n"
+        f"source_column: {q(HOSTILE_SOURCE)}\nmodulus: 4\nmonotonic_column: id\n"
+        "checks:\n  verification_sample: {percent: 100}\n  insert_probe: {enabled: true}"
+    )
     config = config_for(dsn, settings_yaml)
-    config = config.model_copy(update={"targets": [config.targets[0].model_copy(update={"tables": [
-        config.targets[0].tables[0].model_copy(update={"table": HOSTILE_TABLE})]})]})
+    config = config.model_copy(
+        update={
+            "targets": [
+                config.targets[0].model_copy(
+                    update={"tables": [config.targets[0].tables[0].model_copy(update={"table": HOSTILE_TABLE})]}
+                )
+            ]
+        }
+    )
     exporter = Exporter(config)
     exporter.run_all_once()
     label = f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}"
-    results = {check: r for (_, table_label, check), r in exporter.store.current.results.items()
-               if table_label == label}
+    results = {
+        check: r for (_, table_label, check), r in exporter.store.current.results.items() if table_label == label
+    }
     full = results["verification_full"].payload
     exporter.stop()
     assert len(results) == 7  # every check ran on the hostile names, the probe and incremental included

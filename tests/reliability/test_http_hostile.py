@@ -20,8 +20,16 @@ from tests.reliability.harness import scrape
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, serving
 
-KNOWN_PATHS = ["/", "/metrics", "/healthz", "/readyz", "/report", "/admin/partition/health",
-               "/admin/partition/health/report", "/admin/partition/verify"]
+KNOWN_PATHS = [
+    "/",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/report",
+    "/admin/partition/health",
+    "/admin/partition/health/report",
+    "/admin/partition/verify",
+]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -41,8 +49,13 @@ def server(admin_dsn: str) -> Iterator[ExporterHTTPServer]:
             yield running
 
 
-def _request(server: ExporterHTTPServer, method: str, target: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def _request(
+    server: ExporterHTTPServer,
+    method: str,
+    target: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     host, port = server.server_address[:2]
     connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
     try:
@@ -63,29 +76,41 @@ def _assert_clean(method: str, status: int, headers: dict[str, str], body: bytes
 
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
-paths = st.one_of(st.sampled_from(KNOWN_PATHS),
-                  st.builds(lambda a, b: a + "/" + quote(b, safe="/.%~"), st.sampled_from([*KNOWN_PATHS, ""]), text))
+paths = st.one_of(
+    st.sampled_from(KNOWN_PATHS),
+    st.builds(lambda a, b: a + "/" + quote(b, safe="/.%~"), st.sampled_from([*KNOWN_PATHS, ""]), text),
+)
 queries = st.one_of(
     st.just(""),
-    st.builds(lambda d: urlencode(d, doseq=True),
-              st.dictionaries(st.sampled_from(["format", "target", "table", "mode", "x", "target[]"]) | text,
-                              st.lists(text, min_size=1, max_size=2), max_size=3)),
+    st.builds(
+        lambda d: urlencode(d, doseq=True),
+        st.dictionaries(
+            st.sampled_from(["format", "target", "table", "mode", "x", "target[]"]) | text,
+            st.lists(text, min_size=1, max_size=2),
+            max_size=3,
+        ),
+    ),
     st.builds(lambda raw: quote(raw, safe="=&%+"), text),
 )
 bodies = st.one_of(
     st.none(),
     st.binary(max_size=300),
-    st.builds(lambda d: json.dumps(d).encode(),
-              st.dictionaries(st.sampled_from(["target", "table", "mode", "drop"]) | text,
-                              st.one_of(text, st.integers(), st.none(), st.booleans(), st.lists(text, max_size=2)),
-                              max_size=4)),
+    st.builds(
+        lambda d: json.dumps(d).encode(),
+        st.dictionaries(
+            st.sampled_from(["target", "table", "mode", "drop"]) | text,
+            st.one_of(text, st.integers(), st.none(), st.booleans(), st.lists(text, max_size=2)),
+            max_size=4,
+        ),
+    ),
 )
 
 
 @FUZZ
 @given(method=st.sampled_from(METHODS), path=paths, query=queries, body=bodies)
-def test_fuzzed_requests_get_2xx_or_json_4xx(server: ExporterHTTPServer, method: str, path: str, query: str,
-                                             body: bytes | None) -> None:
+def test_fuzzed_requests_get_2xx_or_json_4xx(
+    server: ExporterHTTPServer, method: str, path: str, query: str, body: bytes | None
+) -> None:
     target = path + ("?" + query if query else "")
     status, headers, answer = _request(server, method, target, body)
     _assert_clean(method, status, headers, answer)
@@ -106,8 +131,19 @@ def test_fuzzed_requests_get_2xx_or_json_4xx(server: ExporterHTTPServer, method:
         (b"GET /metrics HTTP/1.1\r\n" + b"X-Big: " + b"b" * 70000 + b"\r\n\r\n", 431),
         (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n", 431),
     ],
-    ids=["http-9.9", "garbage", "bad-length-on-get", "negative-length", "huge-length", "chunked", "long-line",
-         "encoded-traversal", "nul-target", "huge-header", "too-many-headers"],
+    ids=[
+        "http-9.9",
+        "garbage",
+        "bad-length-on-get",
+        "negative-length",
+        "huge-length",
+        "chunked",
+        "long-line",
+        "encoded-traversal",
+        "nul-target",
+        "huge-header",
+        "too-many-headers",
+    ],
 )
 def test_malformed_requests_get_a_json_4xx(server: ExporterHTTPServer, raw: bytes, status: int) -> None:
     host, port = server.server_address[:2]

@@ -32,8 +32,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Per operation, plus the coverage phase's fixed cases; the whole file takes about 10 s on 2 busy cores.
 EXAMPLES = 50
 # The checks that need no live-server quirks, for answers a generated case cannot produce (503, 502).
-CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance,
-               response_headers_conformance]
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +83,9 @@ def test_every_operation_conforms(case: schemathesis.Case[Any], server: Exporter
     case.call_and_validate(base_url=server.url, headers=AUTH)
 
 
-def test_the_document_is_valid_openapi_and_lists_exactly_the_served_paths(server: ExporterHTTPServer,
-                                                                           api: OpenApiSchema) -> None:
+def test_the_document_is_valid_openapi_and_lists_exactly_the_served_paths(
+    server: ExporterHTTPServer, api: OpenApiSchema
+) -> None:
     api.validate()  # loaded from the daemon's URL, checked against the OpenAPI 3.0 meta-schema
     status, headers, body = http(server.url + "/openapi.json")
     assert status == 200 and headers["Content-Type"] == "application/json"
@@ -110,8 +115,10 @@ def test_unauthorized_and_oversize_answers_conform(api: OpenApiSchema, server: E
     """A wrong token: 401 with WWW-Authenticate; a body over 64 KiB: 413; both as documented."""
     operation = api["/admin/partition/verify"]["POST"]
     seen = []
-    for case, headers in [(operation.Case(body={"mode": "full"}), {"Authorization": "Bearer wrong"}),
-                          (operation.Case(body={"target": "x" * 64 * 1024}), AUTH)]:
+    for case, headers in [
+        (operation.Case(body={"mode": "full"}), {"Authorization": "Bearer wrong"}),
+        (operation.Case(body={"target": "x" * 64 * 1024}), AUTH),
+    ]:
         response = case.call(base_url=server.url, headers=headers)
         case.validate_response(response, checks=CONFORMANCE)
         seen.append(response.status_code)
@@ -127,8 +134,15 @@ def test_a_method_http_server_does_not_know_gets_405_not_501(server: ExporterHTT
         assert json.loads(body) == {"error": f"Unsupported method ({method!r})"}
 
 
-@pytest.mark.parametrize("accept", ["text/plain; version=x", "application/openmetrics-text; version=1.a",
-                                    "application/openmetrics-text; version=", "text/plain; version=1.0.0; escaping=zz"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/plain; version=x",
+        "application/openmetrics-text; version=1.a",
+        "application/openmetrics-text; version=",
+        "text/plain; version=1.0.0; escaping=zz",
+    ],
+)
 def test_a_hostile_accept_header_gets_a_scrape(server: ExporterHTTPServer, accept: str) -> None:
     """An Accept prometheus_client cannot parse falls back to the text format (it used to drop the connection)."""
     status, headers, body = http(server.url + "/metrics", headers={"Accept": accept})
@@ -139,7 +153,8 @@ def test_accept_versions_do_not_grow_the_render_cache(server: ExporterHTTPServer
     """The client picks the version echoed in the content type; the per-snapshot cache stays small anyway."""
     exporter = server.exporter
     for minor in range(50):
-        status, headers, _ = http(server.url + "/metrics",
-                                  headers={"Accept": f"application/openmetrics-text; version=1.0.{minor}"})
+        status, headers, _ = http(
+            server.url + "/metrics", headers={"Accept": f"application/openmetrics-text; version=1.0.{minor}"}
+        )
         assert status == 200 and f"version=1.0.{minor}" in headers["Content-Type"]
     assert len(exporter._rendered[1]) <= RENDERED_PER_SNAPSHOT  # 50 bodies of ~10 KB each before the fix

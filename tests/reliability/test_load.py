@@ -22,8 +22,12 @@ from tests.schema import create_list_table, insert_rows
 
 SCRAPERS = 50
 SOAK_SECONDS = float(os.environ.get("PARTKEY_SOAK_SECONDS", "600"))
-CHECKS = {"verification_full": "{interval: 2s}", "distribution_exact": "{interval: 2s}",
-          "verification_sample": "{interval: 2s, percent: 10}", "insert_probe": "{enabled: true, interval: 1s}"}
+CHECKS = {
+    "verification_full": "{interval: 2s}",
+    "distribution_exact": "{interval: 2s}",
+    "verification_sample": "{interval: 2s, percent: 10}",
+    "insert_probe": "{enabled: true, interval: 1s}",
+}
 
 
 @dataclass
@@ -101,8 +105,9 @@ def _report(capsys: pytest.CaptureFixture[str], line: str) -> None:
         print(f"\n[reliability] {line}")
 
 
-def _load_test(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str],
-               seconds: float) -> None:
+def _load_test(
+    daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str], seconds: float
+) -> None:
     running, url = daemon
     process = psutil.Process(running.process.pid)
     cold = process.memory_info().rss
@@ -113,9 +118,12 @@ def _load_test(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys
     samples = parse(scrape(url)[2])
     connections = our_backends(conn)
     p50, p99 = load.percentile(0.50), load.percentile(0.99)
-    _report(capsys, f"load {SCRAPERS} scrapers x {seconds:.0f}s: {load.requests} scrapes, {len(load.errors)} errors, "
-                    f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {max(load.durations) * 1000:.1f} ms; "
-                    f"RSS cold {cold / 2**20:.1f} MiB, start {start / 2**20:.1f} MiB, end {end / 2**20:.1f} MiB")
+    _report(
+        capsys,
+        f"load {SCRAPERS} scrapers x {seconds:.0f}s: {load.requests} scrapes, {len(load.errors)} errors, "
+        f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {max(load.durations) * 1000:.1f} ms; "
+        f"RSS cold {cold / 2**20:.1f} MiB, start {start / 2**20:.1f} MiB, end {end / 2**20:.1f} MiB",
+    )
     assert load.errors == [], load.errors[:5]
     assert load.requests > SCRAPERS * seconds  # the scrapers really ran (more than one scrape a second each)
     assert p99 < 1.0, p99  # generous: 50 clients on a 2-core machine; a scrape never waits on the database
@@ -126,14 +134,16 @@ def _load_test(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys
     assert len(connections) == 1
 
 
-def test_fifty_scrapers_for_five_seconds(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any],
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_fifty_scrapers_for_five_seconds(
+    daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     _load_test(daemon, conn, capsys, 5)
 
 
 @pytest.mark.slow
-def test_fifty_scrapers_for_thirty_seconds(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any],
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_fifty_scrapers_for_thirty_seconds(
+    daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     _load_test(daemon, conn, capsys, 30)
 
 
@@ -159,20 +169,30 @@ def test_soak(daemon: tuple[Daemon, str], conn: psycopg.Connection[Any], capsys:
     started = time.monotonic()
     step = max(5.0, SOAK_SECONDS / 60)
     while time.monotonic() - started < SOAK_SECONDS:
-        figures.append((time.monotonic() - started, process.memory_info().rss, process.num_threads(),
-                        process.num_fds(), len(our_backends(conn))))
+        figures.append(
+            (
+                time.monotonic() - started,
+                process.memory_info().rss,
+                process.num_threads(),
+                process.num_fds(),
+                len(our_backends(conn)),
+            )
+        )
         time.sleep(step)
     stop.set()
     scraping.join(30)
     samples = parse(scrape(url)[2])
     warm = [f for f in figures if f[0] >= min(60.0, SOAK_SECONDS / 5)]  # after the first minute
-    first, last = warm[: max(1, len(warm) // 4)], warm[-max(1, len(warm) // 4):]
+    first, last = warm[: max(1, len(warm) // 4)], warm[-max(1, len(warm) // 4) :]
     rss_first, rss_last = max(f[1] for f in first), max(f[1] for f in last)
-    _report(capsys, f"soak {SOAK_SECONDS:.0f}s: {load.requests} scrapes, {len(load.errors)} errors, "
-                    f"p99 {load.percentile(0.99) * 1000:.1f} ms; RSS first quarter max {rss_first / 2**20:.1f} MiB, "
-                    f"last quarter max {rss_last / 2**20:.1f} MiB; threads {min(f[2] for f in figures)}-"
-                    f"{max(f[2] for f in figures)}; fds {min(f[3] for f in figures)}-{max(f[3] for f in figures)}; "
-                    f"db connections {sorted({f[4] for f in figures})}")
+    _report(
+        capsys,
+        f"soak {SOAK_SECONDS:.0f}s: {load.requests} scrapes, {len(load.errors)} errors, "
+        f"p99 {load.percentile(0.99) * 1000:.1f} ms; RSS first quarter max {rss_first / 2**20:.1f} MiB, "
+        f"last quarter max {rss_last / 2**20:.1f} MiB; threads {min(f[2] for f in figures)}-"
+        f"{max(f[2] for f in figures)}; fds {min(f[3] for f in figures)}-{max(f[3] for f in figures)}; "
+        f"db connections {sorted({f[4] for f in figures})}",
+    )
     assert load.errors == [], load.errors[:5]
     assert rss_last <= rss_first * 1.10, (rss_first, rss_last)
     # Threads and file descriptors: the last quarter never exceeds the first by more than the 5 scrapers' sockets.

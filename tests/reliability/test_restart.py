@@ -61,8 +61,11 @@ def _series_names(server: ExporterHTTPServer) -> set[tuple[str, tuple[tuple[str,
 
 def _loud(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     """Log lines at INFO or above from the exporter containing text."""
-    return [r.getMessage() for r in caplog.records
-            if r.levelno >= logging.INFO and r.name.startswith("exporter") and text in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and r.name.startswith("exporter") and text in r.getMessage()
+    ]
 
 
 @pytest.fixture
@@ -79,8 +82,7 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
     caplog.set_level(logging.DEBUG, logger="exporter")
     with running(table) as (exporter, server):
         before = _series_names(server)
-        last_good = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT,
-                        check="implementation")
+        last_good = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation")
         target = exporter.targets["t1"]
         own_server.stop()
         stopped = time.monotonic()
@@ -115,14 +117,19 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
     assert len(recovered) == 1
     attempts = int(re.search(r"after (\d+) failed attempts", recovered[0]).group(1))  # type: ignore[union-attr]
     assert attempts >= 3  # it kept trying during the 5 s outage ...
-    delays = [float(m) for r in caplog.records
-              for m in re.findall(r"next attempt in (\d+)s", r.getMessage()) if "still down" in r.getMessage()]
+    delays = [
+        float(m)
+        for r in caplog.records
+        for m in re.findall(r"next attempt in (\d+)s", r.getMessage())
+        if "still down" in r.getMessage()
+    ]
     assert delays == sorted(delays) and delays[-1] >= 2  # ... backing off: 1 s, 2 s, 4 s ...
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "is down" not in r.getMessage()]
 
 
-def test_restart_in_the_middle_of_a_check(table: str, own_server: PrivateServer,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_in_the_middle_of_a_check(
+    table: str, own_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="exporter")
     options = {"lock_timeout": "30s", "checks": {"verification_full": "{interval: 1s, statement_timeout: 60s}"}}
     with running(table, **options) as (exporter, server):
@@ -150,13 +157,14 @@ def test_restart_in_the_middle_of_a_check(table: str, own_server: PrivateServer,
     assert len(_loud(caplog, "target t1 is back up")) == 1
 
 
-def test_backend_terminated_between_queries(table: str, own_server: PrivateServer,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_backend_terminated_between_queries(
+    table: str, own_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="exporter")
     with running(table) as (_exporter, server):
         before = _series_names(server)
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
-            (pid, _, _), = wait_for(lambda: our_backends(admin, "idle"), 5, what="an idle exporter backend")
+            ((pid, _, _),) = wait_for(lambda: our_backends(admin, "idle"), 5, what="an idle exporter backend")
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             wait_for(lambda: (b := our_backends(admin)) and b[0][0] != pid, 10, what="a new backend")
             wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
@@ -174,14 +182,22 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
         before = _series_names(server)
         with psycopg.connect(table) as locker, psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            (pid, _), = wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
+            ((pid, _),) = wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             # The check whose query was killed; a check that comes along before the reconnect fails too, but
             # with "target t1 is down: <the kill>": that one is the backoff speaking, not a second kill.
-            killed = wait_for(lambda: [r for r in exporter.store.current.results.values()
-                                       if not r.success and r.error and "terminating" in r.error
-                                       and not r.error.startswith("target t1 is down")], 5,
-                              what="the killed check reported")
+            killed = wait_for(
+                lambda: [
+                    r
+                    for r in exporter.store.current.results.values()
+                    if not r.success
+                    and r.error
+                    and "terminating" in r.error
+                    and not r.error.startswith("target t1 is down")
+                ],
+                5,
+                what="the killed check reported",
+            )
             locker.rollback()
             wait_for(lambda: all(_success(server, c) for c in CHECKED), 15, what="every check succeeds again")
             backends = our_backends(admin)

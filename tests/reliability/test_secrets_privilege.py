@@ -60,8 +60,17 @@ def test_every_check_succeeds_as_the_readme_role(monitored: tuple[str, str], own
     exporter.run_all_once()  # the incremental verification's second run actually verifies
     results = {check: r for (_, _, check), r in exporter.store.current.results.items()}
     exporter.stop()
-    assert sorted(results) == sorted(["implementation", "verification_incremental", "verification_sample",
-                                      "verification_full", "distribution", "distribution_exact", "insert_probe"])
+    assert sorted(results) == sorted(
+        [
+            "implementation",
+            "verification_incremental",
+            "verification_sample",
+            "verification_full",
+            "distribution",
+            "distribution_exact",
+            "insert_probe",
+        ]
+    )
     assert {c: r.error for c, r in results.items() if not r.success} == {}
     assert results["verification_full"].payload.rows_checked == 300
     with psycopg.connect(own_dsn) as conn:
@@ -91,7 +100,8 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
     unreachable = f"postgresql://{ROLE}:{password}@127.0.0.1:1/nowhere?connect_timeout=1"
     port = free_port()
     path = tmp_path / "partkey.yaml"
-    targets = "".join(f"""
+    targets = "".join(
+        f"""
   - name: {name}
     dsn: "{target_dsn}"
     tables:
@@ -99,24 +109,40 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
         modulus: 4
         checks: {{implementation: {{interval: 1s}}, distribution: {{interval: 1s}},
                   insert_probe: {{enabled: true, interval: 1s}}}}
-""" for name, target_dsn in [("good", dsn), ("wrongpw", wrong_dsn), ("unreachable", unreachable)])
-    path.write_text(f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: debug\n"
-                    f"targets:{targets}")
+"""
+        for name, target_dsn in [("good", dsn), ("wrongpw", wrong_dsn), ("unreachable", unreachable)]
+    )
+    path.write_text(f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: debug\ntargets:{targets}")
     daemon = Daemon(path)
     url = f"http://127.0.0.1:{port}"
     seen: list[str] = []
     try:
-        wait_for(lambda: (s := _try_metrics(url)) and get(s, "partkey_up", target="good") == 1
-                 and get(s, "partkey_check_success", target="wrongpw", table="public.chunks",
-                         check="implementation") == 0, 30, step=0.2, what="all three targets checked")
+        wait_for(
+            lambda: (
+                (s := _try_metrics(url))
+                and get(s, "partkey_up", target="good") == 1
+                and get(s, "partkey_check_success", target="wrongpw", table="public.chunks", check="implementation")
+                == 0
+            ),
+            30,
+            step=0.2,
+            what="all three targets checked",
+        )
         samples_text = scrape(url)[2]
         seen.append(samples_text)
-        for page in ["/report", "/report?format=json", "/admin/partition/health", "/readyz",
-                     "/report?target=wrongpw", "/report?target=unreachable&format=json"]:
+        for page in [
+            "/report",
+            "/report?format=json",
+            "/admin/partition/health",
+            "/readyz",
+            "/report?target=wrongpw",
+            "/report?target=unreachable&format=json",
+        ]:
             seen.append(http(url + page)[2].decode())
         for target in ["good", "wrongpw", "unreachable"]:
-            seen.append(http(url + "/admin/partition/verify", "POST", json.dumps({"target": target}).encode())[2]
-                        .decode())
+            seen.append(
+                http(url + "/admin/partition/verify", "POST", json.dumps({"target": target}).encode())[2].decode()
+            )
         samples = parse(samples_text)
     finally:
         daemon.stop()

@@ -23,8 +23,10 @@ from tests.reliability.harness import (
 )
 from tests.schema import create_list_table, insert_rows
 
-STUCK = {"verification_full": "{interval: 1s, statement_timeout: 60s}",
-         "implementation": "{interval: 1s, statement_timeout: 60s}"}
+STUCK = {
+    "verification_full": "{interval: 1s, statement_timeout: 60s}",
+    "implementation": "{interval: 1s, statement_timeout: 60s}",
+}
 
 
 def _up(url: str, target: str) -> float | None:
@@ -67,8 +69,9 @@ def test_sigterm_while_a_check_waits_on_a_lock(conn: psycopg.Connection[Any], ds
     assert left == []
 
 
-def test_sighup_reload_changes_targets_and_refuses_a_bad_value(conn: psycopg.Connection[Any], dsn: str,
-                                                              tmp_path: Path) -> None:
+def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
     _prepare(conn)
     port = free_port()
     path = tmp_path / "partkey.yaml"

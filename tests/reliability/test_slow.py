@@ -59,8 +59,11 @@ def running(dsn: str, **options: Any) -> Iterator[tuple[Exporter, ExporterHTTPSe
     overlap = Overlap(exporter.runners[("t1", "public.chunks", "verification_full")].check)
     with serving(exporter) as server:
         exporter.start()
-        wait_for(lambda: all(get(_samples(server), "partkey_check_success", **TT, check=c) == 1 for c in CHECKED),
-                 20, what="first successful run of every check")
+        wait_for(
+            lambda: all(get(_samples(server), "partkey_check_success", **TT, check=c) == 1 for c in CHECKED),
+            20,
+            what="first successful run of every check",
+        )
         yield exporter, server, overlap
 
 
@@ -101,8 +104,9 @@ def table(conn: psycopg.Connection[Any], dsn: str) -> str:
     return dsn
 
 
-def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(table: str, conn: psycopg.Connection[Any],
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(
+    table: str, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="exporter")
     caplog.set_level(logging.WARNING, logger="apscheduler")
     options = {"lock_timeout": "2s", "checks": {"verification_full": "{interval: 1s, statement_timeout: 20s}"}}
@@ -117,8 +121,11 @@ def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(table: str, conn
             blocked = _samples(server)
             waiting = our_lock_waits(conn)
             connections = our_backends(conn)
-        wait_for(lambda: get(_samples(server), "partkey_check_success", **TT, check="verification_full") == 1, 10,
-                 what="verification succeeds after the lock is gone")
+        wait_for(
+            lambda: get(_samples(server), "partkey_check_success", **TT, check="verification_full") == 1,
+            10,
+            what="verification succeeds after the lock is gone",
+        )
     _assert_served_without_waiting(durations)
     # Every scrape during the lock served the last good counts: 3 wrong keys, target up.
     assert {get(b, "partkey_mismatched_rows", **TT, mode="full") for b in bodies} == {3}
@@ -136,14 +143,20 @@ def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(table: str, conn
 
 
 @pytest.mark.slow
-def test_query_slower_than_its_interval(table: str, conn: psycopg.Connection[Any],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_query_slower_than_its_interval(
+    table: str, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="exporter")
     caplog.set_level(logging.WARNING, logger="apscheduler")
     # The lock wait is allowed 30 s, but the statement only 2.5 s: a run lasts 2.5 intervals, then times out.
-    options = {"lock_timeout": "30s", "checks": {"verification_full": "{interval: 1s, statement_timeout: 2500ms}",
-                                                 "implementation": "{interval: 1s, statement_timeout: 2500ms}",
-                                                 "distribution": "{interval: 1s, statement_timeout: 2500ms}"}}
+    options = {
+        "lock_timeout": "30s",
+        "checks": {
+            "verification_full": "{interval: 1s, statement_timeout: 2500ms}",
+            "implementation": "{interval: 1s, statement_timeout: 2500ms}",
+            "distribution": "{interval: 1s, statement_timeout: 2500ms}",
+        },
+    }
     skipped: list[str] = []
     with running(table, **options) as (exporter, server, overlap):
         exporter.scheduler.add_listener(lambda event: skipped.append(event.job_id), EVENT_JOB_MAX_INSTANCES)
@@ -151,14 +164,21 @@ def test_query_slower_than_its_interval(table: str, conn: psycopg.Connection[Any
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
             wait_for(lambda: our_lock_waits(conn), 5, what="a check waiting on the lock")
             durations, bodies = _scrape_while(server, 6.0)
-            result = wait_for(lambda: (r := exporter.store.latest("t1", "public.chunks", "verification_full"))
-                              and not r.success and r, 10, what="the verification timed out")
+            result = wait_for(
+                lambda: (
+                    (r := exporter.store.latest("t1", "public.chunks", "verification_full")) and not r.success and r
+                ),
+                10,
+                what="the verification timed out",
+            )
             exporter.scheduler.pause()  # no new runs; the one in flight ends at its statement_timeout
             wait_for(lambda: exporter.targets["t1"]._lock.acquire(blocking=False), 10, what="the last run ended")
             exporter.targets["t1"]._lock.release()
             left = our_backends(conn, "active")
-            still_locked = locker.execute("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' "
-                                          "AND relation = 'chunks'::regclass AND granted").fetchone()
+            still_locked = locker.execute(
+                "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' "
+                "AND relation = 'chunks'::regclass AND granted"
+            ).fetchone()
     _assert_served_without_waiting(durations)
     assert {get(b, "partkey_mismatched_rows", **TT, mode="full") for b in bodies} == {3}
     assert result and result.error is not None and "canceled after statement_timeout=2.5s" in result.error
@@ -168,8 +188,9 @@ def test_query_slower_than_its_interval(table: str, conn: psycopg.Connection[Any
     assert overlap.most == 1
     # A run outliving its interval is logged once per overrun (a check that overruns again after a run logs
     # again), not once per skipped run.
-    overruns = [r.getMessage().split()[0] for r in caplog.records
-                if "is still running after its interval" in r.getMessage()]
+    overruns = [
+        r.getMessage().split()[0] for r in caplog.records if "is still running after its interval" in r.getMessage()
+    ]
     job = "t1/public.chunks/verification_full"
     assert 1 <= overruns.count(job) < skipped.count(job), (overruns, skipped)
     assert len(overruns) < len(skipped)

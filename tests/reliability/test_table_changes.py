@@ -56,15 +56,21 @@ def test_partition_dropped_detached_and_attached(server: ExporterHTTPServer, con
     dropped = next(p for p in before if p.endswith("_part_03"))
     detached = next(p for p in before if p.endswith("_part_02"))
     took = {
-        "drop": _follow(server, lambda: conn.execute("DROP TABLE chunks_part_03"),
-                        lambda s: dropped not in _partitions(s)
-                        and get(s, "partkey_table_partitions", **TT) == 3),
-        "detach": _follow(server, lambda: conn.execute("ALTER TABLE chunks DETACH PARTITION chunks_part_02"),
-                          lambda s: detached not in _partitions(s)
-                          and get(s, "partkey_table_partitions", **TT) == 2),
-        "attach": _follow(server, lambda: conn.execute(
-            "ALTER TABLE chunks ATTACH PARTITION chunks_part_02 FOR VALUES IN (2)"),
-            lambda s: detached in _partitions(s) and get(s, "partkey_table_partitions", **TT) == 3),
+        "drop": _follow(
+            server,
+            lambda: conn.execute("DROP TABLE chunks_part_03"),
+            lambda s: dropped not in _partitions(s) and get(s, "partkey_table_partitions", **TT) == 3,
+        ),
+        "detach": _follow(
+            server,
+            lambda: conn.execute("ALTER TABLE chunks DETACH PARTITION chunks_part_02"),
+            lambda s: detached not in _partitions(s) and get(s, "partkey_table_partitions", **TT) == 2,
+        ),
+        "attach": _follow(
+            server,
+            lambda: conn.execute("ALTER TABLE chunks ATTACH PARTITION chunks_part_02 FOR VALUES IN (2)"),
+            lambda s: detached in _partitions(s) and get(s, "partkey_table_partitions", **TT) == 3,
+        ),
     }
     after = _samples(server)
     assert _partitions(after) == before - {dropped}
@@ -74,9 +80,11 @@ def test_partition_dropped_detached_and_attached(server: ExporterHTTPServer, con
 
 
 def test_table_renamed_away_and_back(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
-    took = _follow(server, lambda: conn.execute("ALTER TABLE chunks RENAME TO chunks_old"),
-                   lambda s: get(s, "partkey_check_success", **TT, check="distribution") == 0
-                   and not _partitions(s))
+    took = _follow(
+        server,
+        lambda: conn.execute("ALTER TABLE chunks RENAME TO chunks_old"),
+        lambda s: get(s, "partkey_check_success", **TT, check="distribution") == 0 and not _partitions(s),
+    )
     gone = _samples(server)
     for check in ("implementation", "distribution"):
         result = server.exporter.store.latest("t1", "public.chunks", check)
@@ -87,18 +95,26 @@ def test_table_renamed_away_and_back(server: ExporterHTTPServer, conn: psycopg.C
     assert get(gone, "partkey_up", target="t1") == 1  # the database is fine: up does not lie
     assert get(gone, "partkey_table_partitions", **TT) is None
     assert took < FOLLOW_WITHIN, took
-    back = _follow(server, lambda: conn.execute("ALTER TABLE chunks_old RENAME TO chunks"),
-                   lambda s: len(_partitions(s)) == 4
-                   and get(s, "partkey_check_success", **TT, check="distribution") == 1)
+    back = _follow(
+        server,
+        lambda: conn.execute("ALTER TABLE chunks_old RENAME TO chunks"),
+        lambda s: len(_partitions(s)) == 4 and get(s, "partkey_check_success", **TT, check="distribution") == 1,
+    )
     assert back < FOLLOW_WITHIN, back
 
 
 def test_trigger_disabled_and_enabled(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
     assert get(_samples(server), "partkey_key_trigger_enabled", **TT) == 1
-    off = _follow(server, lambda: conn.execute("ALTER TABLE chunks DISABLE TRIGGER set_partition_key"),
-                  lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 0)
+    off = _follow(
+        server,
+        lambda: conn.execute("ALTER TABLE chunks DISABLE TRIGGER set_partition_key"),
+        lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 0,
+    )
     samples = _samples(server)
     assert get(samples, "partkey_key_implementation_optimal", **TT) == 0
-    on = _follow(server, lambda: conn.execute("ALTER TABLE chunks ENABLE TRIGGER set_partition_key"),
-                 lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 1)
+    on = _follow(
+        server,
+        lambda: conn.execute("ALTER TABLE chunks ENABLE TRIGGER set_partition_key"),
+        lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 1,
+    )
     assert off < FOLLOW_WITHIN and on < FOLLOW_WITHIN, (off, on)

@@ -31,8 +31,21 @@ def _openssl(*args: str) -> None:
 
 def _ca(directory: Path, name: str) -> tuple[Path, Path]:
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
-             "-keyout", str(key), "-out", str(cert))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
     return cert, key
 
 
@@ -41,8 +54,23 @@ def _signed(directory: Path, name: str, ca: tuple[Path, Path], san: str | None =
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
     extra = directory / f"{name}.ext"
     extra.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-             "-days", "1", "-extfile", str(extra), "-out", str(cert))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        str(extra),
+        "-out",
+        str(cert),
+    )
     return cert, key
 
 
@@ -67,8 +95,13 @@ def mtls(conn: psycopg.Connection[Any], dsn: str, pki: dict[str, tuple[Path, Pat
     create_list_table(conn, modulus=4, trigger=None)
     exporter = Exporter(config_for(dsn, "modulus: 4"))
     exporter.run_all_once()
-    listen = ListenConfig(address="127.0.0.1", port=0, tls_cert_file=pki["server"][0], tls_key_file=pki["server"][1],
-                          tls_client_ca_file=pki["ca"][0])
+    listen = ListenConfig(
+        address="127.0.0.1",
+        port=0,
+        tls_cert_file=pki["server"][0],
+        tls_key_file=pki["server"][1],
+        tls_client_ca_file=pki["ca"][0],
+    )
     with serving(exporter, listen) as server:
         yield server
 
@@ -89,19 +122,22 @@ def _get(server: ExporterHTTPServer, pki: dict[str, tuple[Path, Path]], client: 
         connection.close()
 
 
-def test_mtls_client_certificate_signed_by_the_ca_gets_200(mtls: ExporterHTTPServer,
-                                                           pki: dict[str, tuple[Path, Path]]) -> None:
+def test_mtls_client_certificate_signed_by_the_ca_gets_200(
+    mtls: ExporterHTTPServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
     assert mtls.url.startswith("https://")
     assert _get(mtls, pki, "client") == 200
 
 
 @pytest.mark.parametrize("client", [None, "stranger"], ids=["no-client-cert", "cert-from-another-ca"])
-def test_mtls_refuses_the_handshake(mtls: ExporterHTTPServer, pki: dict[str, tuple[Path, Path]],
-                                    client: str | None) -> None:
+def test_mtls_refuses_the_handshake(
+    mtls: ExporterHTTPServer, pki: dict[str, tuple[Path, Path]], client: str | None
+) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError)) as refused:
         _get(mtls, pki, client)
-    assert any(word in str(refused.value).lower() for word in ("certificate", "alert", "reset", "closed", "eof")), \
+    assert any(word in str(refused.value).lower() for word in ("certificate", "alert", "reset", "closed", "eof")), (
         refused.value
+    )
     # The refused client did not take the server down: a good client still gets its scrape.
     assert _get(mtls, pki, "client") == 200
 
@@ -140,6 +176,10 @@ def test_token_goes_through_compare_digest(guarded: ExporterHTTPServer, monkeypa
         assert headers["WWW-Authenticate"] == "Bearer"
     assert good[0] == 200 and json.loads(good[2])["success"] is True
     # Every bearer token, whatever its length, went through hmac.compare_digest (no early == on the way).
-    assert [given for given, _ in compared] == [TOKEN[:-3].encode(), right_length_wrong.encode(),
-                                                (TOKEN[:-1] + "8").encode(), TOKEN.encode()]
+    assert [given for given, _ in compared] == [
+        TOKEN[:-3].encode(),
+        right_length_wrong.encode(),
+        (TOKEN[:-1] + "8").encode(),
+        TOKEN.encode(),
+    ]
     assert all(expected == TOKEN.encode() for _, expected in compared)
