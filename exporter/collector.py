@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.introspect import METHODS, Implementation
 from exporter.partition_stats import Distribution, finite
-from exporter.snapshot import PROBE_BUCKETS, Snapshot, SnapshotStore
+from exporter.snapshot import PROBE_BUCKETS, Snapshot, SnapshotSource
 from exporter.verify import VerificationResult
 
 TT = ["target", "table"]
@@ -24,9 +24,10 @@ TT = ["target", "table"]
 class PartkeyCollector(Collector):
     """Yields every partkey_* family from SnapshotStore.current."""
 
-    def __init__(self, store: SnapshotStore, targets: Iterable[str]) -> None:
+    def __init__(self, store: SnapshotSource, targets: Iterable[str], *, build_info: bool = True) -> None:
         self.store = store
         self.targets = tuple(targets)
+        self.build_info = build_info  # off in per-target fragments: the whole body carries it once
 
     def describe(self) -> list[Metric]:
         """Nothing up front: registering must not call collect()."""
@@ -51,7 +52,8 @@ class PartkeyCollector(Collector):
             up.add_metric([target], 1.0 if snapshot.target_up.get(target) else 0.0)
         yield up
         build = GaugeMetricFamily("partkey_build_info", "Build information; always 1.", labels=["version"])
-        build.add_metric([__version__], 1.0)
+        if self.build_info:
+            build.add_metric([__version__], 1.0)
         yield build
         version = GaugeMetricFamily(
             "partkey_postgres_version", "The target server's major version.", labels=["target", "version"]

@@ -16,6 +16,7 @@ from exporter import __version__
 from exporter.admin import AdminError, health_json, report_query, report_text, select, verify
 from exporter.app import Exporter
 from exporter.config import ListenConfig
+from exporter.exposition import wants_gzip
 from exporter.openapi import SPEC
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and on
 GET_PATHS = {
     "/",
     "/metrics",
+    "/probe",
     "/healthz",
     "/readyz",
     "/report",
@@ -102,9 +104,8 @@ class Handler(BaseHTTPRequestHandler):
         exporter = self.server.exporter
         if path in POST_PATHS:
             raise AdminError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST")
-        if path == "/metrics":
-            body, content_type = exporter.render_metrics(self.headers.get("Accept", ""))
-            self._send(HTTPStatus.OK, body, content_type)
+        if path in {"/metrics", "/probe"}:
+            self._exposition(path)
         elif path == "/healthz":
             self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/readyz":
@@ -129,6 +130,25 @@ class Handler(BaseHTTPRequestHandler):
             )
         else:
             raise AdminError(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
+
+    def _exposition(self, path: str) -> None:
+        """/metrics, or /probe?target=NAME (one target's part); cached, never SQL; gzip when the client takes it."""
+        target: str | None = None
+        if path == "/probe":
+            values = parse_qs(urlsplit(self.path).query, keep_blank_values=True).get("target", [])
+            if len(values) != 1 or not values[0]:
+                raise AdminError(HTTPStatus.BAD_REQUEST, "/probe needs exactly one target=NAME")
+            target = values[0]
+            if target not in self.server.exporter.targets:
+                raise AdminError(HTTPStatus.NOT_FOUND, f"unknown target {target!r}")
+        compress = wants_gzip(self.headers.get("Accept-Encoding", ""))
+        body, content_type = self.server.exporter.render_metrics(
+            self.headers.get("Accept", ""), target=target, compress=compress
+        )
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+        self._send(HTTPStatus.OK, body, content_type, headers)
 
     def do_POST(self) -> None:
         """Route POST."""

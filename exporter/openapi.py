@@ -204,6 +204,13 @@ QUERY = [
         "description": "Only this table (schema.table); an unknown one gives 404.",
     },
 ]
+ACCEPT_ENCODING = {
+    "name": "Accept-Encoding",
+    "in": "header",
+    "required": False,
+    "schema": STRING,
+    "description": "With gzip, the body is gzip-compressed and Content-Encoding says so.",
+}
 QUERY_ERRORS = {"400": _error("BadRequest"), "404": _error("NotFound")}
 REPORT = {
     "200": {
@@ -241,6 +248,27 @@ SPEC: dict[str, Any] = {
                     ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0"),
                 )
             },
+            [ACCEPT_ENCODING],
+        ),
+        "/probe": _get(
+            "One target's part of the exposition (the multi-target pattern), from the last snapshot; never SQL.",
+            {
+                "200": _text(
+                    "As /metrics, with only this target's series (and partkey_build_info).",
+                    ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0"),
+                ),
+                **QUERY_ERRORS,
+            },
+            [
+                {
+                    "name": "target",
+                    "in": "query",
+                    "required": True,
+                    "schema": {**STRING, "minLength": 1},
+                    "description": "A configured target's name; missing or given twice gives 400, unknown 404.",
+                },
+                ACCEPT_ENCODING,
+            ],
         ),
         "/healthz": _get("Liveness; never touches the database.", {"200": _text("Always `ok`.")}),
         "/readyz": _get(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 CHECK_NAMES: tuple[str, ...] = (
     "implementation",
@@ -71,6 +71,34 @@ class Snapshot:
     probe_histograms: Mapping[tuple[str, str], HistogramState] = field(default_factory=dict)
     target_up: Mapping[str, bool] = field(default_factory=dict)
     target_versions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    # Bumped on every publish for a target: /metrics re-encodes only the targets whose generation moved.
+    generations: Mapping[str, int] = field(default_factory=dict)
+
+    def for_target(self, target: str) -> Snapshot:
+        """The part of this snapshot that belongs to one target (every mapping is keyed by target first)."""
+        parts: dict[str, Any] = {}
+        for item in fields(self):
+            mapping: Mapping[Any, Any] = getattr(self, item.name)
+            parts[item.name] = {
+                k: v for k, v in mapping.items() if k == target or (isinstance(k, tuple) and k[0] == target)
+            }
+        return Snapshot(**parts)
+
+
+class SnapshotSource(Protocol):
+    """Anything that holds a current snapshot: the store, or one frozen snapshot."""
+
+    @property
+    def current(self) -> Snapshot:
+        """The snapshot to read."""
+        ...
+
+
+@dataclass(frozen=True)
+class FrozenSnapshot:
+    """A SnapshotSource that always returns the same snapshot (per-target fragments are encoded from one)."""
+
+    current: Snapshot
 
 
 class SnapshotStore:
@@ -114,7 +142,10 @@ class SnapshotStore:
             versions = dict(old.target_versions)
             if version is not None:
                 versions[result.target] = version
+            generations = dict(old.generations)
+            generations[result.target] = generations.get(result.target, 0) + 1
             self._snapshot = Snapshot(
+                generations=MappingProxyType(generations),
                 results=MappingProxyType(results),
                 rows_verified=MappingProxyType(verified),
                 probe_histograms=MappingProxyType(histograms),

@@ -1,0 +1,173 @@
+"""Many targets: per-target fragments of /metrics, /probe?target=, gzip, and first runs staggered per target."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import FIRST_CHECK_SECONDS, STAGGER_SECONDS, Exporter, first_run_delays
+from exporter.config import parse_config
+from exporter.exposition import split_families, wants_gzip
+from exporter.http import ExporterHTTPServer
+from tests.schema import create_list_table, insert_rows
+from tests.support import http, serving
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+Samples = set[tuple[str, str, tuple[tuple[str, str], ...], float]]
+
+
+def fleet_config(dsn: str, targets: int) -> str:
+    """`targets` targets on the same database (each has its own connection and its own series)."""
+    entries = "".join(
+        f"""
+  - name: db{index:03d}
+    dsn: "{dsn}"
+    tables:
+      - table: chunks
+        modulus: 5
+        checks: {{distribution_exact: {{interval: 1h}}}}
+"""
+        for index in range(targets)
+    )
+    return f"targets:{entries}"
+
+
+@pytest.fixture
+def fleet(conn: psycopg.Connection[Any], dsn: str) -> Iterator[ExporterHTTPServer]:
+    """Three targets with every check run once, served over HTTP."""
+    create_list_table(conn, modulus=5, trigger=None)
+    insert_rows(conn, 200, modulus=5)
+    conn.execute("UPDATE chunks SET partition_key = (partition_key + 1) % 5 WHERE id = 7")
+    exporter = Exporter(parse_config(fleet_config(dsn, 3), "<test>"))
+    exporter.run_all_once()
+    with serving(exporter) as server:
+        yield server
+
+
+def samples(text: str, openmetrics: bool = False) -> Samples:
+    """Every sample as (family, sample name, labels, value), from either format."""
+    parse = parse_openmetrics if openmetrics else text_string_to_metric_families
+    return {
+        (family.name, sample.name, tuple(sorted(sample.labels.items())), sample.value)
+        for family in parse(text)
+        for sample in family.samples
+    }
+
+
+def test_assembled_body_is_the_whole_registry_encoded_at_once(fleet: ExporterHTTPServer) -> None:
+    """Fragments merged per family give exactly the samples (and the family order) of one full encoding."""
+    exporter = fleet.exporter
+    text, content_type = exporter.render_metrics("")
+    assert content_type.startswith("text/plain")
+    whole = generate_latest(exporter.registry)  # type: ignore[arg-type]
+    assert samples(text.decode()) == samples(whole.decode())
+    assert [f.name for f in split_families(text)] == [f.name for f in split_families(whole)]
+    assert len(samples(text.decode())) > 100
+    assert text.count(b"# HELP partkey_up ") == 1 and text.count(b"partkey_build_info{") == 1
+    om, om_type = exporter.render_metrics(OPENMETRICS)
+    assert om_type.startswith("application/openmetrics-text")
+    assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1
+    assert samples(om.decode(), True) == samples(generate_openmetrics(exporter.registry).decode(), True)  # type: ignore[arg-type]
+
+
+def test_only_a_changed_target_is_encoded_again(fleet: ExporterHTTPServer) -> None:
+    """A check on db001 re-encodes db001's fragment alone; the others are reused."""
+    exporter = fleet.exporter
+    exporter.render_metrics("")
+    before = exporter.exposition.encoded_fragments
+    again, _ = exporter.render_metrics("")
+    assert exporter.exposition.encoded_fragments == before  # same snapshot: the cached body
+    exporter.runners[("db001", "public.chunks", "distribution")].run()
+    fresh, _ = exporter.render_metrics("")
+    assert exporter.exposition.encoded_fragments == before + 1
+    assert samples(fresh.decode()) == samples(generate_latest(exporter.registry).decode())  # type: ignore[arg-type]
+    assert fresh != again  # db001's duration and finish time moved
+
+
+def test_probe_serves_one_target_from_the_snapshot(fleet: ExporterHTTPServer) -> None:
+    """/probe?target= has that target's series only, the same values as /metrics, and never runs a check."""
+    status, headers, body = http(fleet.url + "/probe?target=db002")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    probed = samples(body.decode())
+    targets = {dict(labels).get("target") for _, _, labels, _ in probed}
+    assert targets == {"db002", None}  # None: partkey_build_info
+    everything = samples(http(fleet.url + "/metrics")[2].decode())
+    assert probed <= everything
+    assert (
+        "partkey_mismatched_rows",
+        "partkey_mismatched_rows",
+        (("mode", "full"), ("table", "public.chunks"), ("target", "db002")),
+        1.0,
+    ) in probed
+    results = dict(fleet.exporter.store.current.results)
+    http(fleet.url + "/probe?target=db000")
+    assert dict(fleet.exporter.store.current.results) == results  # no check ran
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ("", 400, "/probe needs exactly one target=NAME"),
+        ("?target=", 400, "/probe needs exactly one target=NAME"),
+        ("?target=db000&target=db001", 400, "/probe needs exactly one target=NAME"),
+        ("?target=nope", 404, "unknown target 'nope'"),
+    ],
+)
+def test_probe_bad_requests(fleet: ExporterHTTPServer, query: str, status: int, message: str) -> None:
+    got, _, body = http(fleet.url + "/probe" + query)
+    assert (got, json.loads(body)) == (status, {"error": message})
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/probe?target=db001"])
+def test_gzip_when_the_client_accepts_it(fleet: ExporterHTTPServer, path: str) -> None:
+    """Accept-Encoding: gzip (as Prometheus sends) gets the same body compressed; q=0 or none gets it plain."""
+    status, headers, plain = http(fleet.url + path)
+    assert status == 200 and "Content-Encoding" not in headers and headers["Vary"] == "Accept, Accept-Encoding"
+    status, headers, packed = http(fleet.url + path, headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert int(headers["Content-Length"]) == len(packed) < len(plain) / 3
+    assert gzip.decompress(packed) == plain
+    status, headers, body = http(fleet.url + path, headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in headers and body == plain
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.0", False),
+        ("identity", False),
+        ("", False),
+        ("gzipped", False),
+    ],
+)
+def test_wants_gzip(header: str, expected: bool) -> None:
+    assert wants_gzip(header) is expected
+
+
+def test_first_runs_are_staggered_per_target_not_across_the_fleet(dsn: str) -> None:
+    """With 200 targets every target starts within a second, its checks apart; no one waits for the fleet."""
+    exporter = Exporter(parse_config(fleet_config(dsn, 200), "<test>"))
+    delays = first_run_delays(exporter.runners)
+    assert len(delays) == len(exporter.runners) == 200 * 5
+    per_target = len(exporter.runners) // 200
+    last_first_run = FIRST_CHECK_SECONDS + 1.0 + (per_target - 1) * STAGGER_SECONDS
+    assert max(delays.values()) <= last_first_run  # was 0.5 + 999 * 0.2 + 1 s = 201 s with a global index
+    for target in exporter.targets:
+        mine = sorted((delay, key[2]) for key, delay in delays.items() if key[0] == target)
+        assert mine[0][1] == "implementation"
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(mine)]
+        assert min(gaps) >= STAGGER_SECONDS - 1e-9  # never two checks of one target at the same moment
