@@ -11,6 +11,7 @@ from pathlib import Path
 
 from exporter import __version__
 from exporter.app import Exporter
+from exporter.cliargs import hoist_options
 from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
 from exporter.logs import setup_logging
 from exporter.report import overall_status, render_json, render_text
@@ -203,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the partkey-exporter command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A subcommand's options work before its name too: `partkey-exporter --dsn URI verify`.
+    args = parser.parse_args(hoist_options(parser, sys.argv[1:] if argv is None else argv))
     setup_logging(args.log_level)
     try:
         code: int = args.func(args)

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from exporter.cliargs import hoist_options
 from exporter.keyspec import KeySpec
 from migrations import render, runner
 from migrations.connect import UsageError, connect, redact
@@ -149,7 +150,10 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 ok, 1 wrong keys found or refused, 2 usage or connection error."""
-    args = parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    # Common options work before the subcommand too: `partkey-migrate --dsn URI status`.
+    top = parser()
+    args = top.parse_args(hoist_options(top, given))
     # Our own handler on sys.stderr as it is now (not basicConfig): callers and tests may redirect it.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("partkey-migrate: %(message)s"))

@@ -58,7 +58,21 @@ def build_downgrade(conn: psycopg.Connection[Any], options: Options) -> tuple[Im
     """The downgrade plan, using what the upgrade captured when there is a record."""
     impl = inspect(conn, options)
     state = StateStore(conn, options).read()
+    refusal = never_upgraded(impl, state, options)
+    if refusal is not None:
+        raise RefusedError(refusal)
     return impl, downgrade_plan(conn, options, impl, state.captured if state else {})
+
+
+def never_upgraded(impl: Implementation, state: State | None, options: Options) -> str | None:
+    """Why downgrade refuses on a table partkey-migrate never upgraded (it would only rewrite the trigger)."""
+    if state is None and impl.method == "trigger":
+        return (
+            f"{options.spec.label} was never upgraded by partkey-migrate (no record in its state table) and a "
+            "trigger keeps the key: there is nothing to downgrade. Nothing was changed. To fix the trigger's "
+            "formula, run `partkey-migrate upgrade --strategy keep-trigger`"
+        )
+    return None
 
 
 def upgrade(

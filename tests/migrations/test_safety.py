@@ -116,7 +116,7 @@ def test_dry_run_changes_nothing_in_the_catalog(list_table: psycopg.Connection[A
     assert "pre-verification: rows checked: 2000, wrong keys: 0" in run.out
     assert run.out.rstrip().endswith("dry run: nothing was changed")
     assert catalog(list_table) == before  # no CHECK, trigger kept, no state table either
-    assert cli(dsn, "downgrade", "--dry-run").code == 0
+    assert cli(dsn, "downgrade", "--dry-run").code == 1  # never upgraded: refused, as the real run is
     assert catalog(list_table) == before
 
 
