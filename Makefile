@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
+.PHONY: demo test lint unit docs docs-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/partkey-exporter demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter migrations tests bench dashboards examples
+	$(VENV)/bin/ruff check exporter migrations tests bench dashboards docsgen examples
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
@@ -26,7 +26,16 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q
 
-test: lint unit
+test: lint docs-check unit
+
+# Regenerates every generated block in docs/ (configuration keys, metrics, HTTP API, the version matrix).
+docs: $(STAMP)
+	$(PY) -m docsgen
+
+# The docs site builds with no broken link; the generated pages are fresh (tests/test_docs.py checks that too).
+docs-check: $(STAMP)
+	$(PY) -m docsgen --check
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$site; rc=$$?; rm -rf $$site; exit $$rc
 
 # The `versioned` tests on PostgreSQL 11-18, one throwaway server each (fetched from npm, needs Node.js/npm).
 # Writes tests/matrix/last-matrix.md. A subset: make test-matrix VERSIONS=11,12,18
@@ -44,7 +53,7 @@ dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
 # Benchmarks (bench/): not tests, never gate CI. Each prints a table and writes bench/results/<name>.md.
 # Extra options: make bench-insert BENCH_ARGS="--quick --all-versions"

@@ -1,4 +1,4 @@
-"""The plan's admin API without a web framework: the daemon's HTTP server and the FastAPI router both use it."""
+"""The admin API without a web framework: the daemon's HTTP server and the FastAPI router both use it."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def health_json(healths: list[TableHealth]) -> dict[str, Any]:
 
 
 def report_text(healths: list[TableHealth]) -> str:
-    """GET /admin/partition/health/report: the plan's text report, one block per table."""
+    """GET /admin/partition/health/report: the text health report, one block per table."""
     return "\n".join(render_text(h) for h in healths)
 
 

@@ -30,12 +30,20 @@ class PartkeyCollector(Collector):
         self.build_info = build_info  # off in per-target fragments: the whole body carries it once
 
     def describe(self) -> list[Metric]:
-        """Nothing up front: registering must not call collect()."""
-        return []
+        """Every family, empty, so the registry refuses a name registered twice; a repeat here raises too."""
+        families = list(self._families(Snapshot()))
+        names = [family.name for family in families]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"metric family defined twice by PartkeyCollector: {', '.join(repeated)}")
+        return families
 
     def collect(self) -> Iterator[Metric]:
         """Build all families from one snapshot, so a scrape is consistent."""
-        snapshot = self.store.current
+        yield from self._families(self.store.current)
+
+    def _families(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """All families, filled from SNAPSHOT."""
         yield from self._meta(snapshot)
         yield from self._checks(snapshot)
         yield from self._implementation(snapshot)
@@ -46,7 +54,7 @@ class PartkeyCollector(Collector):
     def _meta(self, snapshot: Snapshot) -> Iterator[Metric]:
         """partkey_up, build info and server version."""
         up = GaugeMetricFamily(
-            "partkey_up", "1 when the target's database answers, 0 when it cannot be reached.", labels=["target"]
+            "partkey_up", "1 when the target's connection works, 0 when it cannot be reached.", labels=["target"]
         )
         for target in self.targets:
             up.add_metric([target], 1.0 if snapshot.target_up.get(target) else 0.0)
@@ -56,7 +64,9 @@ class PartkeyCollector(Collector):
             build.add_metric([__version__], 1.0)
         yield build
         version = GaugeMetricFamily(
-            "partkey_postgres_version", "The target server's major version.", labels=["target", "version"]
+            "partkey_postgres_version",
+            "The server's major version (e.g. 18); the version label is the full text (e.g. 18.6).",
+            labels=["target", "version"],
         )
         for target, (major, text) in snapshot.target_versions.items():
             version.add_metric([target, text], float(major))
@@ -69,13 +79,13 @@ class PartkeyCollector(Collector):
             "partkey_check_success", "1 when the last run of the check succeeded.", labels=labels
         )
         duration = GaugeMetricFamily(
-            "partkey_check_duration_seconds", "Duration of the last run of the check.", labels=labels
+            "partkey_check_duration_seconds", "How long the last run of the check took.", labels=labels
         )
         last = GaugeMetricFamily(
             "partkey_check_last_success_timestamp_seconds", "Unix time of the check's last success.", labels=labels
         )
         interval = GaugeMetricFamily(
-            "partkey_check_interval_seconds", "The check's configured interval.", labels=labels
+            "partkey_check_interval_seconds", "The check's configured interval (for staleness alerts).", labels=labels
         )
         for (target, table, check), result in sorted(snapshot.results.items()):
             key = [target, table, check]
@@ -89,7 +99,9 @@ class PartkeyCollector(Collector):
     def _implementation(self, snapshot: Snapshot) -> Iterator[Metric]:
         """The implementation state set and its attributes."""
         impl = GaugeMetricFamily(
-            "partkey_key_implementation", "How the key is maintained (state set).", labels=[*TT, "implementation"]
+            "partkey_key_implementation",
+            "How the key is maintained, as a state set: 1 for the current one of " + ", ".join(METHODS) + ".",
+            labels=[*TT, "implementation"],
         )
         optimal = GaugeMetricFamily(
             "partkey_key_implementation_optimal",
@@ -97,14 +109,18 @@ class PartkeyCollector(Collector):
             labels=TT,
         )
         trigger = GaugeMetricFamily(
-            "partkey_key_trigger_enabled", "1 when every copy of the key trigger is enabled.", labels=TT
+            "partkey_key_trigger_enabled",
+            "1 when every copy of the key trigger is enabled; only present when a key trigger exists.",
+            labels=TT,
         )
         overflow = GaugeMetricFamily(
             "partkey_key_formula_overflow",
             "1 when a key formula takes abs(hashtext(x)), which raises on INT_MIN.",
             labels=TT,
         )
-        partitions = GaugeMetricFamily("partkey_table_partitions", "Leaf partitions of the table.", labels=TT)
+        partitions = GaugeMetricFamily(
+            "partkey_table_partitions", "Leaf partitions of the table (0 for a plain table).", labels=TT
+        )
         default = GaugeMetricFamily("partkey_table_default_partition", "1 when a DEFAULT partition exists.", labels=TT)
         for (target, table, check), result in sorted(snapshot.results.items()):
             info = result.payload
@@ -124,11 +140,16 @@ class PartkeyCollector(Collector):
         """Bad-row gauges per mode and the rows-verified counter."""
         labels = [*TT, "mode"]
         mismatched = GaugeMetricFamily(
-            "partkey_mismatched_rows", "Rows whose key differs from the key expression.", labels=labels
+            "partkey_mismatched_rows",
+            "Rows whose key differs from the key expression (mode: incremental, sample, full); for incremental, "
+            "every bad row found since the start or the last clean full verification.",
+            labels=labels,
         )
         nulls = GaugeMetricFamily("partkey_null_key_rows", "Rows with a NULL key.", labels=labels)
         errors = GaugeMetricFamily(
-            "partkey_expression_error_rows", "Rows whose key expression raises an error.", labels=labels
+            "partkey_expression_error_rows",
+            "Rows whose key expression raises an error (e.g. the INT_MIN overflow).",
+            labels=labels,
         )
         checked = GaugeMetricFamily(
             "partkey_verification_rows_checked",
@@ -153,7 +174,11 @@ class PartkeyCollector(Collector):
     def _distribution(self, snapshot: Snapshot) -> Iterator[Metric]:
         """Rows per partition and the skew figures, labelled with their source."""
         labels = [*TT, "source"]
-        rows = GaugeMetricFamily("partkey_partition_rows", "Rows per partition.", labels=[*TT, "partition", "source"])
+        rows = GaugeMetricFamily(
+            "partkey_partition_rows",
+            "Rows per partition; source is estimate or exact.",
+            labels=[*TT, "partition", "source"],
+        )
         gauges = {
             "table_rows": ("partkey_table_rows", "Rows in the whole table."),
             "active": ("partkey_partitions_active", "Partitions with rows."),
@@ -169,7 +194,9 @@ class PartkeyCollector(Collector):
         }
         families = {field: GaugeMetricFamily(name, text, labels=labels) for field, (name, text) in gauges.items()}
         unknown = GaugeMetricFamily(
-            "partkey_partitions_unknown", "Partitions whose statistics cannot tell their row count.", labels=TT
+            "partkey_partitions_unknown",
+            "Partitions whose statistics cannot tell their row count (never analyzed, statistics reset).",
+            labels=TT,
         )
         for (target, table, _check), result in sorted(snapshot.results.items()):
             spread = result.payload

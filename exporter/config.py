@@ -39,56 +39,81 @@ Identifier = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^\x00
 class Strict(BaseModel):
     """Base model: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: the configuration reference (docs/configuration.md) shows them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class CheckSettings(Strict):
     """Schedule and limits of one check."""
 
     enabled: bool = True
+    """Run this check at all."""
     interval: Duration = 60.0
+    """Time between the starts of two runs."""
     statement_timeout: Duration = 10.0
+    """Set on the server for the check's statements, so a timed-out query stops there too."""
 
 
 class SampleSettings(CheckSettings):
     """The sample verification also takes the share of pages to read."""
 
     percent: float = Field(default=1.0, gt=0, le=100)
+    """Share of the table's pages read (TABLESAMPLE SYSTEM)."""
 
 
 class ProbeSettings(CheckSettings):
     """The insert probe is off by default and needs INSERT privilege."""
 
     enabled: bool = False
+    """Off by default: the probe needs INSERT (its rows are always rolled back)."""
     samples: int = Field(default=3, ge=1, le=100)
+    """Timed INSERTs per run."""
     source_value: str = "00000000-0000-0000-0000-000000000000"
+    """The source column's value in the synthetic row."""
     extra_values: dict[Identifier, str] = Field(default_factory=dict)
+    """Values for other NOT NULL columns without defaults, by column name."""
 
 
 class ChecksConfig(Strict):
     """Every check of a table, with its defaults."""
 
     implementation: CheckSettings = CheckSettings(interval=300, statement_timeout=5)
+    """Catalog only: how the key is maintained, and whether that is optimal."""
     verification_incremental: CheckSettings = CheckSettings(interval=60, statement_timeout=10)
+    """Rows above a watermark of monotonic_column (needs it)."""
     verification_sample: SampleSettings = SampleSettings(interval=300, statement_timeout=30)
+    """A TABLESAMPLE of the pages."""
     verification_full: CheckSettings = CheckSettings(interval=21600, statement_timeout=600)
+    """Every row, on a slow schedule."""
     distribution: CheckSettings = CheckSettings(interval=60, statement_timeout=5)
+    """Rows per partition from the statistics (catalog reads)."""
     distribution_exact: CheckSettings = CheckSettings(interval=3600, statement_timeout=600)
+    """Rows per partition counted with one scan."""
     insert_probe: ProbeSettings = ProbeSettings(interval=60, statement_timeout=5)
+    """Times a synthetic INSERT that is always rolled back."""
 
 
 class TableConfig(Strict):
     """One watched table and how its key must be computed."""
 
     table: Identifier = "chunks"
+    """The partitioned (or plain) table whose key is watched."""
     schema_: Identifier = Field(default="public", alias="schema")
+    """The table's schema."""
     key_column: Identifier = "partition_key"
+    """The column that holds the stored key."""
     source_column: Identifier = "collection_id"
+    """The column the key is computed from."""
     modulus: int = Field(default=100, ge=1, le=1_000_000)
+    """n in the key formula (the number of partitions)."""
     key_expression: Literal["safe", "legacy"] = "safe"
+    """`safe` = abs(hashtext(src::text) % n); `legacy` = abs(hashtext(src::text)) % n, which raises on INT_MIN."""
     monotonic_column: Identifier | None = None
+    """An ever-increasing column (such as id); enables incremental verification."""
     examples_limit: int = Field(default=10, ge=0, le=1000)
+    """Bad rows kept for the report (never metric labels)."""
     checks: ChecksConfig = ChecksConfig()
+    """Each check's schedule and limits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -114,11 +139,17 @@ class TargetConfig(Strict):
     """One PostgreSQL database and the tables watched in it."""
 
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    """The `target` label of every series; unique."""
     dsn: str | None = None
+    """libpq connection string or URI; ${VAR} is expanded. Give this or dsn_file."""
     dsn_file: Path | None = None
+    """A file holding the whole DSN (a mounted secret). Give this or dsn."""
     connect_timeout: Duration = 5.0
+    """How long to wait for a connection."""
     lock_timeout: Duration = 1.0
+    """How long any check may wait for a lock."""
     tables: list[TableConfig] = Field(min_length=1)
+    """The tables watched in this database."""
 
     @model_validator(mode="after")
     def _one_dsn_source(self) -> TargetConfig:
@@ -159,10 +190,15 @@ class ListenConfig(Strict):
     """Where the HTTP server listens, and its TLS settings."""
 
     address: str = "127.0.0.1"
+    """Address the HTTP server binds."""
     port: int = Field(default=19187, ge=0, le=65535)
+    """Port the HTTP server binds (0: any free port)."""
     tls_cert_file: Path | None = None
+    """PEM certificate: serve HTTPS (with tls_key_file)."""
     tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
     tls_client_ca_file: Path | None = None
+    """CA bundle: require client certificates signed by it (mTLS)."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ListenConfig:
@@ -178,11 +214,17 @@ class Config(Strict):
     """The whole configuration file."""
 
     listen: ListenConfig = ListenConfig()
+    """Where the HTTP server listens."""
     admin_token_env: str | None = None
+    """Environment variable holding the bearer token that guards POST endpoints."""
     admin_token_file: Path | None = None
+    """Or a file holding that token (at most one of the two)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Logging threshold."""
     max_workers: int = Field(default=4, ge=1, le=64)
+    """Scheduler threads (the checks of one target still run one at a time)."""
     targets: list[TargetConfig] = Field(min_length=1)
+    """The databases watched."""
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Config:

@@ -1,4 +1,4 @@
-"""The plan's PartitionImplementationDetector: the daemon's own checks, embedded in an application (sync or asyncio).
+"""PartitionImplementationDetector: the daemon's own checks, embedded in an application (sync or asyncio).
 
 Nothing here re-implements a check. The detector builds the daemon's check objects for one table
 (`exporter.app._checks_for`), runs each through the daemon's `CheckRunner` (server-side statement_timeout,

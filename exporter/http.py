@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics from the snapshot, health and report pages, and the plan's admin API."""
+"""HTTP endpoints: /metrics from the snapshot, health and report pages, and the admin API."""
 
 from __future__ import annotations
 

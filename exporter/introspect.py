@@ -338,7 +338,7 @@ def judge(
     overflow: bool,
     partitions_missing_trigger: bool,
 ) -> tuple[bool, str]:
-    """Whether the method is the best this version and shape allow, and why (see design.md)."""
+    """Whether the method is the best this version and shape allow, and why (docs/checks.md has the table)."""
     if overflow:
         return (
             False,

@@ -280,14 +280,14 @@ SPEC: dict[str, Any] = {
         ),
         "/report": _get("The health report.", REPORT, QUERY),
         "/admin/partition/health": _get(
-            "The plan's JSON summary of every selected table.",
+            "The JSON health summary of every selected table.",
             {
                 "200": _json("The overall status and every table's details.", _ref("Health")),
                 **QUERY_ERRORS,
             },
             [{**QUERY[0], "description": "Accepted and checked, but the answer is always JSON."}, *QUERY[1:]],
         ),
-        "/admin/partition/health/report": _get("The plan's text report (same as /report).", REPORT, QUERY),
+        "/admin/partition/health/report": _get("The text health report (same as /report).", REPORT, QUERY),
         "/admin/partition/verify": {
             "post": {
                 "summary": "Run a verification now; one at a time per table.",

@@ -1,4 +1,4 @@
-"""The health report in the plan's text layout, its JSON twin, and the healthy/degraded/unhealthy verdict."""
+"""The health report in semantik's text layout, its JSON twin, and the healthy/degraded/unhealthy verdict."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def _age(timestamp: float | None, now: float) -> str:
 
 
 def render_text(health: TableHealth, now: float | None = None) -> str:
-    """The plan's report, lines and labels kept, with our additions below its sections."""
+    """semantik's report, lines and labels kept, with our additions below its sections."""
     now = time.time() if now is None else now
     info = health.implementation
     verdict = health.verification

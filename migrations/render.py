@@ -29,8 +29,8 @@ def plan_lines(conn: psycopg.Connection[Any], plan: Plan) -> list[str]:
             lines.append(f"   note: {step.note}")
         lines += [f"   SQL: {s.as_string(conn)};" for s in step.statements]
     lines.append(
-        f"estimated total: {human_seconds(plan.total_seconds())} (rates measured in postgres-facts.md "
-        "on a 2-vCPU VM; lock waits not included)"
+        f"estimated total: {human_seconds(plan.total_seconds())} (rates measured on PostgreSQL 18 "
+        "on a 2-vCPU VM, see docs/migrate.md; lock waits not included)"
     )
     return lines
 

@@ -76,7 +76,7 @@ def partition_health_router(
 
     @router.api_route("/health/report", methods=["GET", "HEAD"])
     def health_report(request: Request) -> Response:
-        """The plan's text report, or its JSON twin with ?format=json."""
+        """The text health report, or its JSON twin with ?format=json."""
         try:
             fmt, target, table = _query(request)
             healths = select(health_source, target, table)
