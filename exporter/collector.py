@@ -49,6 +49,7 @@ class PartkeyCollector(Collector):
         yield from self._implementation(snapshot)
         yield from self._verification(snapshot)
         yield from self._distribution(snapshot)
+        yield from self._sizes(snapshot)
         yield from self._probe(snapshot)
 
     def _meta(self, snapshot: Snapshot) -> Iterator[Metric]:
@@ -227,6 +228,74 @@ class PartkeyCollector(Collector):
         yield rows
         yield from families.values()
         yield unknown
+
+    def _sizes(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Bytes, dead rows and upkeep per partition, from the estimate check only: one series per partition."""
+        part = [*TT, "partition"]
+        partition_bytes = GaugeMetricFamily(
+            "partkey_partition_bytes",
+            "Bytes per partition from the catalog's page counts (relpages x block size, as of the last VACUUM, ANALYZE or "
+            "CREATE INDEX; takes no lock); kind: heap, index or toast (the TOAST table and its index).",
+            labels=[*part, "kind"],
+        )
+        table_bytes = GaugeMetricFamily(
+            "partkey_table_bytes",
+            "Bytes of the whole table, every leaf summed (DEFAULT included); kind: heap, index or toast.",
+            labels=[*TT, "kind"],
+        )
+        skew = GaugeMetricFamily(
+            "partkey_partition_bytes_skew_ratio",
+            "Max over average bytes (heap+index+toast) per non-default partition.",
+            labels=TT,
+        )
+        cv = GaugeMetricFamily(
+            "partkey_partition_bytes_cv", "Coefficient of variation of bytes per partition.", labels=TT
+        )
+        dead = GaugeMetricFamily(
+            "partkey_partition_dead_rows", "Dead row versions per partition (n_dead_tup).", labels=part
+        )
+        vacuumed = GaugeMetricFamily(
+            "partkey_partition_last_vacuum_timestamp_seconds",
+            "Unix time of the partition's last VACUUM or autovacuum.",
+            labels=part,
+        )
+        analyzed = GaugeMetricFamily(
+            "partkey_partition_last_analyze_timestamp_seconds",
+            "Unix time of the partition's last ANALYZE or autoanalyze.",
+            labels=part,
+        )
+        stale = GaugeMetricFamily(
+            "partkey_partitions_stale_statistics",
+            "Partitions never analyzed, or changed by more rows since the last ANALYZE than autovacuum's default "
+            "trigger (50 + 10%); every partition counted in partkey_partitions_unknown is counted here too.",
+            labels=TT,
+        )
+        for (target, table, check), result in sorted(snapshot.results.items()):
+            found = result.payload
+            if check != "distribution" or not isinstance(found, Distribution):
+                continue
+            totals = {"heap": found.heap_bytes, "index": found.index_bytes, "toast": found.toast_bytes}
+            for kind, total in totals.items():
+                if total is not None:
+                    table_bytes.add_metric([target, table, kind], float(total))
+            stale.add_metric([target, table], float(found.stale))
+            if not found.partitioned:
+                continue
+            for figure, family in ((found.bytes_skew_ratio, skew), (found.bytes_cv, cv)):
+                if figure is not None:
+                    family.add_metric([target, table], figure)
+            for p in found.partitions:
+                key = [target, table, p.name]
+                for kind, size in (("heap", p.heap_bytes), ("index", p.index_bytes), ("toast", p.toast_bytes)):
+                    if size is not None:
+                        partition_bytes.add_metric([*key, kind], float(size))
+                if p.dead_rows is not None:
+                    dead.add_metric(key, float(p.dead_rows))
+                if p.last_vacuum is not None:
+                    vacuumed.add_metric(key, p.last_vacuum)
+                if p.last_analyze is not None:
+                    analyzed.add_metric(key, p.last_analyze)
+        yield from (partition_bytes, table_bytes, skew, cv, dead, vacuumed, analyzed, stale)
 
     def _probe(self, snapshot: Snapshot) -> Iterator[Metric]:
         """The probe latency histogram and its failure counter."""

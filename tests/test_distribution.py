@@ -49,8 +49,13 @@ def test_estimate_matches_exact_after_analyze(conn: psycopg.Connection[Any]) -> 
     )
     conn.execute("ANALYZE chunks")
     exact = exact_distribution(conn, SPEC)
-    estimate = _until(lambda: estimated_distribution(conn, SPEC), lambda d: d.partitions == exact.partitions)
-    assert estimate.partitions == exact.partitions
+
+    def counts_of(found: Distribution) -> list[tuple[str, int | None, bool]]:
+        # Only the counts: dead rows and vacuum times may move between two reads while the stats flush.
+        return [(p.name, p.rows, p.is_default) for p in found.partitions]
+
+    estimate = _until(lambda: estimated_distribution(conn, SPEC), lambda d: counts_of(d) == counts_of(exact))
+    assert counts_of(estimate) == counts_of(exact)
     assert exact.total_rows == 3009 and exact.default_rows == 9
     rows = [p.rows for p in exact.partitions if not p.is_default]
     counts = [r for r in rows if r is not None]
