@@ -234,8 +234,8 @@ class PartkeyCollector(Collector):
         part = [*TT, "partition"]
         partition_bytes = GaugeMetricFamily(
             "partkey_partition_bytes",
-            "Bytes per partition from the catalog's page counts (relpages x block size, as of the last VACUUM, ANALYZE or "
-            "CREATE INDEX; takes no lock); kind: heap, index or toast (the TOAST table and its index).",
+            "Bytes per partition from the catalog's page counts (relpages x block size, as of the last VACUUM, "
+            "ANALYZE or CREATE INDEX; takes no lock); kind: heap, index or toast (the TOAST table and its index).",
             labels=[*part, "kind"],
         )
         table_bytes = GaugeMetricFamily(
