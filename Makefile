@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit docs docs-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
+.PHONY: demo test lint unit docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e . --group dev
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -37,6 +37,16 @@ docs-check: $(STAMP)
 	$(PY) -m docsgen --check
 	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$site; rc=$$?; rm -rf $$site; exit $$rc
 
+# Builds the sdist and wheel, checks their metadata, installs the wheel into a clean venv and runs it (CI runs this).
+package-check: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist . >/dev/null
+	$(VENV)/bin/twine check --strict dist/*
+	venv=$$(mktemp -d) && $(PYTHON) -m venv $$venv && $$venv/bin/pip install --quiet --disable-pip-version-check dist/*.whl \
+	  && $$venv/bin/partkey-exporter --version && $$venv/bin/partkey-migrate --help >/dev/null \
+	  && $$venv/bin/python -c "from exporter import PartitionImplementationDetector; print('embedding API imports')"; \
+	  rc=$$?; rm -rf $$venv; exit $$rc
+
 # The `versioned` tests on PostgreSQL 11-18, one throwaway server each (fetched from npm, needs Node.js/npm).
 # Writes tests/matrix/last-matrix.md. A subset: make test-matrix VERSIONS=11,12,18
 test-matrix: $(STAMP)
@@ -53,7 +63,7 @@ dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site dist
 
 # Benchmarks (bench/): not tests, never gate CI. Each prints a table and writes bench/results/<name>.md.
 # Extra options: make bench-insert BENCH_ARGS="--quick --all-versions"

