@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
 
 from exporter import __version__
 from exporter.app import Exporter
+from exporter.chart import render_chart
 from exporter.cliargs import hoist_options
 from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
 from exporter.logs import setup_logging
@@ -80,7 +82,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            print("\n".join(render_text(h) for h in healths), end="")
+            # The histogram on request, or by default when a person reads the report in a terminal.
+            chart = sys.stdout.isatty() if args.chart is None else args.chart
+            width = shutil.get_terminal_size().columns  # $COLUMNS first, so a fixed width can be asked for
+            texts = []
+            for health in healths:
+                text = render_text(health)
+                spread = health.distribution
+                if chart and spread is not None and spread.partitioned:
+                    text += "\n" + render_chart(spread, width, args.chart_order)
+                texts.append(text)
+            print("\n".join(texts), end="")
         return EXIT_OK if all(h.target_up for h in healths) else EXIT_ERROR
     finally:
         exporter.stop()
@@ -177,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(report)
     report.add_argument("--format", choices=["text", "json"], default="text")
     report.add_argument("--all-checks", action="store_true", help="also run sample verification and the probe")
+    report.add_argument(
+        "--chart",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a histogram of rows per partition (default: when stdout is a terminal)",
+    )
+    report.add_argument(
+        "--chart-order",
+        choices=["partition", "rows"],
+        default="partition",
+        help="histogram columns in partition order or fullest first (default: partition)",
+    )
     report.set_defaults(func=cmd_report)
 
     verify = commands.add_parser("verify", help="verify keys once; exit 0 clean, 1 bad keys, 2 errors")
