@@ -7,16 +7,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import psycopg
 
 from exporter.cliargs import hoist_options
 from exporter.keyspec import KeySpec
 from migrations import render, runner
-from migrations.connect import UsageError, connect, redact
-from migrations.errors import RefusedError
+from migrations.connect import UsageError, connect, database_error, error_lines, redact
+from migrations.errors import ExitCode, RefusedError
 from migrations.options import Options, milliseconds, parse_table
 from migrations.repair import repair
 from migrations.retry import LockRetriesExhausted
@@ -45,9 +45,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so --json can report the mistake as JSON too."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise instead of printing and exiting."""
+        raise UsageError(message)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line; the connection, table and timeout options are accepted by every command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     group = common.add_argument_group("table and connection")
     group.add_argument(
         "--dsn", default=os.environ.get("PARTKEY_DSN", ""), help="libpq DSN or URI (default: $PARTKEY_DSN)"
@@ -69,9 +77,9 @@ def parser() -> argparse.ArgumentParser:
         help="seconds for VALIDATE and verification scans (3600)",
     )
     common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
-    common.add_argument("--json", action="store_true", help="machine-readable output (status, plan, verify)")
+    common.add_argument("--json", action="store_true", help="one JSON document on stdout, on success and on failure")
 
-    top = argparse.ArgumentParser(prog="partkey-migrate", description=__doc__)
+    top = _Parser(prog="partkey-migrate", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("status", parents=[common], help="version, shape, implementation, state, strategy")
     plan = commands.add_parser("plan", parents=[common], help="every statement upgrade (or downgrade) would run")
@@ -112,11 +120,11 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Options) -> int:
-    """Dispatch one command; returns the exit code."""
+    """Dispatch one command; returns the exit code. With --json, stdout gets exactly one JSON document."""
     if args.command == "status":
         report = status(conn, options)
         print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))
-        return 0
+        return ExitCode.OK
     if args.command == "plan":
         if args.downgrade:
             _, plan = runner.build_downgrade(conn, options)
@@ -128,11 +136,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
             print(json.dumps(plan.to_dict(conn), indent=2))
         else:
             print("\n".join(render.plan_lines(conn, plan)))
-        return 0
-    if args.command == "upgrade":
-        return runner.upgrade(conn, options, args.strategy, dry_run=args.dry_run, measure=args.measure).code
-    if args.command == "downgrade":
-        return runner.downgrade(conn, options, dry_run=args.dry_run).code
+        return ExitCode.OK
     if args.command == "verify":
         impl = runner.inspect(conn, options)
         result = verify_full(conn, options, impl)
@@ -142,18 +146,45 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
             print("\n".join(describe(result)))
             if not result.clean:
                 print("wrong keys found: run partkey-migrate repair")
-        return 0 if result.clean else 1
-    if args.command == "repair":
-        return repair(conn, options).code
-    raise UsageError(f"unknown command {args.command}")  # pragma: no cover
+        return ExitCode.OK if result.clean else ExitCode.REFUSED
+    lines: list[str] = []
+    out: Callable[[str], None] = lines.append if args.json else print
+    if args.command == "upgrade":
+        outcome = runner.upgrade(conn, options, args.strategy, dry_run=args.dry_run, measure=args.measure, out=out)
+    elif args.command == "downgrade":
+        outcome = runner.downgrade(conn, options, dry_run=args.dry_run, out=out)
+    elif args.command == "repair":
+        outcome = repair(conn, options, out=out)
+    else:  # pragma: no cover
+        raise UsageError(f"unknown command {args.command}")
+    if args.json:
+        document = {
+            "command": args.command,
+            "ok": outcome.code == ExitCode.OK,
+            "exit_code": outcome.code,
+            "state": outcome.state,
+            "message": outcome.message,
+            "output": lines,
+        }
+        print(json.dumps(document, indent=2))
+    return outcome.code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit 0 ok, 1 wrong keys found or refused, 2 usage or connection error."""
-    given = sys.argv[1:] if argv is None else argv
+    """Entry point; the exit codes are ExitCode (docs/migrate.md has the table)."""
+    given = list(sys.argv[1:] if argv is None else argv)
     # Common options work before the subcommand too: `partkey-migrate --dsn URI status`.
     top = parser()
-    args = top.parse_args(hoist_options(top, given))
+    want_json = "--json" in given
+    try:
+        args = top.parse_args(hoist_options(top, given))
+    except UsageError as error:
+        if want_json:
+            _print_error(ExitCode.USAGE, "usage", str(error), None)
+        else:
+            top.print_usage(sys.stderr)
+            print(f"partkey-migrate: error: {error}", file=sys.stderr)
+        return ExitCode.USAGE
     # Our own handler on sys.stderr as it is now (not basicConfig): callers and tests may redirect it.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("partkey-migrate: %(message)s"))
@@ -167,8 +198,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.removeHandler(handler)
 
 
+def _print_error(code: ExitCode, kind: str, message: str, database: dict[str, str | None] | None) -> None:
+    """The one JSON document of a failed command."""
+    error: dict[str, Any] = {"kind": kind, "message": message}
+    if database is not None:
+        error.update(database)
+    print(json.dumps({"ok": False, "exit_code": int(code), "error": error}, indent=2))
+
+
+def _fail(args: argparse.Namespace, code: ExitCode, kind: str, message: str) -> int:
+    """Report a failure: one line on stderr, and with --json one JSON document on stdout."""
+    print(f"partkey-migrate: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_error(code, kind, message, None)
+    return code
+
+
 def _main(args: argparse.Namespace) -> int:
-    """main() once logging is set up: map every failure to its exit code and one line."""
+    """main() once logging is set up: map every failure to its exit code and what the user reads."""
     try:
         options = options_from(args)
         with connect(args.dsn) as conn:
@@ -179,19 +226,21 @@ def _main(args: argparse.Namespace) -> int:
             )
             return run(args, conn, options)
     except UsageError as error:
-        print(f"partkey-migrate: error: {error}", file=sys.stderr)
-        return 2
-    except (RefusedError, RunInProgressError, LockRetriesExhausted) as error:
-        print(f"partkey-migrate: {error}", file=sys.stderr)
-        return 1
+        return _fail(args, ExitCode.USAGE, "usage", f"error: {error}")
+    except (RefusedError, RunInProgressError) as error:
+        return _fail(args, ExitCode.REFUSED, "refused", str(error))
+    except LockRetriesExhausted as error:
+        return _fail(args, ExitCode.LOCK_BUSY, "lock-timeout", str(error))
     except psycopg.Error as error:
-        message = redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, args.dsn)
         # Connecting failed earlier (UsageError); this failed mid-run: the state table lets a re-run resume.
-        print(f"partkey-migrate: database error: {message}", file=sys.stderr)
-        return 1
+        described = database_error(error, args.dsn)
+        for line in error_lines(described):
+            print(f"partkey-migrate: {line}", file=sys.stderr)
+        if args.json:
+            _print_error(ExitCode.DATABASE, "database", str(described["message"]), described)
+        return ExitCode.DATABASE
     except ValueError as error:
-        print(f"partkey-migrate: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args, ExitCode.USAGE, "usage", f"error: {redact(str(error), args.dsn)}")
 
 
 if __name__ == "__main__":

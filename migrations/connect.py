@@ -55,3 +55,31 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
 def _first_line(text: str) -> str:
     """The first non-empty line of an error message."""
     return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
+
+
+def database_error(error: psycopg.Error, dsn: str | None = None) -> dict[str, str | None]:
+    """The server's message, SQLSTATE, DETAIL, HINT and CONTEXT of an error, any password scrubbed."""
+    diag = error.diag
+    primary = diag.message_primary or _first_line(str(error)) or type(error).__name__
+
+    def clean(text: str | None) -> str | None:
+        return redact(text.strip(), dsn) if text and text.strip() else None
+
+    return {
+        "message": clean(primary),
+        "sqlstate": diag.sqlstate or error.sqlstate,
+        "detail": clean(diag.message_detail),
+        "hint": clean(diag.message_hint),
+        "context": clean(diag.context),
+    }
+
+
+def error_lines(described: dict[str, str | None]) -> list[str]:
+    """A described database error as the lines psql would show: message, then DETAIL, HINT, CONTEXT."""
+    code = f" (SQLSTATE {described['sqlstate']})" if described.get("sqlstate") else ""
+    lines = [f"database error: {described['message']}{code}"]
+    for label in ("detail", "hint", "context"):
+        text = described.get(label)
+        if text:
+            lines += [f"  {label.upper()}: {line}" for line in text.splitlines()]
+    return lines

@@ -86,6 +86,7 @@ def upgrade(
 ) -> Outcome:
     """Replace the trigger as the strategy says; resumable, refused on wrong keys."""
     if dry_run:
+        _refuse_while_running(conn, options)
         impl, plan = _checked_upgrade(conn, options, requested)
         return _dry_run(conn, options, impl, plan, measure, out)
     # The run lock comes first: even reading the catalog could queue behind another run's pending lock.
@@ -101,6 +102,12 @@ def upgrade(
             measure=measure,
             out=out,
         )
+
+
+def _refuse_while_running(conn: psycopg.Connection[Any], options: Options) -> None:
+    """A dry run refuses, as the real run would, while another run holds the table's run lock."""
+    with run_lock(conn, options.spec.label):
+        pass  # taken and released at once: a dry run must not hold a real run off
 
 
 def interrupted_downgrade(state: State | None, options: Options) -> str | None:
@@ -129,6 +136,7 @@ def _checked_upgrade(
 def downgrade(conn: psycopg.Connection[Any], options: Options, *, dry_run: bool = False, out: Out = print) -> Outcome:
     """Back to the trigger with the safe formula; PK and indexes as they were before the upgrade."""
     if dry_run:
+        _refuse_while_running(conn, options)
         impl, plan = build_downgrade(conn, options)
         return _dry_run(conn, options, impl, plan, False, out)
     with run_lock(conn, options.spec.label):

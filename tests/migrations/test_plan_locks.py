@@ -50,10 +50,13 @@ def strongest_on_table(conn: psycopg.Connection[Any]) -> str | None:
     return max(modes, key=STRENGTH.index) if modes else None
 
 
-def run_steps_checking_locks(conn: psycopg.Connection[Any], dsn: str, *extra: str) -> list[tuple[str, str | None]]:
+def run_steps_checking_locks(
+    conn: psycopg.Connection[Any], dsn: str, *extra: str, downgrade: bool = True
+) -> list[tuple[str, str | None]]:
     """Run each DDL step of the plan (and of the downgrade plan after it) and compare locks."""
     seen = []
-    for args in (("plan", "--json", *extra), ("plan", "--json", "--downgrade")):
+    plans = [("plan", "--json", *extra)] + ([("plan", "--json", "--downgrade")] if downgrade else [])
+    for args in plans:
         plan = json.loads(cli(dsn, *args).out)
         for step in plan["steps"]:
             if step["kind"] == "concurrent":
@@ -86,7 +89,8 @@ def test_list_plan_locks(conn: psycopg.Connection[Any], dsn: str) -> None:
 @pytest.mark.parametrize("strategy", ["generated", "keep-trigger"])
 def test_plain_plan_locks(conn: psycopg.Connection[Any], dsn: str, strategy: str) -> None:
     create_plain(conn, rows=500)
-    seen = dict(run_steps_checking_locks(conn, dsn, "--strategy", strategy))
+    # keep-trigger run by hand leaves a trigger and no state record: downgrade (rightly) refuses such a table.
+    seen = dict(run_steps_checking_locks(conn, dsn, "--strategy", strategy, downgrade=strategy == "generated"))
     if strategy == "generated":
         assert seen["add-generated-column"] == "AccessExclusiveLock"
         assert seen["verify-new-column"] == "AccessShareLock"

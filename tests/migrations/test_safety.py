@@ -78,7 +78,7 @@ def test_exhausted_retries_stop_cleanly_and_a_rerun_resumes(list_table: psycopg.
         blocker.execute("SELECT 1 FROM chunks LIMIT 1")
         run = cli(dsn, "upgrade", "--lock-timeout", "0.1", "--max-attempts", "3")
         blocker.rollback()
-    assert run.code == 1
+    assert run.code == 4  # no lock: re-run later
     assert "step add-check: lock timeout on attempt 3/3, giving up" in run.err
     assert "no lock within 0.1s after 3 attempts" in run.err
     after = catalog(list_table)
@@ -140,7 +140,7 @@ def test_statement_timeout_applies_to_ddl_but_not_to_the_verification_scan(
         "FROM generate_series(1, 400000) g"
     )
     run = cli(dsn, "upgrade", "--statement-timeout", "0.25")  # catalog reads fit; the 400k-row rewrite does not
-    assert run.code == 1
+    assert run.code == 3  # a database error mid-run
     assert "pre-verification: rows checked: 400000, wrong keys: 0" in run.out
     assert "canceling statement due to statement timeout" in run.err
     assert [c[0] for c in catalog(conn)["columns"]] == ["id", "collection_id", "partition_key"]

@@ -229,7 +229,7 @@ def test_short_lock_timeout_bounds_the_queue_and_finishes_when_the_blocker_commi
 
 
 @pytest.mark.timeout(60)
-def test_exhausted_retries_exit_1_and_leave_the_catalog_unchanged(
+def test_exhausted_retries_exit_4_and_leave_the_catalog_unchanged(
     list_table: psycopg.Connection[Any], dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before, rows = catalog(list_table), keys(list_table)
@@ -237,8 +237,8 @@ def test_exhausted_retries_exit_1_and_leave_the_catalog_unchanged(
     with probing(dsn) as measured, blocked_upgrade(dsn, "access share", *options) as (_, proc):
         out, err = proc.communicate(timeout=30)
     report(capsys, measured.line(f"access share held throughout, --lock-timeout {SHORT} --max-attempts 4"))
-    # (d) A clear refusal, exit 1, no traceback.
-    assert proc.returncode == 1, (out, err)
+    # (d) A clear refusal, exit 4 (no lock: re-run later), no traceback.
+    assert proc.returncode == 4, (out, err)
     assert_backoff(retries(err), 4)
     assert len(retries(err)) == 3
     assert "step add-check: lock timeout on attempt 4/4, giving up" in err
