@@ -79,6 +79,18 @@ SCHEMAS: dict[str, Any] = {
             "sample_percent": NULLABLE_NUMBER,
             "duration_seconds": NUMBER,
             "note": NULLABLE_STRING,
+            "partitions": {
+                "type": "array",
+                "description": "Full passes: the path each leaf relation took (loose-index-scan or group-by) and why.",
+                "items": {"type": "object"},
+            },
+            "bad_pairs": {
+                "type": "array",
+                "description": "Every bad (relation, stored key, source values) group with its row count, capped.",
+                "items": {"type": "object"},
+            },
+            "bad_pairs_total": INTEGER,
+            "rows_estimated": INTEGER,
         }
     ),
     "Implementation": _obj(

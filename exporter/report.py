@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -161,6 +162,7 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
             f"{found.null_keys:,} NULL, {found.expression_errors:,} expression errors; "
             f"last success {_age(result.last_success_at, now)}"
         )
+        lines += _path_lines(found)
     if spread is not None:
         lines += [
             f"  Row Counts From: {spread.source}",
@@ -187,6 +189,20 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
         lines.append(f"  Failing Check: {name}: {health.results[name].error}")
     lines += ["", RULE]
     return "\n".join(lines) + "\n"
+
+
+def _path_lines(found: VerificationResult) -> list[str]:
+    """Which path the partitions of a full pass took, and why the ones that could not use the loose scan did not."""
+    if not found.partitions:
+        return []
+    paths = Counter(p.plan.path for p in found.partitions)
+    lines = ["    Paths: " + ", ".join(f"{count} {path}" for path, count in sorted(paths.items()))]
+    if found.rows_estimated:
+        lines.append(f"    Rows From Statistics (loose-scanned partitions): {found.rows_estimated:,}")
+    reasons = Counter(p.plan.reason for p in found.partitions if p.plan.path != "loose-index-scan")
+    for reason, count in reasons.most_common(5):
+        lines.append(f"    group-by x{count}: {reason}")
+    return lines
 
 
 def render_json(health: TableHealth) -> dict[str, Any]:

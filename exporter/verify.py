@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.keyspec import KeySpec
+from exporter.verify_plan import LeafPlan, plan_leaves
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,34 @@ class BadRow:
 
 
 @dataclass(frozen=True)
+class BadPair:
+    """One (relation, stored key, source values) group whose rows all share the same wrong, NULL or raising key."""
+
+    kind: BadKind
+    relation: str
+    stored_key: int | None
+    source: tuple[str | None, ...]
+    expected_key: int | None
+    rows: int
+
+
+@dataclass(frozen=True)
+class PartitionVerification:
+    """Which path one leaf relation took in a full pass, and what it saw."""
+
+    plan: LeafPlan
+    rows: int
+    rows_exact: bool
+    distinct_values: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        data = self.plan.to_dict()
+        data.update(rows=self.rows, rows_exact=self.rows_exact, distinct_values=self.distinct_values)
+        return data
+
+
+@dataclass(frozen=True)
 class VerificationResult:
     """The outcome of one verification pass."""
 
@@ -44,11 +73,17 @@ class VerificationResult:
     sample_percent: float | None = None
     duration_seconds: float = 0.0
     note: str | None = None
+    # Full passes only: the path each leaf relation took, and every bad group (capped at pairs_limit).
+    partitions: tuple[PartitionVerification, ...] = ()
+    bad_pairs: tuple[BadPair, ...] = ()
+    bad_pairs_total: int = 0
+    # Rows of rows_checked read from statistics (n_live_tup) instead of counted: loose-scanned partitions.
+    rows_estimated: int = 0
 
     @property
     def correct(self) -> int:
-        """Rows whose key matched the expression."""
-        return self.rows_checked - self.mismatched - self.null_keys - self.expression_errors
+        """Rows whose key matched the expression (never negative, even against an estimated row count)."""
+        return max(0, self.rows_checked - self.mismatched - self.null_keys - self.expression_errors)
 
     @property
     def clean(self) -> bool:
@@ -60,22 +95,56 @@ class VerificationResult:
         data = asdict(self)
         data["correct"] = self.correct
         data["watermark"] = None if self.watermark is None else str(self.watermark)
+        data["partitions"] = [p.to_dict() for p in self.partitions]
+        data["bad_pairs"] = [{**asdict(b), "source": list(b.source)} for b in self.bad_pairs]
         return data
 
 
 @dataclass
 class _Tally:
-    """Mutable counts while one pass walks the relations."""
+    """Mutable counts while one pass reads its groups."""
 
     checked: int = 0
+    estimated: int = 0
     mismatched: int = 0
     null_keys: int = 0
     errors: int = 0
     examples: list[BadRow] = field(default_factory=list)
+    pairs: list[BadPair] = field(default_factory=list)
+    pairs_total: int = 0
+
+
+@dataclass
+class _Group:
+    """One evaluated (relation, stored key, source values) group as the server returned it."""
+
+    oid: int
+    stored: int | None
+    text: tuple[str | None, ...]
+    native: tuple[Any, ...]
+    rows: int | None
+    raises: bool
+    expected: int | None
+    error: str | None = None
+
+
+@dataclass
+class _Leaf:
+    """A leaf relation's name and identifier."""
+
+    label: str
+    ident: sql.Identifier
 
 
 class Verifier:
-    """Runs one verification pass over a table's leaf relations, surviving rows whose expression errors."""
+    """Verifies a table's keys by evaluating the expression once per distinct (relation, key, source) group.
+
+    Full passes plan each leaf relation from the catalog: a single-value LIST partition with an index leading
+    with the source columns lists its distinct values with a loose index scan (its key is fixed by the partition
+    constraint); every other leaf is read once with GROUP BY. Sample and incremental passes group the rows of
+    their window. Expression errors are predicted (the legacy formula raises only where hashtext is INT_MIN);
+    an error nobody predicted is isolated by evaluating each distinct value on its own.
+    """
 
     def __init__(
         self,
@@ -84,25 +153,34 @@ class Verifier:
         *,
         primary_key: tuple[str, ...] = (),
         examples_limit: int = 10,
+        pairs_limit: int = 1000,
+        exact_rows: bool = False,
     ) -> None:
         self.conn = conn
         self.spec = spec
         self.primary_key = primary_key
         self.examples_limit = examples_limit
+        self.pairs_limit = pairs_limit
+        # Loose-scanned partitions take their row count from statistics unless asked to count (an index scan).
+        self.exact_rows = exact_rows
 
     def relations(self) -> list[tuple[str, str]]:
         """(schema, name) of every leaf relation that holds rows: the partitions, or the table itself."""
+        return [(schema, name) for _, (schema, name) in self._leaf_names()]
+
+    def _leaf_names(self) -> list[tuple[int, tuple[str, str]]]:
+        """(oid, (schema, name)) of every leaf relation."""
         rows = self.conn.execute(
             """WITH RECURSIVE tree(relid) AS (
                    SELECT %(oid)s::regclass::oid
                    UNION ALL
                    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)
-               SELECT n.nspname, c.relname FROM tree
+               SELECT c.oid, n.nspname, c.relname FROM tree
                JOIN pg_class c ON c.oid = tree.relid JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE c.relkind = 'r' ORDER BY c.relname""",
             {"oid": self.spec.table_ident.as_string(self.conn)},
         ).fetchall()
-        return [(row[0], row[1]) for row in rows]
+        return [(int(row[0]), (row[1], row[2])) for row in rows]
 
     def run(
         self,
@@ -115,26 +193,13 @@ class Verifier:
     ) -> VerificationResult:
         """Verify the rows selected by mode; incremental takes rows with after < column <= upto."""
         started = time.monotonic()
-        seed = int(time.time()) % 1_000_000
         filters = self._filters(mode, watermark_column, after, upto)
-
-        def source(relation: sql.Identifier, only: bool) -> sql.Composable:
-            prefix = sql.SQL("ONLY {} AS t").format(relation) if only else sql.SQL("{} AS t").format(relation)
-            if mode != "sample":
-                return prefix
-            return sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
-                prefix, sql.Literal(sample_percent), sql.Literal(seed)
-            )
-
         tally = _Tally()
-        # One statement over the whole table lets the planner prune, scan in parallel and skip per-partition
-        # round trips; only when a row's expression raises do we fall back to bisecting each partition.
-        if not self._scan_whole_table(source(self.spec.table_ident, only=False), filters, tally):
-            tally = _Tally()
-            for schema, name in self.relations():
-                relation = sql.Identifier(schema, name)
-                label = f"{schema}.{name}"
-                self._scan(label, relation, source(relation, only=True), filters, 0, self._block_count(relation), tally)
+        partitions: tuple[PartitionVerification, ...] = ()
+        if mode == "full":
+            partitions = self._full(tally)
+        else:
+            self._window(mode, sample_percent, filters, tally)
         return VerificationResult(
             mode=mode,
             rows_checked=tally.checked,
@@ -145,6 +210,10 @@ class Verifier:
             watermark=upto if mode == "incremental" else None,
             sample_percent=sample_percent if mode == "sample" else None,
             duration_seconds=time.monotonic() - started,
+            partitions=partitions,
+            bad_pairs=tuple(tally.pairs),
+            bad_pairs_total=tally.pairs_total,
+            rows_estimated=tally.estimated,
         )
 
     @staticmethod
@@ -160,129 +229,288 @@ class Verifier:
             filters.insert(0, sql.SQL("{} > {}").format(column, sql.Literal(after)))
         return filters
 
-    def _count_query(self, source: sql.Composable, where: sql.Composable) -> sql.Composed:
-        """Rows checked, NULL keys and mismatched keys in one pass."""
+    # --- SQL pieces -------------------------------------------------------------------------------------------
+
+    def _columns(self, prefix: str | None = None) -> sql.Composable:
+        """The source columns, comma-separated, optionally qualified."""
+        if prefix is None:
+            return sql.SQL(", ").join(sql.Identifier(c) for c in self.spec.source_columns)
+        return sql.SQL(", ").join(sql.Identifier(prefix, c) for c in self.spec.source_columns)
+
+    def _index_columns(self, plan: LeafPlan, prefix: str | None = None) -> sql.Composable:
+        """The source columns in the index's order, so ORDER BY and row comparisons can descend it."""
+        names = plan.index_columns or self.spec.source_columns
+        if prefix is None:
+            return sql.SQL(", ").join(sql.Identifier(c) for c in names)
+        return sql.SQL(", ").join(sql.Identifier(prefix, c) for c in names)
+
+    def _raises(self) -> sql.Composable:
+        """True for the source values whose expression raises: only hashtext = INT_MIN under the legacy formula."""
+        if self.spec.formula != "legacy" or len(self.spec.source_columns) != 1:
+            # The safe formula cannot raise; a composite formula's errors are left to the per-value fallback.
+            return sql.SQL("false")
+        return sql.SQL("coalesce(hashtext({}::text) = -2147483648, false)").format(
+            sql.Identifier(self.spec.source_columns[0])
+        )
+
+    def _group_scan(self, oid: int, relation: sql.Composable, where: sql.Composable) -> sql.Composed:
+        """One leaf's (key, source...) groups with their row counts: a single pass with hash aggregation."""
         key = sql.Identifier(self.spec.key_column)
         return sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE {key} IS NULL),"
-            " count(*) FILTER (WHERE {key} IS NOT NULL AND {key} IS DISTINCT FROM {expr}) FROM {src}{where}"
-        ).format(key=key, expr=self.spec.expression(), src=source, where=where)
+            "SELECT {oid}::oid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n"
+            " FROM ONLY {rel}{where} GROUP BY {key}, {cols}"
+        ).format(oid=sql.Literal(oid), key=key, cols=self._columns(), rel=relation, where=where)
 
-    def _scan_whole_table(self, source: sql.Composable, filters: list[sql.Composable], tally: _Tally) -> bool:
-        """Count over the whole table at once; False when some row's expression raises."""
-        return self._count_into(source, self._where(filters, 0, 0, whole=True), tally) is None
+    def _loose_scan(self, oid: int, relation: sql.Composable, plan: LeafPlan) -> sql.Composed:
+        """One single-value partition's distinct non-NULL source tuples by a loose index scan (recursive CTE)."""
+        key = sql.Identifier(self.spec.key_column)
+        cols = self._index_columns(plan)
+        not_null = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in plan.index_columns
+        )
+        return sql.SQL(
+            "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {out}, NULL::bigint AS _pk_n FROM ("
+            "WITH RECURSIVE _pk_d AS ("
+            "(SELECT {cols} FROM ONLY {rel} WHERE {not_null} ORDER BY {cols} LIMIT 1)"
+            " UNION ALL "
+            "SELECT _pk_x.* FROM _pk_d CROSS JOIN LATERAL (SELECT {cols} FROM ONLY {rel}"
+            " WHERE ({cols}) > ({previous}) ORDER BY {cols} LIMIT 1) AS _pk_x"
+            ") SELECT * FROM _pk_d) AS _pk_l"
+        ).format(
+            oid=sql.Literal(oid),
+            value=sql.Literal(plan.list_value),
+            key=key,
+            out=self._columns(),
+            cols=cols,
+            rel=relation,
+            not_null=not_null,
+            previous=self._index_columns(plan, "_pk_d"),
+        )
 
-    def _count_into(self, source: sql.Composable, where: sql.Composable, tally: _Tally) -> psycopg.DataError | None:
-        """Add one range's counts and examples to the tally; return the error instead when an expression raises."""
+    def _null_sources(self) -> sql.Composable:
+        """Rows with a NULL in any source column: the loose scan's row comparisons never reach them."""
+        return sql.SQL(" WHERE ") + sql.SQL(" OR ").join(
+            sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in self.spec.source_columns
+        )
+
+    def _evaluated(self, groups: list[sql.Composable]) -> sql.Composed:
+        """Evaluate the key once per group; return the bad groups and one total row per relation."""
+        key = sql.Identifier(self.spec.key_column)
+        texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in self.spec.source_columns)
+        nulls = sql.SQL(", ").join(sql.SQL("NULL") for _ in self.spec.source_columns)
+        return sql.SQL(
+            "WITH _pk_g AS ({groups}),"
+            " _pk_r AS (SELECT _pk_g.*, {raises} AS _pk_raises,"
+            " CASE WHEN {raises} THEN NULL ELSE {expr} END AS _pk_expected FROM _pk_g)"
+            " SELECT _pk_rel, false, {key}, {texts}, {cols}, _pk_n, _pk_raises, _pk_expected, NULL::bigint FROM _pk_r"
+            " WHERE _pk_raises OR {key} IS NULL OR {key} IS DISTINCT FROM _pk_expected"
+            " UNION ALL"
+            " SELECT _pk_rel, true, NULL, {nulls}, {nulls}, sum(_pk_n)::bigint, NULL, NULL, count(*) FROM _pk_r"
+            " GROUP BY _pk_rel"
+        ).format(
+            groups=sql.SQL(" UNION ALL ").join(groups),
+            raises=self._raises(),
+            expr=self.spec.expression(),
+            key=key,
+            texts=texts,
+            cols=self._columns(),
+            nulls=nulls,
+        )
+
+    # --- passes -----------------------------------------------------------------------------------------------
+
+    def full_passes(self) -> tuple[list[tuple[int, LeafPlan]], list[list[sql.Composable]]]:
+        """The plan of every leaf and the group listings of the statements a full pass runs."""
+        plans = plan_leaves(self.conn, self.spec)
+        loose: list[sql.Composable] = []
+        groups: list[sql.Composable] = []
+        for oid, plan in plans:
+            relation = sql.Identifier(*plan.relation.split(".", 1))
+            if plan.path == "loose-index-scan":
+                loose.append(self._loose_scan(oid, relation, plan))
+                groups.append(self._group_scan(oid, relation, self._null_sources()))
+            else:
+                groups.append(self._group_scan(oid, relation, sql.SQL("")))
+        return plans, [part for part in (loose, groups) if part]
+
+    def explain_full(self) -> str:
+        """EXPLAIN of every statement a full pass runs, so a fallback to a sequential scan can be seen."""
+        _, passes = self.full_passes()
+        lines: list[str] = []
+        for groups in passes:
+            lines += [str(r[0]) for r in self.conn.execute(sql.SQL("EXPLAIN ") + self._evaluated(groups)).fetchall()]
+        return "\n".join(lines)
+
+    def _full(self, tally: _Tally) -> tuple[PartitionVerification, ...]:
+        """Every leaf on its planned path; rows counted on the GROUP BY path, from statistics on the loose one."""
+        plans, passes = self.full_passes()
+        leaves = {oid: _Leaf(plan.relation, sql.Identifier(*plan.relation.split(".", 1))) for oid, plan in plans}
+        loose = {oid for oid, plan in plans if plan.path == "loose-index-scan"}
+        totals: dict[int, tuple[int, int]] = {}  # oid -> (rows counted, distinct groups)
+        for groups in passes:
+            bad, counted = self._read(groups)
+            for group in bad:
+                self._add(group, leaves[group.oid], group.oid in loose, tally, [])
+            for oid, (rows, count) in counted.items():
+                old = totals.get(oid, (0, 0))
+                totals[oid] = (old[0] + rows, old[1] + count)
+        out = []
+        for oid, plan in plans:
+            counted_rows, distinct = totals.get(oid, (0, 0))
+            if oid not in loose:
+                rows, exact = counted_rows, True
+            elif self.exact_rows:
+                rows, exact = self._count(leaves[oid].ident, []), True
+            else:
+                rows, exact = max(plan.estimated_rows, 0), False
+                tally.estimated += rows
+            tally.checked += rows
+            out.append(PartitionVerification(plan=plan, rows=rows, rows_exact=exact, distinct_values=distinct))
+        return tuple(out)
+
+    def _window(self, mode: Mode, sample_percent: float, filters: list[sql.Composable], tally: _Tally) -> None:
+        """Sample or incremental: group the window's rows, evaluate once per group; counts stay per row."""
+        leaves = {oid: _Leaf(f"{s}.{n}", sql.Identifier(s, n)) for oid, (s, n) in self._leaf_names()}
+        source = sql.SQL("{} AS t").format(self.spec.table_ident)
+        if mode == "sample":
+            seed = int(time.time()) % 1_000_000
+            source = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
+                source, sql.Literal(sample_percent), sql.Literal(seed)
+            )
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL("")
+        key = sql.Identifier(self.spec.key_column)
+        groups = sql.SQL(
+            "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {src}{where}"
+            " GROUP BY t.tableoid, {key}, {cols}"
+        ).format(key=key, cols=self._columns(), src=source, where=where)
+        bad, counted = self._read([groups])
+        for group in bad:
+            self._add(group, leaves[group.oid], False, tally, filters)
+        tally.checked += sum(rows for rows, _ in counted.values())
+
+    def _read(self, groups: list[sql.Composable]) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
+        """The bad groups of one statement and (rows, groups) per relation; on an unpredicted error, per value."""
         try:
             with self.conn.transaction():
-                row = self.conn.execute(self._count_query(source, where)).fetchone()
+                rows = self.conn.execute(self._evaluated(groups)).fetchall()
         except psycopg.DataError as error:
-            return error
-        assert row is not None
-        self._add_counts(row, tally)
-        if (row[1] or row[2]) and len(tally.examples) < self.examples_limit:
-            self._collect_examples(source, where, tally)
-        return None
-
-    @staticmethod
-    def _add_counts(row: tuple[Any, ...], tally: _Tally) -> None:
-        """Add one count row to the tally."""
-        tally.checked += int(row[0])
-        tally.null_keys += int(row[1])
-        tally.mismatched += int(row[2])
-
-    def _block_count(self, relation: sql.Identifier) -> int:
-        """Pages in the relation, the unit the bisection splits on."""
-        row = self.conn.execute(
-            sql.SQL("SELECT pg_relation_size({}) / current_setting('block_size')::bigint").format(
-                sql.Literal(relation.as_string(self.conn))
+            log.warning(
+                "verification of %s: an expression error no rule predicted (%s); evaluating each distinct value alone",
+                self.spec.label,
+                str(error).strip(),
             )
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def _where(self, filters: list[sql.Composable], first: int, last: int, whole: bool) -> sql.Composable:
-        """WHERE clause for the user's filters plus a ctid block range when bisecting."""
-        clauses = list(filters)
-        if not whole:
-            clauses.append(
-                sql.SQL("ctid >= {}::tid AND ctid < {}::tid").format(
-                    sql.Literal(f"({first},0)"), sql.Literal(f"({last},0)")
+            return self._read_value_by_value(groups)
+        width = len(self.spec.source_columns)
+        bad = []
+        totals: dict[int, tuple[int, int]] = {}
+        for row in rows:
+            oid, total, stored, rest = int(row[0]), row[1], row[2], row[3:]
+            if total:
+                totals[oid] = (int(rest[2 * width] or 0), int(rest[2 * width + 3] or 0))
+                continue
+            count = rest[2 * width]
+            bad.append(
+                _Group(
+                    oid=oid,
+                    stored=stored,
+                    text=tuple(rest[:width]),
+                    native=tuple(rest[width : 2 * width]),
+                    rows=None if count is None else int(count),
+                    raises=bool(rest[2 * width + 1]),
+                    expected=rest[2 * width + 2],
                 )
             )
-        if not clauses:
-            return sql.SQL("")
-        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses)
+        return bad, totals
 
-    def _scan(
-        self,
-        label: str,
-        relation: sql.Identifier,
-        source: sql.Composable,
-        filters: list[sql.Composable],
-        first: int,
-        last: int,
-        tally: _Tally,
-        whole: bool = True,
-    ) -> None:
-        """Count bad rows in blocks [first, last); on an expression error, split the range and retry."""
-        error = self._count_into(source, self._where(filters, first, last, whole), tally)
-        if error is not None:
-            self._bisect(label, relation, source, filters, first, last, tally, error)
+    def _read_value_by_value(self, groups: list[sql.Composable]) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
+        """Fallback: list the groups without the expression, then evaluate each distinct source tuple alone."""
+        width = len(self.spec.source_columns)
+        types = self._source_types()
+        texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in self.spec.source_columns)
+        listing = sql.SQL("WITH _pk_g AS ({groups}) SELECT _pk_rel, {key}, {texts}, {cols}, _pk_n FROM _pk_g").format(
+            groups=sql.SQL(" UNION ALL ").join(groups),
+            key=sql.Identifier(self.spec.key_column),
+            texts=texts,
+            cols=self._columns(),
+        )
+        cache: dict[tuple[str | None, ...], tuple[str | None, int | None]] = {}
+        bad = []
+        totals: dict[int, tuple[int, int]] = {}
+        for row in self.conn.execute(listing).fetchall():
+            oid, stored = int(row[0]), row[1]
+            text = tuple(row[2 : 2 + width])
+            count = row[2 + 2 * width]
+            if text not in cache:
+                try:
+                    with self.conn.transaction():
+                        value = self.conn.execute(self._probe(text, types)).fetchone()
+                    cache[text] = (None, None if value is None else value[0])
+                except psycopg.DataError as error:
+                    cache[text] = (str(error).strip(), None)
+            message, expected = cache[text]
+            raises = message is not None
+            counted_rows, counted_groups = totals.get(oid, (0, 0))
+            totals[oid] = (counted_rows + int(count or 0), counted_groups + 1)
+            if raises or stored is None or stored != expected:
+                rows = None if count is None else int(count)
+                native = tuple(row[2 + width : 2 + 2 * width])
+                bad.append(_Group(oid, stored, text, native, rows, raises, expected, message))
+        return bad, totals
 
-    def _bisect(
-        self,
-        label: str,
-        relation: sql.Identifier,
-        source: sql.Composable,
-        filters: list[sql.Composable],
-        first: int,
-        last: int,
-        tally: _Tally,
-        error: psycopg.Error,
-    ) -> None:
-        """Narrow an erroring range down to single blocks, then to the rows that raise."""
-        if last - first > 1:
-            middle = (first + last) // 2
-            self._scan(label, relation, source, filters, first, middle, tally, whole=False)
-            self._scan(label, relation, source, filters, middle, last, tally, whole=False)
-            return
-        if last <= first:
-            # The relation grew after its size was read: rows past the end cannot be split by block.
-            log.warning("verification of %s: expression error outside known blocks: %s", label, error)
-            tally.errors += 1
-            return
-        self._scan_rows_one_by_one(label, source, filters, first, tally)
+    def _probe(self, text: tuple[str | None, ...], types: list[str]) -> sql.Composed:
+        """The key expression over one source tuple, each value cast back from its text."""
+        casts = sql.SQL(", ").join(
+            sql.SQL("CAST({} AS {}) AS {}").format(sql.Literal(value), sql.SQL(kind), sql.Identifier(column))
+            for value, kind, column in zip(text, types, self.spec.source_columns, strict=True)
+        )
+        return sql.SQL("SELECT {} FROM (SELECT {}) AS _pk_v").format(self.spec.expression(), casts)
 
-    def _scan_rows_one_by_one(
-        self, label: str, source: sql.Composable, filters: list[sql.Composable], block: int, tally: _Tally
-    ) -> None:
-        """Evaluate each row of one block alone, so only the rows that raise count as errors."""
-        key = sql.Identifier(self.spec.key_column)
-        where = self._where(filters, block, block + 1, whole=False)
-        ctids = [r[0] for r in self.conn.execute(sql.SQL("SELECT ctid FROM {}{}").format(source, where))]
-        for ctid in ctids:
-            probe = sql.SQL("SELECT {key}, {expr} FROM {src} WHERE ctid = {ctid}::tid").format(
-                key=key, expr=self.spec.expression(), src=source, ctid=sql.Literal(str(ctid))
-            )
-            try:
-                with self.conn.transaction():
-                    row = self.conn.execute(probe).fetchone()
-            except psycopg.DataError as error:
-                tally.checked += 1
-                tally.errors += 1
-                self._add_example(label, source, str(ctid), "error", None, None, str(error).strip(), tally)
-                continue
-            if row is None:
-                continue
-            tally.checked += 1
-            stored, expected = row
-            if stored is None:
-                tally.null_keys += 1
-                self._add_example(label, source, str(ctid), "null", None, expected, None, tally)
-            elif stored != expected:
-                tally.mismatched += 1
-                self._add_example(label, source, str(ctid), "mismatch", stored, expected, None, tally)
+    def _source_types(self) -> list[str]:
+        """The SQL type of each source column, to cast a value's text back exactly."""
+        rows = self.conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (self.spec.table_ident.as_string(self.conn),),
+        ).fetchall()
+        types = {str(name): str(kind) for name, kind in rows}
+        return [types[c] for c in self.spec.source_columns]
+
+    # --- bad groups: counts and examples ----------------------------------------------------------------------
+
+    def _conditions(self, group: _Group) -> list[sql.Composable]:
+        """WHERE conditions selecting exactly a group's rows (index-friendly: = or IS NULL per column)."""
+        out: list[sql.Composable] = []
+        columns = (self.spec.key_column, *self.spec.source_columns)
+        for column, value in zip(columns, (group.stored, *group.native), strict=True):
+            if value is None:
+                out.append(sql.SQL("{} IS NULL").format(sql.Identifier(column)))
+            else:
+                out.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value)))
+        return out
+
+    def _count(self, relation: sql.Identifier, conditions: list[sql.Composable]) -> int:
+        """Rows of one leaf matching the conditions (an index scan when an index leads with them)."""
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        row = self.conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}{}").format(relation, where)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _add(self, group: _Group, leaf: _Leaf, loose: bool, tally: _Tally, filters: list[sql.Composable]) -> None:
+        """Count one bad group (its rows from the index when the loose scan listed it), and fetch examples."""
+        rows = group.rows
+        if rows is None:
+            rows = self._count(leaf.ident, self._conditions(group) + filters)
+        kind: BadKind = "error" if group.raises else "null" if group.stored is None else "mismatch"
+        if kind == "error":
+            tally.errors += rows
+        elif kind == "null":
+            tally.null_keys += rows
+        else:
+            tally.mismatched += rows
+        tally.pairs_total += 1
+        if len(tally.pairs) < self.pairs_limit:
+            tally.pairs.append(BadPair(kind, leaf.label, group.stored, group.text, group.expected, rows))
+        if len(tally.examples) < self.examples_limit:
+            self._examples(group, kind, leaf, tally, filters)
 
     def _pk_columns(self) -> sql.Composable:
         """The primary key columns, or ctid when the table has none."""
@@ -294,69 +522,32 @@ class Verifier:
         """Names matching _pk_columns."""
         return self.primary_key or ("ctid",)
 
-    def _collect_examples(self, source: sql.Composable, where: sql.Composable, tally: _Tally) -> None:
-        """Fetch a few bad rows' primary keys and partitions; skip quietly if the expression errors here."""
-        key = sql.Identifier(self.spec.key_column)
-        bad = sql.SQL("({key} IS NULL OR {key} IS DISTINCT FROM {expr})").format(key=key, expr=self.spec.expression())
-        condition = sql.SQL(" WHERE ") + bad if where.as_string(self.conn) == "" else where + sql.SQL(" AND ") + bad
-        query = sql.SQL(
-            "SELECT (SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c"
-            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.tableoid),"
-            " {pk}, {key}, {expr} FROM {src}{cond} LIMIT {limit}"
-        ).format(
+    def _examples(
+        self, group: _Group, kind: BadKind, leaf: _Leaf, tally: _Tally, filters: list[sql.Composable]
+    ) -> None:
+        """Fetch a few of a bad group's rows by their primary keys."""
+        query = sql.SQL("SELECT {pk} FROM ONLY {rel} WHERE {cond} LIMIT {limit}").format(
             pk=self._pk_columns(),
-            key=key,
-            expr=self.spec.expression(),
-            src=source,
-            cond=condition,
+            rel=leaf.ident,
+            cond=sql.SQL(" AND ").join(self._conditions(group) + filters),
             limit=sql.Literal(self.examples_limit - len(tally.examples)),
         )
-        try:
-            with self.conn.transaction():
-                rows = self.conn.execute(query).fetchall()
-        except psycopg.DataError:
-            return
         names = self._pk_names()
-        for row in rows:
-            stored, expected = row[len(names) + 1], row[len(names) + 2]
+        error = None
+        if kind == "error":
+            # Predicted errors never ran: name what the server would have said.
+            error = group.error or "integer out of range: hashtext() is INT_MIN, so abs() overflows"
+        for row in self.conn.execute(query).fetchall():
             tally.examples.append(
                 BadRow(
-                    kind="null" if stored is None else "mismatch",
-                    relation=str(row[0]),
-                    primary_key=dict(zip(names, (str(v) for v in row[1 : len(names) + 1]), strict=True)),
-                    stored_key=stored,
-                    expected_key=expected,
+                    kind=kind,
+                    relation=leaf.label,
+                    primary_key=dict(zip(names, (str(v) for v in row), strict=True)),
+                    stored_key=group.stored,
+                    expected_key=group.expected,
+                    error=error,
                 )
             )
-
-    def _add_example(
-        self,
-        label: str,
-        source: sql.Composable,
-        ctid: str,
-        kind: BadKind,
-        stored: int | None,
-        expected: int | None,
-        error: str | None,
-        tally: _Tally,
-    ) -> None:
-        """Record one bad row found during the row-by-row pass."""
-        if len(tally.examples) >= self.examples_limit:
-            return
-        row = self.conn.execute(
-            sql.SQL("SELECT {} FROM {} WHERE ctid = {}::tid").format(self._pk_columns(), source, sql.Literal(ctid))
-        ).fetchone()
-        values = tuple(str(v) for v in row) if row else (ctid,)
-        tally.examples.append(
-            BadRow(
-                kind=kind,
-                relation=label,
-                primary_key=dict(zip(self._pk_names(), values, strict=False)),
-                stored_key=stored,
-                expected_key=expected,
-                error=error,
-            )
-        )
 
 
 def current_watermark(conn: psycopg.Connection[Any], spec: KeySpec, column: str) -> Any:

@@ -1,0 +1,184 @@
+"""Plan full verification per leaf relation from the catalog: a loose index scan or one GROUP BY pass."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from exporter.keyspec import KeySpec
+
+VerifyPath = Literal["loose-index-scan", "group-by"]
+
+# A loose index scan descends the index once per distinct value; above this share of distinct values per row
+# one sequential GROUP BY pass reads less (bench/exporter_cost.py measures both).
+LOOSE_MAX_DISTINCT_SHARE = 0.05
+
+_SINGLE_VALUE = re.compile(r"^FOR VALUES IN \((-?\d+)\)$")
+
+
+@dataclass(frozen=True)
+class LeafPlan:
+    """How one leaf relation is verified, and why (shown in the report and JSON)."""
+
+    relation: str
+    path: VerifyPath
+    reason: str
+    list_value: int | None = None
+    index: str | None = None
+    index_columns: tuple[str, ...] = ()
+    estimated_rows: int = 0
+    estimated_distinct: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        data = asdict(self)
+        data["index_columns"] = list(self.index_columns)
+        return data
+
+
+_LEAVES = """
+WITH RECURSIVE tree(relid, parent) AS (
+    SELECT %(table)s::regclass::oid, 0::oid
+    UNION ALL
+    SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.relid)
+SELECT c.oid, n.nspname, c.relname,
+       CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END,
+       (SELECT p.partstrat = 'l' AND p.partnatts = 1 AND a.attname = %(key)s
+          FROM pg_catalog.pg_partitioned_table p
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+         WHERE p.partrelid = tree.parent),
+       greatest(c.reltuples, 0)::bigint, coalesce(s.n_live_tup, 0)
+FROM tree
+JOIN pg_catalog.pg_class c ON c.oid = tree.relid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.relkind = 'r'
+ORDER BY c.relname
+"""
+
+# Valid, non-partial btree indexes with their leading plain columns, ascending, in default operator classes:
+# the shape a `(cols) > (previous) ORDER BY cols LIMIT 1` probe can descend.
+_INDEXES = """
+SELECT i.indrelid, i.indexrelid::regclass::text,
+       array(SELECT a.attname::text
+               FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE k.ord <= i.indnkeyatts
+                AND (i.indoption::int2[])[k.ord - 1] = 0
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_opclass o
+                             WHERE o.oid = (i.indclass::oid[])[k.ord - 1] AND o.opcdefault)
+              ORDER BY k.ord)
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+WHERE i.indrelid = ANY(%(oids)s) AND i.indisvalid AND i.indpred IS NULL AND am.amname = 'btree'
+ORDER BY i.indnatts, ic.relname
+"""
+
+_DISTINCT = """
+SELECT c.oid, s.attname::text, s.n_distinct
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND NOT s.inherited
+WHERE c.oid = ANY(%(oids)s) AND s.attname = ANY(%(columns)s)
+"""
+
+
+def _leading_index(
+    indexes: list[tuple[str, list[str]]], sources: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]] | None:
+    """The first index whose leading columns are exactly the source columns (in any order), with that order."""
+    for name, columns in indexes:
+        # Only the leading plain, ascending, default-opclass columns were listed; stop at the first gap.
+        leading = tuple(columns[: len(sources)])
+        if len(leading) == len(sources) and set(leading) == set(sources):
+            return name, leading
+    return None
+
+
+def _estimated_distinct(stats: dict[str, float], sources: tuple[str, ...], rows: int) -> float | None:
+    """Distinct source tuples from pg_stats.n_distinct (negative: a share of the rows); None without statistics."""
+    product = 1.0
+    for column in sources:
+        if column not in stats:
+            return None
+        value = stats[column]
+        product *= -value * rows if value < 0 else value
+    # Each column's count multiplies into an upper bound for the tuples, capped by the rows.
+    return min(product, float(rows)) if rows else product
+
+
+def plan_leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> list[tuple[int, LeafPlan]]:
+    """(oid, plan) for every leaf relation of the table, decided from the catalog at run time."""
+    leaves = conn.execute(_LEAVES, {"table": spec.table_ident.as_string(conn), "key": spec.key_column}).fetchall()
+    oids = [row[0] for row in leaves]
+    indexes: dict[int, list[tuple[str, list[str]]]] = {}
+    for relid, name, columns in conn.execute(_INDEXES, {"oids": oids}).fetchall():
+        indexes.setdefault(relid, []).append((name, list(columns)))
+    stats: dict[int, dict[str, float]] = {}
+    sources = spec.source_columns
+    for relid, column, n_distinct in conn.execute(_DISTINCT, {"oids": oids, "columns": list(sources)}).fetchall():
+        stats.setdefault(relid, {})[column] = float(n_distinct)
+    plans = []
+    for oid, schema, name, bound, list_by_key, reltuples, live in leaves:
+        rows = int(live) if live > 0 else int(reltuples)
+        plan = _plan_one(
+            f"{schema}.{name}", bound, bool(list_by_key), rows, indexes.get(oid, []), stats.get(oid, {}), sources
+        )
+        plans.append((oid, plan))
+    return plans
+
+
+def _plan_one(
+    relation: str,
+    bound: str | None,
+    list_by_key: bool,
+    rows: int,
+    indexes: list[tuple[str, list[str]]],
+    stats: dict[str, float],
+    sources: tuple[str, ...],
+) -> LeafPlan:
+    """One leaf's path: the loose scan needs one LIST value of the key, a leading index, and few distinct values."""
+    if bound is None:
+        return LeafPlan(relation, "group-by", "not a partition: keys vary per row", estimated_rows=rows)
+    if bound == "DEFAULT":
+        return LeafPlan(relation, "group-by", "DEFAULT partition: keys vary per row", estimated_rows=rows)
+    match = _SINGLE_VALUE.match(bound)
+    if not list_by_key or match is None:
+        return LeafPlan(relation, "group-by", f"bound {bound!r} is not one LIST value of the key", estimated_rows=rows)
+    value = int(match.group(1))
+    found = _leading_index(indexes, sources)
+    if found is None:
+        return LeafPlan(
+            relation,
+            "group-by",
+            f"no btree index leads with {', '.join(sources)}",
+            list_value=value,
+            estimated_rows=rows,
+        )
+    index, columns = found
+    distinct = _estimated_distinct(stats, sources, rows)
+    if distinct is not None and rows > 0 and distinct > LOOSE_MAX_DISTINCT_SHARE * rows:
+        return LeafPlan(
+            relation,
+            "group-by",
+            f"about {distinct:,.0f} distinct values in {rows:,} rows: one pass reads less than a descent per value",
+            list_value=value,
+            index=index,
+            index_columns=columns,
+            estimated_rows=rows,
+            estimated_distinct=distinct,
+        )
+    return LeafPlan(
+        relation,
+        "loose-index-scan",
+        f"one LIST value ({value}), index {index}",
+        list_value=value,
+        index=index,
+        index_columns=columns,
+        estimated_rows=rows,
+        estimated_distinct=distinct,
+    )

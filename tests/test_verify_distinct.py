@@ -1,0 +1,177 @@
+"""Full verification by distinct source values: the path each partition takes, its plan, and exact bad counts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from exporter.hashtext import partition_for
+from exporter.keyspec import KeySpec
+from exporter.report import TableHealth, render_json, render_text
+from exporter.snapshot import CheckResult
+from exporter.verify import Verifier
+from tests.schema import INT_MIN_COLLECTION_ID, create_list_table, insert_rows, scalar
+
+pytestmark = pytest.mark.versioned("verification")
+
+PK = ("id", "collection_id", "partition_key")
+
+
+def _indexed_table(conn: psycopg.Connection[Any], rows: int = 20_000, collections: int = 200) -> None:
+    """10 single-value LIST partitions, a DEFAULT one, an index on collection_id, analyzed."""
+    create_list_table(conn, modulus=10, trigger=None, default_partition=True)
+    conn.execute("CREATE INDEX chunks_collection ON chunks (collection_id)")
+    insert_rows(conn, rows, modulus=10, collections=collections)
+
+
+def _stale(conn: psycopg.Connection[Any], ids: str, collection: str) -> None:
+    """Move rows to another collection without fixing their key, as UPDATE drift does."""
+    conn.execute(f"UPDATE chunks SET collection_id = '{collection}' WHERE id IN ({ids})")
+
+
+def _other_key_uuid(modulus: int, not_key: int) -> str:
+    """A uuid whose safe key is not `not_key`."""
+    for n in range(1000):
+        candidate = f"00000000-0000-4000-8000-{n:012x}"
+        if partition_for(candidate, modulus) != not_key:
+            return candidate
+    raise AssertionError("no uuid found")
+
+
+def test_single_value_partitions_with_an_index_take_the_loose_scan(conn: psycopg.Connection[Any]) -> None:
+    _indexed_table(conn)
+    conn.execute("VACUUM ANALYZE chunks")
+    result = Verifier(conn, KeySpec(modulus=10), primary_key=PK).run("full")
+    paths = {p.plan.relation: p.plan.path for p in result.partitions}
+    assert paths["public.chunks_default"] == "group-by"
+    assert {paths[f"public.chunks_part_{k:02d}"] for k in range(10)} == {"loose-index-scan"}
+    assert result.clean and result.mismatched == 0
+    loose = [p for p in result.partitions if p.plan.path == "loose-index-scan"]
+    # 200 collections spread over 10 partitions: each partition listed exactly its own collections.
+    assert sum(p.distinct_values for p in loose) == 200
+    assert all(not p.rows_exact for p in loose) and result.rows_estimated == result.rows_checked == 20_000
+    default = next(p for p in result.partitions if p.plan.relation == "public.chunks_default")
+    assert "DEFAULT" in default.plan.reason and default.rows_exact
+
+
+def test_explain_shows_index_scans_not_a_sequential_scan(conn: psycopg.Connection[Any]) -> None:
+    """If a planner change sends the loose scan to a sequential scan, this fails."""
+    _indexed_table(conn)
+    conn.execute("DROP TABLE chunks_default")
+    conn.execute("VACUUM ANALYZE chunks")
+    plan = Verifier(conn, KeySpec(modulus=10)).explain_full()
+    assert "Recursive Union" in plan
+    assert "Seq Scan" not in plan, plan
+    assert "Index Only Scan using chunks_part_" in plan or "Index Scan using chunks_part_" in plan
+
+
+def test_loose_scan_counts_stale_rows_exactly_and_fetches_their_primary_keys(conn: psycopg.Connection[Any]) -> None:
+    _indexed_table(conn)
+    key = int(scalar(conn, "SELECT partition_key FROM chunks WHERE id = 5"))
+    moved = _other_key_uuid(10, key)
+    _stale(conn, "5", moved)
+    same_partition = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT id FROM chunks WHERE partition_key = %s AND id <> 5 ORDER BY id LIMIT 3", (key,)
+        ).fetchall()
+    ]
+    _stale(conn, ", ".join(map(str, same_partition)), moved)
+    conn.execute("VACUUM ANALYZE chunks")
+    result = Verifier(conn, KeySpec(modulus=10), primary_key=PK).run("full")
+    part = next(p for p in result.partitions if p.plan.relation == f"public.chunks_part_{key:02d}")
+    assert part.plan.path == "loose-index-scan"
+    assert (result.mismatched, result.null_keys, result.expression_errors) == (4, 0, 0)
+    assert len(result.bad_pairs) == 1
+    pair = result.bad_pairs[0]
+    assert (pair.kind, pair.stored_key, pair.source, pair.expected_key, pair.rows) == (
+        "mismatch",
+        key,
+        (moved,),
+        partition_for(moved, 10),
+        4,
+    )
+    assert sorted(int(e.primary_key["id"]) for e in result.examples) == sorted([5, *same_partition])
+
+
+def test_legacy_int_min_is_predicted_per_value(conn: psycopg.Connection[Any]) -> None:
+    """The one value whose hashtext is INT_MIN counts as an error per row, on the loose path, without bisecting."""
+    _indexed_table(conn)
+    # 48 under the safe formula is 8 with modulus 10 (|INT_MIN % 10| = 8): the row sits in partition 8.
+    conn.execute(
+        "INSERT INTO chunks (id, collection_id, partition_key) OVERRIDING SYSTEM VALUE "
+        "VALUES (90001, %s, 8), (90002, %s, 8), (90003, %s, 8)",
+        (INT_MIN_COLLECTION_ID,) * 3,
+    )
+    conn.execute("VACUUM ANALYZE chunks")
+    result = Verifier(conn, KeySpec(modulus=10, formula="legacy"), primary_key=PK).run("full")
+    assert next(p for p in result.partitions if p.plan.relation == "public.chunks_part_08").plan.path == (
+        "loose-index-scan"
+    )
+    assert (result.expression_errors, result.mismatched, result.null_keys) == (3, 0, 0)
+    assert [(b.kind, b.rows, b.source) for b in result.bad_pairs] == [("error", 3, (INT_MIN_COLLECTION_ID,))]
+    assert {e.primary_key["id"] for e in result.examples} == {"90001", "90002", "90003"}
+    assert all("integer out of range" in (e.error or "") for e in result.examples)
+
+
+class _Unpredicted(Verifier):
+    """A verifier that predicts no error: stands for a formula whose errors no rule foresees."""
+
+    def _raises(self) -> sql.Composable:
+        return sql.SQL("false")
+
+
+def test_an_unpredicted_error_is_isolated_per_distinct_value(conn: psycopg.Connection[Any]) -> None:
+    _indexed_table(conn)
+    conn.execute(
+        "INSERT INTO chunks (id, collection_id, partition_key) OVERRIDING SYSTEM VALUE VALUES (90001, %s, 8)",
+        (INT_MIN_COLLECTION_ID,),
+    )
+    _stale(conn, "7", _other_key_uuid(10, int(scalar(conn, "SELECT partition_key FROM chunks WHERE id = 7"))))
+    conn.execute("VACUUM ANALYZE chunks")
+    spec = KeySpec(modulus=10, formula="legacy")
+    predicted = Verifier(conn, spec, primary_key=PK, exact_rows=True).run("full")
+    fallback = _Unpredicted(conn, spec, primary_key=PK, exact_rows=True).run("full")
+    assert (fallback.rows_checked, fallback.mismatched, fallback.expression_errors) == (20_001, 1, 1)
+    assert sorted(fallback.bad_pairs, key=str) == sorted(predicted.bad_pairs, key=str)
+    error = next(e for e in fallback.examples if e.kind == "error")
+    assert error.primary_key["id"] == "90001" and "integer out of range" in (error.error or "")
+
+
+def test_no_index_and_many_distinct_values_fall_back_to_group_by(conn: psycopg.Connection[Any]) -> None:
+    create_list_table(conn, modulus=4, trigger=None)
+    insert_rows(conn, 4000, modulus=4, collections=50)
+    conn.execute("VACUUM ANALYZE chunks")
+    plans = {p.plan.relation: p.plan for p in Verifier(conn, KeySpec(modulus=4)).run("full").partitions}
+    assert plans["public.chunks_part_00"].path == "group-by"
+    assert "no btree index leads with collection_id" in plans["public.chunks_part_00"].reason
+    conn.execute("CREATE INDEX ON chunks (collection_id)")
+    conn.execute(
+        "INSERT INTO chunks (collection_id, partition_key) SELECT u, abs(hashtext(u::text) % 4) FROM"
+        " (SELECT md5('unique' || g)::uuid AS u FROM generate_series(1, 4000) g) s"
+    )
+    conn.execute("VACUUM ANALYZE chunks")
+    result = Verifier(conn, KeySpec(modulus=4)).run("full")
+    crowded = result.partitions[0].plan
+    assert crowded.path == "group-by" and "distinct values" in crowded.reason
+    assert result.rows_checked == 8000 and result.rows_estimated == 0
+
+
+def test_report_and_json_say_which_path_each_partition_took(conn: psycopg.Connection[Any]) -> None:
+    _indexed_table(conn)
+    conn.execute("VACUUM ANALYZE chunks")
+    result = Verifier(conn, KeySpec(modulus=10), primary_key=PK).run("full")
+    check = CheckResult("t1", "public.chunks", "verification_full", True, 0.1, 1.0, 1.0, 3600.0, payload=result)
+    health = TableHealth("t1", "public.chunks", True, {"verification_full": check})
+    lines = render_text(health, now=2.0).splitlines()
+    assert "    Paths: 1 group-by, 10 loose-index-scan" in lines
+    assert "    Rows From Statistics (loose-scanned partitions): 20,000" in lines
+    assert "    group-by x1: DEFAULT partition: keys vary per row" in lines
+    table = json.loads(json.dumps(render_json(health)))
+    paths = {p["relation"]: p["path"] for p in table["verification"]["partitions"]}
+    assert paths["public.chunks_part_03"] == "loose-index-scan" and paths["public.chunks_default"] == "group-by"
+    assert table["verification"]["rows_estimated"] == 20_000
