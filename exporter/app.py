@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +25,7 @@ from exporter.checks.verification import TableVerificationState, VerificationChe
 from exporter.collector import PartkeyCollector
 from exporter.config import CheckSettings, Config, TableConfig
 from exporter.exposition import Exposition
+from exporter.reconnect import ReconnectWatcher
 from exporter.report import TableHealth
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 FIRST_CHECK_SECONDS = 0.5  # after the implementation check, which tells the others what the table is
 STAGGER_SECONDS = 0.2  # between two first runs on one target
+# Between two due checks of a target that came back: they queue on its one connection anyway; the gap keeps
+# the order (implementation first) and lets other targets' checks interleave.
+COMEBACK_STAGGER = 0.05
 
 
 class _SkippedRunFilter(logging.Filter):
@@ -110,6 +116,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PartkeyCollector(self.store, self.targets))
         self.scheduler: Any = None
+        self.watcher: ReconnectWatcher | None = None
         self.admin_token = config.admin_token()
         self.exposition = Exposition(self.store, list(self.targets))
         self._overrunning: set[str] = set()
@@ -143,6 +150,8 @@ class Exporter:
         logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         self.scheduler.start()
+        self.watcher = ReconnectWatcher(self.targets, self.runners, self.store, self.run_soon)
+        self.watcher.start()
         log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
 
     def _on_job_event(self, event: JobEvent) -> None:
@@ -156,8 +165,21 @@ class Exporter:
         else:
             self._overrunning.discard(event.job_id)
 
+    def run_soon(self, keys: list[tuple[str, str, str]]) -> None:
+        """Move these checks' next runs to now, COMEBACK_STAGGER_SECONDS apart in the order given."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        now = datetime.now().astimezone()
+        for index, key in enumerate(keys):
+            with contextlib.suppress(JobLookupError):  # a check added or removed meanwhile by a reload
+                scheduler.modify_job("/".join(key), next_run_time=now + timedelta(seconds=index * COMEBACK_STAGGER))
+
     def stop(self) -> None:
         """Stop scheduling, wait briefly for running checks, close every connection."""
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,22 @@ log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "partkey-exporter"
 MAX_BACKOFF_SECONDS = 60.0
+
+
+def connection_dropped(conn: psycopg.Connection[Any]) -> bool:
+    """Has the server closed this idle connection (a restart, a terminated backend)? Never sends a query."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    if not readable:
+        return False
+    # An idle connection gets data only when the server ends it (or sends a notice): a no-op round trip tells.
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return True
+    return False
 
 
 class TargetUnavailableError(Exception):
@@ -42,6 +59,8 @@ class Target:
         self.last_error: str | None = None
         self.server_version: int | None = None
         self.server_version_text: str | None = None
+        self.recoveries = 0  # times the target came back after an outage; the reconnect watcher reacts to it
+        self.down_since: float | None = None  # wall time of the first failure of the current outage
 
     def scrub(self, text: str) -> str:
         """Remove this target's password from a message."""
@@ -76,6 +95,7 @@ class Target:
         self._next_attempt = time.monotonic() + delay
         message = self.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         if self.up is not False:
+            self.down_since = time.time()
             log.error(
                 "target %s is down: %s (retrying with backoff up to %.0fs)", self.name, message, MAX_BACKOFF_SECONDS
             )
@@ -88,6 +108,7 @@ class Target:
         """Record that the connection works again."""
         if self.up is False:
             log.warning("target %s is back up after %d failed attempts", self.name, self._failures)
+            self.recoveries += 1
         self.up = True
         self._failures = 0
         self.last_error = None
@@ -133,6 +154,30 @@ class Target:
             self._mark_down(error)
             raise TargetUnavailableError(f"target {self.name} is down: {self.last_error}") from None
         return self._conn
+
+    def watch(self) -> None:
+        """Between checks: notice a dead idle connection, or reconnect a down target now (the reconnect watcher)."""
+        if not self._lock.acquire(blocking=False):
+            return  # a check holds the connection: it sees any failure itself
+        try:
+            if self._closed:
+                return
+            if self._conn is not None and not self._conn.closed and not self._conn.broken:
+                if connection_dropped(self._conn):
+                    self._drop_connection()
+                    self._mark_down(psycopg.OperationalError("the server closed the idle connection"))
+                return
+            if self.up is False:
+                # No backoff here: one attempt per watcher round, whatever the checks' backoff says, so that the
+                # first check after a restart finds the connection open.
+                try:
+                    self._conn = self._connect()
+                except psycopg.Error as error:
+                    log.debug("target %s: reconnect attempt failed: %s", self.name, self.scrub(str(error).strip()))
+                    return
+                self._mark_up()
+        finally:
+            self._lock.release()
 
     def _drop_connection(self) -> None:
         """Close a connection that is no longer usable."""
