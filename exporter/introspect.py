@@ -66,7 +66,6 @@ class Implementation:
     partitions: tuple[PartitionInfo, ...]
     has_default_partition: bool
     key_column_exists: bool
-    key_column_position: int | None
     column_count: int
     generated_kind: Literal["stored", "virtual"] | None
     generated_expression: str | None
@@ -244,7 +243,6 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
         partitions=partitions,
         has_default_partition=bool(table["partdefid"]),
         key_column_exists=key_column is not None,
-        key_column_position=key_column["attnum"] if key_column else None,
         column_count=len(columns),
         generated_kind=generated_kind,
         generated_expression=generated_expression,

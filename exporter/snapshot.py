@@ -8,16 +8,6 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
 
-CHECK_NAMES: tuple[str, ...] = (
-    "implementation",
-    "verification_incremental",
-    "verification_sample",
-    "verification_full",
-    "distribution",
-    "distribution_exact",
-    "insert_probe",
-)
-
 # Probe latency buckets in seconds: a local INSERT takes ~0.1-1 ms, a contended one much longer.
 PROBE_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

@@ -152,16 +152,6 @@ def key_triggers(conn: psycopg.Connection[Any], spec: KeySpec, impl: Implementat
     ]
 
 
-def function_in_use(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
-    """How many triggers (any table) call the zero-argument function schema.name()."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
-        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s",
-        (schema, name),
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def table_size(conn: psycopg.Connection[Any], spec: KeySpec) -> TableSize:
     """Sizes summed over the table and all its partitions, and the planner's row estimate."""
     row = conn.execute(

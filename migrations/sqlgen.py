@@ -102,11 +102,6 @@ def set_not_null(spec: KeySpec, column: str) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(spec.table_ident, sql.Identifier(column))
 
 
-def copy_column(spec: KeySpec, target: str, source: str) -> sql.Composed:
-    """UPDATE every row: target := source."""
-    return sql.SQL("UPDATE {} SET {} = {}").format(spec.table_ident, sql.Identifier(target), sql.Identifier(source))
-
-
 def columns_differ(spec: KeySpec, left: str, right: str) -> sql.Composed:
     """Count rows where two columns disagree."""
     return sql.SQL("SELECT count(*) FROM {} WHERE {} IS DISTINCT FROM {}").format(

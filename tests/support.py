@@ -56,24 +56,34 @@ def http(
         return error.code, dict(error.headers), error.read()
 
 
-def metrics(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on /metrics keyed by (name, sorted labels)."""
-    status, _, body = http(base_url + "/metrics")
-    assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(body.decode()):
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample keyed by (name, sorted labels); fails on a duplicate series."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"duplicate series on /metrics: {key}"
+            samples[key] = sample.value
     return samples
 
 
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def metrics(base_url: str) -> Samples:
+    """Every sample on /metrics keyed by (name, sorted labels); fails on a duplicate series."""
+    status, _, body = http(base_url + "/metrics")
+    assert status == 200
+    return parse(body.decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
     """The one sample with exactly these labels."""
     key = (name, tuple(sorted(labels.items())))
     assert key in samples, f"{name}{labels} not on /metrics; have: {sorted(k for k in samples if k[0] == name)}"
     return samples[key]
 
 
-def names_with(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> list[dict[str, Any]]:
+def names_with(samples: Samples, name: str) -> list[dict[str, Any]]:
     """Label sets of every sample of one metric."""
     return [dict(labels) for (n, labels) in samples if n == name]

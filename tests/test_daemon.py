@@ -1,4 +1,4 @@
-"""The daemon as users run it: `partkey-exporter run --config FILE`, signals, reload and TLS."""
+"""The daemon as users run it with TLS: `partkey-exporter run --config FILE` (signals and reload: test_signals.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import psycopg
 import pytest
 
 from tests.e2e.prometheus import free_port
-from tests.schema import create_list_table, insert_rows, scalar
-from tests.support import http
+from tests.schema import create_list_table
 
 CONFIG = """
 listen: {{address: 127.0.0.1, port: {port}{tls}}}
@@ -62,40 +61,6 @@ def _stop(process: subprocess.Popen[str]) -> tuple[float, str]:
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=15)
     return time.monotonic() - started, err
-
-
-def test_run_reload_and_graceful_stop(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
-    create_list_table(conn, modulus=4, trigger=None)
-    insert_rows(conn, 100, modulus=4)
-    port = free_port()
-    config = tmp_path / "partkey.yaml"
-    _write(config, dsn, port)
-    process = _start(config)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url)
-        status, _, body = http(url + "/metrics")
-        assert status == 200 and 'partkey_up{target="live"} 1.0' in body.decode()
-        _write(config, dsn, port, level="debug")
-        process.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
-        config.write_text("targets: [oops")
-        process.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
-        assert http(url + "/healthz")[0] == 200  # the old config keeps running
-        holders = scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'")
-        assert holders <= 1
-    finally:
-        elapsed, err = _stop(process)
-    assert process.returncode == 0
-    assert elapsed < 5
-    assert "Traceback" not in err
-    assert "configuration reloaded" in err
-    assert "reload refused, the running config stays" in err and "YAML syntax error" in err
-    assert "partkey-exporter stopped" in err
-    time.sleep(0.5)
-    left = scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-exporter'")
-    assert left == 0
 
 
 def test_tls_serves_metrics_with_the_configured_certificate(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
@@ -17,7 +17,6 @@ class Outcome:
     payload: Any
     rows_verified: tuple[str, int] | None = None
     probe: tuple[list[float], int] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Check(Protocol):

@@ -18,12 +18,11 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Config, parse_config
 from tests.pgserver import scratch_database
+from tests.support import Samples
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 T = TypeVar("T")
 
 CHECKS = (
@@ -170,17 +169,6 @@ def scrape(base_url: str, path: str = "/metrics", timeout: float = 10) -> tuple[
     finally:
         connection.close()
     return response.status, time.perf_counter() - started, body.decode()
-
-
-def parse(text: str) -> Samples:
-    """Every sample keyed by (name, sorted labels); fails on a duplicate series."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            assert key not in samples, f"duplicate series on /metrics: {key}"
-            samples[key] = sample.value
-    return samples
 
 
 def get(samples: Samples, name: str, **labels: str) -> float | None:

@@ -17,8 +17,9 @@ import psycopg
 import pytest
 
 from tests.e2e.prometheus import free_port
-from tests.reliability.harness import Daemon, get, our_backends, parse, scrape, wait_for, write_daemon_config
+from tests.reliability.harness import Daemon, get, our_backends, scrape, wait_for, write_daemon_config
 from tests.schema import create_list_table, insert_rows
+from tests.support import parse
 
 SCRAPERS = 50
 SOAK_SECONDS = float(os.environ.get("PARTKEY_SOAK_SECONDS", "600"))

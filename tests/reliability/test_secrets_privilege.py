@@ -13,9 +13,9 @@ import pytest
 
 from exporter.app import Exporter
 from tests.e2e.prometheus import free_port
-from tests.reliability.harness import Daemon, PrivateServer, get, parse, scrape, wait_for
+from tests.reliability.harness import Daemon, PrivateServer, get, scrape, wait_for
 from tests.schema import create_list_table, insert_rows
-from tests.support import config_for, http
+from tests.support import config_for, http, parse
 
 ROLE = "partkey_monitor"
 

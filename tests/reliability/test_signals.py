@@ -11,17 +11,9 @@ from typing import Any
 import psycopg
 
 from tests.e2e.prometheus import free_port
-from tests.reliability.harness import (
-    Daemon,
-    get,
-    our_backends,
-    our_lock_waits,
-    parse,
-    scrape,
-    wait_for,
-    write_daemon_config,
-)
+from tests.reliability.harness import Daemon, get, our_backends, our_lock_waits, scrape, wait_for, write_daemon_config
 from tests.schema import create_list_table, insert_rows
+from tests.support import parse
 
 STUCK = {
     "verification_full": "{interval: 1s, statement_timeout: 60s}",
@@ -88,6 +80,10 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
         write_daemon_config(path, dsn, port, name="third", modulus=0)
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: "reload refused" in daemon.log, 10, what="the refusal logged")
+        # A file that is not YAML at all: refused the same way.
+        path.write_text("targets: [oops")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "YAML syntax error" in daemon.log, 10, what="the syntax error logged")
         time.sleep(1.5)
         kept = parse(scrape(url)[2])
         connections = our_backends(conn)
@@ -115,7 +111,7 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
     assert get(kept, "partkey_up", target="after") == 1 and get(kept, "partkey_up", target="third") is None
     assert len(connections) == 1
     refused = [line for line in daemon.lines if "reload refused" in line]
-    assert len(refused) == 1
+    assert len(refused) == 2 and "YAML syntax error" in refused[1], refused
     assert "partkey.yaml:" in refused[0] and "targets[0].tables[0].modulus" in refused[0]
     assert "greater than or equal to 1" in refused[0]
     assert reload_seconds < 5, f"reload took {reload_seconds:.1f}s with a check stuck on a lock"

@@ -16,9 +16,9 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from exporter.app import Exporter
 from exporter.checks.base import Outcome
 from exporter.http import ExporterHTTPServer
-from tests.reliability.harness import config, get, our_backends, our_lock_waits, parse, scrape, wait_for
+from tests.reliability.harness import config, get, our_backends, our_lock_waits, scrape, wait_for
 from tests.schema import create_list_table, insert_rows
-from tests.support import serving
+from tests.support import parse, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 CHECKED = ("implementation", "distribution", "verification_full")

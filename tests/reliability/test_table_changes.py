@@ -11,9 +11,9 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
-from tests.reliability.harness import Samples, config, get, parse, scrape, series, wait_for
+from tests.reliability.harness import config, get, scrape, series, wait_for
 from tests.schema import create_list_table, insert_rows
-from tests.support import serving
+from tests.support import Samples, parse, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 INTERVAL = 1.0
