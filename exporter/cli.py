@@ -33,8 +33,12 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schema", default="public", help="schema (default: public)")
     parser.add_argument("--key-column", default="partition_key")
     parser.add_argument("--source-column", default="collection_id")
-    parser.add_argument("--modulus", type=int, default=100)
-    parser.add_argument("--key-expression", choices=["safe", "legacy"], default="safe")
+    parser.add_argument("--modulus", type=int, default=None, help="partitions (default: 100, or the expression's)")
+    parser.add_argument(
+        "--key-expression",
+        default="auto",
+        help="auto (the table's own formula, default), safe, legacy, or an SQL expression of the hashtext family",
+    )
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -49,8 +53,8 @@ def _config_from(args: argparse.Namespace) -> Config:
             schema=args.schema,
             key_column=args.key_column,
             source_column=args.source_column,
-            modulus=args.modulus,
             key_expression=args.key_expression,
+            **({"modulus": args.modulus} if args.modulus is not None else {}),
         )
         return Config(targets=[TargetConfig(name="default", dsn=args.dsn, tables=[table])])
     except ValueError as error:

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from exporter.formula import Formula, FormulaError, parse_expression
 from exporter.keyspec import KeySpec
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -106,8 +107,8 @@ class TableConfig(Strict):
     """The column the key is computed from."""
     modulus: int = Field(default=100, ge=1, le=1_000_000)
     """n in the key formula (the number of partitions)."""
-    key_expression: Literal["safe", "legacy"] = "safe"
-    """`safe` = abs(hashtext(src::text) % n); `legacy` = abs(hashtext(src::text)) % n, which raises on INT_MIN."""
+    key_expression: Annotated[str, Field(min_length=1, max_length=2000)] = "auto"
+    """`auto`: the table's own formula; `safe`, `legacy` (overflows), or an SQL expression (docs/formulas.md)."""
     monotonic_column: Identifier | None = None
     """An ever-increasing column (such as id); enables incremental verification."""
     examples_limit: int = Field(default=10, ge=0, le=1000)
@@ -117,17 +118,54 @@ class TableConfig(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @field_validator("key_expression")
+    @classmethod
+    def _family_expression(cls, value: str) -> str:
+        """auto, safe, legacy, or an expression of the hashtext family (refused here with the reason)."""
+        if value in ("auto", "safe", "legacy"):
+            return value
+        if value.isidentifier():
+            raise ValueError(
+                "should be 'auto', 'safe', 'legacy' or an expression such as abs(hashtext(collection_id::text) % 100)"
+            )
+        try:
+            parse_expression(value)
+        except FormulaError as error:
+            raise ValueError(f"key_expression is not a partition-key formula: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _modulus_agrees(self) -> TableConfig:
+        """A configured expression carries its own modulus; a different explicit modulus is a contradiction."""
+        formula = self.configured_formula
+        if formula is not None and "modulus" in self.model_fields_set and formula.modulus != self.modulus:
+            raise ValueError(f"modulus {self.modulus} contradicts key_expression, which uses % {formula.modulus}")
+        return self
+
+    @property
+    def configured_formula(self) -> Formula | None:
+        """The formula key_expression names, when it is an expression rather than auto/safe/legacy."""
+        if self.key_expression in ("auto", "safe", "legacy"):
+            return None
+        return parse_expression(self.key_expression)
+
     @property
     def spec(self) -> KeySpec:
-        """The key spec shared with the checks and migrations."""
-        return KeySpec(
+        """The key spec shared with the checks and migrations (auto is resolved against the catalog later)."""
+        spec = KeySpec(
             table=self.table,
             schema=self.schema_,
             key_column=self.key_column,
             source_column=self.source_column,
             modulus=self.modulus,
-            formula=self.key_expression,
+            formula="legacy" if self.key_expression == "legacy" else "safe",
+            auto=self.key_expression == "auto",
         )
+        formula = self.configured_formula
+        if formula is not None:
+            # Rebuilt from the parse tree in its safe form: the text the user wrote never reaches the server.
+            spec = spec.with_formula(formula)
+        return spec
 
     @property
     def label(self) -> str:

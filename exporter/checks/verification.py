@@ -11,6 +11,7 @@ import psycopg
 
 from exporter.checks.base import Outcome
 from exporter.config import TableConfig
+from exporter.formula_catalog import resolve_spec
 from exporter.introspect import verification_inputs
 from exporter.verify import Mode, VerificationResult, Verifier, current_watermark
 
@@ -57,7 +58,7 @@ class VerificationCheck:
 
     def _run(self, conn: psycopg.Connection[Any]) -> Outcome:
         """The verification itself, on the connection's open transaction."""
-        spec = self.table.spec
+        spec = resolve_spec(conn, self.table.spec)  # key_expression: auto reads the table's own formula
         key_column_exists, primary_key = verification_inputs(conn, spec)
         if not key_column_exists:
             result = VerificationResult(
