@@ -36,13 +36,16 @@ def test_expression_over_a_missing_column_is_refused_on_use(conn: psycopg.Connec
     """Columns can only be checked against the table once connected: the error names the column."""
     create_semantik(conn, partitions=1)
     spec = TableConfig(key_expression="abs(hashtext(tenant_id::text) % 100)").spec
-    with pytest.raises(ValueError, match="public.chunks has no column tenant_id"):
+    with pytest.raises(ValueError, match=r"public\.chunks has no column tenant_id"):
         resolve_spec(conn, spec)
 
 
 def test_refusal_names_file_and_line() -> None:
     """A hostile expression stops config load with source:line and the reason."""
-    text = "targets:\n  - name: db\n    dsn: postgresql://h/db\n    tables:\n      - key_expression: 'abs(hashtext((SELECT 1)::text)) % 100'\n"
+    text = (
+        "targets:\n  - name: db\n    dsn: postgresql://h/db\n    tables:\n"
+        "      - key_expression: 'abs(hashtext((SELECT 1)::text)) % 100'\n"
+    )
     with pytest.raises(ConfigError) as refused:
         parse_config(text, "etc/partkey.yaml")
     assert refused.value.problems == [
