@@ -98,7 +98,11 @@ class Exporter:
         self.tables: dict[tuple[str, str], TableConfig] = {}
         self.runners: dict[tuple[str, str, str], CheckRunner] = {}
         self.verify_states: dict[tuple[str, str], TableVerificationState] = {}
-        for target_config in config.targets:
+        owned = config.owned_targets()
+        if len(owned) < len(config.targets):
+            index, total = config.sharding()
+            log.info("shard %d of %d: checking %d of %d targets", index, total, len(owned), len(config.targets))
+        for target_config in owned:
             target = Target(
                 target_config.name,
                 target_config.resolve_dsn(),

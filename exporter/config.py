@@ -13,6 +13,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from exporter.formula import Formula, FormulaError, parse_expression
 from exporter.keyspec import KeySpec
+from exporter.shard import ENV as SHARD_ENV
+from exporter.shard import owned, parse_spec
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -248,6 +250,22 @@ class ListenConfig(Strict):
         return self
 
 
+class ShardConfig(Strict):
+    """One replica's share of the targets."""
+
+    index: int = Field(ge=0)
+    """This replica's shard, from 0 to total-1 (a StatefulSet's pod ordinal)."""
+    total: int = Field(ge=1, le=1000)
+    """How many replicas share the targets."""
+
+    @model_validator(mode="after")
+    def _index_below_total(self) -> ShardConfig:
+        """index counts from 0."""
+        if self.index >= self.total:
+            raise ValueError(f"index must be below total ({self.total}), got {self.index}")
+        return self
+
+
 class Config(Strict):
     """The whole configuration file."""
 
@@ -263,6 +281,8 @@ class Config(Strict):
     """Scheduler threads (the checks of one target still run one at a time)."""
     targets: list[TargetConfig] = Field(min_length=1)
     """The databases watched."""
+    shard: ShardConfig | None = None
+    """Check only the targets this replica owns (rendezvous hashing of names); PARTKEY_SHARD=i/n overrides."""
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Config:
@@ -274,6 +294,22 @@ class Config(Strict):
         if self.admin_token_env is not None and self.admin_token_file is not None:
             raise ValueError("give at most one of admin_token_env or admin_token_file")
         return self
+
+    def sharding(self) -> tuple[int, int]:
+        """(index, total) of this replica: PARTKEY_SHARD when set, else shard:, else (0, 1)."""
+        text = os.environ.get(SHARD_ENV)
+        if text:
+            try:
+                return parse_spec(text)
+            except ValueError as error:
+                raise ConfigError([str(error)]) from None
+        return (self.shard.index, self.shard.total) if self.shard is not None else (0, 1)
+
+    def owned_targets(self) -> list[TargetConfig]:
+        """The targets this replica checks."""
+        index, total = self.sharding()
+        names = set(owned([t.name for t in self.targets], index, total))
+        return [t for t in self.targets if t.name in names]
 
     def admin_token(self) -> str | None:
         """The bearer token for POST endpoints, from env or file; None when unset."""

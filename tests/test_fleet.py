@@ -16,9 +16,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import FIRST_CHECK_SECONDS, STAGGER_SECONDS, Exporter, first_run_delays
-from exporter.config import parse_config
+from exporter.config import ConfigError, parse_config
 from exporter.exposition import split_families, wants_gzip
 from exporter.http import ExporterHTTPServer
+from exporter.shard import owned, owner
 from tests.schema import create_list_table, insert_rows
 from tests.support import http, serving
 
@@ -172,3 +173,48 @@ def test_first_runs_are_staggered_per_target_not_across_the_fleet(dsn: str) -> N
         assert mine[0][1] == "implementation"
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(mine)]
         assert min(gaps) >= STAGGER_SECONDS - 1e-9  # never two checks of one target at the same moment
+
+
+def test_replicas_cover_every_target_exactly_once(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """N replicas over one config: each target is checked by exactly one of them, and shares are even-ish."""
+    text = fleet_config(dsn, 200)
+    for total in (1, 2, 4, 7):
+        owners: dict[str, list[int]] = {}
+        for index in range(total):
+            monkeypatch.setenv("PARTKEY_SHARD", f"{index}/{total}")
+            exporter = Exporter(parse_config(text, "<test>"))
+            for name in exporter.targets:
+                owners.setdefault(name, []).append(index)
+            assert all(key[0] in exporter.targets for key in exporter.runners)
+        assert owners == {f"db{i:03d}": owners[f"db{i:03d}"] for i in range(200)}
+        assert all(len(shards) == 1 for shards in owners.values()), total
+        sizes = [sum(1 for s in owners.values() if s == [i]) for i in range(total)]
+        assert min(sizes) >= 200 / total * 0.6, sizes  # no replica left nearly idle
+
+
+def test_changing_total_moves_only_what_it_must() -> None:
+    """Rendezvous hashing: n -> n+1 moves only targets onto the new shard (about 1/(n+1)); n+1 -> n moves back."""
+    names = [f"db{i:04d}" for i in range(2000)]
+    for total in (1, 2, 3, 4, 8):
+        before = {name: owner(name, total) for name in names}
+        after = {name: owner(name, total + 1) for name in names}
+        moved = [name for name in names if before[name] != after[name]]
+        assert all(after[name] == total for name in moved)  # only onto the new shard, never between old ones
+        assert abs(len(moved) - len(names) / (total + 1)) < len(names) * 0.05, (total, len(moved))
+
+
+def test_shard_from_config_and_env_and_bad_values(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """shard: in the file, PARTKEY_SHARD over it, and clear errors for bad values."""
+    text = fleet_config(dsn, 20)
+    monkeypatch.delenv("PARTKEY_SHARD", raising=False)
+    config = parse_config(text + "shard: {index: 1, total: 3}\n", "<test>")
+    assert config.sharding() == (1, 3)
+    assert [t.name for t in config.owned_targets()] == owned([t.name for t in config.targets], 1, 3)
+    monkeypatch.setenv("PARTKEY_SHARD", "2/3")
+    assert config.sharding() == (2, 3)
+    for bad, message in (("3/3", "INDEX must be between 0 and TOTAL-1"), ("x", "must look like INDEX/TOTAL")):
+        monkeypatch.setenv("PARTKEY_SHARD", bad)
+        with pytest.raises(ConfigError, match=message):
+            Exporter(config)
+    with pytest.raises(ConfigError, match=r"shard: Value error, index must be below total \(3\), got 3"):
+        parse_config(text + "shard: {index: 3, total: 3}\n", "<test>")
