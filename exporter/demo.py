@@ -77,6 +77,15 @@ def build_demo_database(dsn: str, rows: int = 300_000) -> DemoFacts:
         )
         conn.execute(_LOAD.format(collections=COLLECTIONS, rows=int(rows)))
         stale_ids = _plant_stale_keys(conn)
+    # A backend hands its insert counts to the statistics a moment after it commits (or when it exits); counts that
+    # arrive after the ANALYZE would mark every partition as changed since, i.e. as having stale statistics.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables").fetchone()
+            if row is not None and int(row[0]) >= rows:
+                break
+            time.sleep(0.2)
         conn.execute("ANALYZE chunks")
     return DemoFacts(rows=rows, stale_rows=len(stale_ids), stale_ids=stale_ids)
 
@@ -169,6 +178,7 @@ def run_demo(port: int = 19187, rows: int = 300_000, duration: float | None = No
         print("\n".join(render_text(h) for h in exporter.health()), end="")
         base = http_server.url
         print(f"\nstale keys planted: {facts.stale_rows} (ids {', '.join(map(str, facts.stale_ids))})")
+        print(f"\nstatus page (the skew chart, verdicts, bad rows, check freshness): {base}/")
         print(f"\nexporter on {base}")
         for path in (
             "/metrics",

@@ -18,6 +18,8 @@ from exporter.app import Exporter
 from exporter.config import ListenConfig
 from exporter.exposition import wants_gzip
 from exporter.openapi import SPEC
+from exporter.statuspage import HEADERS as STATUS_PAGE_HEADERS
+from exporter.statuspage import status_page
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/openapi.json":
             self._json(HTTPStatus.OK, SPEC)
         elif path == "/":
-            links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in sorted(GET_PATHS - {"/"}))
-            self._send(
-                HTTPStatus.OK,
-                f"<html><body><h1>partkey-exporter</h1><ul>{links}</ul></body></html>".encode(),
-                "text/html; charset=utf-8",
-            )
+            page = status_page(exporter).encode()
+            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8", STATUS_PAGE_HEADERS)
         else:
             raise AdminError(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
 

@@ -250,7 +250,12 @@ SPEC: dict[str, Any] = {
         "wrong methods 405 (with Allow), each with the Error body.",
     },
     "paths": {
-        "/": _get("An HTML page linking the GET paths.", {"200": _text("The index page.", ("text/html",))}),
+        "/": _get(
+            "The status page: every table's verdict with its reasons, the implementation and formula, bad rows with "
+            "example keys, check freshness, and rows and bytes per partition as inline SVG charts. HTML built from "
+            "the last snapshot (no SQL), no script, sent with a strict Content-Security-Policy.",
+            {"200": _text("The status page.", ("text/html",))},
+        ),
         "/metrics": _get(
             "The Prometheus exposition, from the last snapshot.",
             {

@@ -11,7 +11,7 @@ import time
 import psutil
 
 from tests.e2e.prometheus import free_port
-from tests.support import metrics, value
+from tests.support import http, metrics, value
 
 
 def _postgres_children(datadir: str) -> list[psutil.Process]:
@@ -51,6 +51,10 @@ def test_demo_runs_reports_and_stops_cleanly() -> None:
         assert "  Current Method: TRIGGER" in lines and "  Incorrect Keys: 7" in lines
         assert "  Total Chunks: 5,000" in lines
         assert f"http://127.0.0.1:{port}/metrics" in output
+        urls = re.findall(r"http://127\.0\.0\.1:\d+\S*", output)
+        assert urls[0] == f"http://127.0.0.1:{port}/"  # the status page is the first thing it points to
+        status, headers, page = http(urls[0])
+        assert status == 200 and "Content-Security-Policy" in headers and b'class="bar' in page
         samples = metrics(f"http://127.0.0.1:{port}")
         assert value(samples, "partkey_mismatched_rows", target="demo", table="public.chunks", mode="full") == 7
     finally:
