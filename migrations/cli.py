@@ -1,4 +1,4 @@
-"""partkey-migrate: status, plan, upgrade, downgrade, verify and repair for one table's partition key."""
+"""partkey-migrate: status, plan, upgrade, downgrade, verify, repair and forget for one table's partition key."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from exporter.keyspec import KeySpec
 from migrations import render, runner
 from migrations.connect import UsageError, connect, database_error, error_lines, redact
 from migrations.errors import ExitCode, RefusedError
+from migrations.forget import forget
 from migrations.options import Options, milliseconds, parse_table
 from migrations.repair import repair
 from migrations.retry import LockRetriesExhausted
@@ -96,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("verify", parents=[common], help="count wrong keys; exit 1 when any")
     rep = commands.add_parser("repair", parents=[common], help="fix wrong keys in batches")
     rep.add_argument("--batch-size", type=_positive_int, default=1000)
+    commands.add_parser(
+        "forget", parents=[common], help="delete the table's migration record (and the state table once empty)"
+    )
     return top
 
 
@@ -155,6 +159,8 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
         outcome = runner.downgrade(conn, options, dry_run=args.dry_run, out=out)
     elif args.command == "repair":
         outcome = repair(conn, options, out=out)
+    elif args.command == "forget":
+        outcome = forget(conn, options, out=out)
     else:  # pragma: no cover
         raise UsageError(f"unknown command {args.command}")
     if args.json:

@@ -122,3 +122,12 @@ class StateStore:
             sql.SQL("UPDATE {} SET status = %s, updated_at = now() WHERE target = %s").format(self.table),
             (status, self.options.spec.label),
         )
+
+    def forget(self) -> bool:
+        """Delete the table's record, and the state table once it holds no other; True when it was dropped."""
+        self.conn.execute(sql.SQL("DELETE FROM {} WHERE target = %s").format(self.table), (self.options.spec.label,))
+        row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.table)).fetchone()
+        if row is not None and row[0] == 0:
+            self.conn.execute(sql.SQL("DROP TABLE {}").format(self.table))
+            return True
+        return False

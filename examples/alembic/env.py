@@ -1,4 +1,4 @@
-"""Alembic environment for the partkey-migrate example: online mode only (the migration reads the catalog)."""
+"""Alembic environment for the partkey-migrate example, with the settings a DB-003 revision needs."""
 
 from __future__ import annotations
 
@@ -8,25 +8,43 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from migrations.alembic import include_object
+
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name)
 
+# Any PostgreSQL driver works: postgresql+psycopg2://..., postgresql+psycopg://...
 URL = os.environ.get("PARTKEY_SQLALCHEMY_URL") or config.get_main_option("sqlalchemy.url") or ""
+
+# Your application's MetaData for autogenerate (None here: the example has no models).
+target_metadata = None
+
+
+def run_migrations_offline() -> None:
+    """`alembic upgrade --sql`: the DB-003 revision refuses in one line and names `partkey-migrate plan --sql`."""
+    context.configure(url=URL, target_metadata=target_metadata, literal_binds=True, include_object=include_object)
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    """One connection, one transaction per revision; the DB-003 revision steps out of it on purpose."""
+    """One transaction per revision; the DB-003 revision steps out of its own on purpose (autocommit_block)."""
     engine = create_engine(URL, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            # Needed: with one transaction for all revisions, autocommit_block would commit earlier ones midway.
+            transaction_per_migration=True,
+            # Keeps autogenerate and `alembic check` from proposing to drop partkey_migration_state.
+            include_object=include_object,
+        )
         with context.begin_transaction():
             context.run_migrations()
 
 
 if context.is_offline_mode():
-    raise SystemExit(
-        "this example needs a live database: partkey-migrate plans from the catalog. "
-        "For an offline script use `partkey-migrate plan --sql`."
-    )
-run_migrations_online()
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -5,7 +5,12 @@ VALIDATEd in its own transaction, then the trigger is dropped. Plain table on PG
 column. See docs/migrate.md.
 
 Revision ID: 0001_db003
-Revises:
+Revises: (your current head)
+
+To add this to an existing history: copy this file into your versions/ folder, set `down_revision` below to
+your current head (`alembic heads` prints it) and, if you like, give `revision` a fresh id (`alembic revision`
+makes one). env.py needs `transaction_per_migration=True` and `include_object=migrations.alembic.include_object`
+(see examples/alembic/env.py and docs/migrate.md).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from alembic import op
 from migrations import db003
 
 revision = "0001_db003"
-down_revision = None
+down_revision = None  # PLACEHOLDER: set to your current head revision (`alembic heads`); None only in a new history
 branch_labels = None
 depends_on = None
 
