@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import psycopg
@@ -89,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--strategy", choices=STRATEGIES, default="auto")
     up = commands.add_parser("upgrade", parents=[common], help="replace the trigger (resumable)")
     up.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    up.add_argument("--measure", action="store_true", help="INSERT latency before/after on scratch copies")
+    up.add_argument("--measure", action="store_true", help="INSERT cost before/after on scratch copies")
+    up.add_argument("--measure-seconds", type=_positive_float, default=60.0, help="time budget of --measure (60)")
     up.add_argument("--dry-run", action="store_true", help="verify and print the plan; change nothing")
     down = commands.add_parser("downgrade", parents=[common], help="back to the trigger (safe formula)")
     down.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
@@ -120,6 +122,7 @@ def options_from(args: argparse.Namespace) -> Options:
         scan_timeout=args.scan_timeout,
         max_attempts=args.max_attempts,
         batch_size=getattr(args, "batch_size", 1000),
+        measure_seconds=getattr(args, "measure_seconds", 60.0),
     )
 
 
@@ -153,7 +156,9 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
         return ExitCode.OK if result.clean else ExitCode.REFUSED
     lines: list[str] = []
     out: Callable[[str], None] = lines.append if args.json else print
+    measurements: list[dict[str, Any]] = []
     if args.command == "upgrade":
+        options = replace(options, on_measure=measurements.append)
         outcome = runner.upgrade(conn, options, args.strategy, dry_run=args.dry_run, measure=args.measure, out=out)
     elif args.command == "downgrade":
         outcome = runner.downgrade(conn, options, dry_run=args.dry_run, out=out)
@@ -172,6 +177,8 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Option
             "message": outcome.message,
             "output": lines,
         }
+        if measurements:
+            document["measure"] = measurements[0]
         print(json.dumps(document, indent=2))
     return outcome.code
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter.keyspec import KeySpec
 
@@ -22,6 +24,9 @@ class Options:
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
     batch_size: int = 1000
+    measure_seconds: float = 60.0  # --measure-seconds: the time budget of --measure
+    # Called with --measure's report as a dict (the CLI puts it in its --json document).
+    on_measure: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 
     @property
     def new_column(self) -> str:

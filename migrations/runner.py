@@ -171,8 +171,7 @@ def _dry_run(
             out("upgrade would refuse: wrong keys found; run partkey-migrate repair first")
             code = 1
     if measure:
-        for line in measuring.measure(conn, options, impl, plan.strategy).lines():
-            out(line)
+        measuring.emit(conn, options, impl, plan.strategy, out)
     out("dry run: nothing was changed")
     return Outcome(code, "dry-run", "nothing was changed")
 
@@ -198,8 +197,7 @@ def _execute(
     for warning in plan.warnings:
         log.warning("%s", warning)
     if measure:
-        for line in measuring.measure(conn, options, impl, plan.strategy).lines():
-            out(line)
+        measuring.emit(conn, options, impl, plan.strategy, out)
     for step in plan.steps:
         if step.kind == "verify":
             _pre_verify(conn, options, impl, out)
