@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.verify import Verifier
+from migrations import int_min
 from migrations.errors import Outcome, RefusedError
 from migrations.options import Options
 from migrations.retry import with_lock_retries
@@ -21,19 +22,21 @@ from migrations.verification import describe, verify_full
 log = logging.getLogger("partkey-migrate")
 
 
-def _batch_update(options: Options, leaf: sql.Identifier, leaf_name: str) -> sql.Composed:
+def _batch_update(options: Options, leaf: sql.Identifier, leaf_name: str, skip_int_min: bool) -> sql.Composed:
     """UPDATE through the parent (so PostgreSQL may move the row) of up to batch-size bad rows of one leaf."""
     spec = options.spec
     key = sql.Identifier(spec.key_column)
+    extra = sql.SQL(" AND {}").format(int_min.overflow_filter(options)) if skip_int_min else sql.SQL("")
     return sql.SQL(
         "UPDATE {table} SET {key} = {expr} WHERE tableoid = {leaf_name}::regclass AND ctid = ANY(ARRAY("
-        "SELECT ctid FROM ONLY {leaf} WHERE {key} IS DISTINCT FROM {expr} LIMIT {limit}))"
+        "SELECT ctid FROM ONLY {leaf} WHERE {key} IS DISTINCT FROM {expr}{extra} LIMIT {limit}))"
     ).format(
         table=spec.table_ident,
         key=key,
         expr=safe_expression(spec),
         leaf=leaf,
         leaf_name=sql.Literal(leaf_name),
+        extra=extra,
         limit=sql.Literal(options.batch_size),
     )
 
@@ -49,7 +52,8 @@ def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[st
         batches = fixed = 0
         for schema, name in relations:
             leaf = sql.Identifier(schema, name)
-            statement = _batch_update(options, leaf, leaf.as_string(conn))
+            careful = int_min.needs_care(impl)
+            statement = _batch_update(options, leaf, leaf.as_string(conn), careful)
             while True:
 
                 def work(statement: sql.Composed = statement) -> int:
@@ -64,6 +68,18 @@ def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[st
                 out(f"batch {batches}: fixed {count} row(s) of {schema}.{name}{moved}")
                 if count < options.batch_size:
                     break
+            if careful:
+                # Rows whose source hashes to INT_MIN: the legacy trigger would raise on their move.
+                def move(leaf: sql.Identifier = leaf) -> int:
+                    return int_min.fix_rows(conn, options, impl, leaf)
+
+                count = with_lock_retries(conn, options, f"repair INT_MIN rows of {schema}.{name}", move)
+                if count:
+                    fixed += count
+                    out(
+                        f"fixed {count} row(s) of {schema}.{name} whose {options.spec.source_column} hashes to INT_MIN"
+                        " (key trigger off on their destination partition for the move, then on again as it was)"
+                    )
         out(f"repair: fixed {fixed} row(s) in {batches} batch(es)")
         result = verify_full(conn, options, impl)
     for line in describe(result):
