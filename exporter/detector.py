@@ -82,15 +82,15 @@ class _BorrowedTarget(Target):
 
     @contextmanager
     def session(self, blocking: bool = True) -> Iterator[psycopg.Connection[Any]]:
-        """The connection inside our own read-only transaction, whose lock_timeout ends with it."""
+        """The connection inside our own read-only transaction, whose limits end with it."""
         with super().session(blocking) as conn:
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 # Our transaction-local timeouts would leak into the application's transaction.
                 raise psycopg.ProgrammingError("the application's connection is inside a transaction; commit first")
             with conn.transaction():
                 conn.execute("SET TRANSACTION READ ONLY")
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout * 1000)}ms",))
-                # The runner's own transaction becomes a savepoint in this one; its statement_timeout is local too.
+                # The runner's own transaction becomes a savepoint in this one; its limits (begin_check) are
+                # transaction-local, so they end with this transaction.
                 yield conn
 
 

@@ -13,12 +13,16 @@ from typing import Any
 
 import psycopg
 
-from exporter.secrets import dsn_password, scrub
+from exporter.pg.connect import connect
+from exporter.pg.limits import set_local_limits
+from exporter.pg.scrub import dsn_password, scrub
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "partkey-exporter"
 MAX_BACKOFF_SECONDS = 60.0
+# A check's transaction left open (a stuck client thread) ends on the server after this long.
+IDLE_IN_TRANSACTION_SECONDS = 60.0
 
 
 def connection_dropped(conn: psycopg.Connection[Any]) -> bool:
@@ -67,26 +71,27 @@ class Target:
         return scrub(text, self._secrets)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        """Open the connection: read-only by default, short lock waits, keepalives on."""
-        options = (
-            f"-c default_transaction_read_only=on -c lock_timeout={int(self.lock_timeout * 1000)} "
-            "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"
-        )
-        conn = psycopg.connect(
-            self._dsn,
-            autocommit=True,
-            application_name=APPLICATION_NAME,
-            connect_timeout=max(1, round(self.connect_timeout)),
-            options=options,
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
+        """Open the connection; read-only mode and the timeouts are set per transaction (begin_check)."""
+        conn = connect(
+            self._dsn, application_name=APPLICATION_NAME, connect_timeout=self.connect_timeout, keepalives=True
         )
         self.server_version = conn.info.server_version
         row = conn.execute("SHOW server_version").fetchone()
         self.server_version_text = str(row[0]).split()[0] if row else None
         return conn
+
+    def begin_check(self, conn: psycopg.Connection[Any], *, statement_timeout: float, read_only: bool = True) -> None:
+        """The first statement of every check's transaction: READ ONLY and this target's limits, for it alone.
+
+        Transaction-local, so nothing outlives the transaction on a server connection a pool hands to others.
+        """
+        set_local_limits(
+            conn,
+            lock_timeout=self.lock_timeout,
+            statement_timeout=statement_timeout,
+            idle_in_transaction_timeout=IDLE_IN_TRANSACTION_SECONDS,
+            read_only=read_only,
+        )
 
     def _mark_down(self, error: BaseException) -> None:
         """Record a failure, schedule the next attempt, and log only on the change of state."""

@@ -16,7 +16,7 @@ import psycopg
 from exporter.cliargs import hoist_options
 from exporter.keyspec import KeySpec
 from migrations import render, runner
-from migrations.connect import UsageError, connect, database_error, error_lines, redact
+from migrations.connect import POOL_REFUSAL, UsageError, connect, database_error, error_lines, pooled, redact
 from migrations.errors import ExitCode, RefusedError
 from migrations.forget import forget
 from migrations.options import Options, milliseconds, parse_table
@@ -29,6 +29,9 @@ from migrations.strategy import STRATEGIES
 from migrations.verification import describe, verify_full
 
 log = logging.getLogger("partkey-migrate")
+
+# The commands that lock and change the table: refused through a transaction pool (status, plan, verify only read).
+CHANGING_COMMANDS = frozenset({"upgrade", "downgrade", "repair"})
 
 
 def _positive_float(text: str) -> float:
@@ -232,6 +235,12 @@ def _main(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         with connect(args.dsn) as conn:
+            if pooled(conn):
+                if args.command in CHANGING_COMMANDS:
+                    # Before anything is read or locked: a run's lock and DDL need one server session throughout.
+                    raise UsageError(POOL_REFUSAL)
+                # Reads only; session defaults would stay behind on a server connection other clients get next.
+                return run(args, conn, options)
             # Session defaults, so that even catalog reads never queue for long behind someone's lock.
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (milliseconds(options.lock_timeout),))
             conn.execute(

@@ -1,38 +1,31 @@
-"""Open the one connection a run uses, and describe connection failures without leaking a password."""
+"""Open the one connection a run uses, tell a transaction pool from a session, and word failures without a password."""
 
 from __future__ import annotations
 
-import re
+import weakref
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
+from exporter.pg.connect import connect as open_connection
+from exporter.pg.scrub import first_line, redact
 from migrations.options import APPLICATION_NAME
+
+__all__ = ["POOL_REFUSAL", "UsageError", "connect", "database_error", "error_lines", "pooled", "redact"]
+
+CONNECT_TIMEOUT = 10.0
+PROBE_NAME = f"{APPLICATION_NAME} pool probe"
+POOL_REFUSAL = (
+    "--dsn reaches PostgreSQL through a transaction (or statement) pool, where a run cannot keep its session "
+    "(advisory lock, DDL in order): point --dsn at PostgreSQL or at a session-mode pool"
+)
+
+# Connections found to share their server connection with other clients (see shares_server).
+_POOLED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
 
 class UsageError(Exception):
     """A problem the user must fix in the command line or the environment (exit code 2)."""
-
-
-_PASSWORD_PATTERNS = (
-    re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE),
-    re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)"),
-)
-
-
-def redact(text: str, dsn: str | None = None) -> str:
-    """Text with any password from the DSN (or any password=... / user:pw@) replaced by ***."""
-    secret: str | None = None
-    if dsn:
-        try:
-            secret = str(conninfo_to_dict(dsn).get("password") or "") or None
-        except psycopg.Error:
-            secret = None
-    if secret:
-        text = text.replace(secret, "***")
-    text = _PASSWORD_PATTERNS[0].sub(r"\1***", text)
-    return _PASSWORD_PATTERNS[1].sub(r"\1***\3", text)
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
@@ -40,27 +33,29 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     if not dsn:
         raise UsageError("no database given: pass --dsn or set PARTKEY_DSN")
     try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10)
+        conn = _open(dsn)
     except psycopg.ProgrammingError as error:
-        raise UsageError(f"invalid DSN: {_first_line(redact(str(error), dsn))}") from None
+        raise UsageError(f"invalid DSN: {first_line(redact(str(error), dsn))}") from None
     except psycopg.Error as error:
-        raise UsageError(f"cannot connect to the database: {_first_line(redact(str(error), dsn))}") from None
-    if conn.info.server_version >= 140000:
+        raise UsageError(f"cannot connect to the database: {first_line(redact(str(error), dsn))}") from None
+    try:
+        if shares_server(conn, dsn):
+            _POOLED.add(conn)
+    except psycopg.Error as error:
+        conn.close()
+        raise UsageError(f"cannot connect to the database: {first_line(redact(str(error), dsn))}") from None
+    if conn.info.server_version >= 140000 and not pooled(conn):
         # A killed client's backend would otherwise keep waiting for (or holding) locks and the run lock until
         # it next talks to the socket; with this it notices within a second, even during a lock wait.
+        # A session setting, so never through a pool: it would stay on a server connection other clients get.
         conn.execute("SET client_connection_check_interval = '1s'")
     return conn
-
-
-def _first_line(text: str) -> str:
-    """The first non-empty line of an error message."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 def database_error(error: psycopg.Error, dsn: str | None = None) -> dict[str, str | None]:
     """The server's message, SQLSTATE, DETAIL, HINT and CONTEXT of an error, any password scrubbed."""
     diag = error.diag
-    primary = diag.message_primary or _first_line(str(error)) or type(error).__name__
+    primary = diag.message_primary or first_line(str(error)) or type(error).__name__
 
     def clean(text: str | None) -> str | None:
         return redact(text.strip(), dsn) if text and text.strip() else None
@@ -83,3 +78,41 @@ def error_lines(described: dict[str, str | None]) -> list[str]:
         if text:
             lines += [f"  {label.upper()}: {line}" for line in text.splitlines()]
     return lines
+
+
+def pooled(conn: psycopg.Connection[Any]) -> bool:
+    """Whether connect() found this connection behind a transaction or statement pool."""
+    return conn in _POOLED
+
+
+def shares_server(conn: psycopg.Connection[Any], dsn: str) -> bool:
+    """Whether the server connection behind conn changes between its transactions (PgBouncer transaction mode).
+
+    A second client pins a server connection in an open transaction; then conn asks for its backend pid again.
+    Directly or through a session pool, conn keeps its own backend, so the probe never sees conn's pid and
+    conn's pid never changes. Through a transaction pool the probe gets the server conn just released (PgBouncer
+    reuses the last one first), or conn gets another one while the probe holds it. A statement pool refuses the
+    probe's transaction.
+    """
+    before = _backend_pid(conn)
+    # Named apart from the run's own connection, so that it is not taken for the run in pg_stat_activity.
+    with open_connection(dsn, application_name=PROBE_NAME, connect_timeout=CONNECT_TIMEOUT) as probe:
+        try:
+            with probe.transaction():
+                theirs = _backend_pid(probe)
+                after = _backend_pid(conn)
+        except psycopg.OperationalError:
+            return True  # "transaction blocks not allowed in statement pooling mode" and its kin
+    return theirs == before or after != before
+
+
+def _open(dsn: str) -> psycopg.Connection[Any]:
+    """A connection as partkey-migrate opens them."""
+    return open_connection(dsn, application_name=APPLICATION_NAME, connect_timeout=CONNECT_TIMEOUT)
+
+
+def _backend_pid(conn: psycopg.Connection[Any]) -> int:
+    """The pid of the server process answering this statement (conn.info caches the first one)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.keyspec import KeySpec
+from exporter.pg.limits import milliseconds
+
+__all__ = ["APPLICATION_NAME", "STATE_TABLE", "Options", "milliseconds", "parse_table"]
 
 APPLICATION_NAME = "partkey-migrate"
 STATE_TABLE = "partkey_migration_state"
@@ -48,8 +51,3 @@ def parse_table(value: str) -> tuple[str, str]:
     """Split 'schema.table' (or 'table', meaning public) into its two parts."""
     schema, _, table = value.rpartition(".")
     return (schema or "public"), table
-
-
-def milliseconds(seconds: float) -> str:
-    """A PostgreSQL duration setting; 0 means no limit."""
-    return f"{round(seconds * 1000)}ms"

@@ -9,12 +9,29 @@ from typing import Any
 
 import psycopg
 
+from migrations.connect import POOL_REFUSAL, UsageError
+
 # First key of the two-key advisory lock: "pk" in ASCII, so other applications' locks do not collide.
 LOCK_CLASS = 0x706B
 
 
 class RunInProgressError(Exception):
     """Another partkey-migrate run holds the table's lock."""
+
+
+class TransactionPoolError(UsageError):
+    """The run lock vanished between two statements: the connection goes through a transaction pool."""
+
+
+def _held_here(conn: psycopg.Connection[Any], key: str) -> bool:
+    """Whether this statement's backend holds the run lock (it must, on a connection that keeps its session)."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+                  AND classid = %s AND objsubid = 2
+                  AND objid::bigint = ((hashtext(%s)::bigint + 4294967296) %% 4294967296))""",
+        (LOCK_CLASS, key),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 @contextmanager
@@ -40,6 +57,11 @@ def run_lock(conn: psycopg.Connection[Any], target: str) -> Iterator[None]:
             f"another partkey-migrate run is working on {target}{who}; wait for it to finish. If its client "
             "was killed, the server frees the lock when the backend ends (pg_terminate_backend(pid))"
         )
+    if not _held_here(conn, key):
+        # The next statement ran on another server connection: a transaction pool, where the lock protects nothing.
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, key))
+        raise TransactionPoolError(POOL_REFUSAL)
     try:
         yield
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.introspect import Implementation, TableNotFoundError, detect
+from exporter.pg.locks import retry_lock_timeouts
 from migrations import measure as measuring
 from migrations import sqlgen
 from migrations.connect import UsageError
@@ -20,7 +20,7 @@ from migrations.errors import Outcome, RefusedError
 from migrations.options import Options
 from migrations.plans import capture, downgrade_plan, upgrade_plan
 from migrations.prebuild import index_state
-from migrations.retry import LockRetriesExhausted, with_lock_retries
+from migrations.retry import backoff, with_lock_retries
 from migrations.runlock import run_lock
 from migrations.state import State, StateStore
 from migrations.steps import Plan, Step, human_seconds
@@ -296,37 +296,29 @@ def _record(store: StateStore, step: str, final_state: str | None) -> None:
 def _build_concurrently(conn: psycopg.Connection[Any], options: Options, step: Step) -> None:
     """CREATE INDEX CONCURRENTLY cannot run in a transaction: session timeouts, retries, and a check of the result."""
     assert step.index is not None and step.expected is not None
-    delay = options.backoff_initial
+    index = step.index
+
+    def attempt() -> None:
+        existing = index_state(conn, options, index)
+        if existing is not None and not existing[0]:
+            # A failed or interrupted concurrent build leaves an INVALID index behind: start over.
+            conn.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(options.spec.schema, index))
+            )
+        for statement in step.statements:
+            conn.execute(statement)
+
     with scan_limits(conn, options):
-        for attempt in range(1, options.max_attempts + 1):
-            existing = index_state(conn, options, step.index)
-            if existing is not None and not existing[0]:
-                # A failed or interrupted concurrent build leaves an INVALID index behind: start over.
-                conn.execute(
-                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                        sql.Identifier(options.spec.schema, step.index)
-                    )
-                )
-            try:
-                for statement in step.statements:
-                    conn.execute(statement)
-                break
-            except psycopg.errors.LockNotAvailable:
-                if attempt == options.max_attempts:
-                    raise LockRetriesExhausted(
-                        f"step {step.name}: no lock within {options.lock_timeout:g}s after {attempt} attempts; "
-                        "re-run later (it resumes)"
-                    ) from None
-                pause = min(options.backoff_max, delay) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "step %s: lock timeout (55P03) on attempt %d/%d; retrying in %.2fs",
-                    step.name,
-                    attempt,
-                    options.max_attempts,
-                    pause,
-                )
-                time.sleep(pause)
-                delay *= 2
+        retry_lock_timeouts(
+            attempt,
+            f"step {step.name}",
+            backoff(options),
+            log,
+            lambda attempts, _error: (
+                f"step {step.name}: no lock within {options.lock_timeout:g}s after {attempts} attempts; "
+                "re-run later (it resumes)"
+            ),
+        )
     built = index_state(conn, options, step.index)
     if built is None or not built[0] or built[1] != step.expected:
         raise RefusedError(

@@ -10,12 +10,19 @@ import psycopg
 
 from exporter.introspect import Implementation
 from exporter.verify import VerificationResult, Verifier
+from migrations.connect import pooled
 from migrations.options import Options, milliseconds
 
 
 @contextmanager
 def scan_limits(conn: psycopg.Connection[Any], options: Options) -> Iterator[None]:
-    """Session-level scan limits for the Verifier's own short transactions, restored afterwards."""
+    """Session-level scan limits for the Verifier's own short transactions, restored afterwards.
+
+    Not through a transaction pool: there a session setting lands on a server connection other clients get next.
+    """
+    if pooled(conn):
+        yield
+        return
     before = conn.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone()
     assert before is not None
     conn.execute("SELECT set_config('statement_timeout', %s, false)", (milliseconds(options.scan_timeout),))

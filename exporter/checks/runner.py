@@ -95,11 +95,12 @@ class CheckRunner:
         return result
 
     def _execute(self, conn: psycopg.Connection[Any]) -> Outcome:
-        """One transaction: read-only unless the check writes, with this check's statement_timeout."""
+        """One transaction: read-only unless the check writes, under the target's limits and this check's timeout."""
         with conn.transaction() as transaction:
             if self.check.read_write:
+                # Explicit, so a database whose default_transaction_read_only is on still lets the probe write.
                 conn.execute("SET TRANSACTION READ WRITE")
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(self.timeout * 1000)}ms",))
+            self.target.begin_check(conn, statement_timeout=self.timeout, read_only=not self.check.read_write)
             outcome = self.check.run(conn)
             if self.check.read_write:
                 # Whatever a writing check did, none of it may stay behind.
