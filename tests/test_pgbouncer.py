@@ -1,0 +1,134 @@
+"""Behind a real PgBouncer (issue 20): no prepared-statement collisions, no leaked session state, per-transaction limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from exporter import PartitionImplementationDetector
+from exporter.app import Exporter
+from exporter.target import APPLICATION_NAME
+from tests.integrations.common import load_example
+from tests.pgbouncer import CHECKS, pgbouncer, run_two_daemons_and_an_application
+from tests.reliability.harness import get, parse
+from tests.schema import create_list_table, insert_rows
+from tests.support import config_for
+
+MODULUS = 10
+ALL_CHECKS = f"""modulus: {MODULUS}
+monotonic_column: id
+checks:
+  distribution_exact: {{enabled: true}}
+  insert_probe: {{enabled: true, samples: 2}}"""
+fastapi_example = load_example("fastapi/partkey_fastapi.py")
+
+
+@pytest.fixture
+def chunks(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """A LIST-partitioned table with the trigger and some rows, as semantik has it."""
+    create_list_table(conn, modulus=MODULUS)
+    insert_rows(conn, 500, modulus=MODULUS)
+    return conn
+
+
+def assert_clean_run(run: Any) -> None:
+    """Zero errors in either daemon's log or the application, every check succeeded on both daemons."""
+    for log in run.logs:
+        # Warnings may come from the noisy machine (a check overrunning its 1 s interval); errors may not.
+        bad = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+        assert not bad, "\n".join(bad)
+    assert run.app_errors == []
+    assert run.app_transactions > 10
+    for text in run.metrics:
+        samples = parse(text)
+        assert get(samples, "partkey_up", target="pooled") == 1
+        for check in CHECKS:
+            assert get(samples, "partkey_check_success", target="pooled", table="public.chunks", check=check) == 1, (
+                check
+            )
+
+
+def test_two_daemons_and_an_application_share_a_transaction_pool(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str, tmp_path: Path
+) -> None:
+    with pgbouncer(admin_dsn, "transaction") as bouncer:
+        run = run_two_daemons_and_an_application(bouncer.dsn(dsn), tmp_path, 10, MODULUS)
+        pool_log = bouncer.log()
+    assert_clean_run(run)
+    assert "unsupported startup parameter" not in pool_log
+
+
+def test_behind_default_pgbouncer_checks_give_up_after_lock_timeout_and_cannot_write(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str
+) -> None:
+    with pgbouncer(admin_dsn, "transaction") as bouncer:
+        pooled = bouncer.dsn(dsn)
+        exporter = Exporter(config_for(pooled, ALL_CHECKS, extra="", name="t1"))
+        target = exporter.targets["t1"]
+        target.lock_timeout = 0.2
+        try:
+            with psycopg.connect(dsn) as locker:
+                locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+                results = {runner.check.name: runner.run() for runner in exporter.runners.values()}
+                locker.rollback()
+            with target.session() as session, session.transaction():
+                target.begin_check(session, statement_timeout=5)
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    session.execute("INSERT INTO chunks (collection_id, partition_key) VALUES (gen_random_uuid(), 1)")
+            with target.session() as session:
+                # application_name is a startup parameter PgBouncer passes on to the server connection it lends.
+                row = session.execute("SELECT current_setting('application_name')").fetchone()
+                assert row == (APPLICATION_NAME,)
+        finally:
+            exporter.stop()
+        # The next client of the pool gets server connections with nothing of the exporter's left on them.
+        with psycopg.connect(pooled, autocommit=True) as app:
+            left = app.execute(
+                "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),"
+                " current_setting('default_transaction_read_only'), current_setting('transaction_read_only'),"
+                " (SELECT count(*) FROM pg_prepared_statements)"
+            ).fetchone()
+    assert left == ("0", "0", "off", "off", 0)
+    blocked = {"verification_incremental", "verification_sample", "verification_full", "distribution_exact"}
+    blocked |= {"insert_probe"}
+    for name, result in results.items():
+        if name in blocked:
+            assert not result.success, name
+            assert result.error is not None and result.error.startswith(
+                "lock wait exceeded lock_timeout=0.2s: canceling statement due to lock timeout"
+            ), (name, result.error)
+        else:
+            # Catalog and statistics reads do not wait on the table's lock.
+            assert result.success or "(SQLSTATE 55P03)" in (result.error or ""), (name, result.error)
+    assert blocked <= set(results)
+
+
+def test_detector_and_fastapi_router_through_a_transaction_pool(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str
+) -> None:
+    with pgbouncer(admin_dsn, "transaction") as bouncer:
+        detector = PartitionImplementationDetector(
+            bouncer.dsn(dsn), modulus=MODULUS, admin_token="tok", cache_seconds=0
+        )
+        with detector:
+            for _ in range(6):  # past psycopg's default prepare threshold
+                result = detector.verify_partition_keys("full")
+            assert (result.rows_checked, result.mismatched) == (500, 0)
+            assert detector.detect_implementation().method == "trigger"
+            app = fastapi_example.create_app(detector)
+            with TestClient(app) as client:
+                for _ in range(6):
+                    response = client.get("/admin/partition/health")
+                    assert response.status_code == 200, response.text
+                verify = client.post(
+                    "/admin/partition/verify", content=b'{"mode": "full"}', headers={"Authorization": "Bearer tok"}
+                )
+        assert verify.status_code == 200, verify.text
+        table = response.json()["tables"][0]
+        assert table["verification"]["rows_checked"] == 500
+        assert table["distribution"]["total_rows"] == 500
+        assert "unsupported startup parameter" not in bouncer.log()
