@@ -1,4 +1,4 @@
-"""Behind a real PgBouncer (issue 20): no prepared-statement collisions, no leaked session state, per-transaction limits."""
+"""Behind a real PgBouncer (issue 20): no prepared statements, no leaked session state, per-transaction limits."""
 
 from __future__ import annotations
 
