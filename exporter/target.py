@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.pg.connect import connect
+from exporter.pg.connect import connect, explain
 from exporter.pg.limits import set_local_limits
 from exporter.pg.scrub import dsn_password, scrub
 
@@ -98,7 +98,9 @@ class Target:
         self._failures += 1
         delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (self._failures - 1))
         self._next_attempt = time.monotonic() + delay
-        message = self.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        message = explain(
+            self.scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        )
         if self.up is not False:
             self.down_since = time.time()
             log.error(

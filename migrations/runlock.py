@@ -23,7 +23,7 @@ class TransactionPoolError(UsageError):
     """The run lock vanished between two statements: the connection goes through a transaction pool."""
 
 
-def _held_here(conn: psycopg.Connection[Any], key: str) -> bool:
+def held_here(conn: psycopg.Connection[Any], key: str) -> bool:
     """Whether this statement's backend holds the run lock (it must, on a connection that keeps its session)."""
     row = conn.execute(
         """SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
@@ -57,7 +57,7 @@ def run_lock(conn: psycopg.Connection[Any], target: str) -> Iterator[None]:
             f"another partkey-migrate run is working on {target}{who}; wait for it to finish. If its client "
             "was killed, the server frees the lock when the backend ends (pg_terminate_backend(pid))"
         )
-    if not _held_here(conn, key):
+    if not held_here(conn, key):
         # The next statement ran on another server connection: a transaction pool, where the lock protects nothing.
         with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, key))

@@ -23,6 +23,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.reliability.harness import get, parse
+
 PoolMode = Literal["session", "transaction", "statement"]
 
 
@@ -258,3 +260,20 @@ def run_two_daemons_and_an_application(pool_dsn: str, workdir: Path, seconds: fl
                 process.kill()
                 process.wait()
     return PoolRun([log.read_text() for _, log, _ in daemons], metrics, errors, count[0])
+
+
+def assert_clean_run(run: PoolRun) -> None:
+    """Zero errors in either daemon's log or the application, every check succeeded on both daemons."""
+    for log in run.logs:
+        # Warnings may come from the noisy machine (a check overrunning its 1 s interval); errors may not.
+        bad = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+        assert not bad, "\n".join(bad)
+    assert run.app_errors == []
+    assert run.app_transactions > 10
+    for text in run.metrics:
+        samples = parse(text)
+        assert get(samples, "partkey_up", target="pooled") == 1
+        for check in CHECKS:
+            assert get(samples, "partkey_check_success", target="pooled", table="public.chunks", check=check) == 1, (
+                check
+            )

@@ -12,11 +12,13 @@ from fastapi.testclient import TestClient
 from exporter import PartitionImplementationDetector
 from exporter.app import Exporter
 from exporter.target import APPLICATION_NAME
+from migrations.connect import POOL_REFUSAL
+from migrations.runlock import LOCK_CLASS, held_here
 from tests.integrations.common import load_example
-from tests.pgbouncer import CHECKS, pgbouncer, run_two_daemons_and_an_application
-from tests.reliability.harness import get, parse
+from tests.migrations.helpers import catalog, cli, state
+from tests.pgbouncer import assert_clean_run, pgbouncer, run_two_daemons_and_an_application
 from tests.schema import create_list_table, insert_rows
-from tests.support import config_for
+from tests.support import config_for, metrics, serving, value
 
 MODULUS = 10
 ALL_CHECKS = f"""modulus: {MODULUS}
@@ -33,23 +35,6 @@ def chunks(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     create_list_table(conn, modulus=MODULUS)
     insert_rows(conn, 500, modulus=MODULUS)
     return conn
-
-
-def assert_clean_run(run: Any) -> None:
-    """Zero errors in either daemon's log or the application, every check succeeded on both daemons."""
-    for log in run.logs:
-        # Warnings may come from the noisy machine (a check overrunning its 1 s interval); errors may not.
-        bad = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
-        assert not bad, "\n".join(bad)
-    assert run.app_errors == []
-    assert run.app_transactions > 10
-    for text in run.metrics:
-        samples = parse(text)
-        assert get(samples, "partkey_up", target="pooled") == 1
-        for check in CHECKS:
-            assert get(samples, "partkey_check_success", target="pooled", table="public.chunks", check=check) == 1, (
-                check
-            )
 
 
 def test_two_daemons_and_an_application_share_a_transaction_pool(
@@ -132,3 +117,77 @@ def test_detector_and_fastapi_router_through_a_transaction_pool(
         assert table["verification"]["rows_checked"] == 500
         assert table["distribution"]["total_rows"] == 500
         assert "unsupported startup parameter" not in bouncer.log()
+
+
+def test_the_daemon_through_a_statement_pool_says_why_each_check_fails_and_stays_up(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str
+) -> None:
+    with pgbouncer(admin_dsn, "statement") as bouncer:
+        exporter = Exporter(config_for(bouncer.dsn(dsn), ALL_CHECKS, name="t1"))
+        try:
+            first = {runner.check.name: runner.run() for runner in exporter.runners.values()}
+            with serving(exporter) as server:
+                samples = metrics(server.url)
+        finally:
+            exporter.stop()
+    hint = "PgBouncer's pool_mode=statement cannot run a transaction of several statements"
+    for name, result in first.items():
+        assert not result.success, name
+        assert result.error is not None and "transaction blocks not allowed in statement pooling mode" in result.error
+        assert hint in result.error, (name, result.error)
+    for name in first:
+        assert value(samples, "partkey_check_success", target="t1", table="public.chunks", check=name) == 0
+    assert value(samples, "partkey_up", target="t1") == 0
+
+
+def test_migrate_refuses_a_transaction_pool_before_reading_and_changes_nothing(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str
+) -> None:
+    before = catalog(chunks)
+    with pgbouncer(admin_dsn, "transaction") as bouncer:
+        pooled = bouncer.dsn(dsn)
+        refused = {command: cli(pooled, command, modulus=MODULUS) for command in ("upgrade", "downgrade", "repair")}
+        status = cli(pooled, "status", modulus=MODULUS)
+        plan = cli(pooled, "plan", modulus=MODULUS)
+        verify = cli(pooled, "verify", modulus=MODULUS)
+        # The next client of the pool finds no session setting of partkey-migrate's on its server connection.
+        with psycopg.connect(pooled, autocommit=True) as app:
+            left = app.execute(
+                "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+            ).fetchone()
+    for command, run in refused.items():
+        assert run.code == 2, (command, run)
+        assert run.err == f"partkey-migrate: error: {POOL_REFUSAL}\n", (command, run.err)
+        assert run.out == ""
+    assert catalog(chunks) == before
+    assert state(chunks) is None
+    assert chunks.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
+    assert status.code == 0, status.err
+    assert "trigger" in status.out
+    assert plan.code == 0, plan.err
+    assert verify.code == 0, verify.err
+    assert "wrong keys: 0" in verify.out
+    assert left == ("0", "0")
+
+
+def test_migrate_upgrades_through_a_session_pool(chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str) -> None:
+    with pgbouncer(admin_dsn, "session") as bouncer:
+        run = cli(bouncer.dsn(dsn), "upgrade", modulus=MODULUS)
+    assert run.code == 0, run.err
+    after = catalog(chunks)
+    assert after["triggers"] == []
+    assert state(chunks) is not None
+
+
+def test_the_run_lock_check_sees_the_lock_vanish_behind_a_transaction_pool(admin_dsn: str, dsn: str) -> None:
+    key = "partkey-migrate:public.chunks"
+    with pgbouncer(admin_dsn, "transaction") as bouncer:
+        pooled = bouncer.dsn(dsn)
+        with psycopg.connect(pooled, autocommit=True) as run, psycopg.connect(pooled) as other:
+            taken = run.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, key)).fetchone()
+            assert taken == (True,)
+            assert held_here(run, key)  # the pool lent the same server connection again
+            # Another client now holds that server connection, inside its transaction: run gets another one.
+            other.execute("SELECT 1")
+            assert not held_here(run, key)
+            other.rollback()

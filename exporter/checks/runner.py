@@ -11,6 +11,7 @@ import psycopg
 from exporter.checks.base import Check, Outcome
 from exporter.checks.verification import VerificationBusyError
 from exporter.introspect import TableNotFoundError
+from exporter.pg.connect import explain
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target, TargetUnavailableError
 
@@ -113,7 +114,7 @@ class CheckRunner:
 
     def _describe(self, failure: psycopg.Error) -> str:
         """One line naming what failed, with the server's SQLSTATE when there is one."""
-        message = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        message = explain(str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__)
         state = getattr(failure, "sqlstate", None)
         if state == "57014":
             message = f"canceled after statement_timeout={self.timeout:g}s: {message}"

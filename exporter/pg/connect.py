@@ -31,3 +31,25 @@ def connect(
         **extra,
     )
     return conn
+
+
+# What PgBouncer says when a pool cannot serve us, and what the user can do about it.
+_POOLER_HINTS = (
+    (
+        "transaction blocks not allowed in statement pooling mode",
+        "PgBouncer's pool_mode=statement cannot run a transaction of several statements; point the DSN at a "
+        "pool_mode=transaction or session pool, or at PostgreSQL",
+    ),
+    (
+        "unsupported startup parameter",
+        "the pooler refuses a startup parameter in the DSN; remove it (or list it in ignore_startup_parameters)",
+    ),
+)
+
+
+def explain(message: str) -> str:
+    """The message, followed by what to do when it is a pooler's refusal we know."""
+    for words, hint in _POOLER_HINTS:
+        if words in message and hint not in message:
+            return f"{message} ({hint})"
+    return message
