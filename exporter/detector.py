@@ -87,11 +87,19 @@ class _BorrowedTarget(Target):
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 # Our transaction-local timeouts would leak into the application's transaction.
                 raise psycopg.ProgrammingError("the application's connection is inside a transaction; commit first")
-            with conn.transaction():
-                conn.execute("SET TRANSACTION READ ONLY")
-                # The runner's own transaction becomes a savepoint in this one; its limits (begin_check) are
-                # transaction-local, so they end with this transaction.
-                yield conn
+            # Our queries are never prepared on the application's connection either: behind a transaction pool a
+            # prepared statement stays on a server connection the next transaction may not get (or another client
+            # gets). The application's own setting is back when we are done.
+            threshold = conn.prepare_threshold
+            conn.prepare_threshold = None
+            try:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION READ ONLY")
+                    # The runner's own transaction becomes a savepoint in this one; its limits (begin_check) are
+                    # transaction-local, so they end with this transaction.
+                    yield conn
+            finally:
+                conn.prepare_threshold = threshold
 
 
 class PartitionImplementationDetector:

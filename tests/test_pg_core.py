@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from exporter import PartitionImplementationDetector
 from exporter.app import Exporter
 from exporter.pg.connect import connect
 from exporter.pg.limits import set_local_limits
@@ -178,3 +179,15 @@ def test_lock_retries_back_off_then_give_up_with_the_callers_words(
         "read t: lock timeout (55P03) on attempt 1/3",
         "read t: lock timeout (55P03) on attempt 2/3",
     ]
+
+
+def test_the_detector_never_prepares_on_a_borrowed_connection(conn: psycopg.Connection[Any], dsn: str) -> None:
+    create_list_table(conn, modulus=10)
+    insert_rows(conn, 100, modulus=10)
+    with psycopg.connect(dsn) as app:  # psycopg's defaults: prepare from the fifth run on
+        detector = PartitionImplementationDetector(app, modulus=10)
+        for _ in range(6):
+            assert detector.verify_partition_keys("full").rows_checked == 100
+            assert detector.get_performance_metrics().source == "estimate"
+        assert app.prepare_threshold == 5  # the application's setting is back
+        assert app.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)

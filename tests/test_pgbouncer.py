@@ -191,3 +191,13 @@ def test_the_run_lock_check_sees_the_lock_vanish_behind_a_transaction_pool(admin
             other.execute("SELECT 1")
             assert not held_here(run, key)
             other.rollback()
+
+
+def test_migrate_refuses_a_statement_pool_and_changes_nothing(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str
+) -> None:
+    before = catalog(chunks)
+    with pgbouncer(admin_dsn, "statement") as bouncer:
+        run = cli(bouncer.dsn(dsn), "upgrade", modulus=MODULUS)
+    assert (run.code, run.err) == (2, f"partkey-migrate: error: {POOL_REFUSAL}\n")
+    assert catalog(chunks) == before
