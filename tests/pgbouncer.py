@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.reliability.harness import get, parse
+from tests.support import parse, value
 
 PoolMode = Literal["session", "transaction", "statement"]
 
@@ -272,8 +272,8 @@ def assert_clean_run(run: PoolRun) -> None:
     assert run.app_transactions > 10
     for text in run.metrics:
         samples = parse(text)
-        assert get(samples, "partkey_up", target="pooled") == 1
+        assert value(samples, "partkey_up", target="pooled") == 1
         for check in CHECKS:
-            assert get(samples, "partkey_check_success", target="pooled", table="public.chunks", check=check) == 1, (
+            assert value(samples, "partkey_check_success", target="pooled", table="public.chunks", check=check) == 1, (
                 check
             )
