@@ -6,7 +6,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.e2e.prometheus import free_port
+from tests.reliability.harness import CHECKS
 from tests.support import parse, value
 
 PoolMode = Literal["session", "transaction", "statement"]
@@ -60,13 +61,6 @@ class Bouncer:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
-def _free_port() -> int:
-    """A loopback TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def pgbouncer(admin_dsn: str, mode: PoolMode = "transaction", **settings: str | int) -> Iterator[Bouncer]:
     """Run PgBouncer with its default settings (plus `settings`) in `mode` on a loopback port, for the block."""
@@ -74,7 +68,7 @@ def pgbouncer(admin_dsn: str, mode: PoolMode = "transaction", **settings: str | 
     server = {k: str(v) for k, v in conninfo_to_dict(admin_dsn).items() if v is not None}
     user = server.get("user", "postgres")
     workdir = Path(tempfile.mkdtemp(prefix="partkey-pgbouncer-"))
-    port = _free_port()
+    port = free_port()
     (workdir / "userlist.txt").write_text(f'"{user}" "{server.get("password", "")}"\n')
     target = f"host={server.get('host', 'localhost')} port={server.get('port', '5432')}"
     lines = [
@@ -156,15 +150,6 @@ targets:
           distribution_exact: {{enabled: true, interval: 1s}}
           insert_probe: {{enabled: true, interval: 1s, samples: 3}}
 """
-CHECKS = (
-    "implementation",
-    "verification_incremental",
-    "verification_sample",
-    "verification_full",
-    "distribution",
-    "distribution_exact",
-    "insert_probe",
-)
 
 
 @dataclass
@@ -175,11 +160,6 @@ class PoolRun:
     metrics: list[str]
     app_errors: list[str]
     app_transactions: int
-
-
-def _free_listen_port() -> int:
-    """A free loopback port for a daemon's HTTP listener."""
-    return _free_port()
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -230,7 +210,7 @@ def run_two_daemons_and_an_application(pool_dsn: str, workdir: Path, seconds: fl
     metrics: list[str] = []
     try:
         for number in (1, 2):
-            port = _free_listen_port()
+            port = free_port()
             config = workdir / f"daemon{number}.yaml"
             config.write_text(DAEMON_CONFIG.format(port=port, dsn=pool_dsn, modulus=modulus))
             log = workdir / f"daemon{number}.log"
