@@ -384,5 +384,9 @@ def partition_marks(spread: Distribution) -> dict[str, str]:
 
 def status_page(exporter: Exporter, now: float | None = None) -> str:
     """The page for every configured table, from the exporter's current snapshot."""
-    expected = {key: table.spec.expression().as_string(None) for key, table in exporter.tables.items()}
+    expected = {}
+    for key, table in exporter.tables.items():
+        text = table.spec.expression().as_string(None)
+        # key_expression: auto verifies against the formula the table itself uses; show the safe form it should have.
+        expected[key] = f"{text} (key_expression: auto, read from the table)" if table.spec.auto else text
     return render_page(exporter.health(), expected, time.time() if now is None else now)
