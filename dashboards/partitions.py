@@ -82,6 +82,17 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         _stat(
+            "Skew by bytes (max / avg)",
+            "Bytes (heap + indexes + TOAST) in the largest partition divided by the average, beside the row skew. "
+            "Higher than the row skew: the big partitions also have bigger rows (TOASTed content) or bloat; check "
+            "dead rows below. Sizes come from the catalog's page counts, refreshed by VACUUM and ANALYZE.",
+            f"partkey_partition_bytes_skew_ratio{{{TARGET_TABLE}}}",
+            _SKEW_STEPS,
+            decimals=2,
+        )
+    )
+    board = board.with_panel(
+        _stat(
             "Coefficient of variation",
             "Standard deviation of rows per partition divided by the mean. Near 0 is an even spread; above "
             "~0.3 several partitions are far from the average, not just one. Check the bar gauge for a pattern.",
@@ -150,6 +161,16 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             thresholds((None, "green"), (1, "orange")),
         )
     )
+    board = board.with_panel(
+        _stat(
+            "Partitions with stale statistics",
+            "Partitions never analyzed, or changed by more rows since their last ANALYZE than autovacuum's default "
+            "trigger (50 + 10%); includes the ones without statistics. Their row estimates and sizes are old: "
+            "ANALYZE them, or find out why autovacuum does not reach them (see the last-analyze panel).",
+            f"partkey_partitions_stale_statistics{{{TARGET_TABLE}}}",
+            thresholds((None, "green"), (1, "yellow")),
+        )
+    )
     return board
 
 
@@ -172,6 +193,33 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             "partition; compare with the Skew ratio. Bars at 0 on a busy table with source=estimate mean "
             "statistics are missing: ANALYZE the partition.",
             [query(f"sort_desc(partkey_partition_rows{{{SELECTOR}}})", "A", "{{partition}}", instant=True)],
+            12,
+            16,
+        )
+    )
+    board = board.with_panel(
+        finish(
+            bargauge.Panel()
+            .unit("bytes")
+            .min(0)
+            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .value_mode(cm.BarGaugeValueMode.COLOR)
+            .show_unfilled(True)
+            .reduce_options(_last())
+            .thresholds(thresholds((None, "blue"))),
+            "Bytes per partition",
+            "Heap + indexes + TOAST per leaf partition, largest first, beside the rows. A partition larger in "
+            "bytes than its rows suggest holds bigger rows or bloat. From the catalog's page counts (as of each "
+            "partition's last VACUUM or ANALYZE); partitions never measured are missing.",
+            [
+                query(
+                    f"sort_desc(sum without (kind) (partkey_partition_bytes{{{TARGET_TABLE}}}))",
+                    "A",
+                    "{{partition}}",
+                    instant=True,
+                )
+            ],
             12,
             16,
         )
@@ -242,6 +290,58 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
                     f"topk(10, deriv(partkey_partition_rows{{{ESTIMATE}}}[1h]) * 3600)", "A", "{{table}} {{partition}}"
                 )
             ],
+            12,
+            10,
+        )
+    )
+    board = board.with_panel(
+        finish(
+            bargauge.Panel()
+            .unit("bytes")
+            .display_mode(cm.BarGaugeDisplayMode.BASIC)
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .reduce_options(_last())
+            .thresholds(thresholds((None, "green"))),
+            "Top 10 partitions by bytes growth (last hour)",
+            "Bytes added per partition over the last hour, what PartkeyPartitionGrowthOutlier compares with the "
+            "table's average partition. Grows in steps: sizes refresh when VACUUM or ANALYZE visits a partition.",
+            [
+                query(
+                    f"topk(10, sum without (kind) (delta(partkey_partition_bytes{{{TARGET_TABLE}}}[1h])))",
+                    "A",
+                    "{{table}} {{partition}}",
+                    instant=True,
+                )
+            ],
+            12,
+            10,
+        )
+    )
+    board = board.with_panel(
+        finish(
+            timeseries.Panel().unit("s").min(0),
+            "Time since last analyze, 10 oldest partitions",
+            "Age of each partition's statistics (the later of ANALYZE and autoanalyze). A partition far older "
+            "than its siblings is one autovacuum does not reach; its estimate and size are as old. Partitions "
+            "never analyzed are not drawn: see Partitions with stale statistics.",
+            [
+                query(
+                    f"topk(10, time() - partkey_partition_last_analyze_timestamp_seconds{{{TARGET_TABLE}}})",
+                    "A",
+                    "{{table}} {{partition}}",
+                ),
+            ],
+            12,
+            10,
+        )
+    )
+    board = board.with_panel(
+        finish(
+            timeseries.Panel().unit("short").min(0),
+            "Dead rows, top 10 partitions",
+            "Dead row versions per partition (n_dead_tup). A partition whose dead rows keep climbing is not being "
+            "vacuumed: its bytes grow without its rows, and scans of it slow down.",
+            [query(f"topk(10, partkey_partition_dead_rows{{{TARGET_TABLE}}})", "A", "{{table}} {{partition}}")],
             12,
             10,
         )

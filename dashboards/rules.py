@@ -18,6 +18,11 @@ GRAFANA_FOLDER = "Partkey"
 # Staleness: a verification mode that has not succeeded for this many of its own intervals is silent.
 STALE_INTERVALS = 3
 SKEW_RATIO = 1.5
+# A partition growing much faster than its siblings: its bytes added over an hour above this many times the
+# table's average partition's, and above a floor so that small tables' noise does not page.
+GROWTH_FACTOR = 3
+GROWTH_MIN_BYTES = 64 * 1024**2
+_GROWTH = "sum without (kind) (delta(partkey_partition_bytes[1h]))"
 LATENCY_P99_SECONDS = 0.1
 PROBE_FAILURE_RATIO = 0.25
 
@@ -221,6 +226,18 @@ ALERTS: tuple[Alert, ...] = (
         "Rows are unevenly spread across partitions.",
         '{{ $labels.target }} {{ $labels.table }}: the largest partition holds {{ printf "%.2f" $value }}'
         " times the average; hot partitions make their queries, vacuums and index scans slower.",
+    ),
+    Alert(
+        "PartkeyPartitionGrowthOutlier",
+        f"(\n  {_GROWTH}\n    > ignoring (partition) group_left ()\n"
+        f"  {GROWTH_FACTOR:g} * avg without (partition) ({_GROWTH})\n)\n"
+        f"and\n  {_GROWTH} > {GROWTH_MIN_BYTES}",
+        "30m",
+        "warning",
+        "A partition is growing much faster than its siblings.",
+        "{{ $labels.target }} {{ $labels.table }}: {{ $labels.partition }} grew by {{ $value | humanize1024 }}B"
+        f" in the last hour, more than {GROWTH_FACTOR:g} times the average partition of its table;"
+        " it is becoming a hot partition.",
     ),
     Alert(
         "PartkeyDefaultPartitionRows",

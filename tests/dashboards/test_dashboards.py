@@ -74,7 +74,7 @@ def test_dashboards_have_the_expected_panels() -> None:
         kinds[board["uid"]] = sorted(p["type"] for p in _panels(board))
     assert kinds == {
         "partkey-overview": ["stat"] * 6 + ["state-timeline"] + ["table"] * 2 + ["timeseries"] * 6,
-        "partkey-distribution": ["bargauge"] * 2 + ["heatmap"] + ["stat"] * 8 + ["timeseries"] * 3,
+        "partkey-distribution": ["bargauge"] * 4 + ["heatmap"] + ["stat"] * 10 + ["timeseries"] * 5,
         "partkey-insert-latency": ["heatmap", "stat", "timeseries", "timeseries", "timeseries"],
     }
 

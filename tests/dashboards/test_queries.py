@@ -21,13 +21,13 @@ def queries() -> list[NamedQuery]:
 def test_counts_by_kind(queries: list[NamedQuery]) -> None:
     """Every panel query, variable, recording rule, alert and Grafana-managed alert is listed once."""
     assert Counter(q.kind for q in queries) == {
-        "panel": 41,
+        "panel": 47,
         "variable": 6,
         "record": 7,
-        "alert": 13,
+        "alert": 14,
         "grafana-alert": 4,
     }
-    assert len(queries) == 71
+    assert len(queries) == 78
     assert len({q.name for q in queries}) == len(queries)
 
 

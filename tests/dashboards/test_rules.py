@@ -25,6 +25,7 @@ REQUIRED = {
     "PartkeyCheckFailing",
     "PartkeyVerificationStale",
     "PartkeyPartitionSkew",
+    "PartkeyPartitionGrowthOutlier",
     "PartkeyDefaultPartitionRows",
     "PartkeyInsertLatencyHigh",
     "PartkeyNonOptimalImplementation",
@@ -43,10 +44,10 @@ def _by_name() -> dict[str, dict[str, Any]]:
 
 
 def test_promtool_check_rules() -> None:
-    """promtool parses every rule: 7 recording rules and 13 alerts."""
+    """promtool parses every rule: 7 recording rules and 14 alerts."""
     result = run_promtool("check", "rules", ALERTS_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 20 rules found" in result.stdout
+    assert "SUCCESS: 21 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -80,6 +81,7 @@ def test_the_required_alerts_exist_with_their_severities() -> None:
         "PartkeyCheckFailing": "warning",
         "PartkeyVerificationStale": "warning",
         "PartkeyPartitionSkew": "warning",
+        "PartkeyPartitionGrowthOutlier": "warning",
         "PartkeyDefaultPartitionRows": "warning",
         "PartkeyInsertLatencyHigh": "warning",
         "PartkeyInsertProbeFailing": "warning",
@@ -93,6 +95,10 @@ def test_skew_and_staleness_follow_the_issue() -> None:
     assert alerts["PartkeyPartitionSkew"]["for"] == "30m"
     assert alerts["PartkeyPartitionSkew"]["expr"].endswith("> 1.5")
     assert "partkey_check_interval_seconds" in alerts["PartkeyVerificationStale"]["expr"]
+    # Growth: bytes added over an hour, against the table's average partition, with a floor.
+    growth = alerts["PartkeyPartitionGrowthOutlier"]
+    assert growth["for"] == "30m" and "delta(partkey_partition_bytes[1h])" in growth["expr"]
+    assert "avg without (partition)" in growth["expr"] and growth["expr"].endswith(f"> {64 * 1024**2}")
     assert "partkey_check_last_success_timestamp_seconds" in alerts["PartkeyVerificationStale"]["expr"]
 
 
