@@ -18,8 +18,10 @@ import psycopg
 from psycopg import pq
 
 from exporter.keyspec import KeySpec
+from exporter.pg.connect import connect
 from migrations import alembic as alembic_support
 from migrations import runner
+from migrations.connect import CONNECT_TIMEOUT
 from migrations.errors import Outcome
 from migrations.options import APPLICATION_NAME, Options
 from migrations.strategy import Requested
@@ -77,7 +79,7 @@ def psycopg_connection(connection: Any) -> Iterator[psycopg.Connection[Any]]:
     if not getattr(dbapi, "autocommit", False):
         raise RuntimeError(NOT_AUTOCOMMIT)
     params = _libpq_params(connection, driver)
-    with psycopg.connect(autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10, **params) as own:
+    with connect(application_name=APPLICATION_NAME, connect_timeout=CONNECT_TIMEOUT, **params) as own:
         yield own
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from exporter import PartitionImplementationDetector
 from exporter.app import Exporter
@@ -191,3 +192,11 @@ def test_the_detector_never_prepares_on_a_borrowed_connection(conn: psycopg.Conn
             assert detector.get_performance_metrics().source == "estimate"
         assert app.prepare_threshold == 5  # the application's setting is back
         assert app.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+
+
+def test_core_connect_takes_libpq_parameters_apart(dsn: str) -> None:
+    params: dict[str, Any] = {k: v for k, v in conninfo_to_dict(dsn).items() if k != "password" or v}
+    with connect(application_name="partkey-migrate", connect_timeout=2, **params) as conn:
+        assert conn.prepare_threshold is None
+        assert conn.info.dbname == params["dbname"]
+        assert conn.execute("SELECT current_setting('application_name')").fetchone() == ("partkey-migrate",)

@@ -8,7 +8,7 @@ import psycopg
 
 
 def connect(
-    dsn: str, *, application_name: str, connect_timeout: float, keepalives: bool = False
+    dsn: str = "", *, application_name: str, connect_timeout: float, keepalives: bool = False, **params: Any
 ) -> psycopg.Connection[Any]:
     """An autocommit connection tagged with application_name, that never prepares statements.
 
@@ -17,11 +17,12 @@ def connect(
     `prepare_threshold=None`. Our queries run a few times a minute, so preparing them would gain nothing.
     Nothing goes through the `options` startup parameter, which PgBouncer refuses by default; limits are set per
     transaction instead (`exporter.pg.limits`). `application_name` is a startup parameter PgBouncer passes on.
+    `params` are more libpq parameters (host, dbname, ...), for a caller that has them apart rather than in a DSN.
     """
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(params)
     if keepalives:
         # A dead peer (a cut network, a killed pooler) is noticed in about a minute instead of hours.
-        extra = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+        extra.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
     conn = psycopg.connect(
         dsn,
         autocommit=True,
