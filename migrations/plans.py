@@ -90,6 +90,17 @@ def _verify_step(options: Options, heap_bytes: int, rows: int) -> Step:
     )
 
 
+def _parent_first(options: Options, impl: Implementation, mode: str) -> list[Statement]:
+    """LOCK TABLE parent (then, by recursion, its partitions) first: the order DML takes them, so no deadlock.
+
+    Under the step's lock_timeout the migration waits for the parent while holding nothing, and yields (retries
+    later) instead of holding partitions that a writer, which already holds the parent, needs next.
+    """
+    if impl.shape != "list":
+        return []
+    return [sql.SQL("LOCK TABLE {} IN {} MODE").format(options.spec.table_ident, sql.SQL(mode))]
+
+
 def _drop_triggers(
     conn: psycopg.Connection[Any], options: Options, triggers: list[KeyTrigger], oids: set[int]
 ) -> list[Statement]:
@@ -141,7 +152,7 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
             Step(
                 name="add-check",
                 title=f"add CHECK {name} NOT VALID (new rows are checked at once, old rows later)",
-                statements=(sqlgen.add_check(spec, name),),
+                statements=(*_parent_first(options, impl, "ACCESS EXCLUSIVE"), sqlgen.add_check(spec, name)),
                 lock=f"ACCESS EXCLUSIVE on {partitions}, brief (catalog only)",
                 rewrites=False,
                 estimate_seconds=BRIEF_SECONDS,
@@ -152,7 +163,7 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
             Step(
                 name="validate-check",
                 title=f"VALIDATE CONSTRAINT {name} in its own transaction (scans every partition)",
-                statements=(sqlgen.validate_check(spec, name),),
+                statements=(*_parent_first(options, impl, "SHARE UPDATE EXCLUSIVE"), sqlgen.validate_check(spec, name)),
                 lock=f"SHARE UPDATE EXCLUSIVE on {partitions}: INSERT/UPDATE/DELETE keep flowing",
                 rewrites=False,
                 estimate_seconds=scan_estimate(size, VALIDATE_SECONDS_PER_GB),
@@ -161,7 +172,8 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
         )
     if triggers or legacy:
         where = "the parent" if any(t.on_parent for t in triggers) else f"{len(triggers)} partitions"
-        statements = _drop_triggers(conn, options, triggers, _tree_oids(impl, conn, options))
+        statements = _parent_first(options, impl, "ACCESS EXCLUSIVE")
+        statements += _drop_triggers(conn, options, triggers, _tree_oids(impl, conn, options))
         statements += [sqlgen.drop_constraint(spec, c.name) for c in legacy]
         title = f"drop the key trigger from {where} and its function" if triggers else ""
         if legacy:
@@ -376,7 +388,7 @@ def downgrade_plan(
             Step(
                 name="create-trigger",
                 title=f"re-create {fschema}.{fname}() (safe formula) and trigger {trigger_name} on {where}",
-                statements=tuple(statements),
+                statements=(*_parent_first(options, impl, "SHARE ROW EXCLUSIVE"), *statements),
                 lock=f"SHARE ROW EXCLUSIVE on {spec.label} and its partitions (blocks writes, not reads)",
                 rewrites=False,
                 estimate_seconds=BRIEF_SECONDS,
@@ -389,7 +401,10 @@ def downgrade_plan(
             Step(
                 name="drop-check",
                 title="drop the CHECK the upgrade added: " + ", ".join(c.name for c in drops),
-                statements=tuple(sqlgen.drop_constraint(spec, c.name) for c in drops),
+                statements=(
+                    *_parent_first(options, impl, "ACCESS EXCLUSIVE"),
+                    *(sqlgen.drop_constraint(spec, c.name) for c in drops),
+                ),
                 lock=f"ACCESS EXCLUSIVE on {spec.label} and its partitions, brief (catalog only)",
                 rewrites=False,
                 estimate_seconds=BRIEF_SECONDS,

@@ -118,14 +118,14 @@ def test_list_upgrade_killed_in_the_middle_of_validate_finishes_on_rerun(
     lines = stderr_lines(proc)
     wait_line(lines, "before step validate-check")
     with psycopg.connect(dsn) as blocker:
-        # Blocks VALIDATE on one partition only: the statement starts, locks the parent, then waits here.
+        # Blocks the step on one partition only: it locks the parent first, then the partitions, and waits here.
         blocker.execute("LOCK TABLE chunks_part_05 IN SHARE UPDATE EXCLUSIVE MODE")
-        wait_until(lambda: migrate_waits_on_lock(conn, "%VALIDATE CONSTRAINT%"))
+        wait_until(lambda: migrate_waits_on_lock(conn, "LOCK TABLE %chunks% IN SHARE UPDATE EXCLUSIVE MODE"))
         held = conn.execute(
             "SELECT l.relation::regclass::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE a.application_name = 'partkey-migrate' AND l.granted AND l.mode = 'ShareUpdateExclusiveLock'"
         ).fetchall()
-        assert ("chunks",) in held  # VALIDATE is under way: it holds the parent
+        assert ("chunks",) in held  # the validate-check step is under way: it holds the parent
         proc.kill()
         proc.wait(timeout=10)
         # client_connection_check_interval (set by partkey-migrate on 14+) ends the orphan even mid lock wait.

@@ -278,7 +278,7 @@ def test_a_long_lock_timeout_makes_others_queue_past_the_bound(
     held_for = 2.0
     options = ("--lock-timeout", "5", "--max-attempts", "1")
     with probing(dsn) as measured, blocked_upgrade(dsn, "access share", *options) as (blocker, proc):
-        wait_until(lambda: migrate_waits_on_lock(list_table, "ALTER TABLE%"))
+        wait_until(lambda: migrate_waits_on_lock(list_table, "LOCK TABLE%"))  # the add-check step, parent first
         time.sleep(held_for)
         blocker.commit()
         out, err = proc.communicate(timeout=30)
