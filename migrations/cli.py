@@ -15,7 +15,7 @@ import psycopg
 
 from exporter.cliargs import hoist_options
 from exporter.keyspec import KeySpec
-from migrations import render, runner
+from migrations import progress, render, runner
 from migrations.connect import POOL_REFUSAL, UsageError, connect, database_error, error_lines, pooled, redact
 from migrations.errors import ExitCode, RefusedError
 from migrations.forget import forget
@@ -224,6 +224,7 @@ def _print_error(code: ExitCode, kind: str, message: str, database: dict[str, st
 
 def _fail(args: argparse.Namespace, code: ExitCode, kind: str, message: str) -> int:
     """Report a failure: one line on stderr, and with --json one JSON document on stdout."""
+    progress.stop_all()  # a progress display still shown would overwrite the message
     print(f"partkey-migrate: {message}", file=sys.stderr)
     if getattr(args, "json", False):
         _print_error(code, kind, message, None)
@@ -255,6 +256,7 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(args, ExitCode.LOCK_BUSY, "lock-timeout", str(error))
     except psycopg.Error as error:
         # Connecting failed earlier (UsageError); this failed mid-run: the state table lets a re-run resume.
+        progress.stop_all()
         described = database_error(error, args.dsn)
         for line in error_lines(described):
             print(f"partkey-migrate: {line}", file=sys.stderr)

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.verify import Verifier
-from migrations import int_min
+from migrations import int_min, progress
 from migrations.errors import Outcome, RefusedError
 from migrations.options import Options
 from migrations.retry import with_lock_retries
@@ -50,6 +50,7 @@ def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[st
             return Outcome(0, "clean", "generated column")
         relations = Verifier(conn, options.spec).relations()
         batches = fixed = 0
+        shown = progress.rows(f"repair {options.spec.label}", lambda: progress.wrong_keys(conn, options))
         for schema, name in relations:
             leaf = sql.Identifier(schema, name)
             careful = int_min.needs_care(impl)
@@ -64,6 +65,7 @@ def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[st
                     break
                 batches += 1
                 fixed += count
+                shown(count)
                 moved = " (moved to the partition of the right key)" if impl.shape == "list" else ""
                 out(f"batch {batches}: fixed {count} row(s) of {schema}.{name}{moved}")
                 if count < options.batch_size:
@@ -80,6 +82,7 @@ def repair(conn: psycopg.Connection[Any], options: Options, *, out: Callable[[st
                         f"fixed {count} row(s) of {schema}.{name} whose {options.spec.source_column} hashes to INT_MIN"
                         " (key trigger off on their destination partition for the move, then on again as it was)"
                     )
+        shown.close()
         out(f"repair: fixed {fixed} row(s) in {batches} batch(es)")
         result = verify_full(conn, options, impl)
     for line in describe(result):

@@ -14,7 +14,7 @@ from psycopg import sql
 from exporter.introspect import Implementation, TableNotFoundError, detect
 from exporter.pg.locks import retry_lock_timeouts
 from migrations import measure as measuring
-from migrations import sqlgen
+from migrations import progress, sqlgen
 from migrations.connect import UsageError
 from migrations.errors import Outcome, RefusedError
 from migrations.options import Options
@@ -264,7 +264,8 @@ def _run_step(
     if step.kind in ("concurrent", "backfill"):
         started = time.monotonic()
         if step.kind == "concurrent":
-            _build_concurrently(conn, options, step)
+            with progress.index_build(conn, f"step {number}/{total} {step.name}"):
+                _build_concurrently(conn, options, step)
         else:
             _backfill(conn, options, step)
         with_lock_retries(conn, options, f"step {step.name}", lambda: _record(store, step.name, final_state))
@@ -282,7 +283,8 @@ def _run_step(
             store.finish(final_state)
 
     started = time.monotonic()
-    with_lock_retries(conn, options, f"step {step.name}", work, kind=step.timeout)
+    with progress.activity(f"step {number}/{total} {step.name}", when=step.timeout == "scan"):
+        with_lock_retries(conn, options, f"step {step.name}", work, kind=step.timeout)
     log.info("step %d/%d %s: done in %s", number, total, step.name, human_seconds(time.monotonic() - started))
 
 
@@ -330,6 +332,7 @@ def _build_concurrently(conn: psycopg.Connection[Any], options: Options, step: S
 def _backfill(conn: psycopg.Connection[Any], options: Options, step: Step) -> None:
     """Run the batch UPDATE until it touches no row, each batch its own lock-retried transaction."""
     batches = rows = 0
+    shown = progress.rows(f"step {step.name}", lambda: progress.estimated_rows(conn, options))
     while True:
         count = with_lock_retries(
             conn, options, f"step {step.name} batch {batches + 1}", lambda: conn.execute(step.statements[0]).rowcount
@@ -338,6 +341,8 @@ def _backfill(conn: psycopg.Connection[Any], options: Options, step: Step) -> No
             break
         batches += 1
         rows += count
+        shown(count)
+    shown.close()
     log.info("step %s: %d row(s) in %d batch(es)", step.name, rows, batches)
 
 

@@ -10,6 +10,7 @@ import psycopg
 
 from exporter.introspect import Implementation
 from exporter.verify import VerificationResult, Verifier
+from migrations import progress
 from migrations.connect import pooled
 from migrations.options import Options, milliseconds
 
@@ -37,7 +38,7 @@ def scan_limits(conn: psycopg.Connection[Any], options: Options) -> Iterator[Non
 
 def verify_full(conn: psycopg.Connection[Any], options: Options, impl: Implementation) -> VerificationResult:
     """Every row's key against the safe formula: mismatches, NULL keys and expression errors."""
-    with scan_limits(conn, options):
+    with scan_limits(conn, options), progress.activity(f"verifying every key of {options.spec.label}"):
         return Verifier(conn, options.spec, primary_key=impl.primary_key).run("full")
 
 
