@@ -123,6 +123,19 @@ class PartkeyCollector(Collector):
             "partkey_table_partitions", "Leaf partitions of the table (0 for a plain table).", labels=TT
         )
         default = GaugeMetricFamily("partkey_table_default_partition", "1 when a DEFAULT partition exists.", labels=TT)
+        drift = GaugeMetricFamily(
+            "partkey_key_formula_drift",
+            "1 when the places holding the key formula (trigger, generated column, CHECK, partition or index "
+            "expression, key helper functions, a configured expression) disagree.",
+            labels=TT,
+        )
+        schema_overflows = GaugeMetricFamily(
+            "partkey_schema_formula_overflows",
+            "Places in the schema (functions, triggers, generated columns, CHECKs, indexes, partition keys, views) "
+            "whose formula takes abs(hashtext(x)), which raises on INT_MIN.",
+            labels=["target", "schema"],
+        )
+        schemas_seen: set[tuple[str, str]] = set()
         for (target, table, check), result in sorted(snapshot.results.items()):
             info = result.payload
             if check != "implementation" or not isinstance(info, Implementation):
@@ -135,7 +148,13 @@ class PartkeyCollector(Collector):
             overflow.add_metric([target, table], float(info.formula_overflow))
             partitions.add_metric([target, table], float(info.partition_count))
             default.add_metric([target, table], float(info.has_default_partition))
-        yield from (impl, optimal, trigger, overflow, partitions, default)
+            if info.formulas is not None:
+                drift.add_metric([target, table], float(info.formula_drift))
+            schema = (target, table.split(".", 1)[0])
+            if schema not in schemas_seen:
+                schemas_seen.add(schema)
+                schema_overflows.add_metric(list(schema), float(len(info.schema_overflows)))
+        yield from (impl, optimal, trigger, overflow, partitions, default, drift, schema_overflows)
 
     def _verification(self, snapshot: Snapshot) -> Iterator[Metric]:
         """Bad-row gauges per mode and the rows-verified counter."""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from exporter.formula_catalog import OverflowPlace, TableFormulas, schema_overflows, table_formulas
 from exporter.keyspec import KeySpec, formula_overflows, mentions_key_formula
 
 Shape = Literal["missing", "plain", "list", "hash", "range", "expression"]
@@ -79,6 +80,14 @@ class Implementation:
     optimal: bool
     reason: str
     primary_key: tuple[str, ...] = field(default=())
+    # Every place holding a key formula, compared (None when they could not be read), and the schema's overflows.
+    formulas: TableFormulas | None = None
+    schema_overflows: tuple[OverflowPlace, ...] = field(default=())
+
+    @property
+    def formula_drift(self) -> bool:
+        """True when the places holding the key formula disagree with each other or with the configuration."""
+        return self.formulas is not None and self.formulas.drift
 
     @property
     def major(self) -> int:
@@ -96,6 +105,9 @@ class Implementation:
         data["major"] = self.major
         data["partition_count"] = self.partition_count
         data["partitions"] = [p.name for p in self.partitions]
+        data["formulas"] = self.formulas.to_dict() if self.formulas is not None else None
+        data["formula_drift"] = self.formula_drift
+        data["schema_overflow_count"] = len(self.schema_overflows)
         return data
 
 
@@ -233,6 +245,8 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
         overflow_sources.append(formula_overflows(table["partkeydef"]))
     overflow = any(overflow_sources)
     optimal, reason = judge(version, shape, by_key, method, generated_kind, enabled, overflow, bool(missing))
+    # key_expression: auto compares the table's places with each other; anything else is compared too.
+    formulas = table_formulas(conn, spec, configured=None if spec.auto else spec.key_formula)
     return Implementation(
         server_version_num=version,
         server_version=version_text,
@@ -256,6 +270,8 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
         optimal=optimal,
         reason=reason,
         primary_key=primary_key,
+        formulas=formulas,
+        schema_overflows=tuple(schema_overflows(conn, spec.schema)),
     )
 
 
