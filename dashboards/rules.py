@@ -200,6 +200,25 @@ ALERTS: tuple[Alert, ...] = (
         " value in 2^32; abs(hashtext(x) % N) gives the same keys without the overflow.",
     ),
     Alert(
+        "PartkeyKeyFormulaDrift",
+        "partkey_key_formula_drift > 0",
+        "15m",
+        "warning",
+        "Places holding the partition-key formula disagree.",
+        "{{ $labels.target }} {{ $labels.table }}: the trigger, generated column, CHECK, key helper functions or the"
+        " configured expression compute different keys; rows keyed by one are rejected or misrouted by another"
+        " (partkey-exporter report lists each place and what follows).",
+    ),
+    Alert(
+        "PartkeySchemaFormulaOverflows",
+        "partkey_schema_formula_overflows > 0",
+        "1h",
+        "warning",
+        "Formulas in the schema take abs() of hashtext() and raise on INT_MIN.",
+        "{{ $labels.target }} schema {{ $labels.schema }}: {{ printf \"%.0f\" $value }} places (functions, triggers,"
+        " generated columns, CHECKs, indexes, partition keys, views) compute abs(hashtext(x)) % N.",
+    ),
+    Alert(
         "PartkeyCheckFailing",
         "partkey_check_success < 1",
         "15m",

@@ -24,10 +24,10 @@ def test_counts_by_kind(queries: list[NamedQuery]) -> None:
         "panel": 47,
         "variable": 6,
         "record": 7,
-        "alert": 14,
+        "alert": 16,
         "grafana-alert": 4,
     }
-    assert len(queries) == 78
+    assert len(queries) == 80
     assert len({q.name for q in queries}) == len(queries)
 
 
