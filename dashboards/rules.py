@@ -215,7 +215,7 @@ ALERTS: tuple[Alert, ...] = (
         "1h",
         "warning",
         "Formulas in the schema take abs() of hashtext() and raise on INT_MIN.",
-        "{{ $labels.target }} schema {{ $labels.schema }}: {{ printf \"%.0f\" $value }} places (functions, triggers,"
+        '{{ $labels.target }} schema {{ $labels.schema }}: {{ printf "%.0f" $value }} places (functions, triggers,'
         " generated columns, CHECKs, indexes, partition keys, views) compute abs(hashtext(x)) % N.",
     ),
     Alert(
