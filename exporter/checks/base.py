@@ -10,6 +10,10 @@ import psycopg
 from exporter.config import TableConfig
 
 
+class CheckFailedError(Exception):
+    """A check's own, already clear failure: its message is the check's error as it stands."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A check's payload plus what it adds to the cumulative series."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.checks.base import Check, Outcome
+from exporter.checks.base import Check, CheckFailedError, Outcome
 from exporter.checks.verification import VerificationBusyError
 from exporter.introspect import TableNotFoundError
 from exporter.pg.connect import explain
@@ -55,6 +55,8 @@ class CheckRunner:
         except TableNotFoundError as failure:
             error = str(failure)
             previous = None  # the table is gone: its series must go too, not linger as stale values
+        except CheckFailedError as failure:
+            error = str(failure)  # the check said what failed (e.g. the probe's SQLSTATE, message and DETAIL)
         except psycopg.errors.UndefinedTable as failure:
             error = self._describe(failure)
             previous = None  # a relation the check reads is gone (the table renamed or dropped): drop its series too
