@@ -27,6 +27,7 @@ from exporter.config import CheckSettings, Config, TableConfig
 from exporter.exposition import Exposition
 from exporter.reconnect import ReconnectWatcher
 from exporter.report import TableHealth
+from exporter.slots import ConnectionSlots
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target
 from exporter.verify import Mode
@@ -99,6 +100,9 @@ class Exporter:
         self.runners: dict[tuple[str, str, str], CheckRunner] = {}
         self.verify_states: dict[tuple[str, str], TableVerificationState] = {}
         owned = config.owned_targets()
+        cap = config.max_connections
+        # With no more targets than the cap, every target keeps its one connection: no queue to manage.
+        self.slots = ConnectionSlots(cap) if cap is not None and cap < len(owned) else None
         if len(owned) < len(config.targets):
             index, total = config.sharding()
             log.info("shard %d of %d: checking %d of %d targets", index, total, len(owned), len(config.targets))
@@ -108,6 +112,7 @@ class Exporter:
                 target_config.resolve_dsn(),
                 connect_timeout=target_config.connect_timeout,
                 lock_timeout=target_config.lock_timeout,
+                slots=self.slots,
             )
             self.targets[target.name] = target
             for table in target_config.tables:

@@ -281,6 +281,8 @@ class Config(Strict):
     """Scheduler threads (the checks of one target still run one at a time)."""
     targets: list[TargetConfig] = Field(min_length=1)
     """The databases watched."""
+    max_connections: int | None = Field(default=None, ge=1, le=10000)
+    """At most this many open connections over all targets; the others queue in turn (unset: one per target)."""
     shard: ShardConfig | None = None
     """Check only the targets this replica owns (rendezvous hashing of names); PARTKEY_SHARD=i/n overrides."""
 

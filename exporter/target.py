@@ -16,6 +16,7 @@ import psycopg
 from exporter.pg.connect import connect, explain
 from exporter.pg.limits import set_local_limits
 from exporter.pg.scrub import dsn_password, scrub
+from exporter.slots import ConnectionSlots, SlotTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,17 @@ class TargetUnavailableError(Exception):
 class Target:
     """A database we watch: its connection is shared by all its checks, one query at a time."""
 
-    def __init__(self, name: str, dsn: str, *, connect_timeout: float = 5.0, lock_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        *,
+        connect_timeout: float = 5.0,
+        lock_timeout: float = 1.0,
+        slots: ConnectionSlots | None = None,
+    ) -> None:
         self.name = name
+        self._slots = slots  # the global max_connections cap, when configured
         self._dsn = dsn
         self._secrets = [s for s in [dsn_password(dsn)] if s]
         self.connect_timeout = connect_timeout
@@ -144,6 +154,8 @@ class Target:
                 raise
             else:
                 self._mark_up()
+            if self._slots is not None and self._slots.waiting():
+                self._drop_connection()  # others queue for a slot under max_connections: give this one back
         finally:
             self._lock.release()
 
@@ -155,12 +167,34 @@ class Target:
         wait = self._next_attempt - time.monotonic()
         if wait > 0:
             raise TargetUnavailableError(f"target {self.name} is down: {self.last_error} (next attempt in {wait:.0f}s)")
+        if self._slots is not None:
+            try:
+                self._slots.acquire(self.name, self._give_back)
+            except SlotTimeoutError as error:  # the cap is busy: not an outage of this target
+                raise TargetUnavailableError(f"target {self.name}: {error}") from None
         try:
             self._conn = self._connect()
         except psycopg.Error as error:
+            self._release_slot()
             self._mark_down(error)
             raise TargetUnavailableError(f"target {self.name} is down: {self.last_error}") from None
         return self._conn
+
+    def _give_back(self) -> bool:
+        """Close an idle connection so that a queued target gets its slot; False when a check is using it."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            held = self._slots is not None and self._slots.holds(self.name)
+            self._drop_connection()
+            return held
+        finally:
+            self._lock.release()
+
+    def _release_slot(self) -> None:
+        """Return this target's connection slot, if it holds one."""
+        if self._slots is not None:
+            self._slots.release(self.name)
 
     def watch(self) -> None:
         """Between checks: notice a dead idle connection, or reconnect a down target now (the reconnect watcher)."""
@@ -177,9 +211,12 @@ class Target:
             if self.up is False:
                 # No backoff here: one attempt per watcher round, whatever the checks' backoff says, so that the
                 # first check after a restart finds the connection open.
+                if self._slots is not None and not self._slots.try_acquire(self.name, self._give_back):
+                    return  # under max_connections the next check queues for a slot and reconnects itself
                 try:
                     self._conn = self._connect()
                 except psycopg.Error as error:
+                    self._release_slot()
                     log.debug("target %s: reconnect attempt failed: %s", self.name, self.scrub(str(error).strip()))
                     return
                 self._mark_up()
@@ -187,11 +224,12 @@ class Target:
             self._lock.release()
 
     def _drop_connection(self) -> None:
-        """Close a connection that is no longer usable."""
+        """Close the connection (no longer usable, or its slot is wanted) and return its slot."""
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
+        self._release_slot()
 
     def close(self, grace: float = 1.0) -> None:
         """Close the connection for good (on shutdown or reload), canceling a query still running on the server."""

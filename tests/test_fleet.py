@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -218,3 +219,62 @@ def test_shard_from_config_and_env_and_bad_values(dsn: str, monkeypatch: pytest.
             Exporter(config)
     with pytest.raises(ConfigError, match=r"shard: Value error, index must be below total \(3\), got 3"):
         parse_config(text + "shard: {index: 3, total: 3}\n", "<test>")
+
+
+def test_a_connection_cap_queues_fairly_and_no_target_starves(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """50 targets, max_connections 8, 16 scheduler threads: never more than 8 backends, every target keeps running."""
+    create_list_table(conn, modulus=5, trigger=None)
+    insert_rows(conn, 100, modulus=5)
+    entries = "".join(
+        f"""
+  - name: c{index:02d}
+    dsn: "{dsn}"
+    tables:
+      - table: chunks
+        modulus: 5
+        checks:
+          implementation: {{interval: 2s}}
+          distribution: {{interval: 2s}}
+          verification_sample: {{enabled: false}}
+          verification_full: {{enabled: false}}
+          distribution_exact: {{enabled: false}}
+"""
+        for index in range(50)
+    )
+    exporter = Exporter(parse_config(f"max_workers: 16\nmax_connections: 8\ntargets:{entries}", "<test>"))
+    assert exporter.slots is not None
+    dbname = conn.info.dbname
+    backends: list[int] = []
+
+    def runs(target: str) -> int:
+        """Successful runs of the target's checks so far (finished_at moves with each)."""
+        return sum(1 for key, r in exporter.store.current.results.items() if key[0] == target and r.success)
+
+    exporter.start()
+    try:
+        seen: dict[str, set[float]] = {name: set() for name in exporter.targets}
+
+        def every_target_ran_three_times() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'partkey-exporter'",
+                (dbname,),
+            ).fetchone()
+            backends.append(int(row[0]) if row else 0)
+            for (target, _, _), result in exporter.store.current.results.items():
+                if result.success:
+                    seen[target].add(result.finished_at)
+            return all(len(times) >= 3 for times in seen.values())
+
+        deadline = 120.0
+        waited = 0.0
+        while not every_target_ran_three_times():
+            assert waited < deadline, sorted((len(t), n) for n, t in seen.items())[:5]
+            time.sleep(0.1)
+            waited += 0.1
+    finally:
+        exporter.stop()
+    assert exporter.slots.max_held <= 8
+    assert max(backends) <= 8, max(backends)
+    assert max(backends) >= 2  # the cap was used, not one connection at a time
+    assert all(runs(name) == 2 for name in exporter.targets)  # both checks of every target succeeded
+    assert exporter.slots.granted > 50  # slots changed hands: connections were given back and taken in turn
