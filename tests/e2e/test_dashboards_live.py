@@ -16,7 +16,7 @@ from dashboards.queries import ALERTS_FILE, all_queries
 from dashboards.rules import GROWTH_MIN_BYTES
 from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
+from exporter.demo import STALE_ROWS, DemoFacts, demo_config_yaml
 from tests.e2e.prometheus import query, running_prometheus, wait_for
 from tests.support import serving
 
@@ -53,8 +53,10 @@ def _alerts(prometheus: str) -> list[dict[str, Any]]:
     return alerts
 
 
-def test_every_panel_and_rule_returns_data(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
-    build_demo_database(dsn, rows=20_000)
+def test_every_panel_and_rule_returns_data(
+    demo: tuple[str, DemoFacts], demo_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    dsn, conn = demo[0], demo_conn
     # A DEFAULT partition, so the default-partition panels have a series too.
     conn.execute("CREATE TABLE chunks_default PARTITION OF chunks DEFAULT")
     conn.execute("ANALYZE chunks")

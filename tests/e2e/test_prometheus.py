@@ -9,7 +9,7 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.demo import STALE_ROWS, build_demo_database, demo_config_yaml
+from exporter.demo import STALE_ROWS, DemoFacts, demo_config_yaml
 from tests.e2e.prometheus import running_prometheus, wait_for
 from tests.schema import scalar
 from tests.support import serving
@@ -17,8 +17,8 @@ from tests.support import serving
 pytestmark = pytest.mark.e2e
 
 
-def test_prometheus_sees_mismatched_rows(dsn: str, conn: psycopg.Connection[Any]) -> None:
-    facts = build_demo_database(dsn, rows=20_000)
+def test_prometheus_sees_mismatched_rows(demo: tuple[str, DemoFacts], demo_conn: psycopg.Connection[Any]) -> None:
+    dsn, facts = demo
     exporter = Exporter(parse_config(demo_config_yaml(dsn, 0), "<e2e>"))
     exporter.run_all_once()
     with serving(exporter) as server:
@@ -33,4 +33,4 @@ def test_prometheus_sees_mismatched_rows(dsn: str, conn: psycopg.Connection[Any]
     assert float(mismatched[0]["value"][1]) == STALE_ROWS == facts.stale_rows
     assert float(up[0]["value"][1]) == 1
     assert float(partitions[0]["value"][1]) == 100
-    assert float(total[0]["value"][1]) == scalar(conn, "SELECT count(*) FROM chunks")
+    assert float(total[0]["value"][1]) == scalar(demo_conn, "SELECT count(*) FROM chunks")
