@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -87,3 +89,16 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def names_with(samples: Samples, name: str) -> list[dict[str, Any]]:
     """Label sets of every sample of one metric."""
     return [dict(labels) for (n, labels) in samples if n == name]
+
+
+def self_signed_certificate(directory: Path, name: str, san: str | None = None) -> tuple[Path, Path]:
+    """A fresh self-signed certificate and key (CN=name, optional subjectAltName) made with the openssl command."""
+    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
+    extension = ["-addext", f"subjectAltName={san}"] if san else []
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}"]
+    subprocess.run(
+        [*command, *extension, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

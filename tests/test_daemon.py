@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.prometheus import free_port
 from tests.schema import create_list_table
+from tests.support import self_signed_certificate
 
 CONFIG = """
 listen: {{address: 127.0.0.1, port: {port}{tls}}}
@@ -69,29 +70,7 @@ def test_tls_serves_metrics_with_the_configured_certificate(
     if not _openssl():
         pytest.skip("openssl command not found")
     create_list_table(conn, modulus=4, trigger=None)
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path, "127.0.0.1", san="IP:127.0.0.1")
     port = free_port()
     config = tmp_path / "partkey.yaml"
     _write(config, dsn, port, tls=f", tls_cert_file: {cert}, tls_key_file: {key}")

@@ -25,16 +25,6 @@ from tests.support import Samples
 
 T = TypeVar("T")
 
-CHECKS = (
-    "implementation",
-    "verification_incremental",
-    "verification_sample",
-    "verification_full",
-    "distribution",
-    "distribution_exact",
-    "insert_probe",
-)
-
 
 class PrivateServer:
     """An embedded PostgreSQL 18 in its own data directory, which tests may stop, start and reconfigure."""

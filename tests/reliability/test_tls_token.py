@@ -19,7 +19,7 @@ from exporter.app import Exporter
 from exporter.config import ListenConfig
 from exporter.http import ExporterHTTPServer
 from tests.schema import create_list_table, insert_rows
-from tests.support import config_for, serving
+from tests.support import config_for, self_signed_certificate, serving
 from tests.support import http as fetch
 
 TOKEN = "tok-" + "7" * 28
@@ -30,23 +30,7 @@ def _openssl(*args: str) -> None:
 
 
 def _ca(directory: Path, name: str) -> tuple[Path, Path]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        f"/CN={name}",
-        "-keyout",
-        str(key),
-        "-out",
-        str(cert),
-    )
-    return cert, key
+    return self_signed_certificate(directory, name)
 
 
 def _signed(directory: Path, name: str, ca: tuple[Path, Path], san: str | None = None) -> tuple[Path, Path]:
