@@ -19,11 +19,14 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from exporter.config import Config, parse_config
+from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import scratch_database
 from tests.support import Samples
 
 T = TypeVar("T")
+
+# Every check the exporter has, in its configuration order.
+CHECKS = tuple(ChecksConfig.model_fields)
 
 
 class PrivateServer:
