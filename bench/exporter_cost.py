@@ -349,9 +349,21 @@ def main() -> None:
     parser.add_argument("--huge", action="store_true", help="add 10,000,000 rows x 1,000 partitions (+8 minutes)")
     parser.add_argument("--rows", type=int, help="rows of the base scenarios (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--verification",
+        action="store_true",
+        help="only full verification by distinct values vs count(*): 1M x 5,000, 10M x 5,000, 10M x 100,000 "
+        "collections, without and with an index (about 40 minutes)",
+    )
+    parser.add_argument(
+        "--verification-rows", default="1000000,10000000", help="row counts of the --verification scenarios"
+    )
     parser.add_argument("--scrapes", type=int, default=5000, help="total /metrics scrapes over the 10 scrapers")
     parser.add_argument("--idle", type=int, default=60, help="seconds at rest to measure the exporter's CPU")
     args = parser.parse_args()
+    if args.verification:
+        verification_main(args.verification_rows, min(args.repeat, 5))
+        return
     base = args.rows or (100_000 if args.quick else 1_000_000)
     plan = [(base, 100), (base, 1000)] + ([(base * 10, 100)] if args.big else [])
     plan += [(base * 10, 1000)] if args.huge else []
@@ -374,6 +386,29 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     # A --quick run is a smoke test: it never replaces the full results the README quotes.
     (RESULTS / ("exporter-cost-quick.md" if args.quick else "exporter-cost.md")).write_text(text)
+
+
+def verification_main(rows_option: str, repeat: int) -> None:
+    """Run bench/verify_cost.py's scenarios; print and save bench/results/verification-cost.md."""
+    from bench import verify_cost  # imports this module: import it only when asked
+
+    small, big = (int(r) for r in rows_option.split(","))
+    plan = [(small, 5000), (big, 5000), (big, 100_000)]
+    started = time.monotonic()
+    results: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    with _server() as server:
+        for rows, collections in plan:
+            print(f"verification: {rows:,} rows, {collections:,} collections ...", flush=True)
+            results[(rows, collections)] = verify_cost.scenario(server.dsn, rows, collections, repeat)
+    header = (
+        f"<!-- bench-exporter --verification: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, shared "
+        f"with other developers' test runs; PostgreSQL {server.version} (bench settings, shared_buffers 1GB); "
+        f"100 LIST partitions; {repeat} alternating rounds; {time.monotonic() - started:.0f} s -->"
+    )
+    text = verify_cost.render(results, header)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / ("verification-cost.md" if big >= 10_000_000 else "verification-cost-quick.md")).write_text(text)
 
 
 if __name__ == "__main__":

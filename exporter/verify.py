@@ -287,11 +287,21 @@ class Verifier:
             previous=self._index_columns(plan, "_pk_d"),
         )
 
-    def _null_sources(self) -> sql.Composable:
+    @staticmethod
+    def _null_sources(nullable: list[str]) -> sql.Composable:
         """Rows with a NULL in any source column: the loose scan's row comparisons never reach them."""
         return sql.SQL(" WHERE ") + sql.SQL(" OR ").join(
-            sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in self.spec.source_columns
+            sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in nullable
         )
+
+    def _nullable_sources(self) -> list[str]:
+        """The source columns that may hold NULL (a NOT NULL column needs no pass for its NULLs)."""
+        rows = self.conn.execute(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s::regclass"
+            " AND a.attname = ANY(%s) AND NOT a.attnotnull",
+            (self.spec.table_ident.as_string(self.conn), list(self.spec.source_columns)),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def _evaluated(self, groups: list[sql.Composable]) -> sql.Composed:
         """Evaluate the key once per group; return the bad groups and one total row per relation."""
@@ -322,13 +332,15 @@ class Verifier:
     def full_passes(self) -> tuple[list[tuple[int, LeafPlan]], list[list[sql.Composable]]]:
         """The plan of every leaf and the group listings of the statements a full pass runs."""
         plans = plan_leaves(self.conn, self.spec)
+        nullable = self._nullable_sources()
         loose: list[sql.Composable] = []
         groups: list[sql.Composable] = []
         for oid, plan in plans:
             relation = sql.Identifier(*plan.relation.split(".", 1))
             if plan.path == "loose-index-scan":
                 loose.append(self._loose_scan(oid, relation, plan))
-                groups.append(self._group_scan(oid, relation, self._null_sources()))
+                if nullable:
+                    groups.append(self._group_scan(oid, relation, self._null_sources(nullable)))
             else:
                 groups.append(self._group_scan(oid, relation, sql.SQL("")))
         return plans, [part for part in (loose, groups) if part]

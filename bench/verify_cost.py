@@ -1,0 +1,188 @@
+"""Full verification by distinct values against a bare count(*), with and without an index (make bench-exporter).
+
+Scenarios (rows x 100 LIST partitions x collections): 1M x 5,000, 10M x 5,000 and 10M x 100,000 by default.
+Per scenario, first without an index on collection_id, then with one, each of these alternately in one run:
+a bare count(*) (the physical limit), full verification (exporter.verify.Verifier), the row-by-row statement
+full verification ran before (hashtext per row), query-exporter's plain wrong-key query (bench/peers.py), the
+distinct listing alone by the recursive CTE and by `SELECT DISTINCT` (what PG 18's planner does on its own),
+and sample verification (grouped, as now) against the row-by-row sample statement it replaced.
+Run: .venv/bin/python -m bench.exporter_cost --verification [--verification-rows 1000000,10000000]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.exporter_cost import _SCHEMA
+from bench.peers import SQL_WRONG
+from bench.stats import summarize
+from exporter.keyspec import KeySpec
+from exporter.verify import Verifier
+
+PARTITIONS = 100
+PK = ("id", "collection_id", "partition_key")
+SPEC = KeySpec(modulus=PARTITIONS)
+# Cubic skew as in exporter_cost: a few collections hold most rows.
+_LOAD = """
+INSERT INTO chunks (collection_id, partition_key, content)
+SELECT c.id, abs(hashtext(c.id::text) % 100), repeat('lorem ipsum ', 8)
+FROM (SELECT md5('collection-' || floor({collections} * power(random(), 3))::int)::uuid AS id
+      FROM generate_series(1, {rows})) c
+"""
+ROW_BY_ROW = (
+    "SELECT count(*), count(*) FILTER (WHERE partition_key IS NULL), count(*) FILTER (WHERE partition_key IS NOT NULL"
+    " AND partition_key IS DISTINCT FROM abs(hashtext(collection_id::text) % 100)) FROM chunks"
+)
+SAMPLE_ROW_BY_ROW = ROW_BY_ROW.replace("FROM chunks", "FROM chunks TABLESAMPLE SYSTEM (1) REPEATABLE (7)")
+
+
+def build(dsn: str, rows: int, collections: int) -> int:
+    """The semantik-like table, 100 LIST partitions, 7 stale keys, vacuumed; returns the distinct collections."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS chunks CASCADE")
+        conn.execute(_SCHEMA)
+        for key in range(PARTITIONS):
+            conn.execute(f"CREATE TABLE chunks_part_{key:04d} PARTITION OF chunks FOR VALUES IN ({key})")
+        step = 1_000_000
+        for start in range(0, rows, step):
+            conn.execute(_LOAD.format(collections=collections, rows=min(step, rows - start)))
+        ids = conn.execute("SELECT id, partition_key FROM chunks ORDER BY id LIMIT 7").fetchall()
+        for row_id, key in ids:
+            conn.execute("UPDATE chunks SET partition_key = %s WHERE id = %s", ((key + 1) % PARTITIONS, row_id))
+        conn.execute("VACUUM ANALYZE chunks")
+        row = conn.execute("SELECT count(DISTINCT collection_id) FROM chunks").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _distinct_listing(conn: psycopg.Connection[Any], recursive: bool) -> Callable[[], Any]:
+    """Each partition's distinct collections: our recursive CTE, or SELECT DISTINCT left to the planner."""
+    verifier = Verifier(conn, SPEC)
+    plans, _ = verifier.full_passes()
+    parts = []
+    for oid, plan in plans:
+        relation = sql.Identifier(*plan.relation.split(".", 1))
+        if recursive and plan.path == "loose-index-scan":
+            parts.append(
+                sql.SQL("SELECT collection_id FROM ({}) AS l").format(verifier._loose_scan(oid, relation, plan))
+            )
+        else:
+            parts.append(sql.SQL("SELECT DISTINCT collection_id FROM ONLY {}").format(relation))
+    statement = sql.SQL("SELECT count(*) FROM ({}) AS d").format(sql.SQL(" UNION ALL ").join(parts))
+    return lambda: conn.execute(statement).fetchone()
+
+
+def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
+    """Every contender alternately with a bare count(*); milliseconds and ratios to count(*) of the same round."""
+    contenders: dict[str, Callable[[], Any]] = {
+        "full verification (distinct values)": lambda: Verifier(conn, SPEC, primary_key=PK).run("full"),
+        "row-by-row full verification (before)": lambda: conn.execute(ROW_BY_ROW).fetchone(),
+        "query-exporter's wrong-key query": lambda: conn.execute(SQL_WRONG.format(col="n")).fetchone(),
+        "distinct listing: recursive CTE": _distinct_listing(conn, recursive=True),
+        "distinct listing: SELECT DISTINCT (planner's own)": _distinct_listing(conn, recursive=False),
+        "sample 1% (grouped, now)": lambda: Verifier(conn, SPEC, primary_key=PK).run("sample", sample_percent=1),
+        "sample 1% (row-by-row, before)": lambda: conn.execute(SAMPLE_ROW_BY_ROW).fetchone(),
+    }
+    bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
+    for function in (bare, *contenders.values()):  # warm the cache
+        function()
+    timings: dict[str, list[float]] = {name: [] for name in ["count(*)", *contenders]}
+    ratios: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        limit = _timed(bare)
+        timings["count(*)"].append(limit)
+        for name, function in contenders.items():
+            took = _timed(function)
+            timings[name].append(took)
+            ratios[name].append(took / limit)
+    result = Verifier(conn, SPEC, primary_key=PK).run("full")
+    paths = sorted({p.plan.path for p in result.partitions})
+    return {
+        "timings": {name: summarize(values) for name, values in timings.items()},
+        "ratios": {name: (statistics.median(r), min(r), max(r)) for name, r in ratios.items()},
+        "paths": ", ".join(paths),
+        "mismatched": result.mismatched,
+        "explain": _node(conn),
+    }
+
+
+def _node(conn: psycopg.Connection[Any]) -> str:
+    """The scan the planner picks for SELECT DISTINCT on one partition."""
+    rows = conn.execute("EXPLAIN SELECT DISTINCT collection_id FROM ONLY chunks_part_0000").fetchall()
+    return " / ".join(str(r[0]).strip().split("  ")[0] for r in rows[:2])
+
+
+def _timed(function: Callable[[], Any]) -> float:
+    """Seconds one call takes."""
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def scenario(dsn: str, rows: int, collections: int, repeat: int) -> dict[str, dict[str, Any]]:
+    """Build once, measure without the index, create it, measure again."""
+    started = time.monotonic()
+    distinct = build(dsn, rows, collections)
+    print(f"  {rows:,} rows, {distinct:,} collections: data ready in {time.monotonic() - started:.0f} s", flush=True)
+    out: dict[str, dict[str, Any]] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        out["no index"] = measure(conn, repeat)
+        conn.execute("CREATE INDEX chunks_collection ON chunks (collection_id)")
+        conn.execute("VACUUM ANALYZE chunks")
+        out["index"] = measure(conn, repeat)
+        size = conn.execute(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) FROM pg_inherits "
+            "WHERE inhparent = 'chunks'::regclass"
+        ).fetchone()
+    for value in out.values():
+        value["distinct"] = distinct
+        value["size"] = size[0] if size else "?"
+    print(f"  measured in {time.monotonic() - started:.0f} s", flush=True)
+    return out
+
+
+def render(results: dict[tuple[int, int], dict[str, dict[str, Any]]], header: str) -> str:
+    """A column per (rows, collections, index) case; ms (min-max) and x count(*) per contender; growth 1M->10M."""
+    cases = [(rows, coll, index) for (rows, coll), by in results.items() for index in by]
+    names = [f"{r // 1_000_000}M rows, {results[(r, c)][i]['distinct']:,} collections, {i}" for r, c, i in cases]
+    first = results[next(iter(results))]["index"]
+    contenders = list(first["timings"])
+    lines = [header, "", "| measurement | " + " | ".join(names) + " |", "|---|" + "---|" * len(cases)]
+    for name in contenders:
+        cells = []
+        for rows, coll, index in cases:
+            found = results[(rows, coll)][index]
+            t = found["timings"][name]
+            cell = f"{t.median:.0f} ({t.low:.0f}-{t.high:.0f})"
+            if name in found["ratios"]:
+                ratio, low, high = found["ratios"][name]
+                cell += f": **{ratio:.2f}x** ({low:.2f}-{high:.2f})"
+            cells.append(cell)
+        lines.append(f"| {name}: ms, x count(*) | " + " | ".join(cells) + " |")
+    lines.append("| paths taken | " + " | ".join(results[(r, c)][i]["paths"] for r, c, i in cases) + " |")
+    lines.append(
+        "| wrong keys found (7 planted) | "
+        + " | ".join(str(results[(r, c)][i]["mismatched"]) for r, c, i in cases)
+        + " |"
+    )
+    lines.append(
+        "| planner's SELECT DISTINCT plan | " + " | ".join(results[(r, c)][i]["explain"] for r, c, i in cases) + " |"
+    )
+    lines.append("| table size | " + " | ".join(results[(r, c)][i]["size"] for r, c, i in cases) + " |")
+    small = [k for k in results if k[1] == 5000]
+    if len(small) == 2:
+        a, b = sorted(small)
+        for index in ("index", "no index"):
+            name = "full verification (distinct values)"
+            x = results[b][index]["timings"][name].median / results[a][index]["timings"][name].median
+            y = results[b][index]["timings"]["count(*)"].median / results[a][index]["timings"]["count(*)"].median
+            lines.append(
+                f"\nGrowth {a[0] // 1_000_000}M -> {b[0] // 1_000_000}M rows, 5,000 collections, {index}: "
+                f"full verification **{x:.2f}x**, count(*) {y:.2f}x."
+            )
+    return "\n".join(lines) + "\n"
