@@ -106,12 +106,16 @@ def build(conn: psycopg.Connection[Any], case: Case) -> None:
 
 def reference(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[tuple[int, int, int, int], Counter[Pair]]:
     """Row by row: the server evaluates each row's expression alone; errors, then NULL keys, then mismatches."""
+    texts = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in spec.source_columns)
     rows = conn.execute(
-        "SELECT c.relname, t.id, t.partition_key, t.collection_id FROM chunks t JOIN pg_class c ON c.oid = t.tableoid"
+        sql.SQL(
+            "SELECT c.relname, t.id, t.partition_key, {} FROM chunks t JOIN pg_class c ON c.oid = t.tableoid"
+        ).format(texts)
     ).fetchall()
     checked = mismatched = nulls = errors = 0
     pairs: Counter[Pair] = Counter()
-    for relation, row_id, stored, source in rows:
+    for relation, row_id, stored, *values in rows:
+        source = tuple(values)
         checked += 1
         probe = sql.SQL("SELECT {} FROM ONLY {} WHERE id = {}").format(
             spec.expression(), sql.Identifier(relation), sql.Literal(row_id)
@@ -123,14 +127,14 @@ def reference(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[tuple[int, 
                 expected = row[0]
         except psycopg.DataError:
             errors += 1
-            pairs[("error", f"public.{relation}", stored, (source,), None)] += 1
+            pairs[("error", f"public.{relation}", stored, source, None)] += 1
             continue
         if stored is None:
             nulls += 1
-            pairs[("null", f"public.{relation}", stored, (source,), expected)] += 1
+            pairs[("null", f"public.{relation}", stored, source, expected)] += 1
         elif stored != expected:
             mismatched += 1
-            pairs[("mismatch", f"public.{relation}", stored, (source,), expected)] += 1
+            pairs[("mismatch", f"public.{relation}", stored, source, expected)] += 1
     return (checked, mismatched, nulls, errors), pairs
 
 
