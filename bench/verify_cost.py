@@ -64,14 +64,14 @@ def _distinct_listing(conn: psycopg.Connection[Any], recursive: bool) -> Callabl
     """Each partition's distinct collections: our recursive CTE, or SELECT DISTINCT left to the planner."""
     verifier = Verifier(conn, SPEC)
     plans, _ = verifier.full_passes()
-    parts = []
-    for oid, plan in plans:
-        relation = sql.Identifier(*plan.relation.split(".", 1))
-        if recursive and plan.path == "loose-index-scan":
-            parts.append(
-                sql.SQL("SELECT collection_id FROM ({}) AS l").format(verifier._loose_scan(oid, relation, plan))
-            )
-        else:
+    loose = [(oid, plan) for oid, plan in plans if recursive and plan.path == "loose-index-scan"]
+    parts: list[sql.Composable] = []
+    if loose:
+        scan = verifier._loose_scan_through_parent(loose)
+        parts.append(sql.SQL("SELECT collection_id FROM ({}) AS l").format(scan))
+    for _, plan in plans:
+        if not (recursive and plan.path == "loose-index-scan"):
+            relation = sql.Identifier(*plan.relation.split(".", 1))
             parts.append(sql.SQL("SELECT DISTINCT collection_id FROM ONLY {}").format(relation))
     statement = sql.SQL("SELECT count(*) FROM ({}) AS d").format(sql.SQL(" UNION ALL ").join(parts))
     return lambda: conn.execute(statement).fetchone()

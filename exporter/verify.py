@@ -287,6 +287,41 @@ class Verifier:
             previous=self._index_columns(plan, "_pk_d"),
         )
 
+    def _loose_scan_through_parent(self, plans: list[tuple[int, LeafPlan]]) -> sql.Composed:
+        """Many single-value partitions' distinct tuples in one statement over the parent, planned once.
+
+        Each partition's LIST value drives a recursive CTE on the parent with `key = value`: PostgreSQL 12+ prunes
+        the other partitions at run time and descends that partition's index, so planning costs one statement
+        instead of one per partition (PostgreSQL 11 has no run-time pruning under ORDER BY: it gets _loose_scan).
+        """
+        first = plans[0][1]
+        key = sql.Identifier(self.spec.key_column)
+        cols = self._index_columns(first)
+        not_null = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in first.index_columns
+        )
+        values = sql.SQL(", ").join(
+            sql.SQL("({}, {}::oid)").format(sql.Literal(plan.list_value), sql.Literal(oid)) for oid, plan in plans
+        )
+        return sql.SQL(
+            "SELECT _pk_k.rel AS _pk_rel, _pk_k.k AS {key}, {out}, NULL::bigint AS _pk_n"
+            " FROM (VALUES {values}) AS _pk_k(k, rel) CROSS JOIN LATERAL ("
+            "WITH RECURSIVE _pk_d AS ("
+            "(SELECT {cols} FROM {table} WHERE {key} = _pk_k.k AND {not_null} ORDER BY {cols} LIMIT 1)"
+            " UNION ALL "
+            "SELECT _pk_x.* FROM _pk_d CROSS JOIN LATERAL (SELECT {cols} FROM {table}"
+            " WHERE {key} = _pk_k.k AND ({cols}) > ({previous}) ORDER BY {cols} LIMIT 1) AS _pk_x"
+            ") SELECT * FROM _pk_d) AS _pk_l"
+        ).format(
+            key=key,
+            out=self._columns("_pk_l"),
+            values=values,
+            cols=cols,
+            table=self.spec.table_ident,
+            not_null=not_null,
+            previous=self._index_columns(first, "_pk_d"),
+        )
+
     @staticmethod
     def _null_sources(nullable: list[str]) -> sql.Composable:
         """Rows with a NULL in any source column: the loose scan's row comparisons never reach them."""
@@ -335,14 +370,21 @@ class Verifier:
         nullable = self._nullable_sources()
         loose: list[sql.Composable] = []
         groups: list[sql.Composable] = []
+        by_order: dict[tuple[str, ...], list[tuple[int, LeafPlan]]] = {}
+        through_parent = self.conn.info.server_version >= 120000
         for oid, plan in plans:
             relation = sql.Identifier(*plan.relation.split(".", 1))
             if plan.path == "loose-index-scan":
-                loose.append(self._loose_scan(oid, relation, plan))
+                if through_parent:
+                    by_order.setdefault(plan.index_columns, []).append((oid, plan))
+                else:
+                    loose.append(self._loose_scan(oid, relation, plan))
                 if nullable:
                     groups.append(self._group_scan(oid, relation, self._null_sources(nullable)))
             else:
                 groups.append(self._group_scan(oid, relation, sql.SQL("")))
+        # Partitions whose indexes order the source columns alike share one statement.
+        loose += [self._loose_scan_through_parent(members) for members in by_order.values()]
         return plans, [part for part in (loose, groups) if part]
 
     def explain_full(self) -> str:

@@ -31,6 +31,11 @@ def _indexed_table(conn: psycopg.Connection[Any], rows: int = 20_000, collection
     insert_rows(conn, rows, modulus=10, collections=collections)
 
 
+def _live(conn: psycopg.Connection[Any]) -> int:
+    """What the statistics say the single-value partitions hold."""
+    return int(scalar(conn, "SELECT sum(n_live_tup) FROM pg_stat_user_tables WHERE relname LIKE 'chunks_part_%%'"))
+
+
 def _stale(conn: psycopg.Connection[Any], ids: str, collection: str) -> None:
     """Move rows to another collection without fixing their key, as UPDATE drift does."""
     conn.execute(f"UPDATE chunks SET collection_id = '{collection}' WHERE id IN ({ids})")
@@ -48,6 +53,7 @@ def _other_key_uuid(modulus: int, not_key: int) -> str:
 def test_single_value_partitions_with_an_index_take_the_loose_scan(conn: psycopg.Connection[Any]) -> None:
     _indexed_table(conn)
     conn.execute("VACUUM ANALYZE chunks")
+    live_before = _live(conn)
     result = Verifier(conn, KeySpec(modulus=10), primary_key=PK).run("full")
     paths = {p.plan.relation: p.plan.path for p in result.partitions}
     assert paths["public.chunks_default"] == "group-by"
@@ -56,7 +62,13 @@ def test_single_value_partitions_with_an_index_take_the_loose_scan(conn: psycopg
     loose = [p for p in result.partitions if p.plan.path == "loose-index-scan"]
     # 200 collections spread over 10 partitions: each partition listed exactly its own collections.
     assert sum(p.distinct_values for p in loose) == 200
-    assert all(not p.rows_exact for p in loose) and result.rows_estimated == result.rows_checked == 20_000
+    # Rows come from statistics (n_live_tup; it can count a bulk load twice when ANALYZE beats the loader's
+    # statistics flush, so compare with what the server says rather than with 20,000), or exactly on request.
+    assert all(not p.rows_exact for p in loose) and result.rows_estimated == result.rows_checked
+    assert result.rows_checked in (live_before, _live(conn))
+    exact = Verifier(conn, KeySpec(modulus=10), exact_rows=True).run("full")
+    assert (exact.rows_checked, exact.rows_estimated) == (20_000, 0)
+    assert all(p.rows_exact for p in exact.partitions)
     default = next(p for p in result.partitions if p.plan.relation == "public.chunks_default")
     assert "DEFAULT" in default.plan.reason and default.rows_exact
 
@@ -172,12 +184,12 @@ def test_report_and_json_say_which_path_each_partition_took(conn: psycopg.Connec
     health = TableHealth("t1", "public.chunks", True, {"verification_full": check})
     lines = render_text(health, now=2.0).splitlines()
     assert "    Paths: 1 group-by, 10 loose-index-scan" in lines
-    assert "    Rows From Statistics (loose-scanned partitions): 20,000" in lines
+    assert f"    Rows From Statistics (loose-scanned partitions): {result.rows_estimated:,}" in lines
     assert "    group-by x1: DEFAULT partition: keys vary per row" in lines
     table = json.loads(json.dumps(render_json(health)))
     paths = {p["relation"]: p["path"] for p in table["verification"]["partitions"]}
     assert paths["public.chunks_part_03"] == "loose-index-scan" and paths["public.chunks_default"] == "group-by"
-    assert table["verification"]["rows_estimated"] == 20_000
+    assert table["verification"]["rows_estimated"] == result.rows_estimated > 0
 
 
 @dataclass(frozen=True)
