@@ -253,9 +253,22 @@ class Verifier:
             sql.Identifier(self.spec.source_columns[0])
         )
 
-    def _group_scan(self, oid: int, relation: sql.Composable, where: sql.Composable) -> sql.Composed:
-        """One leaf's (key, source...) groups with their row counts: a single pass with hash aggregation."""
+    def _group_scan(
+        self, oid: int, relation: sql.Composable, where: sql.Composable, fixed: int | None = None
+    ) -> sql.Composed:
+        """One leaf's (key, source...) groups with their row counts, in a single pass.
+
+        In a single-value partition the key is fixed by the bound, so only the source columns are grouped: an index
+        leading with them then serves the whole pass as an index-only scan with exact counts.
+        """
         key = sql.Identifier(self.spec.key_column)
+        if fixed is not None:
+            return sql.SQL(
+                "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {cols}, count(*) AS _pk_n"
+                " FROM ONLY {rel}{where} GROUP BY {cols}"
+            ).format(
+                oid=sql.Literal(oid), value=sql.Literal(fixed), key=key, cols=self._columns(), rel=relation, where=where
+            )
         return sql.SQL(
             "SELECT {oid}::oid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n"
             " FROM ONLY {rel}{where} GROUP BY {key}, {cols}"
@@ -382,7 +395,7 @@ class Verifier:
                 if nullable:
                     groups.append(self._group_scan(oid, relation, self._null_sources(nullable)))
             else:
-                groups.append(self._group_scan(oid, relation, sql.SQL("")))
+                groups.append(self._group_scan(oid, relation, sql.SQL(""), fixed=plan.list_value))
         # Partitions whose indexes order the source columns alike share one statement.
         loose += [self._loose_scan_through_parent(members) for members in by_order.values()]
         return plans, [part for part in (loose, groups) if part]
