@@ -10,7 +10,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from exporter.keyspec import KeySpec
+from exporter.formula import Column
+from exporter.keyspec import KeySpec, source_sql
 from exporter.verify_plan import LeafPlan, plan_leaves
 
 log = logging.getLogger(__name__)
@@ -246,12 +247,17 @@ class Verifier:
 
     def _raises(self) -> sql.Composable:
         """True for the source values whose expression raises: only hashtext = INT_MIN under the legacy formula."""
-        if self.spec.formula != "legacy" or len(self.spec.source_columns) != 1:
-            # The safe formula cannot raise; a composite formula's errors are left to the per-value fallback.
-            return sql.SQL("false")
-        return sql.SQL("coalesce(hashtext({}::text) = -2147483648, false)").format(
-            sql.Identifier(self.spec.source_columns[0])
-        )
+        spec = self.spec
+        if spec.formula != "legacy":
+            return sql.SQL("false")  # abs(hashtext(x) % n) cannot overflow
+        # The same hashtext() argument KeySpec.expression() builds: a column, or a composite source in parentheses.
+        if spec.source is None or isinstance(spec.source, Column):
+            hashed: sql.Composable = sql.Identifier(
+                spec.source.name if isinstance(spec.source, Column) else spec.source_column
+            )
+        else:
+            hashed = sql.SQL("({})").format(source_sql(spec.source))
+        return sql.SQL("coalesce(hashtext({}::text) = -2147483648, false)").format(hashed)
 
     def _group_scan(
         self, oid: int, relation: sql.Composable, where: sql.Composable, fixed: int | None = None

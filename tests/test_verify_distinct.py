@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from exporter.formula import parse_source
 from exporter.hashtext import partition_for
 from exporter.keyspec import KeyFormula, KeySpec
 from exporter.report import TableHealth, render_json, render_text
 from exporter.snapshot import CheckResult
 from exporter.verify import Verifier
+from tests.int_min import int_min_text
 from tests.schema import INT_MIN_COLLECTION_ID, create_list_table, insert_rows, scalar
-from tests.test_verify_property import reference
+from tests.test_verify_property import _pairs, reference
 
 pytestmark = pytest.mark.versioned("verification")
 
@@ -195,26 +195,15 @@ def test_report_and_json_say_which_path_each_partition_took(conn: psycopg.Connec
     assert table["verification"]["rows_estimated"] == result.rows_estimated > 0
 
 
-@dataclass(frozen=True)
-class _TwoColumns(KeySpec):
-    """A composite key over (collection_id, document_id), as semantik's COALESCE formula, until KeySpec has one."""
-
-    second_column: str = "document_id"
-
-    @property
-    def source_columns(self) -> tuple[str, ...]:
-        """Both source columns."""
-        return (self.source_column, self.second_column)
-
-    def expression(self, formula: KeyFormula | None = None) -> sql.Composed:
-        """abs(hashtext(coalesce(a::text, '') || ':' || coalesce(b::text, '')) % n)."""
-        return sql.SQL("abs(hashtext(coalesce({}::text, '') || ':' || coalesce({}::text, '')) % {})").format(
-            sql.Identifier(self.source_column), sql.Identifier(self.second_column), sql.Literal(self.modulus)
-        )
+def _two_columns(modulus: int, formula: KeyFormula = "safe", separator: str = ":") -> KeySpec:
+    """A composite key over (collection_id, document_id), as semantik's COALESCE formula."""
+    source = parse_source(f"coalesce(collection_id::text, '') || '{separator}' || coalesce(document_id::text, '')")
+    return KeySpec(source=source, modulus=modulus, formula=formula)
 
 
 def test_composite_keys_use_distinct_tuples_and_a_two_column_index(conn: psycopg.Connection[Any]) -> None:
-    spec = _TwoColumns(modulus=4)
+    spec = _two_columns(4)
+    assert spec.source_columns == ("collection_id", "document_id")
     conn.execute(
         "CREATE TABLE chunks (id bigint NOT NULL, collection_id text, document_id text, partition_key integer)"
         " PARTITION BY LIST (partition_key)"
@@ -237,13 +226,35 @@ def test_composite_keys_use_distinct_tuples_and_a_two_column_index(conn: psycopg
     assert result.partitions[0].plan.index_columns == ("document_id", "collection_id")
     assert (result.rows_checked, result.mismatched, result.null_keys, result.expression_errors) == counts
     assert counts[1] > 0
-    got: Counter[tuple[Any, ...]] = Counter()
-    for pair in result.bad_pairs:
-        got[(pair.kind, pair.relation, pair.stored_key, pair.source, pair.expected_key)] += pair.rows
-    assert got == pairs
+    assert _pairs(result) == pairs
     plan = Verifier(conn, spec).explain_full().splitlines()
     # Both descents of every partition's recursive union use the index; only the NULL-source pass may scan.
     assert sum("Index Only Scan using" in line or "Index Scan using" in line for line in plan) >= 8
     for number, line in enumerate(plan):
         if "Seq Scan" in line:
             assert "IS NULL" in plan[number + 1], "\n".join(plan)
+
+
+def test_composite_legacy_int_min_is_predicted_not_evaluated_per_value(
+    conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The legacy composite formula raises where hashtext of the whole source text is INT_MIN: predicted too."""
+    spec = _two_columns(4, "legacy", separator="")
+    text = int_min_text()
+    conn.execute(
+        "CREATE TABLE chunks (id bigint NOT NULL, collection_id text, document_id text, partition_key integer)"
+    )
+    conn.execute(
+        "INSERT INTO chunks VALUES (1, %s, %s, 0), (2, %s, %s, 1),"
+        " (3, 'a', 'b', 1), (4, 'a', 'b', 1), (5, 'a', NULL, 2)",
+        (text[:5], text[5:], text[:5], text[5:]),
+    )
+    counts, pairs = reference(conn, spec)
+    result = Verifier(conn, spec, primary_key=("id",)).run("full")
+    assert (result.rows_checked, result.mismatched, result.null_keys, result.expression_errors) == counts
+    assert counts[3] == 2 and _pairs(result) == pairs
+    assert sorted((b.kind, b.source, b.rows) for b in result.bad_pairs if b.kind == "error") == [
+        ("error", (text[:5], text[5:]), 1),
+        ("error", (text[:5], text[5:]), 1),
+    ]
+    assert "no rule predicted" not in caplog.text
