@@ -4,7 +4,8 @@
 - semantik-shaped: semantik's chunks columns, 100 LIST partitions each with the application's 8 indexes
   (alembic add_complete_chunking_infrastructure.py) plus the PK, and a single-column key trigger: trigger -> CHECK;
 - plain: a plain table with the trigger, PK with the key, a key index and a partial unique one: trigger -> generated.
-Writes bench/results/measure.md. Usage: python -m bench.measure_claims [--seconds 60] [--rows 300000]
+- semantik-shaped plain: the same columns, PK and 8 indexes on a plain table: trigger -> generated.
+Writes bench/results/measure.md. Usage: python -m bench.measure_claims [--seconds 60] [--rows 300000] [--shapes a,b]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from migrations.measure import MeasureReport, measure
 from migrations.options import Options
 from migrations.runner import inspect
 
-RESULTS = Path(__file__).resolve().parent / "results" / "measure.md"
+RESULTS = Path(__file__).resolve().parent / "results" / "measure.md"  # each run appends its table
 TRIGGER = """CREATE FUNCTION compute_partition_key() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN NEW.partition_key := abs(hashtext(NEW.collection_id::text)) % 100; RETURN NEW; END $$"""
 CREATE_TRIGGER = (
@@ -79,6 +80,33 @@ def semantik(dsn: str, rows: int) -> None:
         conn.execute("ANALYZE chunks")
 
 
+def semantik_plain(dsn: str, rows: int) -> None:
+    """semantik's columns and its 8 indexes plus the PK on a plain (not partitioned) table with the trigger."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """CREATE TABLE chunks (
+                   id bigserial, collection_id varchar NOT NULL, partition_key integer NOT NULL,
+                   document_id varchar, chunking_config_id integer, chunk_index integer NOT NULL,
+                   content text NOT NULL, start_offset integer, end_offset integer, token_count integer,
+                   embedding_vector_id varchar, metadata jsonb DEFAULT '{}',
+                   created_at timestamptz DEFAULT now(), updated_at timestamptz DEFAULT now(),
+                   PRIMARY KEY (id, collection_id, partition_key))"""
+        )
+        for number, definition in enumerate(PARTITION_INDEXES):
+            conn.execute(f"CREATE INDEX idx_chunks_{number} ON chunks {definition}")
+        conn.execute(TRIGGER)
+        conn.execute(CREATE_TRIGGER)
+        conn.execute(
+            f"""INSERT INTO chunks (collection_id, document_id, chunk_index, content, start_offset,
+                                    end_offset, token_count, embedding_vector_id, metadata)
+                SELECT c, 'doc-' || (g % 5000), g % 50, repeat('lorem ipsum ', 16),
+                       g % 1000, g % 1000 + 200, 50, CASE WHEN g % 3 = 0 THEN NULL ELSE 'vec-' || g END,
+                       '{{"source": "bench"}}'
+                FROM (SELECT g, md5((g % 1000)::text)::uuid::text AS c FROM generate_series(1, {rows}) g) s"""
+        )
+        conn.execute("ANALYZE chunks")
+
+
 def plain(dsn: str, rows: int) -> None:
     """A plain table whose key the trigger sets."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -101,14 +129,17 @@ SHAPES: list[tuple[str, str, Callable[[str, int], None], str]] = [
     ("demo", "demo table: LIST 100 partitions, PK only", demo, "check"),
     ("semantik", "semantik-shaped: LIST 100 partitions, PK + 8 indexes per partition", semantik, "check"),
     ("plain", "plain table: PK + key index + partial unique index", plain, "generated"),
+    ("semantik_plain", "semantik-shaped plain table: PK + the same 8 indexes", semantik_plain, "generated"),
 ]
 
 
-def run(seconds: float, rows: int) -> list[tuple[str, str, MeasureReport]]:
+def run(seconds: float, rows: int, shapes: list[str]) -> list[tuple[str, str, MeasureReport]]:
     """Each shape in its own database on one server; --measure on each, one after the other."""
     results = []
     with bench_server() as server:
         for name, label, build, strategy in SHAPES:
+            if name not in shapes:
+                continue
             with psycopg.connect(server.dsn, autocommit=True) as admin:
                 admin.execute(f"CREATE DATABASE {name}")
             dsn = psycopg.conninfo.make_conninfo(server.dsn, dbname=name)
@@ -147,7 +178,8 @@ def write(results: list[tuple[str, str, MeasureReport]], version: str, seconds: 
             )
         lines.append(f"| | {report.copied} | | | | | |")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    with RESULTS.open("a") as handle:
+        handle.write("\n".join(lines) + "\n\n")
     print("\n".join(lines))
 
 
@@ -156,8 +188,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0, help="--measure-seconds for each shape (60)")
     parser.add_argument("--rows", type=int, default=300_000, help="rows per table (300,000)")
+    parser.add_argument(
+        "--shapes",
+        default=",".join(s[0] for s in SHAPES),
+        help="comma-separated, of: " + ", ".join(s[0] for s in SHAPES),
+    )
     args = parser.parse_args()
-    run(args.seconds, args.rows)
+    run(args.seconds, args.rows, args.shapes.split(","))
 
 
 if __name__ == "__main__":

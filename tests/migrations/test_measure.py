@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import psycopg
+import pytest
 
 from exporter.keyspec import KeySpec
 from migrations.catalog import table_oid
@@ -179,3 +180,17 @@ def test_a_trigger_sleeping_200_microseconds_per_row_is_found_slower(conn: psyco
         assert workload.interval is not None and workload.interval.low > 1.0, report.lines()
         assert re.fullmatch(r"slower by \d+-\d+%", workload.interval.verdict(report.seconds))
     assert report.seconds < 20  # it stopped as soon as both intervals excluded 1.0
+
+
+@pytest.mark.versioned("partkey-migrate --measure")
+def test_measure_on_this_version_copies_the_trigger_where_it_lives(conn: psycopg.Connection[Any], dsn: str) -> None:
+    major = conn.info.server_version // 10000
+    # PostgreSQL 11 and 12 cannot put the trigger on the parent: one per partition, which the copy must keep.
+    create_list_table(conn, modulus=10, trigger="parent" if major >= 13 else "partitions")
+    insert_rows(conn, 1000, modulus=10)
+    run = cli(dsn, "upgrade", "--dry-run", "--measure", "--measure-seconds", "1")
+    assert run.code == 0, run.err
+    assert "before: trigger compute_partition_key() (the table as it is)" in run.out
+    assert "after:  CHECK, no trigger" in run.out and "10 indexes on its 10 partitions" in run.out
+    assert "0 other triggers" in run.out and len(re.findall(VERDICT, run.out)) == 2
+    assert not scalar(conn, "SELECT count(*) FROM pg_class WHERE relname LIKE 'partkey_measure%'")
