@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from psycopg.conninfo import conninfo_to_dict
@@ -279,8 +279,10 @@ class Config(Strict):
     """Logging threshold."""
     max_workers: int = Field(default=4, ge=1, le=64)
     """Scheduler threads (the checks of one target still run one at a time)."""
-    targets: list[TargetConfig] = Field(min_length=1)
-    """The databases watched."""
+    targets: list[TargetConfig] = Field(default_factory=list)
+    """The databases watched (at least one here, unless targets_dir is given)."""
+    targets_dir: Path | None = None
+    """A directory of *.yaml files, one target each, re-read when a file changes (relative: to this file)."""
     max_connections: int | None = Field(default=None, ge=1, le=10000)
     """At most this many open connections over all targets; the others queue in turn (unset: one per target)."""
     shard: ShardConfig | None = None
@@ -289,6 +291,8 @@ class Config(Strict):
     @model_validator(mode="after")
     def _unique_targets(self) -> Config:
         """Target names label every metric, so they must be unique."""
+        if not self.targets and self.targets_dir is None:
+            raise ValueError("give at least one target under targets:, or a targets_dir")
         names = [t.name for t in self.targets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -341,6 +345,7 @@ class ConfigError(Exception):
 
 
 Location = tuple[int | str, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 def _expand_env(node: Any, location: Location, problems: list[tuple[Location, str]], seen: dict[int, Any]) -> Any:
@@ -403,6 +408,11 @@ def _dotted(location: Location) -> str:
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Validate YAML text; raise ConfigError listing every problem as 'source:line: where: what'."""
+    return parse_model(text, source, Config, "the file must be a mapping with at least 'targets'")
+
+
+def parse_model(text: str, source: str, model: type[M], not_a_mapping: str) -> M:
+    """Validate YAML text as one model; raise ConfigError listing every problem as 'source:line: where: what'."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -415,12 +425,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1: the file must be a mapping with at least 'targets'"])
+        raise ConfigError([f"{source}:1: {not_a_mapping}"])
     problems: list[tuple[Location, str]] = []
     data = _expand_env(data, (), problems, {})
     if not problems:
         try:
-            return Config.model_validate(data)
+            return model.model_validate(data)
         except ValidationError as error:
             for item in error.errors(include_url=False, include_input=False):
                 location = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -441,4 +451,9 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read the file: {error.strerror}"]) from None
-    return parse_config(text, str(path))
+    config = parse_config(text, str(path))
+    if config.targets_dir is None:
+        return config
+    from exporter.targets_dir import with_target_files  # it imports this module
+
+    return with_target_files(config, Path(path).parent)

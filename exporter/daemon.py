@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from exporter import targets_dir
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config
 from exporter.http import ExporterHTTPServer, serve_in_thread
@@ -16,6 +17,7 @@ from exporter.logs import setup_logging
 log = logging.getLogger(__name__)
 
 SIGNAL_POLL_SECONDS = 0.2  # how late, at most, a signal that landed on another thread is acted on
+TARGETS_DIR_POLL_SECONDS = 2.0  # how often targets_dir is looked at (a stat per file: no inotify needed)
 
 
 class Service:
@@ -27,6 +29,8 @@ class Service:
         setup_logging(self.config.log_level)
         self.exporter = Exporter(self.config)
         self.server: ExporterHTTPServer | None = None
+        self._dir_state = targets_dir.state(self.config, config_path.parent)
+        self._dir_checked = time.monotonic()
 
     def start(self) -> str:
         """Start serving and checking; return the base URL."""
@@ -34,6 +38,14 @@ class Service:
         self.exporter.start()
         log.info("partkey-exporter listening on %s", self.server.url)
         return self.server.url
+
+    def targets_dir_changed(self) -> bool:
+        """Has a file in targets_dir been added, changed or removed since the last load?"""
+        current = targets_dir.state(self.config, self.config_path.parent)
+        if current == self._dir_state:
+            return False
+        self._dir_state = current  # an invalid change is reported once, not every poll: the next change retries
+        return True
 
     def reload(self) -> bool:
         """Load the config again; keep the old one running when the new one is invalid."""
@@ -51,7 +63,8 @@ class Service:
         self.server.exporter = replacement
         self.exporter, self.config = replacement, config
         old.stop()
-        log.info("configuration reloaded from %s", self.config_path)
+        self._dir_state = targets_dir.state(config, self.config_path.parent)
+        log.info("configuration reloaded from %s: %d targets", self.config_path, len(replacement.targets))
         return True
 
     def stop(self) -> None:
@@ -85,5 +98,11 @@ class Service:
                 requested["reload"] = False
                 self.reload()
                 continue
+            if time.monotonic() - self._dir_checked >= TARGETS_DIR_POLL_SECONDS:
+                self._dir_checked = time.monotonic()
+                if self.targets_dir_changed():
+                    log.info("targets_dir changed: reloading")
+                    self.reload()
+                    continue
             time.sleep(SIGNAL_POLL_SECONDS)
         self.stop()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,9 +17,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import make_conninfo
 
 from exporter.app import FIRST_CHECK_SECONDS, STAGGER_SECONDS, Exporter, first_run_delays
-from exporter.config import ConfigError, parse_config
+from exporter.config import ConfigError, load_config, parse_config
+from exporter.daemon import Service
 from exporter.exposition import split_families, wants_gzip
 from exporter.http import ExporterHTTPServer
 from exporter.shard import owned, owner
@@ -278,3 +282,65 @@ def test_a_connection_cap_queues_fairly_and_no_target_starves(conn: psycopg.Conn
     assert max(backends) >= 2  # the cap was used, not one connection at a time
     assert all(runs(name) == 2 for name in exporter.targets)  # both checks of every target succeeded
     assert exporter.slots.granted > 50  # slots changed hands: connections were given back and taken in turn
+
+
+def _target_file(directory: Path, name: str, dsn_file: Path) -> Path:
+    """One target per file, its DSN (with a password) read from a file as the docs show."""
+    path = directory / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndsn_file: {dsn_file}\ntables:\n  - table: chunks\n    modulus: 5\n")
+    return path
+
+
+def test_targets_dir_adds_changes_and_removes_targets_without_a_restart(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files added, broken, fixed and removed: the daemon follows, keeps the last good set, never shows a password."""
+    create_list_table(conn, modulus=5, trigger=None)
+    secret = "s3cr3t-pw-123"
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(make_conninfo(dsn, password=secret))
+    targets = tmp_path / "targets.d"
+    targets.mkdir()
+    _target_file(targets, "first", dsn_file)
+    (targets / ".first.yaml.swp").write_text("not yaml: [")  # an editor's temporary: ignored
+    config = tmp_path / "config.yaml"
+    config.write_text("listen: {port: 0}\ntargets_dir: targets.d\n")
+    service = Service(config)
+    logging.getLogger().addHandler(caplog.handler)  # setup_logging(force=True) removed pytest's handler
+    service.start()
+    try:
+        assert list(service.exporter.targets) == ["first"]
+        assert not service.targets_dir_changed()
+        _target_file(targets, "second", dsn_file)
+        assert service.targets_dir_changed() and service.reload()
+        assert sorted(service.exporter.targets) == ["first", "second"]
+        assert service.server is not None and service.server.exporter is service.exporter
+        broken = targets / "third.yaml"
+        broken.write_text(f"name: third\ndsn_file: {dsn_file}\ntables: []\n")
+        assert service.targets_dir_changed() and not service.reload()  # refused: the running set stays
+        assert sorted(service.exporter.targets) == ["first", "second"]
+        refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+        assert refused and f"{broken}:3: tables: List should have at least 1 item" in refused[0], refused
+        broken.unlink()
+        (targets / "first.yaml").unlink()
+        assert service.targets_dir_changed() and service.reload()
+        assert list(service.exporter.targets) == ["second"]
+        (targets / "again.yml").write_text("name: second\ndsn: 'dbname=x'\ntables: [{table: chunks}]\n")
+        assert service.targets_dir_changed() and not service.reload()
+        refused = [r.getMessage() for r in caplog.records if "already used" in r.getMessage()]
+        assert refused and "target name 'second' is already used in" in refused[0]
+        service.exporter.run_all_once()
+        assert service.exporter.store.current.target_up == {"second": True}
+    finally:
+        service.stop()
+    assert secret not in caplog.text
+
+
+def test_targets_dir_must_be_a_directory(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("targets_dir: nowhere\n")
+    with pytest.raises(ConfigError, match=r"targets_dir: .*nowhere is not a readable directory"):
+        load_config(config)
+    config.write_text("log_level: info\n")
+    with pytest.raises(ConfigError, match="give at least one target under targets:, or a targets_dir"):
+        load_config(config)
