@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.introspect import Implementation
+from migrations import dependents as column_dependents
 from migrations import sqlgen
 from migrations.catalog import Dependent, column_number, key_dependents, table_oid, table_size
 from migrations.options import Options
@@ -59,6 +60,12 @@ def generated_downgrade(
     not_null = bool(captured.get("key_not_null", True))
     saved = [Dependent(**d) for d in captured.get("dependents", [])] or key_dependents(conn, spec)
     current = key_dependents(conn, spec)
+    others = column_dependents.find(conn, spec, spec.key_column, {SYNC_TRIGGER})
+    plan.dependents = [d.to_dict() for d in others]
+    refusal = column_dependents.refusal(others, spec)
+    if refusal is not None:
+        plan.reason, plan.final_state = refusal, "refused"
+        return plan
     if column_number(conn, oid, old) is None:
         sync_body = sqlgen.sync_function_body(spec, old).as_string(conn)
         plan.steps.append(
@@ -161,6 +168,8 @@ def generated_downgrade(
         else:
             statements.append(dependent.recreate(spec.table_ident))
             rebuilt.append(dependent.name)
+    for other in others:
+        statements += other.statements  # privileges, comment, statistics target: as they were
     statements += [
         sqlgen.create_function(spec, fschema, fname, body),
         sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname),

@@ -8,6 +8,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.introspect import Implementation
+from migrations import dependents as column_dependents
 from migrations import sqlgen
 from migrations.catalog import (
     KeyTrigger,
@@ -213,6 +214,13 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
         plan.final_state = "refused"
         return plan
     oid = table_oid(conn, spec)
+    others = column_dependents.find(conn, spec, spec.key_column)
+    plan.dependents = [d.to_dict() for d in others]
+    refusal = column_dependents.refusal(others, spec)
+    if refusal is not None:
+        # Before anything is rewritten: the swap's DROP COLUMN would fail on (or silently drop) these.
+        plan.reason, plan.final_state = refusal, "refused"
+        return plan
     key_type, not_null = column_type(conn, oid, spec.key_column)
     not_null_name = f"{spec.table}_{options.new_column}_not_null"[:63] if not_null else None
     dependents = key_dependents(conn, spec)
@@ -285,7 +293,9 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
         else:
             statements.append(dependent.recreate(spec.table_ident))
             rebuilt.append(dependent.name)
-    names = ", ".join(d.name for d in dependents) or "none"
+    for other in others:
+        statements += other.statements  # privileges, comment, statistics target: as they were
+    names = ", ".join([d.name for d in dependents] + [f"{d.kind} {d.name}" for d in others]) or "none"
     plan.steps.append(
         Step(
             name="swap",

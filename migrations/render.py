@@ -14,6 +14,7 @@ def plan_lines(conn: psycopg.Connection[Any], plan: Plan) -> list[str]:
     """Each step with its lock, whether it rewrites, its estimate, and its statements."""
     lines = [f"{plan.direction} plan, strategy {plan.strategy}: {plan.reason}"]
     lines += [f"warning: {w}" for w in plan.warnings]
+    lines += [f"depends on the key column: {d['kind']} {d['name']}: {d['action']}" for d in plan.dependents]
     if not plan.steps:
         lines.append("nothing to do")
         return lines

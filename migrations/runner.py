@@ -61,7 +61,10 @@ def build_downgrade(conn: psycopg.Connection[Any], options: Options) -> tuple[Im
     refusal = never_upgraded(impl, state, options)
     if refusal is not None:
         raise RefusedError(refusal)
-    return impl, downgrade_plan(conn, options, impl, state.captured if state else {})
+    plan = downgrade_plan(conn, options, impl, state.captured if state else {})
+    if plan.final_state == "refused":
+        raise RefusedError(plan.reason)
+    return impl, plan
 
 
 def never_upgraded(impl: Implementation, state: State | None, options: Options) -> str | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 
+from migrations import dependents as column_dependents
 from migrations.catalog import column_ordinal, table_oid
 from migrations.options import Options
 from migrations.runner import inspect, interrupted_downgrade
@@ -45,8 +46,16 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
         shape = f"partitioned by {impl.partition_key}, {impl.partition_count} partitions" + (
             " including DEFAULT" if impl.has_default_partition else ""
         )
+    strategy = choice.strategy or "refused"
+    others = []
+    for dependent in column_dependents.find(conn, options.spec, options.spec.key_column):
+        entry = dependent.to_dict()
+        if strategy != "generated" and not (state and state.strategy == "generated"):
+            entry["action"] = f"untouched: the {strategy} strategy keeps the column"
+        others.append(entry)
     return {
         "table": impl.table,
+        "key_column_dependents": others,
         "postgres": f"{impl.server_version} (major {impl.major})",
         "shape": shape,
         "implementation": implementation,
@@ -96,6 +105,10 @@ def lines(report: dict[str, Any]) -> list[str]:
         elif isinstance(value, list):
             value = ", ".join(value) or "none"
         result.append(f"{label + ':':<30} {value}")
+    for dependent in report["key_column_dependents"]:
+        result.append(
+            f"{'depends on the key column:':<30} {dependent['kind']} {dependent['name']}: {dependent['action']}"
+        )
     if report["other_key_checks"]:
         result.append(f"{'other key CHECKs:':<30} {', '.join(report['other_key_checks'])}")
     return result

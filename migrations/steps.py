@@ -51,6 +51,8 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     final_state: str = "upgraded"
+    # What depends on the key column besides the table's indexes and constraints, and what the plan does with it.
+    dependents: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -69,6 +71,7 @@ class Plan:
             "reason": self.reason,
             "final_state": self.final_state,
             "warnings": self.warnings,
+            "key_column_dependents": self.dependents,
             "steps": [
                 {
                     "name": s.name,
