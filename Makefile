@@ -58,10 +58,11 @@ test-matrix: $(STAMP)
 	$(PY) -m tests.matrix.run_matrix $(if $(VERSIONS),--versions $(VERSIONS))
 	$(PY) -m tests.matrix.readme
 
-# Fault-injection tests, the slow ones included (30 s load, 10-minute soak: PARTKEY_SOAK_SECONDS=600).
-# The fast ones also run in `make test`. Under 15 minutes in all.
+# Fault-injection tests, the slow ones included (30 s load, 10-minute soak: PARTKEY_SOAK_SECONDS=600), then the
+# tests marked slow elsewhere (the live dashboards test). The fast ones also run in `make test`.
 test-reliability: $(STAMP)
 	PARTKEY_SLOW=1 $(PY) -m pytest -q tests/reliability
+	PARTKEY_SLOW=1 $(PY) -m pytest -q -m slow --ignore=tests/reliability tests
 
 # Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
 dashboards: $(STAMP)

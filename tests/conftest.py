@@ -1,7 +1,8 @@
 """Shared fixtures: one real PostgreSQL per session (per xdist worker), a fresh database per test.
 
 `make test` runs the suite on 2 xdist workers; each starts its own server, so tests never share one. Tests that use
-no database fixture are marked `nodb` automatically (`make test-nodb` runs them without any server).
+no database fixture are marked `nodb` automatically (`make test-nodb` runs them without any server). Tests marked
+`slow` run only with PARTKEY_SLOW=1 (`make test-reliability`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ def _unique(prefix: str) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that use no database fixture `nodb`."""
+    """Skip tests marked slow unless PARTKEY_SLOW=1 (make test-reliability); mark the database-free ones `nodb`."""
+    slow = os.environ.get("PARTKEY_SLOW") == "1"
+    skip = pytest.mark.skip(reason="slow: runs in make test-reliability (PARTKEY_SLOW=1)")
     for item in items:
+        if "slow" in item.keywords and not slow:
+            item.add_marker(skip)
         if item.nodeid.startswith(_OWN_SERVER):
             continue
         if not _DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
