@@ -158,22 +158,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    """Print the partition of a collection id, computed like the server does."""
-    from exporter.hashtext import partition_for
+    """Print the partition key of one row, computed like the server does (composite keys: --value col=...)."""
+    from exporter.key_command import KeyInputError, compute_key
 
     try:
-        # The server hashes uuid::text, the lowercase hyphenated form; accept any spelling of a uuid.
-        source = str(uuid.UUID(args.collection_id))
-    except ValueError:
-        source = args.collection_id
-    try:
-        print(partition_for(source, args.modulus, args.key_expression))
-    except OverflowError as error:
-        print(
-            f"error: {error} (the legacy formula overflows for this id; the safe one gives "
-            f"{partition_for(source, args.modulus, 'safe')})",
-            file=sys.stderr,
-        )
+        print(compute_key(args))
+    except KeyInputError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 
@@ -222,10 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=cmd_demo)
 
-    key = commands.add_parser("key", help="print the partition for a collection id")
-    key.add_argument("collection_id")
-    key.add_argument("--modulus", type=int, default=100)
-    key.add_argument("--key-expression", choices=["safe", "legacy"], default="safe")
+    key = commands.add_parser("key", help="print the partition key of a value (or of a row: --value col=...)")
+    key.add_argument("collection_id", nargs="?", help="the source column's value (hashed as stored unless uuid)")
+    key.add_argument("--value", action="append", default=[], metavar="COLUMN=VALUE", help="one per source column")
+    key.add_argument("--null", action="append", default=[], metavar="COLUMN", help="a source column that is NULL")
+    key.add_argument(
+        "--type", action="append", default=[], metavar="[COLUMN=]TYPE", help="a column's type when no --dsn"
+    )
+    key.add_argument("--dsn", help="read the table's formula and column types from the catalog")
+    key.add_argument("--table", default="chunks")
+    key.add_argument("--schema", default="public")
+    key.add_argument("--key-column", default="partition_key")
+    key.add_argument("--source-column", default="collection_id")
+    key.add_argument("--modulus", type=int, default=None, help="partitions (default: 100, or the table's)")
+    key.add_argument("--key-expression", default="auto", help="auto (default), safe, legacy or an SQL expression")
     key.set_defaults(func=cmd_key)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 _MASK = 0xFFFFFFFF
@@ -103,3 +104,19 @@ def partition_for(source: str, modulus: int = 100, formula: Literal["safe", "leg
     if formula != "safe":
         raise ValueError(f"formula must be 'safe' or 'legacy', got {formula!r}")
     return abs(pg_mod(hashed, modulus))
+
+
+_INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "int2", "int4", "int8", "int"})
+
+
+def text_form(value: str, type_name: str = "text") -> str:
+    """The text the server hashes for `value` stored in a column of `type_name` (its ::text): uuid and integers
+    are normalised as their output functions print them; text and varchar are hashed exactly as stored."""
+    kind = type_name.lower().split("(")[0].strip()
+    if kind == "uuid":
+        return str(uuid.UUID(value.strip()))  # any spelling: upper case, braces, no hyphens
+    if kind in _INTEGER_TYPES:
+        return str(int(value.strip()))
+    if kind in ("character", "char", "bpchar"):
+        return value.rstrip(" ")  # char(n)::text drops the padding
+    return value

@@ -60,8 +60,11 @@ def test_report_text(conn: psycopg.Connection[Any], dsn: str, capsys: pytest.Cap
 def test_key_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["key", INT_MIN_COLLECTION_ID]) == 0
     assert capsys.readouterr().out.strip() == "48"
-    assert main(["key", INT_MIN_COLLECTION_ID.upper().replace("-", "")]) == 0  # any spelling of the uuid
+    # uuid columns: any spelling (read from the catalog with --dsn, or --type uuid); text is hashed as stored.
+    assert main(["key", INT_MIN_COLLECTION_ID.upper().replace("-", ""), "--type", "uuid"]) == 0
     assert capsys.readouterr().out.strip() == "48"
+    assert main(["key", INT_MIN_COLLECTION_ID.upper().replace("-", "")]) == 0
+    assert capsys.readouterr().out.strip() != "48"
     assert main(["key", INT_MIN_COLLECTION_ID, "--key-expression", "legacy"]) == 2
     assert "the safe one gives 48" in capsys.readouterr().err
 
