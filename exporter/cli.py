@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 from exporter import __version__

@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from exporter.cli import main
 from exporter.formula import parse_expression
