@@ -27,7 +27,7 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 # Text the server can store: no NUL, no lone surrogates (not UTF-8); everything else, non-ASCII included.
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 UUID_SPELLINGS = st.tuples(st.uuids(), st.sampled_from(["plain", "upper", "braces", "hex"]))
 
 
@@ -88,7 +88,7 @@ def test_composite_with_nulls(
 ) -> None:
     """semantik's composite formula with its COALESCE fallback: NULL parts, NULL keys, all as the server does."""
     spec = KeySpec().with_formula(parse_expression(COMPOSITE))
-    columns = {
+    columns: dict[str, tuple[str, list[Any]]] = {
         "collection_id": ("varchar", [r[0] for r in rows]),
         "document_id": ("varchar", [r[1] for r in rows]),
         "chunk_index": ("integer", [r[2] for r in rows]),
