@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit test-nodb docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers clean
+.PHONY: demo test lint unit test-nodb docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers deploy bench-fleet clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/partkey-exporter demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter migrations tests bench dashboards docsgen examples
+	$(VENV)/bin/ruff check exporter migrations tests bench dashboards docsgen examples deploy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
@@ -64,6 +64,10 @@ test-reliability: $(STAMP)
 	PARTKEY_SLOW=1 $(PY) -m pytest -q tests/reliability
 	PARTKEY_SLOW=1 $(PY) -m pytest -q -m slow --ignore=tests/reliability tests
 
+# Regenerates deploy/kubernetes/ from deploy/generate.py; tests/test_deploy.py fails when it is stale.
+deploy: $(STAMP)
+	$(PY) -m deploy.generate
+
 # Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
 dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
@@ -81,3 +85,7 @@ bench-exporter: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(PY) -m bench.peers $(BENCH_ARGS)
+
+# 200 databases x 100 partitions on one server: one exporter, then 4 shards, with ratios against 10 targets.
+bench-fleet: $(STAMP)
+	$(PY) -m bench.fleet $(BENCH_ARGS)
