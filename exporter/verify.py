@@ -131,10 +131,10 @@ class _Group:
 
 @dataclass
 class _Leaf:
-    """A leaf relation's name and identifier."""
+    """A leaf relation's name and oid (it is read through the table: the role needs SELECT on the table only)."""
 
     label: str
-    ident: sql.Identifier
+    oid: int
 
 
 class Verifier:
@@ -164,6 +164,7 @@ class Verifier:
         self.pairs_limit = pairs_limit
         # Loose-scanned partitions take their row count from statistics unless asked to count (an index scan).
         self.exact_rows = exact_rows
+        self._list_values: dict[int, int] = {}
 
     def relations(self) -> list[tuple[str, str]]:
         """(schema, name) of every leaf relation that holds rows: the partitions, or the table itself."""
@@ -259,41 +260,59 @@ class Verifier:
             hashed = sql.SQL("({})").format(source_sql(spec.source))
         return sql.SQL("coalesce(hashtext({}::text) = -2147483648, false)").format(hashed)
 
-    def _group_scan(
-        self, oid: int, relation: sql.Composable, where: sql.Composable, fixed: int | None = None
-    ) -> sql.Composed:
-        """One leaf's (key, source...) groups with their row counts, in a single pass.
+    def _fixed_key_groups(self, oid: int, value: int, extra: sql.Composable | None = None) -> sql.Composed:
+        """One single-value partition's source groups, read through the table with `key = value` (pruned to it).
 
-        In a single-value partition the key is fixed by the bound, so only the source columns are grouped: an index
-        leading with them then serves the whole pass as an index-only scan with exact counts.
+        The key is fixed by the bound, so only the source columns are grouped: an index leading with them can then
+        serve the pass as an index-only scan with exact counts.
         """
         key = sql.Identifier(self.spec.key_column)
-        if fixed is not None:
-            return sql.SQL(
-                "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {cols}, count(*) AS _pk_n"
-                " FROM ONLY {rel}{where} GROUP BY {cols}"
-            ).format(
-                oid=sql.Literal(oid), value=sql.Literal(fixed), key=key, cols=self._columns(), rel=relation, where=where
-            )
+        where = sql.SQL("{} = {}").format(key, sql.Literal(value))
+        if extra is not None:
+            where = sql.SQL("{} AND ({})").format(where, extra)
         return sql.SQL(
-            "SELECT {oid}::oid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n"
-            " FROM ONLY {rel}{where} GROUP BY {key}, {cols}"
-        ).format(oid=sql.Literal(oid), key=key, cols=self._columns(), rel=relation, where=where)
+            "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {cols}, count(*) AS _pk_n"
+            " FROM {table} WHERE {where} GROUP BY {cols}"
+        ).format(
+            oid=sql.Literal(oid),
+            value=sql.Literal(value),
+            key=key,
+            cols=self._columns(),
+            table=self.spec.table_ident,
+            where=where,
+        )
 
-    def _loose_scan(self, oid: int, relation: sql.Composable, plan: LeafPlan) -> sql.Composed:
+    def _other_groups(self, handled: list[int]) -> sql.Composed:
+        """Every leaf not read by key value, in one pass over the table grouped by leaf, key and source.
+
+        Rows of single-value partitions have their key in `handled` (LIST bounds are disjoint), so excluding those
+        keys leaves exactly the DEFAULT and multi-value partitions' rows, or the whole table when nothing is handled.
+        """
+        key = sql.Identifier(self.spec.key_column)
+        where: sql.Composable = sql.SQL("")
+        if handled:
+            listed = sql.SQL(", ").join(sql.Literal(v) for v in sorted(set(handled)))
+            where = sql.SQL(" WHERE {key} IS NULL OR {key} <> ALL(ARRAY[{listed}])").format(key=key, listed=listed)
+        return sql.SQL(
+            "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {table} AS t{where}"
+            " GROUP BY t.tableoid, {key}, {cols}"
+        ).format(key=key, cols=self._columns(), table=self.spec.table_ident, where=where)
+
+    def _loose_scan(self, oid: int, plan: LeafPlan) -> sql.Composed:
         """One single-value partition's distinct non-NULL source tuples by a loose index scan (recursive CTE)."""
         key = sql.Identifier(self.spec.key_column)
         cols = self._index_columns(plan)
+        fixed = sql.SQL("{} = {}").format(key, sql.Literal(plan.list_value))
         not_null = sql.SQL(" AND ").join(
             sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in plan.index_columns
         )
         return sql.SQL(
             "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {out}, NULL::bigint AS _pk_n FROM ("
             "WITH RECURSIVE _pk_d AS ("
-            "(SELECT {cols} FROM ONLY {rel} WHERE {not_null} ORDER BY {cols} LIMIT 1)"
+            "(SELECT {cols} FROM {table} WHERE {fixed} AND {not_null} ORDER BY {cols} LIMIT 1)"
             " UNION ALL "
-            "SELECT _pk_x.* FROM _pk_d CROSS JOIN LATERAL (SELECT {cols} FROM ONLY {rel}"
-            " WHERE ({cols}) > ({previous}) ORDER BY {cols} LIMIT 1) AS _pk_x"
+            "SELECT _pk_x.* FROM _pk_d CROSS JOIN LATERAL (SELECT {cols} FROM {table}"
+            " WHERE {fixed} AND ({cols}) > ({previous}) ORDER BY {cols} LIMIT 1) AS _pk_x"
             ") SELECT * FROM _pk_d) AS _pk_l"
         ).format(
             oid=sql.Literal(oid),
@@ -301,7 +320,8 @@ class Verifier:
             key=key,
             out=self._columns(),
             cols=cols,
-            rel=relation,
+            table=self.spec.table_ident,
+            fixed=fixed,
             not_null=not_null,
             previous=self._index_columns(plan, "_pk_d"),
         )
@@ -344,9 +364,7 @@ class Verifier:
     @staticmethod
     def _null_sources(nullable: list[str]) -> sql.Composable:
         """Rows with a NULL in any source column: the loose scan's row comparisons never reach them."""
-        return sql.SQL(" WHERE ") + sql.SQL(" OR ").join(
-            sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in nullable
-        )
+        return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in nullable)
 
     def _nullable_sources(self) -> list[str]:
         """The source columns that may hold NULL (a NOT NULL column needs no pass for its NULLs)."""
@@ -384,24 +402,33 @@ class Verifier:
     # --- passes -----------------------------------------------------------------------------------------------
 
     def full_passes(self) -> tuple[list[tuple[int, LeafPlan]], list[list[sql.Composable]]]:
-        """The plan of every leaf and the group listings of the statements a full pass runs."""
+        """The plan of every leaf and the group listings of the statements a full pass runs.
+
+        Every statement reads the table itself, never a partition by name, so SELECT on the table is enough.
+        """
         plans = plan_leaves(self.conn, self.spec)
+        self._list_values = {oid: plan.list_value for oid, plan in plans if plan.list_value is not None}
         nullable = self._nullable_sources()
         loose: list[sql.Composable] = []
         groups: list[sql.Composable] = []
+        handled: list[int] = []
         by_order: dict[tuple[str, ...], list[tuple[int, LeafPlan]]] = {}
         through_parent = self.conn.info.server_version >= 120000
         for oid, plan in plans:
-            relation = sql.Identifier(*plan.relation.split(".", 1))
+            if plan.list_value is None:
+                continue  # read by _other_groups
+            handled.append(plan.list_value)
             if plan.path == "loose-index-scan":
                 if through_parent:
                     by_order.setdefault(plan.index_columns, []).append((oid, plan))
                 else:
-                    loose.append(self._loose_scan(oid, relation, plan))
+                    loose.append(self._loose_scan(oid, plan))
                 if nullable:
-                    groups.append(self._group_scan(oid, relation, self._null_sources(nullable)))
+                    groups.append(self._fixed_key_groups(oid, plan.list_value, self._null_sources(nullable)))
             else:
-                groups.append(self._group_scan(oid, relation, sql.SQL(""), fixed=plan.list_value))
+                groups.append(self._fixed_key_groups(oid, plan.list_value))
+        if len(handled) < len(plans):
+            groups.append(self._other_groups(handled))
         # Partitions whose indexes order the source columns alike share one statement.
         loose += [self._loose_scan_through_parent(members) for members in by_order.values()]
         return plans, [part for part in (loose, groups) if part]
@@ -417,7 +444,7 @@ class Verifier:
     def _full(self, tally: _Tally) -> tuple[PartitionVerification, ...]:
         """Every leaf on its planned path; rows counted on the GROUP BY path, from statistics on the loose one."""
         plans, passes = self.full_passes()
-        leaves = {oid: _Leaf(plan.relation, sql.Identifier(*plan.relation.split(".", 1))) for oid, plan in plans}
+        leaves = {oid: _Leaf(plan.relation, oid) for oid, plan in plans}
         loose = {oid for oid, plan in plans if plan.path == "loose-index-scan"}
         totals: dict[int, tuple[int, int]] = {}  # oid -> (rows counted, distinct groups)
         for groups in passes:
@@ -433,7 +460,7 @@ class Verifier:
             if oid not in loose:
                 rows, exact = counted_rows, True
             elif self.exact_rows:
-                rows, exact = self._count(leaves[oid].ident, []), True
+                rows, exact = self._count(oid, []), True
             else:
                 rows, exact = max(plan.estimated_rows, 0), False
                 tally.estimated += rows
@@ -457,7 +484,7 @@ class Verifier:
         ).format(key=key, cols=self._columns(), src=source, where=where)
         bad, counted = self._read([groups])
         if bad:  # names only when something needs reporting: a clean window costs one statement
-            leaves = {oid: _Leaf(f"{s}.{n}", sql.Identifier(s, n)) for oid, (s, n) in self._leaf_names()}
+            leaves = {oid: _Leaf(f"{s}.{n}", oid) for oid, (s, n) in self._leaf_names()}
             for group in bad:
                 self._add(group, leaves[group.oid], False, tally, filters)
         tally.checked += sum(rows for rows, _ in counted.values())
@@ -562,17 +589,26 @@ class Verifier:
                 out.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value)))
         return out
 
-    def _count(self, relation: sql.Identifier, conditions: list[sql.Composable]) -> int:
+    def _leaf_rows(self, oid: int, conditions: list[sql.Composable]) -> sql.Composable:
+        """FROM and WHERE for one leaf's rows matching the conditions, read through the table (the key and source
+        conditions prune to the leaf and use its index; tableoid keeps the count to that leaf)."""
+        where = [sql.SQL("tableoid = {}::oid").format(sql.Literal(oid)), *conditions]
+        return sql.SQL("FROM {} WHERE {}").format(self.spec.table_ident, sql.SQL(" AND ").join(where))
+
+    def _count(self, oid: int, conditions: list[sql.Composable]) -> int:
         """Rows of one leaf matching the conditions (an index scan when an index leads with them)."""
-        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-        row = self.conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}{}").format(relation, where)).fetchone()
+        if not conditions:  # a whole single-value partition: prune by its key
+            plan_value = self._list_values.get(oid)
+            if plan_value is not None:
+                conditions = [sql.SQL("{} = {}").format(sql.Identifier(self.spec.key_column), sql.Literal(plan_value))]
+        row = self.conn.execute(sql.SQL("SELECT count(*) {}").format(self._leaf_rows(oid, conditions))).fetchone()
         return int(row[0]) if row else 0
 
     def _add(self, group: _Group, leaf: _Leaf, loose: bool, tally: _Tally, filters: list[sql.Composable]) -> None:
         """Count one bad group (its rows from the index when the loose scan listed it), and fetch examples."""
         rows = group.rows
         if rows is None:
-            rows = self._count(leaf.ident, self._conditions(group) + filters)
+            rows = self._count(leaf.oid, self._conditions(group) + filters)
         kind: BadKind = "error" if group.raises else "null" if group.stored is None else "mismatch"
         if kind == "error":
             tally.errors += rows
@@ -600,10 +636,9 @@ class Verifier:
         self, group: _Group, kind: BadKind, leaf: _Leaf, tally: _Tally, filters: list[sql.Composable]
     ) -> None:
         """Fetch a few of a bad group's rows by their primary keys."""
-        query = sql.SQL("SELECT {pk} FROM ONLY {rel} WHERE {cond} LIMIT {limit}").format(
+        query = sql.SQL("SELECT {pk} {rows} LIMIT {limit}").format(
             pk=self._pk_columns(),
-            rel=leaf.ident,
-            cond=sql.SQL(" AND ").join(self._conditions(group) + filters),
+            rows=self._leaf_rows(leaf.oid, self._conditions(group) + filters),
             limit=sql.Literal(self.examples_limit - len(tally.examples)),
         )
         names = self._pk_names()

@@ -50,7 +50,7 @@ SELECT c.oid, n.nspname, c.relname,
        (SELECT p.partstrat = 'l' AND p.partnatts = 1 AND a.attname = %(key)s
           FROM pg_catalog.pg_partitioned_table p
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
-         WHERE p.partrelid = tree.parent),
+         WHERE p.partrelid = tree.parent AND tree.parent = %(table)s::regclass::oid),
        greatest(c.reltuples, 0)::bigint, coalesce(s.n_live_tup, 0)
 FROM tree
 JOIN pg_catalog.pg_class c ON c.oid = tree.relid
@@ -149,7 +149,10 @@ def _plan_one(
         return LeafPlan(relation, "group-by", "DEFAULT partition: keys vary per row", estimated_rows=rows)
     match = _SINGLE_VALUE.match(bound)
     if not list_by_key or match is None:
-        return LeafPlan(relation, "group-by", f"bound {bound!r} is not one LIST value of the key", estimated_rows=rows)
+        # Also a leaf of a sub-partitioned table: its bound is relative to a parent that is not the table.
+        return LeafPlan(
+            relation, "group-by", f"bound {bound!r} is not one LIST value of the table's key", estimated_rows=rows
+        )
     value = int(match.group(1))
     found = _leading_index(indexes, sources)
     if found is None:

@@ -258,3 +258,43 @@ def test_composite_legacy_int_min_is_predicted_not_evaluated_per_value(
         ("error", (text[:5], text[5:]), 1),
     ]
     assert "no rule predicted" not in caplog.text
+
+
+def test_select_on_the_table_alone_is_enough_and_other_leaves_are_read_in_one_pruned_pass(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The least-privileged role has SELECT on the table, not on its partitions: nothing reads a partition by name."""
+    create_list_table(conn, modulus=4, trigger=None, default_partition=False)
+    conn.execute("DROP TABLE chunks_part_02, chunks_part_03")
+    conn.execute("CREATE TABLE chunks_pair PARTITION OF chunks FOR VALUES IN (2, 3)")
+    conn.execute("CREATE TABLE chunks_default PARTITION OF chunks DEFAULT")
+    conn.execute("CREATE INDEX ON chunks (collection_id)")
+    insert_rows(conn, 4000, modulus=4, collections=8)
+    conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES (md5('x')::uuid, 9), (md5('y')::uuid, 1)")
+    conn.execute("VACUUM ANALYZE chunks")
+    role = f"partkey_only_table_{conn.info.backend_pid}"
+    conn.execute(f"CREATE ROLE {role}")
+    conn.execute(f"GRANT SELECT ON chunks TO {role}")
+    try:
+        conn.execute(f"SET ROLE {role}")
+        verifier = Verifier(conn, KeySpec(modulus=4), primary_key=("id",))
+        result = verifier.run("full")
+        sample = verifier.run("sample", sample_percent=100)
+        rest = conn.execute(sql.SQL("EXPLAIN ") + verifier._other_groups([0, 1])).fetchall()
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+    paths = {p.plan.relation: p.plan.path for p in result.partitions}
+    assert paths == {
+        "public.chunks_default": "group-by",
+        "public.chunks_pair": "group-by",
+        "public.chunks_part_00": "loose-index-scan",
+        "public.chunks_part_01": "loose-index-scan",
+    }
+    wrong = {(b.relation, b.stored_key) for b in result.bad_pairs}
+    assert ("public.chunks_default", 9) in wrong and result.mismatched == sample.mismatched >= 1
+    plan = "\n".join(str(r[0]) for r in rest)
+    # The single-value partitions are pruned from the pass over the other leaves.
+    assert "chunks_part_00" not in plan and "chunks_part_01" not in plan
+    assert "chunks_pair" in plan and "chunks_default" in plan
