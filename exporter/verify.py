@@ -260,27 +260,34 @@ class Verifier:
             hashed = sql.SQL("({})").format(source_sql(spec.source))
         return sql.SQL("coalesce(hashtext({}::text) = -2147483648, false)").format(hashed)
 
-    def _fixed_key_groups(self, oid: int, value: int, extra: sql.Composable | None = None) -> sql.Composed:
-        """One single-value partition's source groups, read through the table with `key = value` (pruned to it).
+    def _fixed_key_groups(self, oid: int, plan: LeafPlan, extra: sql.Composable | None = None) -> sql.Composed:
+        """One single-value partition's source groups; the key is fixed by the bound, so only sources are grouped.
 
-        The key is fixed by the bound, so only the source columns are grouped: an index leading with them can then
-        serve the pass as an index-only scan with exact counts.
+        Read by name when the role may (an index leading with the sources then serves the pass as an index-only
+        scan), else through the table with `key = value`, which prunes to the partition.
         """
         key = sql.Identifier(self.spec.key_column)
-        where = sql.SQL("{} = {}").format(key, sql.Literal(value))
+        conditions = [] if plan.readable else [sql.SQL("{} = {}").format(key, sql.Literal(plan.list_value))]
         if extra is not None:
-            where = sql.SQL("{} AND ({})").format(where, extra)
+            conditions.append(sql.SQL("({})").format(extra))
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
         return sql.SQL(
             "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {cols}, count(*) AS _pk_n"
-            " FROM {table} WHERE {where} GROUP BY {cols}"
+            " FROM {rel}{where} GROUP BY {cols}"
         ).format(
             oid=sql.Literal(oid),
-            value=sql.Literal(value),
+            value=sql.Literal(plan.list_value),
             key=key,
             cols=self._columns(),
-            table=self.spec.table_ident,
+            rel=self._relation(plan),
             where=where,
         )
+
+    def _relation(self, plan: LeafPlan) -> sql.Composable:
+        """The leaf by name when the role may read it, else the table (callers then add `key = value`)."""
+        if plan.readable:
+            return sql.SQL("ONLY {}").format(sql.Identifier(*plan.relation.split(".", 1)))
+        return self.spec.table_ident
 
     def _other_groups(self, handled: list[int]) -> sql.Composed:
         """Every leaf not read by key value, in one pass over the table grouped by leaf, key and source.
@@ -424,9 +431,9 @@ class Verifier:
                 else:
                     loose.append(self._loose_scan(oid, plan))
                 if nullable:
-                    groups.append(self._fixed_key_groups(oid, plan.list_value, self._null_sources(nullable)))
+                    groups.append(self._fixed_key_groups(oid, plan, self._null_sources(nullable)))
             else:
-                groups.append(self._fixed_key_groups(oid, plan.list_value))
+                groups.append(self._fixed_key_groups(oid, plan))
         if len(handled) < len(plans):
             groups.append(self._other_groups(handled))
         # Partitions whose indexes order the source columns alike share one statement.

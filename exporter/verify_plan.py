@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import psycopg
@@ -32,6 +32,8 @@ class LeafPlan:
     index_columns: tuple[str, ...] = ()
     estimated_rows: int = 0
     estimated_distinct: float | None = None
+    # The role may read this leaf by name (else it is read through the table, which costs index-only scans).
+    readable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -51,7 +53,8 @@ SELECT c.oid, n.nspname, c.relname,
           FROM pg_catalog.pg_partitioned_table p
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
          WHERE p.partrelid = tree.parent AND tree.parent = %(table)s::regclass::oid),
-       greatest(c.reltuples, 0)::bigint, coalesce(s.n_live_tup, 0)
+       greatest(c.reltuples, 0)::bigint, coalesce(s.n_live_tup, 0),
+       pg_catalog.has_table_privilege(c.oid, 'SELECT')
 FROM tree
 JOIN pg_catalog.pg_class c ON c.oid = tree.relid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -124,12 +127,12 @@ def plan_leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> list[tuple[int,
     for relid, column, n_distinct in conn.execute(_DISTINCT, {"oids": oids, "columns": list(sources)}).fetchall():
         stats.setdefault(relid, {})[column] = float(n_distinct)
     plans = []
-    for oid, schema, name, bound, list_by_key, reltuples, live in leaves:
+    for oid, schema, name, bound, list_by_key, reltuples, live, readable in leaves:
         rows = int(live) if live > 0 else int(reltuples)
         plan = _plan_one(
             f"{schema}.{name}", bound, bool(list_by_key), rows, indexes.get(oid, []), stats.get(oid, {}), sources
         )
-        plans.append((oid, plan))
+        plans.append((oid, replace(plan, readable=bool(readable))))
     return plans
 
 
