@@ -25,6 +25,7 @@ from migrations.steps import (
     Plan,
     Statement,
     Step,
+    basis,
     index_estimate,
     scan_estimate,
 )
@@ -54,6 +55,7 @@ def generated_downgrade(
     trigger_name, fschema, fname, body = trigger
     oid = table_oid(conn, spec)
     size = table_size(conn, spec)
+    plan.estimate_basis = basis(size)
     old = options.old_column
     sync_function = f"{spec.table}_partkey_sync"[:63]
     check = f"{spec.table}_{old}_not_null_check"[:63]

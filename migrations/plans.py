@@ -28,10 +28,10 @@ from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
 from migrations.steps import (
     BRIEF_SECONDS,
-    VALIDATE_SECONDS_PER_GB,
     Plan,
     Statement,
     Step,
+    basis,
     human_bytes,
     human_seconds,
     index_estimate,
@@ -135,6 +135,7 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
     spec = options.spec
     size = table_size(conn, spec)
     plan = Plan("upgrade", "check", reason)
+    plan.estimate_basis = basis(size)
     safe = [c for c in impl.checks if not c.overflows]
     legacy = [c for c in impl.checks if c.overflows]
     triggers = key_triggers(conn, spec, impl)
@@ -167,7 +168,7 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
                 statements=(*_parent_first(options, impl, "SHARE UPDATE EXCLUSIVE"), sqlgen.validate_check(spec, name)),
                 lock=f"SHARE UPDATE EXCLUSIVE on {partitions}: INSERT/UPDATE/DELETE keep flowing",
                 rewrites=False,
-                estimate_seconds=scan_estimate(size, VALIDATE_SECONDS_PER_GB),
+                estimate_seconds=scan_estimate(size, "validate"),
                 timeout="scan",
             )
         )
@@ -203,6 +204,7 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
     spec = options.spec
     size = table_size(conn, spec)
     plan = Plan("upgrade", "generated", reason)
+    plan.estimate_basis = basis(size)
     if impl.generated_kind == "stored" and not impl.formula_overflow:
         plan.reason = f"already done: {spec.key_column} is a STORED generated column with the safe formula"
         return plan
@@ -321,6 +323,7 @@ def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Im
     plan = Plan("upgrade", "keep-trigger", reason, final_state="kept-trigger")
     triggers = key_triggers(conn, spec, impl)
     size = table_size(conn, spec)
+    plan.estimate_basis = basis(size)
     statements: list[Statement] = []
     body = sqlgen.function_body(spec).as_string(conn)
     functions = sorted({(t.function_schema, t.function_name) for t in triggers}) or [(spec.schema, DEFAULT_FUNCTION)]

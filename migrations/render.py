@@ -13,6 +13,8 @@ from migrations.steps import Plan, human_seconds
 def plan_lines(conn: psycopg.Connection[Any], plan: Plan) -> list[str]:
     """Each step with its lock, whether it rewrites, its estimate, and its statements."""
     lines = [f"{plan.direction} plan, strategy {plan.strategy}: {plan.reason}"]
+    if plan.estimate_basis:
+        lines.append(plan.estimate_basis)
     lines += [f"warning: {w}" for w in plan.warnings]
     lines += [f"depends on the key column: {d['kind']} {d['name']}: {d['action']}" for d in plan.dependents]
     if not plan.steps:

@@ -7,19 +7,24 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from migrations.catalog import TableSize
+from migrations.catalog import BYTES_PER_ROW_GUESS, TableSize
 
 StepKind = Literal["ddl", "verify", "verify-new", "concurrent", "backfill"]
 Statement = sql.SQL | sql.Composed
 
-# Rates measured in postgres-facts.md (PG 18, 2 vCPUs, 1M rows / 394 MB); estimates only, re-measure.
-REWRITE_SECONDS_PER_GB = 7.7  # ADD COLUMN ... STORED: 3.04 s for 394 MB
+# Rates: a part per row (the formula is computed, index entries written) plus a part per GB read or written.
+# Calibrated on PG 18, 2 shared vCPUs, 1M rows (tests/reliability/test_migrate_estimates.py keeps them within 2x):
+# 1M rows / ~90 MB took 3.4 s to rewrite and 0.54 s to VALIDATE (2026-11-30); earlier 1M rows / 306-394 MB took
+# 3.0-5.0 s and 0.24-0.34 s (postgres-facts.md, docs/migrate.md). Estimates only: re-measure on your machine.
+REWRITE_SECONDS_PER_MILLION_ROWS = 3.0  # ADD COLUMN ... STORED: the expression, the heap and every index rewritten
+REWRITE_SECONDS_PER_GB = 3.0
+VALIDATE_SECONDS_PER_MILLION_ROWS = 0.55  # VALIDATE CONSTRAINT: the CHECK evaluated on every row
+VALIDATE_SECONDS_PER_GB = 0.3
+SCAN_SECONDS_PER_MILLION_ROWS = 0.2  # full verification: the formula on every row
+SCAN_SECONDS_PER_GB = 0.3
 INDEX_SECONDS_PER_MILLION_ROWS = 0.75  # re-adding the PK or an index: 0.64-0.74 s per 1M rows
-VALIDATE_SECONDS_PER_GB = 0.6  # VALIDATE CONSTRAINT: 239 ms for 394 MB
-SCAN_SECONDS_PER_GB = 0.5  # full verification: 190 ms for 391 MB
 BACKFILL_SECONDS_PER_GB = 42.0  # batched UPDATE of the copy: 12.8 s for 1M rows / 306 MB (measured here, PG 18)
 BRIEF_SECONDS = 0.01  # catalog-only DDL once the lock is granted
-BYTES_PER_ROW_GUESS = 400  # the facts' table: 394 bytes a row; used when reltuples is unknown
 GB = 1024**3
 
 
@@ -51,6 +56,8 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     final_state: str = "upgraded"
+    # What the estimates are based on: the table's size now, the rows that implies, and the rates.
+    estimate_basis: str = ""
     # What depends on the key column besides the table's indexes and constraints, and what the plan does with it.
     dependents: list[dict[str, Any]] = field(default_factory=list)
 
@@ -71,6 +78,7 @@ class Plan:
             "reason": self.reason,
             "final_state": self.final_state,
             "warnings": self.warnings,
+            "estimate_basis": self.estimate_basis,
             "key_column_dependents": self.dependents,
             "steps": [
                 {
@@ -89,6 +97,18 @@ class Plan:
         }
 
 
+def basis(size: TableSize) -> str:
+    """The line `plan` shows under its title: what every estimate below is computed from."""
+    return (
+        f"estimates from: heap {human_bytes(size.heap_bytes)} and {human_bytes(size.total_bytes)} with indexes "
+        f"(pg_relation_size, now), ~{rows_of(size):,} rows (pages now x rows per page at the last ANALYZE); "
+        f"per 1M rows + per GB: rewrite {REWRITE_SECONDS_PER_MILLION_ROWS:g} s + {REWRITE_SECONDS_PER_GB:g} s, "
+        f"VALIDATE {VALIDATE_SECONDS_PER_MILLION_ROWS:g} s + {VALIDATE_SECONDS_PER_GB:g} s, "
+        f"scan {SCAN_SECONDS_PER_MILLION_ROWS:g} s + {SCAN_SECONDS_PER_GB:g} s, "
+        f"index {INDEX_SECONDS_PER_MILLION_ROWS:g} s"
+    )
+
+
 def rows_of(size: TableSize) -> int:
     """Row count to estimate with: the planner's, or a guess from the heap size before any ANALYZE."""
     return size.rows if size.rows > 0 else size.heap_bytes // BYTES_PER_ROW_GUESS
@@ -96,7 +116,7 @@ def rows_of(size: TableSize) -> int:
 
 def rewrite_estimate(size: TableSize) -> float:
     """Seconds to rewrite the table and its indexes."""
-    return size.total_bytes / GB * REWRITE_SECONDS_PER_GB
+    return rows_of(size) / 1e6 * REWRITE_SECONDS_PER_MILLION_ROWS + size.total_bytes / GB * REWRITE_SECONDS_PER_GB
 
 
 def index_estimate(size: TableSize, indexes: int) -> float:
@@ -104,9 +124,14 @@ def index_estimate(size: TableSize, indexes: int) -> float:
     return indexes * rows_of(size) / 1_000_000 * INDEX_SECONDS_PER_MILLION_ROWS
 
 
-def scan_estimate(size: TableSize, per_gb: float = SCAN_SECONDS_PER_GB) -> float:
-    """Seconds for one sequential pass over the heap."""
-    return size.heap_bytes / GB * per_gb
+def scan_estimate(size: TableSize, kind: str = "scan") -> float:
+    """Seconds for one pass over the heap that computes the formula on every row (a scan, or VALIDATE)."""
+    per_rows, per_gb = (
+        (VALIDATE_SECONDS_PER_MILLION_ROWS, VALIDATE_SECONDS_PER_GB)
+        if kind == "validate"
+        else (SCAN_SECONDS_PER_MILLION_ROWS, SCAN_SECONDS_PER_GB)
+    )
+    return rows_of(size) / 1e6 * per_rows + size.heap_bytes / GB * per_gb
 
 
 def human_seconds(seconds: float) -> str:

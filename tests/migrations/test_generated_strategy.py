@@ -59,8 +59,8 @@ def test_status_and_plan_warn_about_the_rewrite(plain_table: psycopg.Connection[
     assert "key column position:           3 of 4" in status.out
     plan = cli(dsn, "plan")
     assert plan.code == 0, plan.err
-    assert plan.out.splitlines()[1].startswith("warning: ADD COLUMN ... GENERATED ... STORED rewrites public.chunks")
-    assert "under ACCESS EXCLUSIVE" in plan.out.splitlines()[1]
+    assert plan.out.splitlines()[2].startswith("warning: ADD COLUMN ... GENERATED ... STORED rewrites public.chunks")
+    assert "under ACCESS EXCLUSIVE" in plan.out.splitlines()[2]
     add = plan.out[plan.out.index("2. add-generated-column") : plan.out.index("3. verify-new-column")]
     assert "rewrites the table: yes" in add
     builds = [line for line in plan.out.splitlines() if "INDEX CONCURRENTLY IF NOT EXISTS" in line]

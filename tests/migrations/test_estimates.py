@@ -1,0 +1,43 @@
+"""Plan estimates: based on the table's current size, basis shown, calibrated on 1M rows (issue 14, failure 8)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import psycopg
+
+from tests.migrations.helpers import cli
+from tests.schema import create_list_table, insert_rows
+
+
+def step_seconds(stderr: str) -> dict[str, float]:
+    """How long each step took, as the run logged it ("step 2/3 validate-check: done in 336 ms")."""
+    units = {"ms": 0.001, "s": 1.0, "min": 60.0}
+    return {
+        name: float(value) * units[unit]
+        for name, value, unit in re.findall(r"step \d+/\d+ ([\w:-]+): done in ([\d.]+) ?(ms|s|min)", stderr)
+    }
+
+
+def estimates(dsn: str, *args: str) -> dict[str, Any]:
+    """plan --json: the estimate of each step by name, and the basis."""
+    plan = json.loads(cli(dsn, "plan", "--json", *args).out)
+    return {"steps": {s["name"]: s["estimate_seconds"] for s in plan["steps"]}, "basis": plan["estimate_basis"]}
+
+
+def test_estimates_follow_the_current_size_not_a_stale_row_count(conn: psycopg.Connection[Any], dsn: str) -> None:
+    create_list_table(conn, modulus=10, trigger="parent")
+    insert_rows(conn, 20_000, modulus=10)
+    conn.execute("ANALYZE chunks")
+    small = estimates(dsn)
+    insert_rows(conn, 60_000, modulus=10)  # 4x the rows; reltuples still says 20,000 (no ANALYZE since)
+    big = estimates(dsn)
+    ratio = big["steps"]["validate-check"] / small["steps"]["validate-check"]
+    assert 3.0 < ratio < 5.0, (small, big)
+    assert "pg_relation_size" in big["basis"]
+    rows = int(re.search(r"~([\d,]+) rows", big["basis"]).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert 60_000 < rows < 100_000, big["basis"]
+    text = cli(dsn, "plan").out
+    assert text.splitlines()[1].startswith("estimates from: ")
