@@ -476,7 +476,10 @@ class Verifier:
         return tuple(out)
 
     def _window(self, mode: Mode, sample_percent: float, filters: list[sql.Composable], tally: _Tally) -> None:
-        """Sample or incremental: group the window's rows, evaluate once per group; counts stay per row."""
+        """Sample or incremental: evaluate the formula per row (measured faster than grouping a window first).
+
+        Good rows collapse into one group; bad rows are grouped by (relation, key, source) for the report.
+        """
         source = sql.SQL("{} AS t").format(self.spec.table_ident)
         if mode == "sample":
             seed = int(time.time()) % 1_000_000
@@ -484,17 +487,72 @@ class Verifier:
                 source, sql.Literal(sample_percent), sql.Literal(seed)
             )
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL("")
-        key = sql.Identifier(self.spec.key_column)
-        groups = sql.SQL(
-            "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {src}{where}"
-            " GROUP BY t.tableoid, {key}, {cols}"
-        ).format(key=key, cols=self._columns(), src=source, where=where)
-        bad, counted = self._read([groups])
+        width = len(self.spec.source_columns)
+        try:
+            with self.conn.transaction():
+                rows = self.conn.execute(self._row_statement(source, where)).fetchall()
+        except psycopg.DataError:
+            key = sql.Identifier(self.spec.key_column)
+            groups = sql.SQL(
+                "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {src}{where}"
+                " GROUP BY t.tableoid, {key}, {cols}"
+            ).format(key=key, cols=self._columns(), src=source, where=where)
+            bad, counted = self._read_value_by_value([groups])
+            good = sum(n for n, _ in counted.values()) - sum(g.rows or 0 for g in bad)
+        else:
+            good, bad = 0, []
+            for row in rows:
+                if row[1]:
+                    good += int(row[3 + 2 * width])
+                    continue
+                bad.append(
+                    _Group(
+                        oid=int(row[0]),
+                        stored=row[2],
+                        text=tuple(row[3 : 3 + width]),
+                        native=tuple(row[3 + width : 3 + 2 * width]),
+                        rows=int(row[3 + 2 * width]),
+                        raises=bool(row[4 + 2 * width]),
+                        expected=row[5 + 2 * width],
+                    )
+                )
+        tally.checked += good + sum(g.rows or 0 for g in bad)
         if bad:  # names only when something needs reporting: a clean window costs one statement
             leaves = {oid: _Leaf(f"{s}.{n}", oid) for oid, (s, n) in self._leaf_names()}
             for group in bad:
                 self._add(group, leaves[group.oid], False, tally, filters)
-        tally.checked += sum(rows for rows, _ in counted.values())
+
+    def _row_statement(self, source: sql.Composable, where: sql.Composable) -> sql.Composed:
+        """Per-row evaluation: one good-rows count, and the bad rows grouped with their keys and sources."""
+        key = sql.Identifier(self.spec.key_column)
+        columns = [sql.Identifier(c) for c in self.spec.source_columns]
+
+        def bad_only(value: sql.Composable) -> sql.Composable:
+            return sql.SQL("CASE WHEN _pk_b THEN {} END").format(value)
+
+        width = len(columns)
+        positions = [*range(1, 4 + 2 * width), 5 + 2 * width, 6 + 2 * width]
+        return sql.SQL(
+            "SELECT {rel}, NOT _pk_b, {key_out}, {texts}, {natives}, count(*), {raised}, {expected} FROM ("
+            "SELECT _pk_e.*, (_pk_raises OR {key} IS NULL OR {key} IS DISTINCT FROM _pk_expected) AS _pk_b FROM ("
+            "SELECT t.tableoid AS _pk_rel, {key}, {cols}, {raises} AS _pk_raises,"
+            " CASE WHEN {raises} THEN NULL ELSE {expr} END AS _pk_expected FROM {src}{where}) AS _pk_e) AS _pk_x"
+            " GROUP BY {positions}"
+        ).format(
+            rel=bad_only(sql.SQL("_pk_rel")),
+            key_out=bad_only(key),
+            texts=sql.SQL(", ").join(bad_only(sql.SQL("{}::text").format(c)) for c in columns),
+            natives=sql.SQL(", ").join(bad_only(c) for c in columns),
+            raised=bad_only(sql.SQL("_pk_raises")),
+            expected=bad_only(sql.SQL("_pk_expected")),
+            key=key,
+            cols=self._columns(),
+            raises=self._raises(),
+            expr=self.spec.expression(),
+            src=source,
+            where=where,
+            positions=sql.SQL(", ").join(sql.Literal(p) for p in positions),
+        )
 
     def _read(self, groups: list[sql.Composable]) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
         """The bad groups of one statement and (rows, groups) per relation; on an unpredicted error, per value."""
