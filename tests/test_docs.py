@@ -65,6 +65,7 @@ def test_the_configuration_table_lists_every_key_with_its_real_default() -> None
     assert rows["`targets[].tables[].checks.insert_probe.enabled`"][2] == "`false`"
     assert rows["`targets[].tables[].schema`"][1:3] == ["string (length ≥ 1, length ≤ 63)", "`public`"]
     assert rows["`targets`"][2] == "`[]`"  # targets_dir may hold every target instead
+    assert rows["`targets[].name`"][2] == "required"
     assert all(row[3] for row in rows.values()), [key for key, row in rows.items() if not row[3]]
     assert config_page.duration_text(0.5) == "500ms"
 
