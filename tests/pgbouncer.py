@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 import pytest
@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.e2e.prometheus import free_port
 from tests.reliability.harness import CHECKS
+from tests.schema import create_list_table, insert_rows
 from tests.support import parse, value
 
 PoolMode = Literal["session", "transaction", "statement"]
@@ -257,3 +258,10 @@ def assert_clean_run(run: PoolRun) -> None:
             assert value(samples, "partkey_check_success", target="pooled", table="public.chunks", check=check) == 1, (
                 check
             )
+
+
+def semantik_chunks(conn: psycopg.Connection[Any], modulus: int, rows: int = 500) -> psycopg.Connection[Any]:
+    """A LIST-partitioned table with the key trigger and some rows, as semantik has it (per partition before 13)."""
+    create_list_table(conn, modulus=modulus, trigger="parent" if conn.info.server_version >= 130000 else "partitions")
+    insert_rows(conn, rows, modulus=modulus)
+    return conn

@@ -18,7 +18,7 @@ from exporter.pg.limits import set_local_limits
 from exporter.pg.locks import Backoff, LockRetriesExhausted, retry_lock_timeouts
 from exporter.pg.scrub import redact, scrub
 from exporter.target import APPLICATION_NAME, Target
-from tests.schema import create_list_table, insert_rows
+from tests.pgbouncer import semantik_chunks
 from tests.support import config_for
 
 ALL_CHECKS = """monotonic_column: id
@@ -57,8 +57,7 @@ def sent_statements(trace: str) -> tuple[list[str], list[str]]:
 def test_daemon_checks_send_only_transaction_local_state(
     conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
 ) -> None:
-    create_list_table(conn, modulus=10)
-    insert_rows(conn, 200, modulus=10)
+    semantik_chunks(conn, 10, rows=200)
     exporter = Exporter(config_for(dsn, ALL_CHECKS))
     target = exporter.targets["t1"]
     trace = tmp_path / "libpq.trace"
@@ -113,7 +112,7 @@ def test_a_write_inside_a_check_transaction_fails(conn: psycopg.Connection[Any],
 def test_a_check_blocked_by_a_lock_gives_up_after_the_targets_lock_timeout(
     conn: psycopg.Connection[Any], dsn: str
 ) -> None:
-    create_list_table(conn, modulus=10)
+    semantik_chunks(conn, 10, rows=0)
     exporter = Exporter(config_for(dsn, "modulus: 10", extra="", name="t1"))
     exporter.targets["t1"].lock_timeout = 0.2
     try:
@@ -183,8 +182,7 @@ def test_lock_retries_back_off_then_give_up_with_the_callers_words(
 
 
 def test_the_detector_never_prepares_on_a_borrowed_connection(conn: psycopg.Connection[Any], dsn: str) -> None:
-    create_list_table(conn, modulus=10)
-    insert_rows(conn, 100, modulus=10)
+    semantik_chunks(conn, 10, rows=100)
     with psycopg.connect(dsn) as app:  # psycopg's defaults: prepare from the fifth run on
         detector = PartitionImplementationDetector(app, modulus=10)
         for _ in range(6):

@@ -16,8 +16,7 @@ from migrations.connect import POOL_REFUSAL
 from migrations.runlock import LOCK_CLASS, held_here
 from tests.integrations.common import load_example
 from tests.migrations.helpers import catalog, cli, state
-from tests.pgbouncer import assert_clean_run, pgbouncer, run_two_daemons_and_an_application
-from tests.schema import create_list_table, insert_rows
+from tests.pgbouncer import assert_clean_run, pgbouncer, run_two_daemons_and_an_application, semantik_chunks
 from tests.support import config_for, metrics, serving, value
 
 MODULUS = 10
@@ -32,9 +31,7 @@ fastapi_example = load_example("fastapi/partkey_fastapi.py")
 @pytest.fixture
 def chunks(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     """A LIST-partitioned table with the trigger and some rows, as semantik has it."""
-    create_list_table(conn, modulus=MODULUS)
-    insert_rows(conn, 500, modulus=MODULUS)
-    return conn
+    return semantik_chunks(conn, MODULUS)
 
 
 def test_two_daemons_and_an_application_share_a_transaction_pool(
@@ -63,7 +60,9 @@ def test_behind_default_pgbouncer_checks_give_up_after_lock_timeout_and_cannot_w
             with target.session() as session, session.transaction():
                 target.begin_check(session, statement_timeout=5)
                 with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-                    session.execute("INSERT INTO chunks (collection_id, partition_key) VALUES (gen_random_uuid(), 1)")
+                    session.execute(
+                        "INSERT INTO chunks (collection_id, partition_key) VALUES ('00000000-0000-0000-0000-000000000001', 1)"
+                    )
             with target.session() as session:
                 # application_name is a startup parameter PgBouncer passes on to the server connection it lends.
                 row = session.execute("SELECT current_setting('application_name')").fetchone()

@@ -8,8 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.pgbouncer import assert_clean_run, pgbouncer, run_two_daemons_and_an_application
-from tests.schema import create_list_table, insert_rows
+from tests.pgbouncer import assert_clean_run, pgbouncer, run_two_daemons_and_an_application, semantik_chunks
 
 MODULUS = 10
 
@@ -17,9 +16,7 @@ MODULUS = 10
 @pytest.fixture
 def chunks(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     """A LIST-partitioned table with the trigger and some rows, as semantik has it."""
-    create_list_table(conn, modulus=MODULUS)
-    insert_rows(conn, 500, modulus=MODULUS)
-    return conn
+    return semantik_chunks(conn, MODULUS)
 
 
 @pytest.mark.slow
