@@ -61,7 +61,8 @@ def test_behind_default_pgbouncer_checks_give_up_after_lock_timeout_and_cannot_w
                 target.begin_check(session, statement_timeout=5)
                 with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                     session.execute(
-                        "INSERT INTO chunks (collection_id, partition_key) VALUES ('00000000-0000-0000-0000-000000000001', 1)"
+                        "INSERT INTO chunks (collection_id, partition_key) VALUES (%s, 1)",
+                        ("00000000-0000-0000-0000-000000000001",),
                     )
             with target.session() as session:
                 # application_name is a startup parameter PgBouncer passes on to the server connection it lends.
