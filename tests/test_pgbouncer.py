@@ -201,3 +201,18 @@ def test_migrate_refuses_a_statement_pool_and_changes_nothing(
         run = cli(bouncer.dsn(dsn), "upgrade", modulus=MODULUS)
     assert (run.code, run.err) == (2, f"partkey-migrate: error: {POOL_REFUSAL}\n")
     assert catalog(chunks) == before
+
+
+def test_a_dsn_with_options_behind_default_pgbouncer_says_what_to_do(
+    chunks: psycopg.Connection[Any], admin_dsn: str, dsn: str
+) -> None:
+    with pgbouncer(admin_dsn, "transaction") as bouncer:
+        exporter = Exporter(config_for(bouncer.dsn(dsn) + " options='-c work_mem=64MB'", "modulus: 10", name="t1"))
+        try:
+            result = exporter.runners[("t1", "public.chunks", "implementation")].run()
+        finally:
+            exporter.stop()
+    assert not result.success
+    assert result.error is not None
+    assert "unsupported startup parameter: options" in result.error
+    assert "remove it (or list it in ignore_startup_parameters)" in result.error
