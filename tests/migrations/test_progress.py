@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
+from rich.console import Console
 
+from migrations import progress
 from tests.migrations.helpers import ROOT, drift
 from tests.migrations.test_generated_strategy import create_plain
 from tests.schema import create_list_table, insert_rows
@@ -107,3 +114,55 @@ def test_upgrade_json_on_a_terminal_keeps_stdout_one_document(conn: psycopg.Conn
     assert code == 0, terminal
     assert out.lstrip().startswith("{") and out.rstrip().endswith("}") and "\x1b" not in out
     assert re.search(r"step \d/\d validate\S*\s+\d:\d\d:\d\d", terminal), terminal[-3000:]
+
+
+def test_index_build_display_shows_the_phase_postgresql_reports(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_list_table(conn, modulus=10, trigger=None)
+    insert_rows(conn, 1000, modulus=10)
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "_console", lambda: Console(file=screen, force_terminal=True, width=160))
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.05)
+    build = CreateIndex(dsn)
+    # An uncommitted write makes CREATE INDEX CONCURRENTLY wait in a phase the view reports, for as long as we like.
+    with psycopg.connect(dsn) as writer:
+        writer.execute("INSERT INTO chunks_part_01 (collection_id, partition_key) VALUES (gen_random_uuid(), 1)")
+        build.start()
+        wait_for(lambda: build.waiting(conn), "CREATE INDEX CONCURRENTLY to wait for the writer")
+        wait_for(lambda: "waiting for writers before build" in screen.getvalue(), "the display to show the phase")
+        writer.rollback()
+    build.join()
+    assert "step 1/1 build-index:chunks_part_01_idx: waiting for writers before build" in ANSI.sub(
+        "", screen.getvalue()
+    )
+
+
+class CreateIndex(threading.Thread):
+    """CREATE INDEX CONCURRENTLY under progress.index_build, on its own connection."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.pid = 0
+
+    def run(self) -> None:
+        """Build the index while the display polls."""
+        with psycopg.connect(self.dsn, autocommit=True) as builder:
+            self.pid = builder.info.backend_pid
+            with progress.index_build(builder, "step 1/1 build-index:chunks_part_01_idx"):
+                builder.execute("CREATE INDEX CONCURRENTLY chunks_part_01_idx ON chunks_part_01 (created_at)")
+
+    def waiting(self, conn: psycopg.Connection[Any]) -> bool:
+        """True once the build shows in pg_stat_progress_create_index."""
+        row = conn.execute("SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s", (self.pid,)).fetchone()
+        return bool(row and row[0])
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll until condition() holds; fail naming what never happened (a generous bound, never a measurement)."""
+    for _ in range(600):
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
