@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from migrations import progress
-from tests.migrations.helpers import ROOT, drift
+from tests.migrations.helpers import ROOT, cli, drift
 from tests.migrations.test_generated_strategy import create_plain
 from tests.schema import create_list_table, insert_rows
 
@@ -105,6 +105,18 @@ def test_upgrade_on_a_terminal_shows_validate_and_index_builds(conn: psycopg.Con
         assert re.search(rf"step \d/\d build-index:{index}", terminal), terminal[-3000:]
     # The step's own log line is still there, after the display.
     assert re.search(r"partkey-migrate: step \d/\d build-index:chunks_pkey: done in", terminal)
+
+
+def test_downgrade_backfill_on_a_terminal_shows_rows_total_rate_and_eta(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    create_plain(conn, rows=10_000)
+    assert cli(dsn, "upgrade").code == 0
+    conn.execute("ANALYZE chunks")  # the backfill's total is the planner's estimate
+    code, out, terminal = run_on_terminal(dsn, "downgrade", "--batch-size", "200")
+    assert code == 0, terminal
+    assert re.search(r"step backfill .*?\d[\d,]*/10,?000 rows .*?ETA \d+:\d\d:\d\d", terminal), terminal[-3000:]
+    assert "downgrade finished" in out
 
 
 def test_upgrade_json_on_a_terminal_keeps_stdout_one_document(conn: psycopg.Connection[Any], dsn: str) -> None:
