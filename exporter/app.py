@@ -16,14 +16,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from exporter.admin import BusyError, UnknownTableError
-from exporter.checks.base import Check
-from exporter.checks.distribution import DistributionCheck
-from exporter.checks.implementation import ImplementationCheck
-from exporter.checks.insert_probe import InsertProbeCheck
+from exporter.checks.registry import checks_for
 from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.collector import PartkeyCollector
-from exporter.config import CheckSettings, Config, TableConfig
+from exporter.config import Config, TableConfig
 from exporter.exposition import Exposition
 from exporter.reconnect import ReconnectWatcher
 from exporter.report import TableHealth
@@ -50,22 +47,6 @@ class _SkippedRunFilter(logging.Filter):
 
 
 _SKIPPED_RUNS = _SkippedRunFilter()
-
-
-def _checks_for(table: TableConfig, state: TableVerificationState) -> list[tuple[Check, CheckSettings]]:
-    """Every enabled check of a table with its settings."""
-    settings = table.checks
-    candidates: list[tuple[Check, CheckSettings]] = [
-        (ImplementationCheck(table), settings.implementation),
-        (VerificationCheck(table, "sample", state), settings.verification_sample),
-        (VerificationCheck(table, "full", state), settings.verification_full),
-        (DistributionCheck(table, exact=False), settings.distribution),
-        (DistributionCheck(table, exact=True), settings.distribution_exact),
-        (InsertProbeCheck(table), settings.insert_probe),
-    ]
-    if table.monotonic_column is not None:
-        candidates.insert(1, (VerificationCheck(table, "incremental", state), settings.verification_incremental))
-    return [(check, s) for check, s in candidates if s.enabled]
 
 
 def first_run_delays(runners: Mapping[tuple[str, str, str], CheckRunner]) -> dict[tuple[str, str, str], float]:
@@ -119,7 +100,7 @@ class Exporter:
                 state = TableVerificationState()
                 self.tables[(target.name, table.label)] = table
                 self.verify_states[(target.name, table.label)] = state
-                for check, settings in _checks_for(table, state):
+                for check, settings in checks_for(table, state):
                     runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout)
                     self.runners[runner.key] = runner
         self.registry = CollectorRegistry(auto_describe=False)

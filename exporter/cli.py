@@ -71,8 +71,10 @@ def _one_shot(config: Config, checks: set[str] | None) -> Exporter:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the health report once."""
+    from exporter.checks.registry import REGISTRY
+
     config = _config_from(args)
-    wanted = {"implementation", "verification_full", "distribution", "distribution_exact"}
+    wanted = {kind.name for kind in REGISTRY if kind.in_report}
     exporter = _one_shot(config, None if args.all_checks else wanted)
     try:
         healths = exporter.health()

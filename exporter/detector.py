@@ -1,7 +1,7 @@
 """PartitionImplementationDetector: the daemon's own checks, embedded in an application (sync or asyncio).
 
 Nothing here re-implements a check. The detector builds the daemon's check objects for one table
-(`exporter.app._checks_for`), runs each through the daemon's `CheckRunner` (server-side statement_timeout,
+(`exporter.checks.registry.checks_for`), runs each through the daemon's `CheckRunner` (server-side statement_timeout,
 lock_timeout, error descriptions, password scrubbing) into its own `SnapshotStore`, and reads the results back as a
 `TableHealth`, so `generate_health_report()` is `/report` rendered from the same kind of data. It also implements
 `exporter.admin.HealthSource`, which lets a web framework reuse the daemon's admin API (token check, body parsing,
@@ -23,8 +23,8 @@ import psycopg
 from psycopg import pq
 
 from exporter.admin import BusyError, UnknownTableError, report_text
-from exporter.app import _checks_for
 from exporter.checks.base import Check
+from exporter.checks.registry import REGISTRY, checks_for
 from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.config import ChecksConfig, TableConfig
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # The checks behind the health report: the same set `partkey-exporter report` runs once.
-REPORT_CHECKS: tuple[str, ...] = ("implementation", "verification_full", "distribution", "distribution_exact")
+REPORT_CHECKS: tuple[str, ...] = tuple(kind.name for kind in REGISTRY if kind.in_report)
 
 _Payload = TypeVar("_Payload")
 # Settings from_env() reads, each from PREFIX + the name in upper case (pydantic converts the modulus).
@@ -164,8 +164,8 @@ class PartitionImplementationDetector:
         self._refresh_lock = threading.Lock()
         self.runners: dict[str, CheckRunner] = {
             check.name: self._runner(check, settings.interval, settings.statement_timeout)
-            for check, settings in _checks_for(self.table_config, self._verification)
-            if check.name != "insert_probe"  # writes rows; its READ WRITE transaction has no place in here
+            # The insert probe writes rows: its READ WRITE transaction has no place in here.
+            for check, settings in checks_for(self.table_config, self._verification, read_only=True)
         }
         self._limited: dict[tuple[Mode, int], CheckRunner] = {}
 
