@@ -115,7 +115,20 @@ SCHEMAS: dict[str, Any] = {
             "partitioned": BOOLEAN,
             "partitions": {
                 "type": "array",
-                "items": _obj({"name": STRING, "rows": NULLABLE_INTEGER, "is_default": BOOLEAN}),
+                "items": _obj(
+                    {
+                        "name": STRING,
+                        "rows": NULLABLE_INTEGER,
+                        "is_default": BOOLEAN,
+                        "heap_bytes": NULLABLE_INTEGER,
+                        "index_bytes": NULLABLE_INTEGER,
+                        "toast_bytes": NULLABLE_INTEGER,
+                        "dead_rows": NULLABLE_INTEGER,
+                        "last_vacuum": NULLABLE_NUMBER,
+                        "last_analyze": NULLABLE_NUMBER,
+                        "stale": BOOLEAN,
+                    }
+                ),
             },
             "total_rows": NULLABLE_INTEGER,
             "default_rows": NULLABLE_INTEGER,
@@ -130,6 +143,14 @@ SCHEMAS: dict[str, Any] = {
             "cv": NULLABLE_NUMBER,
             "hot": INTEGER,
             "cold": INTEGER,
+            "heap_bytes": NULLABLE_INTEGER,
+            "index_bytes": NULLABLE_INTEGER,
+            "toast_bytes": NULLABLE_INTEGER,
+            "bytes_avg": NULLABLE_NUMBER,
+            "bytes_max": NULLABLE_INTEGER,
+            "bytes_skew_ratio": NULLABLE_NUMBER,
+            "bytes_cv": NULLABLE_NUMBER,
+            "stale": INTEGER,
         }
     ),
     "CheckState": _obj(
