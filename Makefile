@@ -71,6 +71,7 @@ deploy: $(STAMP)
 # Regenerates the committed dashboard JSON; tests/dashboards fails when it is stale.
 dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
+	$(PY) -m deploy.generate  # the PrometheusRule carries dashboards/alerts.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site dist
