@@ -138,10 +138,17 @@ def exporters(config: Path, ports: list[int], workdir: Path) -> Iterator[list[su
 
 
 def get(conn: http.client.HTTPConnection, path: str, gzipped: bool = False) -> tuple[float, bytes, int]:
-    """Seconds, decoded body and bytes on the wire of one GET on a kept-alive connection."""
-    started = time.perf_counter()
-    conn.request("GET", path, headers={"Accept-Encoding": "gzip"} if gzipped else {})
-    response = conn.getresponse()
+    """Seconds, decoded body and bytes on the wire of one GET on a kept-alive connection (reopened if closed)."""
+    headers = {"Accept-Encoding": "gzip"} if gzipped else {}
+    try:
+        started = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+    except (http.client.RemoteDisconnected, ConnectionError):
+        conn.close()  # the server closes a connection idle for 10 s; the next request opens a new one
+        started = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
     raw = response.read()
     took = time.perf_counter() - started
     if response.status != 200:
@@ -315,6 +322,7 @@ def main() -> None:
                     run_scenario(name.replace(" ", "-").replace(",", ""), server.dsn, subset, shards, window, workdir)
                 )
                 results[-1].name = name
+                print(report(results, server.version, window), flush=True)  # so far: a later failure loses nothing
             text = report(results, server.version, window)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
