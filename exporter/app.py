@@ -109,6 +109,7 @@ class Exporter:
         self.watcher: ReconnectWatcher | None = None
         self.admin_token = config.admin_token()
         self.exposition = Exposition(self.store, list(self.targets))
+        self.store.subscribe(self.exposition.refresh)
         self._overrunning: set[str] = set()
 
     def render_metrics(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[bytes, str]:

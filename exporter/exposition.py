@@ -114,8 +114,25 @@ class Exposition:
         # (target or None for the global part, content type) -> (generation, families)
         self._fragments: dict[tuple[str | None, str], tuple[int, list[Family]]] = {}
         self._bodies: tuple[Snapshot | None, dict[tuple[str | None, str, bool], bytes]] = (None, {})
-        self._content_types: list[str] = []
+        # The content types scrapes asked for (the classic text format from the start): refresh() encodes these.
+        encoder, content_type = choose("")
+        self._content_types: list[str] = [content_type]
+        self._encoders: dict[str, Encoder] = {content_type: encoder}
         self.encoded_fragments = 0  # how many fragments were encoded since start, for tests and the benchmark
+
+    def refresh(self, target: str) -> None:
+        """Encode a target's fragment now, in the thread that published its result, so a scrape only assembles."""
+        if target not in self.targets:
+            return
+        snapshot = self.store.current
+        generation = snapshot.generations.get(target, 0)
+        for content_type in list(self._content_types):
+            encoder = self._encoders[content_type]
+            families = self._encode(target, snapshot, encoder)
+            with self._lock:
+                cached = self._fragments.get((target, content_type))
+                if cached is None or cached[0] < generation:
+                    self._fragments[(target, content_type)] = (generation, families)
 
     def render(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[bytes, str]:
         """The body of /metrics (target None) or /probe?target=...; gzip-compressed when asked."""
@@ -139,21 +156,27 @@ class Exposition:
                 bodies[key] = body
             return body, content_type
 
+    def _encode(self, target: str | None, snapshot: Snapshot, encoder: Encoder) -> list[Family]:
+        """One target's families (None: the global part, build info only) as the encoder writes them."""
+        if target is None:
+            collector = PartkeyCollector(FrozenSnapshot(Snapshot()), [], build_info=True)
+        else:
+            collector = PartkeyCollector(FrozenSnapshot(snapshot.for_target(target)), [target], build_info=False)
+        self.encoded_fragments += 1
+        return split_families(encoder(_Collectors(collector)))
+
     def _fragment(self, target: str | None, snapshot: Snapshot, encoder: Encoder, content_type: str) -> list[Family]:
         """A target's families from the cache, encoded again only when its generation moved."""
         generation = -1 if target is None else snapshot.generations.get(target, 0)
         cached = self._fragments.get((target, content_type))
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        if target is None:
-            # The global part: build info only (every per-target family comes out empty).
-            collector = PartkeyCollector(FrozenSnapshot(Snapshot()), [], build_info=True)
-        else:
-            collector = PartkeyCollector(FrozenSnapshot(snapshot.for_target(target)), [target], build_info=False)
-        families = split_families(encoder(_Collectors(collector)))
-        self.encoded_fragments += 1
+        if cached is not None and cached[0] >= generation:
+            return cached[1]  # a newer one (refresh() ran after this scrape took its snapshot) is fine too
+        families = self._encode(target, snapshot, encoder)
         if content_type not in self._content_types and len(self._content_types) < CACHED_CONTENT_TYPES:
             self._content_types.append(content_type)
+            self._encoders[content_type] = encoder
         if content_type in self._content_types:
-            self._fragments[(target, content_type)] = (generation, families)
+            latest = self._fragments.get((target, content_type))
+            if latest is None or latest[0] < generation:
+                self._fragments[(target, content_type)] = (generation, families)
         return families

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 # Probe latency buckets in seconds: a local INSERT takes ~0.1-1 ms, a contended one much longer.
 PROBE_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -97,6 +100,11 @@ class SnapshotStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call listener(target) after each publish, in the publishing thread (the exposition encodes ahead)."""
+        self._listeners.append(listener)
 
     @property
     def current(self) -> Snapshot:
@@ -142,6 +150,11 @@ class SnapshotStore:
                 target_up=MappingProxyType(target_up),
                 target_versions=MappingProxyType(versions),
             )
+        for listener in self._listeners:
+            try:
+                listener(result.target)
+            except Exception:  # encoding ahead is an optimisation: a scrape encodes what is missing itself
+                log.exception("snapshot listener failed for target %s", result.target)
 
     def latest(self, target: str, table: str, check: str) -> CheckResult | None:
         """The latest result of one check."""

@@ -88,13 +88,15 @@ def test_assembled_body_is_the_whole_registry_encoded_at_once(fleet: ExporterHTT
 
 
 def test_only_a_changed_target_is_encoded_again(fleet: ExporterHTTPServer) -> None:
-    """A check on db001 re-encodes db001's fragment alone; the others are reused."""
+    """A check on db001 re-encodes db001's fragment alone, when it publishes; the others are reused."""
     exporter = fleet.exporter
     exporter.render_metrics("")
     before = exporter.exposition.encoded_fragments
     again, _ = exporter.render_metrics("")
     assert exporter.exposition.encoded_fragments == before  # same snapshot: the cached body
     exporter.runners[("db001", "public.chunks", "distribution")].run()
+    # Encoded ahead, in the check's own thread when it published: the scrape after it only assembles.
+    assert exporter.exposition.encoded_fragments == before + 1
     fresh, _ = exporter.render_metrics("")
     assert exporter.exposition.encoded_fragments == before + 1
     assert samples(fresh.decode()) == samples(generate_latest(exporter.registry).decode())
@@ -278,7 +280,9 @@ def test_a_connection_cap_queues_fairly_and_no_target_starves(conn: psycopg.Conn
     finally:
         exporter.stop()
     assert exporter.slots.max_held <= 8
-    assert max(backends) <= 8, max(backends)
+    # A closed connection's backend leaves pg_stat_activity a moment after the client closed it (and gave its slot
+    # on): the server may show one or two more while they exit, never the 50 of one connection per target.
+    assert max(backends) <= 8 + 2, sorted(backends)[-10:]
     assert max(backends) >= 2  # the cap was used, not one connection at a time
     assert all(runs(name) == 2 for name in exporter.targets)  # both checks of every target succeeded
     assert exporter.slots.granted > 50  # slots changed hands: connections were given back and taken in turn
