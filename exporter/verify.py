@@ -306,20 +306,30 @@ class Verifier:
         ).format(key=key, cols=self._columns(), table=self.spec.table_ident, where=where)
 
     def _loose_scan(self, oid: int, plan: LeafPlan) -> sql.Composed:
-        """One single-value partition's distinct non-NULL source tuples by a loose index scan (recursive CTE)."""
+        """One single-value partition's distinct non-NULL source tuples by a loose index scan (recursive CTE).
+
+        PostgreSQL 11's form. By name when the role may: through the table, `key = value` is a filter the index
+        cannot answer, and PG 11 then prefers a sequential scan for each step.
+        """
         key = sql.Identifier(self.spec.key_column)
         cols = self._index_columns(plan)
-        fixed = sql.SQL("{} = {}").format(key, sql.Literal(plan.list_value))
-        not_null = sql.SQL(" AND ").join(
-            sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in plan.index_columns
+        conditions = [sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in plan.index_columns]
+        if not plan.readable:
+            conditions.insert(0, sql.SQL("{} = {}").format(key, sql.Literal(plan.list_value)))
+        first = sql.SQL(" AND ").join(conditions)
+        step = sql.SQL(" AND ").join(
+            [
+                *conditions[: 0 if plan.readable else 1],
+                sql.SQL("({}) > ({})").format(cols, self._index_columns(plan, "_pk_d")),
+            ]
         )
         return sql.SQL(
             "SELECT {oid}::oid AS _pk_rel, {value} AS {key}, {out}, NULL::bigint AS _pk_n FROM ("
             "WITH RECURSIVE _pk_d AS ("
-            "(SELECT {cols} FROM {table} WHERE {fixed} AND {not_null} ORDER BY {cols} LIMIT 1)"
+            "(SELECT {cols} FROM {rel} WHERE {first} ORDER BY {cols} LIMIT 1)"
             " UNION ALL "
-            "SELECT _pk_x.* FROM _pk_d CROSS JOIN LATERAL (SELECT {cols} FROM {table}"
-            " WHERE {fixed} AND ({cols}) > ({previous}) ORDER BY {cols} LIMIT 1) AS _pk_x"
+            "SELECT _pk_x.* FROM _pk_d CROSS JOIN LATERAL (SELECT {cols} FROM {rel}"
+            " WHERE {step} ORDER BY {cols} LIMIT 1) AS _pk_x"
             ") SELECT * FROM _pk_d) AS _pk_l"
         ).format(
             oid=sql.Literal(oid),
@@ -327,10 +337,9 @@ class Verifier:
             key=key,
             out=self._columns(),
             cols=cols,
-            table=self.spec.table_ident,
-            fixed=fixed,
-            not_null=not_null,
-            previous=self._index_columns(plan, "_pk_d"),
+            rel=self._relation(plan),
+            first=first,
+            step=step,
         )
 
     def _loose_scan_through_parent(self, plans: list[tuple[int, LeafPlan]]) -> sql.Composed:
