@@ -5,7 +5,7 @@ Per scenario, first without an index on collection_id, then with one, each of th
 a bare count(*) (the physical limit), full verification (exporter.verify.Verifier), the row-by-row statement
 full verification ran before (hashtext per row), query-exporter's plain wrong-key query (bench/peers.py), the
 distinct listing alone by the recursive CTE and by `SELECT DISTINCT` (what PG 18's planner does on its own),
-and sample verification (grouped, as now) against the row-by-row sample statement it replaced.
+and sample verification (Verifier: one count, then bad rows grouped) against the bare count statement it replaced.
 Run: .venv/bin/python -m bench.exporter_cost --verification [--verification-rows 1000000,10000000]
 """
 
@@ -85,8 +85,8 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
         "query-exporter's wrong-key query": lambda: conn.execute(SQL_WRONG.format(col="n")).fetchone(),
         "distinct listing: recursive CTE": _distinct_listing(conn, recursive=True),
         "distinct listing: SELECT DISTINCT (planner's own)": _distinct_listing(conn, recursive=False),
-        "sample 1% (grouped, now)": lambda: Verifier(conn, SPEC, primary_key=PK).run("sample", sample_percent=1),
-        "sample 1% (row-by-row, before)": lambda: conn.execute(SAMPLE_ROW_BY_ROW).fetchone(),
+        "sample 1% (Verifier, now)": lambda: Verifier(conn, SPEC, primary_key=PK).run("sample", sample_percent=1),
+        "sample 1% (bare count statement, as before)": lambda: conn.execute(SAMPLE_ROW_BY_ROW).fetchone(),
     }
     bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
     for function in (bare, *contenders.values()):  # warm the cache
