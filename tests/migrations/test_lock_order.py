@@ -6,6 +6,7 @@ lock_timeout of its own, on a LIST table with many indexes on every partition (i
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -100,3 +101,29 @@ def test_semantik_writer_sees_no_error_and_waits_at_most_a_step(
     # covers scheduling on 2 shared cores, far below what a deadlock (deadlock_timeout, 1 s) or a queue would add.
     bound = LOCK_TIMEOUT + max(steps) + 0.25
     assert max(writer.latencies) < bound, (max(writer.latencies), steps)
+
+
+@pytest.mark.parametrize("trigger", ["parent", "partitions"])
+def test_every_multi_relation_step_locks_the_parent_first(
+    conn: psycopg.Connection[Any], dsn: str, trigger: str
+) -> None:
+    create_list_table(conn, modulus=10, trigger=trigger)
+    insert_rows(conn, 100, modulus=10)
+    modes = {
+        "add-check": "ACCESS EXCLUSIVE",
+        "validate-check": "SHARE UPDATE EXCLUSIVE",
+        "drop-trigger": "ACCESS EXCLUSIVE",
+        "create-trigger": "SHARE ROW EXCLUSIVE",
+        "drop-check": "ACCESS EXCLUSIVE",
+    }
+    seen = []
+    for args in (("plan", "--json"), ("upgrade",), ("plan", "--json", "--downgrade")):
+        run = cli(dsn, *args)
+        assert run.code == 0, run.err
+        if args[0] != "plan":
+            continue
+        for step in json.loads(run.out)["steps"]:
+            if step["name"] in modes:
+                assert step["statements"][0] == f'LOCK TABLE "public"."chunks" IN {modes[step["name"]]} MODE', step
+                seen.append(step["name"])
+    assert seen == ["add-check", "validate-check", "drop-trigger", "create-trigger", "drop-check"]
