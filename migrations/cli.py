@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import psycopg
 
 from exporter.cliargs import hoist_options
+from exporter.formula_catalog import resolve_spec
 from exporter.keyspec import KeySpec
 from migrations import progress, render, runner
 from migrations.connect import POOL_REFUSAL, UsageError, connect, database_error, error_lines, pooled, redact
@@ -98,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--dry-run", action="store_true", help="verify and print the plan; change nothing")
     down = commands.add_parser("downgrade", parents=[common], help="back to the trigger (safe formula)")
     down.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    down.add_argument(
+        "--keep-safe-formula",
+        action="store_true",
+        help="keep the safe formula in the trigger function (default: restore it exactly as captured)",
+    )
     down.add_argument("--batch-size", type=_positive_int, default=1000, help="rows per backfill transaction")
     commands.add_parser("verify", parents=[common], help="count wrong keys; exit 1 when any")
     rep = commands.add_parser("repair", parents=[common], help="fix wrong keys in batches")
@@ -117,6 +123,7 @@ def options_from(args: argparse.Namespace) -> Options:
         key_column=args.key_column,
         source_column=args.source_column,
         modulus=args.modulus,
+        auto=True,  # the table's own formula, read from the catalog once connected (run())
     )
     return Options(
         spec=spec,
@@ -126,11 +133,14 @@ def options_from(args: argparse.Namespace) -> Options:
         max_attempts=args.max_attempts,
         batch_size=getattr(args, "batch_size", 1000),
         measure_seconds=getattr(args, "measure_seconds", 60.0),
+        keep_safe_formula=getattr(args, "keep_safe_formula", False),
     )
 
 
 def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Options) -> int:
     """Dispatch one command; returns the exit code. With --json, stdout gets exactly one JSON document."""
+    # The formula partkey-migrate verifies and writes is the table's own (composite included), in its safe form.
+    options = replace(options, spec=resolve_spec(conn, options.spec))
     if args.command == "status":
         report = status(conn, options)
         print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))

@@ -28,6 +28,8 @@ class Options:
     backoff_max: float = 10.0
     batch_size: int = 1000
     measure_seconds: float = 60.0  # --measure-seconds: the time budget of --measure
+    # downgrade --keep-safe-formula: leave the safe formula in the trigger function instead of restoring it
+    keep_safe_formula: bool = False
     # Called with --measure's report as a dict (the CLI puts it in its --json document).
     on_measure: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 

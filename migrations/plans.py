@@ -24,6 +24,7 @@ from migrations.catalog import (
     table_size,
 )
 from migrations.downgrade_generated import generated_downgrade
+from migrations.functions import capture_functions, replace_body, restore_statements
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
 from migrations.steps import (
@@ -58,8 +59,9 @@ def capture(conn: psycopg.Connection[Any], options: Options, impl: Implementatio
     """What the table looks like before the upgrade: kept in the state table so downgrade can put it back."""
     spec = options.spec
     key_type, not_null = column_type(conn, table_oid(conn, spec), spec.key_column)
+    triggers = key_triggers(conn, spec, impl)
     return {
-        "triggers": as_json(key_triggers(conn, spec, impl)),
+        "triggers": as_json(triggers),
         "dependents": as_json(key_dependents(conn, spec)),
         "checks_before": [c.name for c in impl.checks],
         "key_position": column_ordinal(conn, table_oid(conn, spec), spec.key_column)[0],
@@ -70,6 +72,8 @@ def capture(conn: psycopg.Connection[Any], options: Options, impl: Implementatio
         "constraints": constraint_definitions(conn, spec),
         "method_before": impl.method,
         "trigger_location_before": impl.trigger_location,
+        # Each key trigger function exactly as it was (pg_get_functiondef, owner, comment): downgrade restores it.
+        "functions": capture_functions(conn, sorted({(t.function_schema, t.function_name) for t in triggers})),
     }
 
 
@@ -328,7 +332,14 @@ def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Im
     body = sqlgen.function_body(spec).as_string(conn)
     functions = sorted({(t.function_schema, t.function_name) for t in triggers}) or [(spec.schema, DEFAULT_FUNCTION)]
     if not triggers or impl.formula_overflow:
-        statements += [sqlgen.create_function(spec, schema, name, body) for schema, name in functions]
+        existing = capture_functions(conn, functions)
+        for schema, name in functions:
+            saved = existing.get(f"{schema}.{name}")
+            if saved is None:
+                statements.append(sqlgen.create_function(spec, schema, name, body))
+            else:
+                # CREATE OR REPLACE resets what it does not name: keep IMMUTABLE, SECURITY, SET, cost, as they are.
+                statements.append(sql.SQL(replace_body(saved["definition"], body)))
     fschema, fname = functions[0]
     trigger_name = triggers[0].name if triggers else DEFAULT_TRIGGER
     for schema, relation in _missing_trigger_relations(impl, options, triggers):
@@ -348,6 +359,12 @@ def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Im
         )
     )
     return plan
+
+
+def _function_is(conn: psycopg.Connection[Any], schema: str, name: str, definition: str) -> bool:
+    """True when the function exists with exactly this pg_get_functiondef text."""
+    current = capture_functions(conn, [(schema, name)]).get(f"{schema}.{name}")
+    return current is not None and current["definition"] == definition
 
 
 def _missing_trigger_relations(
@@ -392,7 +409,15 @@ def downgrade_plan(
         )
     statements: list[Statement] = []
     missing = _missing_trigger_relations(impl, options, current)
-    if missing or impl.formula_overflow:
+    saved_function = captured.get("functions", {}).get(f"{fschema}.{fname}")
+    restore = saved_function is not None and not options.keep_safe_formula
+    if restore and saved_function is not None:
+        if not _function_is(conn, fschema, fname, saved_function["definition"]):
+            # Back exactly as captured, byte for byte (its formula too), then its owner and comment.
+            user = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+            statements += restore_statements(fschema, fname, saved_function, user)
+        statements += [sqlgen.create_trigger(trigger_name, s, r, fschema, fname) for s, r in missing]
+    elif missing or impl.formula_overflow:
         statements.append(sqlgen.create_function(spec, fschema, fname, body))
         statements += [sqlgen.create_trigger(trigger_name, s, r, fschema, fname) for s, r in missing]
     if statements:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from exporter.keyspec import KeySpec, key_expression
+from exporter.keyspec import KeySpec
 
 
 def safe_expression(spec: KeySpec) -> sql.Composed:
-    """abs(hashtext(source::text) % n): the formula the tool writes everywhere (no INT_MIN overflow)."""
-    return key_expression(sql.Identifier(spec.source_column), spec.modulus, "safe")
+    """abs(hashtext(source) % n), the table's own formula (composite too) in its safe form: no INT_MIN overflow."""
+    return spec.expression("safe")
 
 
 def function_body(spec: KeySpec) -> sql.Composed:
-    """PL/pgSQL body that sets NEW.key with the safe formula."""
-    new_source = sql.SQL("NEW.{}").format(sql.Identifier(spec.source_column))
+    """PL/pgSQL body that sets NEW.key with the safe form of the table's formula."""
     return sql.SQL("BEGIN\n    NEW.{} := {};\n    RETURN NEW;\nEND;").format(
-        sql.Identifier(spec.key_column), key_expression(new_source, spec.modulus, "safe")
+        sql.Identifier(spec.key_column), spec.expression("safe", row="NEW")
     )
 
 
@@ -133,9 +132,8 @@ def columns_guard(spec: KeySpec, left: str, right: str) -> sql.Composed:
 
 def sync_function_body(spec: KeySpec, column: str) -> sql.Composed:
     """PL/pgSQL body that keeps a plain copy of the key right while a downgrade backfills it."""
-    new_source = sql.SQL("NEW.{}").format(sql.Identifier(spec.source_column))
     return sql.SQL("BEGIN\n    NEW.{} := {};\n    RETURN NEW;\nEND;").format(
-        sql.Identifier(column), key_expression(new_source, spec.modulus, "safe")
+        sql.Identifier(column), spec.expression("safe", row="NEW")
     )
 
 

@@ -1,0 +1,52 @@
+"""Capture and restore the key trigger functions exactly: pg_get_functiondef, owner and comment."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+_DEFINITION_SQL = """
+SELECT pg_get_functiondef(p.oid), pg_get_userbyid(p.proowner), obj_description(p.oid, 'pg_proc')
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = %s AND p.proname = %s AND p.pronargs = 0
+"""
+
+# pg_get_functiondef ends with: AS $tag$<body>$tag$ (the tag is $function$ unless the body holds it).
+_BODY = re.compile(r"\nAS (\$[A-Za-z0-9_]*\$)(.*)\1\s*$", re.DOTALL)
+
+
+def capture_functions(conn: psycopg.Connection[Any], functions: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """{'schema.name': {definition, owner, comment}} for each trigger function, as the catalog holds it now."""
+    captured: dict[str, dict[str, Any]] = {}
+    for schema, name in functions:
+        row = conn.execute(_DEFINITION_SQL, (schema, name)).fetchone()
+        if row is not None:
+            captured[f"{schema}.{name}"] = {"definition": row[0], "owner": row[1], "comment": row[2]}
+    return captured
+
+
+def replace_body(definition: str, body: str) -> str:
+    """The same CREATE OR REPLACE FUNCTION (IMMUTABLE, SECURITY, SET, ... kept) with another PL/pgSQL body."""
+    match = _BODY.search(definition)
+    if match is None:
+        raise ValueError("cannot find the body in the function's definition")
+    tag = "$partkey$"
+    while tag in body:
+        tag = tag[:-1] + "_$"
+    return definition[: match.start()] + f"\nAS {tag}\n{body}\n{tag}\n"
+
+
+def restore_statements(
+    schema: str, name: str, saved: dict[str, Any], current_user: str
+) -> list[sql.SQL | sql.Composed]:
+    """The captured definition, byte for byte, then its owner and comment as they were."""
+    # The definition is the server's own pg_get_functiondef text from the state table: a whole statement.
+    statements: list[sql.SQL | sql.Composed] = [sql.SQL(saved["definition"])]
+    function = sql.SQL("{}()").format(sql.Identifier(schema, name))
+    if saved.get("owner") and saved["owner"] != current_user:
+        statements.append(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(function, sql.Identifier(saved["owner"])))
+    statements.append(sql.SQL("COMMENT ON FUNCTION {} IS {}").format(function, sql.Literal(saved.get("comment"))))
+    return statements
