@@ -40,11 +40,12 @@ def replace_body(definition: str, body: str) -> str:
 
 
 def restore_statements(
-    schema: str, name: str, saved: dict[str, Any], current_user: str
+    schema: str, name: str, saved: dict[str, Any], current_user: str, body: str | None = None
 ) -> list[sql.SQL | sql.Composed]:
-    """The captured definition, byte for byte, then its owner and comment as they were."""
+    """The captured definition byte for byte (or with `body` instead of its own), then its owner and comment."""
     # The definition is the server's own pg_get_functiondef text from the state table: a whole statement.
-    statements: list[sql.SQL | sql.Composed] = [sql.SQL(saved["definition"])]
+    definition = saved["definition"] if body is None else replace_body(saved["definition"], body)
+    statements: list[sql.SQL | sql.Composed] = [sql.SQL(definition)]
     function = sql.SQL("{}()").format(sql.Identifier(schema, name))
     if saved.get("owner") and saved["owner"] != current_user:
         statements.append(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(function, sql.Identifier(saved["owner"])))

@@ -418,7 +418,12 @@ def downgrade_plan(
             statements += restore_statements(fschema, fname, saved_function, user)
         statements += [sqlgen.create_trigger(trigger_name, s, r, fschema, fname) for s, r in missing]
     elif missing or impl.formula_overflow:
-        statements.append(sqlgen.create_function(spec, fschema, fname, body))
+        if saved_function is not None:
+            # --keep-safe-formula: the captured function (IMMUTABLE, SECURITY, SET...) with the safe body.
+            user = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+            statements += restore_statements(fschema, fname, saved_function, user, body)
+        else:
+            statements.append(sqlgen.create_function(spec, fschema, fname, body))
         statements += [sqlgen.create_trigger(trigger_name, s, r, fschema, fname) for s, r in missing]
     if statements:
         where = "the parent" if len(missing) <= 1 else f"each of {len(missing)} partitions (PG 11/12)"

@@ -98,7 +98,7 @@ def test_upgrade_verify_downgrade_upgrade_keeps_rows_keys_pk_and_indexes(
     with pytest.raises(psycopg.errors.CheckViolation, match=CHECK):
         conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES (%s, %s)", (cid, (good + 1) % 10))
 
-    down = cli(dsn, "downgrade")
+    down = cli(dsn, "downgrade", "--keep-safe-formula")
     assert down.code == 0, down.err
     downgraded = catalog(conn)
     assert downgraded["triggers"] == [("chunks", "set_partition_key", "compute_partition_key")]
@@ -127,7 +127,7 @@ def test_int_min_collection_fails_with_legacy_trigger_and_works_after_upgrade_an
         conn.execute(insert, (INT_MIN_COLLECTION_ID, key))
     assert cli(dsn, "upgrade").code == 0
     conn.execute(insert, (INT_MIN_COLLECTION_ID, key))
-    assert cli(dsn, "downgrade").code == 0
+    assert cli(dsn, "downgrade", "--keep-safe-formula").code == 0
     conn.execute(insert, (INT_MIN_COLLECTION_ID, key))
     assert cli(dsn, "verify").code == 0
 

@@ -82,7 +82,7 @@ def test_list_table_auto_is_check_and_round_trips(conn: psycopg.Connection[Any],
     assert verified.code == 0 and "wrong keys found" not in verified.out
     does("`partkey-migrate verify`", "exit 0: no wrong, NULL or erroring keys")
 
-    _ok(cli(dsn, "downgrade"))
+    _ok(cli(dsn, "downgrade", "--keep-safe-formula"))
     downgraded = catalog(conn)
     assert downgraded["triggers"] == before["triggers"] and downgraded["constraints"] == before["constraints"]
     assert downgraded["indexes"] == before["indexes"] and keys(conn) == rows
@@ -151,7 +151,7 @@ def test_keep_trigger_fixes_the_formula_and_round_trips(
     conn.execute("DELETE FROM chunks WHERE collection_id = %s", (INT_MIN_COLLECTION_ID,))
     assert cli(dsn, "verify").code == 0
     does(f"`partkey-migrate upgrade --strategy keep-trigger`, {shape} table", f"formula fixed, {_trigger_place(conn)}")
-    _ok(cli(dsn, "downgrade"))
+    _ok(cli(dsn, "downgrade", "--keep-safe-formula"))
     assert catalog(conn) == after
     _ok(cli(dsn, "upgrade", "--strategy", "keep-trigger"))
     assert catalog(conn) == after and keys(conn) == rows
