@@ -150,6 +150,10 @@ def _check_formula(text: str, key_column: str, scope: Scope) -> Formula | None:
             fields = [getattr(f, "sval", "") for f in getattr(key_side, "fields", None) or ()]
             if fields == [key_column]:
                 return formula_from_node(formula_side, scope)
+            if len(fields) == 1:
+                return None  # CHECK (other_column = formula): about another column
+    if key_column not in text:
+        return None
     found = find_formulas(node, scope)
     if found:
         return found[0]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
 
+from exporter.formula_report import formula_lines
 from migrations import dependents as column_dependents
 from migrations.catalog import column_ordinal, table_oid
 from migrations.options import Options
@@ -77,6 +79,10 @@ def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
         "migration_updated_at": state.updated_at if state else None,
         "upgrade_strategy": "refused" if refusal else (choice.strategy or "refused"),
         "upgrade_reason": refusal or choice.reason,
+        # The same formula facts as partkey-exporter report: each place, which disagree, what follows.
+        "formulas": impl.formulas.to_dict() if impl.formulas is not None else None,
+        "schema_formula_overflows": [asdict(p) for p in impl.schema_overflows],
+        "formula_report": formula_lines(impl),
     }
 
 
@@ -111,4 +117,6 @@ def lines(report: dict[str, Any]) -> list[str]:
         )
     if report["other_key_checks"]:
         result.append(f"{'other key CHECKs:':<30} {', '.join(report['other_key_checks'])}")
+    if report.get("formula_report"):
+        result += ["key formulas:", *report["formula_report"]]
     return result

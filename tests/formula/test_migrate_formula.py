@@ -3,6 +3,7 @@ attributes, and downgrade restores the function byte for byte (or keeps the safe
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -69,3 +70,20 @@ def test_check_strategy_then_downgrade(conn: psycopg.Connection[Any], dsn: str, 
     else:
         assert restored == (original, comment)
         assert _places(conn)["trigger"] == (COMPOSITE, True)
+
+
+def test_status_says_what_the_report_says(
+    conn: psycopg.Connection[Any], dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """partkey-migrate status lists the places, the helper's disagreement and what follows, as the report does."""
+    create_semantik(conn, partitions=4)
+    assert main(["status", "--dsn", dsn]) == 0
+    text = capsys.readouterr().out
+    assert "key formulas:" in text
+    assert f"  Key Formula: {COMPOSITE} (from trigger set_partition_key -> public.compute_partition_key())" in text
+    assert "    - function public.get_partition_key(): abs(hashtext(collection_id) % 100) [DISAGREES]" in text
+    assert "the trigger recomputes the key with a different formula than the application sends" in text
+    assert main(["status", "--dsn", dsn, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["formulas"]["drift"] is True and report["formulas"]["table_formula"] == COMPOSITE
+    assert len(report["schema_formula_overflows"]) == 3
