@@ -137,10 +137,24 @@ def options_from(args: argparse.Namespace) -> Options:
     )
 
 
+def _table_formula(conn: psycopg.Connection[Any], options: Options) -> KeySpec:
+    """The spec keyed by the table's own formula; unresolved when a catalog read waits on a lock (another run
+    queued for ACCESS EXCLUSIVE): the run lock then refuses or the plan's own lock handling takes over."""
+    # Autocommit reads, one statement each (no transaction held open); the session's lock_timeout put back after.
+    before = str(conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0])  # type: ignore[index]
+    try:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (milliseconds(options.lock_timeout),))
+        return resolve_spec(conn, options.spec)
+    except psycopg.errors.LockNotAvailable:
+        return options.spec
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (before,))
+
+
 def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Options) -> int:
     """Dispatch one command; returns the exit code. With --json, stdout gets exactly one JSON document."""
     # The formula partkey-migrate verifies and writes is the table's own (composite included), in its safe form.
-    options = replace(options, spec=resolve_spec(conn, options.spec))
+    options = replace(options, spec=_table_formula(conn, options))
     if args.command == "status":
         report = status(conn, options)
         print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))
