@@ -258,9 +258,11 @@ def compare(
     table: str, places: list[Place], configured: Formula | None = None, major: int | None = None
 ) -> TableFormulas:
     """Which places agree with the formula that keys the rows, and what follows from each disagreement."""
-    if configured is not None:
-        places = [*places, Place("configured", "key_expression in the configuration", configured)]
     maintainer = next((p for kind in _MAINTAINERS for p in places if p.kind == kind and p.formula), None)
+    # A configured formula is listed only when it says something: when it differs from the table's.
+    reference_formula = maintainer.formula if maintainer is not None else None
+    if configured is not None and reference_formula is not None and not configured.same_key(reference_formula):
+        places = [*places, Place("configured", "key_expression in the configuration", configured)]
     reference = maintainer.formula if maintainer else None
     judged: list[Place] = []
     findings: list[str] = []

@@ -28,6 +28,14 @@ def capture_functions(conn: psycopg.Connection[Any], functions: list[tuple[str, 
     return captured
 
 
+def captured_body(definition: str) -> str:
+    """The body (prosrc) inside a pg_get_functiondef text."""
+    match = _BODY.search(definition)
+    if match is None:
+        raise ValueError("cannot find the body in the function's definition")
+    return match.group(2)
+
+
 def replace_body(definition: str, body: str) -> str:
     """The same CREATE OR REPLACE FUNCTION (IMMUTABLE, SECURITY, SET, ... kept) with another PL/pgSQL body."""
     match = _BODY.search(definition)

@@ -24,7 +24,7 @@ from migrations.catalog import (
     table_size,
 )
 from migrations.downgrade_generated import generated_downgrade
-from migrations.functions import capture_functions, replace_body, restore_statements
+from migrations.functions import capture_functions, captured_body, replace_body, restore_statements
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
 from migrations.steps import (
@@ -392,9 +392,13 @@ def downgrade_plan(
     body = sqlgen.function_body(spec).as_string(conn)
     current = key_triggers(conn, spec, impl)
     oid = table_oid(conn, spec)
+    saved_function = captured.get("functions", {}).get(f"{fschema}.{fname}")
+    restore = saved_function is not None and not options.keep_safe_formula
     if impl.shape == "plain" and impl.generated_kind is not None:
         key_type = str(captured.get("key_type") or column_type(conn, oid, spec.key_column)[0])
-        trigger = (trigger_name, fschema, fname, body)
+        # The function comes back with its captured body (its own formula) unless --keep-safe-formula.
+        restored_body = captured_body(saved_function["definition"]) if restore and saved_function else body
+        trigger = (trigger_name, fschema, fname, restored_body)
         return generated_downgrade(conn, options, impl, captured, plan, trigger, key_type)
     if impl.shape == "plain" and column_number(conn, oid, options.new_column) is not None:
         plan.steps.append(
@@ -409,8 +413,6 @@ def downgrade_plan(
         )
     statements: list[Statement] = []
     missing = _missing_trigger_relations(impl, options, current)
-    saved_function = captured.get("functions", {}).get(f"{fschema}.{fname}")
-    restore = saved_function is not None and not options.keep_safe_formula
     if restore and saved_function is not None:
         if not _function_is(conn, fschema, fname, saved_function["definition"]):
             # Back exactly as captured, byte for byte (its formula too), then its owner and comment.
