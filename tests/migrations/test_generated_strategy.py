@@ -106,7 +106,7 @@ def test_upgrade_verify_downgrade_upgrade_keeps_values_pk_and_indexes(
     assert new_id is not None
     conn.execute("DELETE FROM chunks WHERE id = %s", new_id)
 
-    down = cli(dsn, "downgrade")
+    down = cli(dsn, "downgrade", "--keep-safe-formula")
     assert down.code == 0, down.err
     downgraded = catalog(conn)
     assert downgraded["indexes"] == before["indexes"]
