@@ -183,7 +183,8 @@ def test_slowloris_does_not_block_scrapes(server: ExporterHTTPServer) -> None:
     finally:
         for sock in idle:
             sock.close()
-    assert max(durations) < 0.5, max(durations)
+    # A scrape stuck behind an idle client would wait out its 5 s socket timeout; 2 s leaves room for a busy CI box.
+    assert max(durations) < 2.0, max(durations)
     assert _request(server, "GET", "/healthz")[0] == 200
 
 
@@ -193,4 +194,4 @@ def test_daemon_still_answers_after_the_abuse(server: ExporterHTTPServer) -> Non
     started = time.perf_counter()
     status, _, body = _request(server, "GET", "/metrics")
     assert status == 200 and b'partkey_up{target="t1"} 1.0' in body
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2.0  # not stuck behind the abusers' sockets (5 s timeouts)

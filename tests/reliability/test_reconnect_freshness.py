@@ -69,7 +69,8 @@ def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_ser
         if r is not None
     )
     assert [check for _, _, check in runs] == ["implementation", "distribution"]
-    assert runs[0][1] <= runs[1][0] + 0.01, runs
+    # finished_at - duration is only an estimate of the start (clock reads around the query): 0.1 s of slack.
+    assert runs[0][1] <= runs[1][0] + 0.1, runs
 
 
 def test_a_check_that_failed_during_the_outage_is_due(table: str) -> None:
