@@ -140,7 +140,12 @@ def test_statement_timeout_applies_to_ddl_but_not_to_the_verification_scan(
         "INSERT INTO chunks SELECT g, md5(g::text)::uuid, abs(hashtext(md5(g::text)::uuid::text) % 10) "
         "FROM generate_series(1, 400000) g"
     )
-    run = cli(dsn, "upgrade", "--statement-timeout", "0.25")  # catalog reads fit; the 400k-row rewrite does not
+    # A reader holds ACCESS SHARE, so the rewrite's ACCESS EXCLUSIVE waits; with lock_timeout far above the
+    # statement timeout, it is the statement timeout that ends the DDL (a rewrite alone can beat 0.25 s on a quiet box).
+    with psycopg.connect(dsn) as reader:
+        reader.execute("SELECT 1 FROM chunks LIMIT 1")
+        run = cli(dsn, "upgrade", "--statement-timeout", "0.25", "--lock-timeout", "30")
+        reader.rollback()
     assert run.code == 3  # a database error mid-run
     assert "pre-verification: rows checked: 400000, wrong keys: 0" in run.out
     assert "canceling statement due to statement timeout" in run.err
