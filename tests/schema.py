@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, LiteralString
+import time
+from collections.abc import Callable
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg.abc import Params
+
+T = TypeVar("T")
 
 LEGACY_TRIGGER_FUNCTION = """
 CREATE OR REPLACE FUNCTION {schema}.compute_partition_key() RETURNS trigger AS $$
@@ -131,3 +135,13 @@ def scalar(conn: psycopg.Connection[Any], query: LiteralString, params: Params |
     row = conn.execute(query, params).fetchone()
     assert row is not None, f"no row from {query!r}"
     return row[0]
+
+
+def until_statistics(read: Callable[[], T], done: Callable[[T], bool], seconds: float = 10) -> T:
+    """Statistics reach the catalog views asynchronously (the stats collector before PG 15): poll briefly."""
+    deadline = time.monotonic() + seconds
+    result = read()
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        result = read()
+    return result

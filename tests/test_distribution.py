@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,20 +11,10 @@ import pytest
 from exporter.keyspec import KeySpec
 from exporter.partition_stats import Distribution, estimated_distribution, exact_distribution, summarize
 from exporter.partition_stats import PartitionRows as P
-from tests.schema import create_list_table, insert_rows
+from tests.schema import create_list_table, insert_rows, until_statistics
 
 pytestmark = pytest.mark.versioned("distribution")
 SPEC = KeySpec(modulus=5)
-
-
-def _until(read: Callable[[], Distribution], done: Callable[[Distribution], bool]) -> Distribution:
-    """Statistics reach the catalog views asynchronously (the stats collector before PG 15): poll briefly."""
-    deadline = time.monotonic() + 10
-    result = read()
-    while not done(result) and time.monotonic() < deadline:
-        time.sleep(0.3)
-        result = read()
-    return result
 
 
 def test_never_analyzed_partitions_are_unknown_not_empty(
@@ -36,7 +25,7 @@ def test_never_analyzed_partitions_are_unknown_not_empty(
     assert (fresh.unknown, fresh.total_rows, fresh.empty, fresh.active) == (6, None, 0, 0)
     assert fresh.skew_ratio is None and fresh.avg is None
     conn.execute("ANALYZE chunks")
-    analyzed = _until(lambda: estimated_distribution(conn, SPEC), lambda d: d.unknown == 0)
+    analyzed = until_statistics(lambda: estimated_distribution(conn, SPEC), lambda d: d.unknown == 0)
     assert (analyzed.unknown, analyzed.total_rows, analyzed.empty) == (0, 0, 5)
     does("`partkey-exporter` rows per partition, before the first ANALYZE", "unknown, never empty; empty once analyzed")
 
@@ -54,7 +43,7 @@ def test_estimate_matches_exact_after_analyze(conn: psycopg.Connection[Any]) -> 
         # Only the counts: dead rows and vacuum times may move between two reads while the stats flush.
         return [(p.name, p.rows, p.is_default) for p in found.partitions]
 
-    estimate = _until(lambda: estimated_distribution(conn, SPEC), lambda d: counts_of(d) == counts_of(exact))
+    estimate = until_statistics(lambda: estimated_distribution(conn, SPEC), lambda d: counts_of(d) == counts_of(exact))
     assert counts_of(estimate) == counts_of(exact)
     assert exact.total_rows == 3009 and exact.default_rows == 9
     rows = [p.rows for p in exact.partitions if not p.is_default]

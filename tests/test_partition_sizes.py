@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -13,23 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import PartkeyCollector
 from exporter.keyspec import KeySpec
-from exporter.partition_stats import Distribution, estimated_distribution, summarize
 from exporter.partition_stats import PartitionRows as P
+from exporter.partition_stats import estimated_distribution, summarize
 from exporter.snapshot import CheckResult, SnapshotStore
-from tests.schema import create_list_table, insert_rows, scalar
+from tests.schema import create_list_table, insert_rows, scalar, until_statistics
 
 pytestmark = pytest.mark.versioned("partition sizes")
 SPEC = KeySpec(modulus=5)
-
-
-def _until(read: Callable[[], Distribution], done: Callable[[Distribution], bool]) -> Distribution:
-    """Statistics reach the views asynchronously (the stats collector before PG 15): poll briefly."""
-    deadline = time.monotonic() + 10
-    result = read()
-    while not done(result) and time.monotonic() < deadline:
-        time.sleep(0.3)
-        result = read()
-    return result
 
 
 def _load(conn: psycopg.Connection[Any]) -> None:
@@ -60,7 +49,7 @@ def test_sizes_are_the_relation_sizes_once_measured(conn: psycopg.Connection[Any
     conn.execute("ANALYZE chunks")
     # An empty partition's page count is 0 either way; its ANALYZE time, which reaches the statistics views
     # a moment later before PG 15, is what tells "measured, empty" from "never measured".
-    found = _until(
+    found = until_statistics(
         lambda: estimated_distribution(conn, SPEC), lambda d: all(p.last_analyze is not None for p in d.partitions)
     )
     for p in found.partitions:
@@ -108,13 +97,13 @@ def test_dead_rows_vacuum_analyze_and_stale_statistics(conn: psycopg.Connection[
     assert all(p.last_analyze is None and p.last_vacuum is None for p in never.partitions)
     before = time.time()
     conn.execute("ANALYZE chunks")
-    fresh = _until(lambda: estimated_distribution(conn, SPEC), lambda d: d.stale == 0)
+    fresh = until_statistics(lambda: estimated_distribution(conn, SPEC), lambda d: d.stale == 0)
     assert fresh.stale == 0
     assert all(p.last_analyze is not None and p.last_analyze >= before - 5 for p in fresh.partitions)
     rows_01 = scalar(conn, "SELECT count(*) FROM chunks_part_01")
     conn.execute("DELETE FROM chunks_part_01")
     # Every row of partition 1 changed since its ANALYZE: more than autovacuum's 50 + 10%, so it is stale.
-    changed = _until(
+    changed = until_statistics(
         lambda: estimated_distribution(conn, SPEC),
         lambda d: any(p.name == "chunks_part_01" and p.dead_rows == rows_01 for p in d.partitions),
     )
@@ -122,7 +111,7 @@ def test_dead_rows_vacuum_analyze_and_stale_statistics(conn: psycopg.Connection[
     assert part_01.dead_rows == rows_01 and part_01.stale and part_01.last_vacuum is None
     assert changed.stale == 1
     conn.execute("VACUUM chunks_part_01")
-    vacuumed = _until(
+    vacuumed = until_statistics(
         lambda: estimated_distribution(conn, SPEC),
         lambda d: any(p.name == "chunks_part_01" and p.last_vacuum is not None for p in d.partitions),
     )
@@ -162,7 +151,7 @@ def test_size_series_one_per_partition_and_kind(conn: psycopg.Connection[Any]) -
     _load(conn)
     conn.execute("VACUUM chunks")
     conn.execute("ANALYZE chunks")
-    found = _until(lambda: estimated_distribution(conn, SPEC), lambda d: d.stale == 0)
+    found = until_statistics(lambda: estimated_distribution(conn, SPEC), lambda d: d.stale == 0)
     store = SnapshotStore()
     for check in ("distribution", "distribution_exact"):
         store.publish(CheckResult("t1", "public.chunks", check, True, 0.1, 1.0, 1.0, 15.0, payload=found))
