@@ -110,7 +110,7 @@ class PrivateServer:
         shutil.rmtree(self.datadir, ignore_errors=True)
 
 
-def config(
+def config_yaml(
     dsn: str,
     *,
     modulus: int = 4,
@@ -120,8 +120,8 @@ def config(
     extra: str = "",
     table_extra: str = "",
     name: str = "t1",
-) -> Config:
-    """A one-target config whose checks run every second unless told otherwise; `checks` maps name to flow YAML."""
+) -> str:
+    """One target's YAML whose checks run every second unless told otherwise; `checks` maps name to flow YAML."""
     wanted = {
         "implementation": "{interval: 1s}",
         "distribution": "{interval: 1s}",
@@ -132,8 +132,7 @@ def config(
     }
     wanted.update(checks or {})
     lines = "\n".join(f"          {check}: {settings}" for check, settings in wanted.items())
-    return parse_config(
-        f"""
+    return f"""
 {extra}
 targets:
   - name: {name}
@@ -145,9 +144,12 @@ targets:
 {table_extra}
         checks:
 {lines}
-""",
-        "<reliability>",
-    )
+"""
+
+
+def config(dsn: str, **options: Any) -> Config:
+    """The parsed config_yaml (same options)."""
+    return parse_config(config_yaml(dsn, **options), "<reliability>")
 
 
 def scrape(base_url: str, path: str = "/metrics", timeout: float = 10) -> tuple[int, float, str]:
@@ -259,27 +261,5 @@ def write_daemon_config(
     name: str = "live",
 ) -> None:
     """A daemon config file with a listen port; checks every second unless told otherwise."""
-    wanted = {
-        "implementation": "{interval: 1s}",
-        "distribution": "{interval: 1s}",
-        "verification_full": "{interval: 1s}",
-        "verification_sample": "{enabled: false}",
-        "distribution_exact": "{enabled: false}",
-        "insert_probe": "{enabled: false}",
-    }
-    wanted.update(checks or {})
-    lines = "\n".join(f"          {check}: {settings}" for check, settings in wanted.items())
-    path.write_text(f"""
-listen: {{address: 127.0.0.1, port: {port}}}
-log_level: info
-{extra}
-targets:
-  - name: {name}
-    dsn: "{dsn}"
-    lock_timeout: {lock_timeout}
-    tables:
-      - table: chunks
-        modulus: {modulus}
-        checks:
-{lines}
-""")
+    body = config_yaml(dsn, modulus=modulus, checks=checks, lock_timeout=lock_timeout, extra=extra, name=name)
+    path.write_text(f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: info\n{body}")
