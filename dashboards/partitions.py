@@ -174,20 +174,39 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
     return board
 
 
+def _partition_bars(unit: str, colour: str) -> bargauge.Panel:
+    """Horizontal gradient bars, one per leaf partition, with the unfilled part shown for scale."""
+    return (
+        bargauge.Panel()
+        .unit(unit)
+        .min(0)
+        .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .value_mode(cm.BarGaugeValueMode.COLOR)
+        .show_unfilled(True)
+        .reduce_options(_last())
+        .thresholds(thresholds((None, colour)))
+    )
+
+
+def _top_bars(unit: str) -> bargauge.Panel:
+    """Plain horizontal bars for a top-N list."""
+    return (
+        bargauge.Panel()
+        .unit(unit)
+        .display_mode(cm.BarGaugeDisplayMode.BASIC)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .reduce_options(_last())
+        .thresholds(thresholds((None, "green")))
+    )
+
+
 def _partitions_row(board: db.Dashboard) -> db.Dashboard:
     """Rows per partition now and over time."""
     board = board.with_row(db.Row("Partitions"))
     board = board.with_panel(
         finish(
-            bargauge.Panel()
-            .unit("short")
-            .min(0)
-            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .value_mode(cm.BarGaugeValueMode.COLOR)
-            .show_unfilled(True)
-            .reduce_options(_last())
-            .thresholds(thresholds((None, "green"))),
+            _partition_bars("short", "green"),
             "Rows per partition",
             "Current rows per leaf partition, largest first. One bar far longer than the rest is a hot "
             "partition; compare with the Skew ratio. Bars at 0 on a busy table with source=estimate mean "
@@ -199,15 +218,7 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            bargauge.Panel()
-            .unit("bytes")
-            .min(0)
-            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .value_mode(cm.BarGaugeValueMode.COLOR)
-            .show_unfilled(True)
-            .reduce_options(_last())
-            .thresholds(thresholds((None, "blue"))),
+            _partition_bars("bytes", "blue"),
             "Bytes per partition",
             "Heap + indexes + TOAST per leaf partition, largest first, beside the rows. A partition larger in "
             "bytes than its rows suggest holds bigger rows or bloat. From the catalog's page counts (as of each "
@@ -258,12 +269,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_row(db.Row("Growth"))
     board = board.with_panel(
         finish(
-            bargauge.Panel()
-            .unit("short")
-            .display_mode(cm.BarGaugeDisplayMode.BASIC)
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .reduce_options(_last())
-            .thresholds(thresholds((None, "green"))),
+            _top_bars("short"),
             "Top 10 partitions by growth (selected range)",
             "Rows added per partition over the dashboard's time range (statistics estimate). The top bars "
             "are where the next hot spot forms; a negative value is a purge or a repair moving rows away.",
@@ -296,12 +302,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            bargauge.Panel()
-            .unit("bytes")
-            .display_mode(cm.BarGaugeDisplayMode.BASIC)
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .reduce_options(_last())
-            .thresholds(thresholds((None, "green"))),
+            _top_bars("bytes"),
             "Top 10 partitions by bytes growth (last hour)",
             "Bytes added per partition over the last hour, what PartkeyPartitionGrowthOutlier compares with the "
             "table's average partition. Grows in steps: sizes refresh when VACUUM or ANALYZE visits a partition.",
