@@ -31,6 +31,15 @@ SAFE = "abs(hashtext(collection_id::text) % {modulus})"
 RANDOM_UUID = "md5(random()::text || clock_timestamp()::text)::uuid"
 
 
+def no_autovacuum(conn: psycopg.Connection[Any], table: str = "chunks") -> None:
+    """No background VACUUM or ANALYZE on the table's partitions: the test decides when statistics change."""
+    partitions = conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = %s::regclass", (table,)
+    )
+    for (name,) in partitions.fetchall():
+        conn.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
+
+
 def create_list_table(
     conn: psycopg.Connection[Any],
     *,

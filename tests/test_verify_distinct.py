@@ -16,7 +16,7 @@ from exporter.report import TableHealth, render_json, render_text
 from exporter.snapshot import CheckResult
 from exporter.verify import Verifier
 from tests.int_min import int_min_text
-from tests.schema import INT_MIN_COLLECTION_ID, create_list_table, insert_rows, scalar
+from tests.schema import INT_MIN_COLLECTION_ID, create_list_table, insert_rows, no_autovacuum, scalar
 from tests.test_verify_property import _pairs, reference
 
 pytestmark = pytest.mark.versioned("verification")
@@ -28,15 +28,8 @@ def _indexed_table(conn: psycopg.Connection[Any], rows: int = 20_000, collection
     """10 single-value LIST partitions, a DEFAULT one, an index on collection_id, analyzed."""
     create_list_table(conn, modulus=10, trigger=None, default_partition=True)
     conn.execute("CREATE INDEX chunks_collection ON chunks (collection_id)")
-    _no_autovacuum(conn)
+    no_autovacuum(conn)
     insert_rows(conn, rows, modulus=10, collections=collections)
-
-
-def _no_autovacuum(conn: psycopg.Connection[Any]) -> None:
-    """No background ANALYZE: these tests choose whether pg_stats has a distinct-value estimate."""
-    partitions = conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'chunks'::regclass")
-    for (name,) in partitions.fetchall():
-        conn.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
 
 
 def _live(conn: psycopg.Connection[Any]) -> int:
@@ -229,7 +222,7 @@ def test_composite_keys_use_distinct_tuples_and_a_two_column_index(conn: psycopg
         conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
     # The index leads with the source columns in the other order: the scan must follow the index's order.
     conn.execute("CREATE INDEX ON chunks (document_id, collection_id)")
-    _no_autovacuum(conn)
+    no_autovacuum(conn)
     formula = "abs(hashtext(coalesce(c::text, '') || ':' || coalesce(d::text, '')) % 4)"
     conn.execute(
         f"INSERT INTO chunks SELECT g, c, d, {formula} FROM (SELECT g, 'c' || (g % 7) AS c,"
@@ -287,7 +280,7 @@ def test_select_on_the_table_alone_is_enough_and_other_leaves_are_read_in_one_pr
     conn.execute("CREATE TABLE chunks_pair PARTITION OF chunks FOR VALUES IN (2, 3)")
     conn.execute("CREATE TABLE chunks_default PARTITION OF chunks DEFAULT")
     conn.execute("CREATE INDEX ON chunks (collection_id)")
-    _no_autovacuum(conn)
+    no_autovacuum(conn)
     insert_rows(conn, 4000, modulus=4, collections=8)
     conn.execute("INSERT INTO chunks (collection_id, partition_key) VALUES (md5('x')::uuid, 9), (md5('y')::uuid, 1)")
     conn.execute("VACUUM chunks")  # no pg_stats: no distinct-value estimate
