@@ -19,7 +19,7 @@ sqlalchemy = pytest.importorskip("sqlalchemy")
 pytest.importorskip("alembic")
 
 
-DRIVERS = ["psycopg", "psycopg2"]
+DRIVERS = ["psycopg", "psycopg2", "asyncpg"]
 
 
 def sqlalchemy_url(dsn: str, driver: str = "psycopg") -> str:
