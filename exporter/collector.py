@@ -13,8 +13,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.introspect import METHODS, Implementation
+from exporter.introspect import Implementation
 from exporter.partition_stats import Distribution, finite
+from exporter.pg.policy import METHODS
 from exporter.snapshot import PROBE_BUCKETS, Snapshot, SnapshotSource
 from exporter.verify import VerificationResult
 

@@ -6,14 +6,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
 
 from exporter.formula_catalog import OverflowPlace, TableFormulas, schema_overflows, table_formulas
 from exporter.keyspec import KeySpec, formula_overflows, mentions_key_formula
-
-Shape = Literal["missing", "plain", "list", "hash", "range", "expression"]
-Method = Literal["generated", "trigger", "check", "expression", "hash", "none"]
-METHODS: tuple[Method, ...] = ("generated", "trigger", "check", "expression", "hash", "none")
+from exporter.pg import catalog
+from exporter.pg.policy import Method, Shape, judge
 
 # pg_trigger.tgtype bits: ROW=1, BEFORE=2, INSERT=4, UPDATE=16.
 _TRIGGER_ROW, _TRIGGER_BEFORE, _TRIGGER_INSERT = 1, 2, 4
@@ -116,103 +113,28 @@ def server_version_num(conn: psycopg.Connection[Any]) -> int:
     return conn.info.server_version
 
 
-_TABLE_SQL = """
-SELECT c.oid, c.relkind, n.nspname || '.' || c.relname AS label,
-       pt.partstrat, pt.partattrs::text AS partattrs, pt.partdefid,
-       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partkeydef
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
-WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
-"""
-
-_LEAVES_SQL = """
-WITH RECURSIVE tree(relid) AS (
-    SELECT inhrelid FROM pg_inherits WHERE inhparent = %(oid)s
-    UNION ALL
-    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
-)
-SELECT c.oid, c.relname, c.relispartition,
-       (SELECT pt.partdefid FROM pg_partitioned_table pt
-         JOIN pg_inherits i ON i.inhparent = pt.partrelid AND i.inhrelid = c.oid) = c.oid AS is_default
-FROM tree JOIN pg_class c ON c.oid = tree.relid
-WHERE c.relkind = 'r'
-ORDER BY c.relname
-"""
-
-_COLUMNS_SQL = """
-SELECT a.attname, a.attnum, {generated} AS attgenerated,
-       pg_get_expr(d.adbin, d.adrelid) AS default_expr
-FROM pg_attribute a
-LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-_TRIGGERS_SQL = """
-SELECT t.tgname, c.relname, t.tgenabled, t.tgtype, t.tgrelid = %(oid)s AS on_parent,
-       {parent_clone} AS is_clone, p.proname, p.prosrc
-FROM pg_trigger t
-JOIN pg_class c ON c.oid = t.tgrelid
-JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE NOT t.tgisinternal AND t.tgrelid = ANY(%(oids)s)
-ORDER BY c.relname, t.tgname
-"""
-
-_CHECKS_SQL = """
-SELECT conname, pg_get_constraintdef(oid) AS definition, convalidated
-FROM pg_constraint
-WHERE conrelid = %(oid)s AND contype = 'c'
-ORDER BY conname
-"""
-
-_PK_SQL = """
-SELECT a.attname
-FROM pg_index i
-JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indrelid = %(oid)s AND i.indisprimary
-ORDER BY k.ord
-"""
-
-
 def verification_inputs(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[bool, tuple[str, ...]]:
     """Whether the key column exists, and the primary key columns: all a verification pass needs."""
-    row = conn.execute(
-        """SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = c.oid AND attname = %(key)s AND NOT attisdropped),
-                  ARRAY(SELECT a.attname::text FROM pg_index i
-                        JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                        WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord)
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')""",
-        {"key": spec.key_column, "schema": spec.schema, "table": spec.table},
-    ).fetchone()
-    if row is None:
+    table = catalog.find_table(conn, spec.schema, spec.table)
+    if table is None:
         raise TableNotFoundError(f"table {spec.label} does not exist")
-    return bool(row[0]), tuple(row[1])
+    key_exists = any(column["attname"] == spec.key_column for column in catalog.columns(conn, table["oid"]))
+    return key_exists, catalog.primary_key(conn, table["oid"])
 
 
 def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
     """Inspect the catalog for one table; raise TableNotFoundError when it is missing."""
     version = server_version_num(conn)
     version_text = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-    with conn.cursor(row_factory=dict_row) as cur:
-        table = cur.execute(_TABLE_SQL, {"schema": spec.schema, "table": spec.table}).fetchone()
-        if table is None:
-            raise TableNotFoundError(f"table {spec.label} does not exist")
-        oid = table["oid"]
-        leaves: list[dict[str, Any]] = []
-        if table["relkind"] == "p":
-            leaves = list(cur.execute(_LEAVES_SQL, {"oid": oid}).fetchall())
-        generated = "a.attgenerated" if version >= 120000 else "''::\"char\""
-        columns = cur.execute(_COLUMNS_SQL.format(generated=generated), {"oid": oid}).fetchall()
-        parent_clone = "t.tgparentid <> 0" if version >= 130000 else "false"
-        oids = [oid, *[leaf["oid"] for leaf in leaves]]
-        triggers = cur.execute(_TRIGGERS_SQL.format(parent_clone=parent_clone), {"oid": oid, "oids": oids})
-        trigger_rows = triggers.fetchall()
-        check_rows = cur.execute(_CHECKS_SQL, {"oid": oid}).fetchall()
-        primary_key = tuple(row["attname"] for row in cur.execute(_PK_SQL, {"oid": oid}).fetchall())
+    table = catalog.find_table(conn, spec.schema, spec.table)
+    if table is None:
+        raise TableNotFoundError(f"table {spec.label} does not exist")
+    oid = table["oid"]
+    leaves = catalog.leaf_partitions(conn, oid) if table["relkind"] == "p" else []
+    columns = catalog.columns(conn, oid)
+    trigger_rows = catalog.triggers(conn, oid, [oid, *[leaf["oid"] for leaf in leaves]])
+    check_rows = catalog.check_constraints(conn, oid)
+    primary_key = catalog.primary_key(conn, oid)
 
     key_column = next((c for c in columns if c["attname"] == spec.key_column), None)
     partitions = tuple(
@@ -340,53 +262,3 @@ def _method(
     if checks:
         return "check"
     return "none"
-
-
-def judge(
-    version: int,
-    shape: Shape,
-    by_key: bool,
-    method: Method,
-    generated_kind: str | None,
-    trigger_enabled: bool | None,
-    overflow: bool,
-    partitions_missing_trigger: bool,
-) -> tuple[bool, str]:
-    """Whether the method is the best this version and shape allow, and why (docs/checks.md has the table)."""
-    if overflow:
-        return (
-            False,
-            "the key formula takes abs() of hashtext(): ids hashing to INT_MIN raise "
-            "'integer out of range'; use abs(hashtext(x) % n)",
-        )
-    if method == "trigger" and trigger_enabled is False:
-        return False, "the key trigger is disabled: nothing checks new rows' keys"
-    if partitions_missing_trigger:
-        return False, "some partitions have no key trigger (partitions created later do not get one)"
-    if method in ("expression", "hash"):
-        return True, f"the server routes rows by {method} partitioning; no stored key can drift"
-    if shape == "plain":
-        if method == "generated":
-            if generated_kind == "virtual":
-                return False, "a VIRTUAL generated column cannot be indexed or be in a key; use STORED"
-            return True, "a STORED generated column computes the key on every write"
-        if version < 120000:
-            if method in ("trigger", "check"):
-                return True, "PostgreSQL 11 has no GENERATED columns; a trigger or CHECK is the best it allows"
-            return False, "nothing maintains the key; add a trigger or CHECK (PG 11 has no GENERATED columns)"
-        if method == "check":
-            return False, "a CHECK only rejects wrong keys; a STORED generated column computes them"
-        if method == "trigger":
-            return False, "a STORED generated column is faster and cannot drift on UPDATE (PG 12+)"
-        return False, "nothing maintains the key; a STORED generated column would"
-    if by_key:
-        if method == "check":
-            return True, "a CHECK rejects wrong keys without a trigger's cost; routing already needs the key"
-        if method == "trigger":
-            return (
-                False,
-                "on a partitioned table the trigger only rejects wrong keys (rows are routed first); "
-                "a CHECK constraint does the same 30-43% cheaper on bulk inserts",
-            )
-        return False, "nothing rejects a wrong key; add CHECK (key = expression)"
-    return False, f"{shape}-partitioned, but not by the key column: the key is not what routes rows"

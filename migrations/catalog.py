@@ -1,4 +1,4 @@
-"""Catalog reads the migration needs beyond detect(): dependent PK/indexes, trigger functions, sizes."""
+"""Catalog reads only the migration needs (what DROP COLUMN removes, sizes); shared ones are in exporter.pg.catalog."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from exporter.introspect import Implementation
 from exporter.keyspec import KeySpec
+from exporter.pg import catalog as pg_catalog
 
 BYTES_PER_ROW_GUESS = 400  # the facts' table: 394 bytes a row; used before any ANALYZE or VACUUM
 
@@ -57,9 +57,7 @@ class TableSize:
 
 def table_oid(conn: psycopg.Connection[Any], spec: KeySpec) -> int:
     """The table's OID."""
-    row = conn.execute("SELECT %s::regclass::oid", (spec.table_ident.as_string(conn),)).fetchone()
-    assert row is not None
-    return int(row[0])
+    return pg_catalog.table_oid(conn, spec.table_ident)
 
 
 def column_number(conn: psycopg.Connection[Any], oid: int, column: str) -> int | None:
@@ -107,39 +105,19 @@ def key_dependents(conn: psycopg.Connection[Any], spec: KeySpec, column: str | N
 
 def index_definitions(conn: psycopg.Connection[Any], spec: KeySpec) -> dict[str, str]:
     """Every index on the table (not its partitions), by name: the catalog's own CREATE INDEX text."""
-    rows = conn.execute(
-        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "WHERE x.indrelid = %s ORDER BY 1",
-        (table_oid(conn, spec),),
-    ).fetchall()
-    return {r[0]: r[1] for r in rows}
+    return pg_catalog.index_definitions(conn, table_oid(conn, spec))
 
 
 def constraint_definitions(conn: psycopg.Connection[Any], spec: KeySpec) -> dict[str, str]:
     """Every constraint on the table, by name, as pg_get_constraintdef prints it."""
-    rows = conn.execute(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s ORDER BY 1",
-        (table_oid(conn, spec),),
-    ).fetchall()
-    return {r[0]: r[1] for r in rows}
+    return pg_catalog.constraint_definitions(conn, table_oid(conn, spec))
 
 
 def key_triggers(conn: psycopg.Connection[Any], spec: KeySpec, impl: Implementation) -> list[KeyTrigger]:
     """The key triggers detect() found, with their functions' schemas; clones of a parent trigger left out."""
     wanted = {(t.relation, t.name) for t in impl.triggers}
-    version_clone = "t.tgparentid <> 0" if impl.major >= 13 else "false"
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            sql.SQL(
-                """SELECT t.tgname, n.nspname, c.relname, pn.nspname AS fschema, p.proname,
-                          c.oid = %(oid)s AS on_parent, {clone} AS is_clone
-                   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-                   JOIN pg_namespace n ON n.oid = c.relnamespace
-                   JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
-                   WHERE NOT t.tgisinternal ORDER BY c.relname, t.tgname"""
-            ).format(clone=sql.SQL(version_clone)),
-            {"oid": table_oid(conn, spec)},
-        ).fetchall()
+    oid = table_oid(conn, spec)
+    rows = pg_catalog.triggers(conn, oid, [oid, *[p.oid for p in impl.partitions]])
     return [
         KeyTrigger(
             name=r["tgname"],

@@ -16,6 +16,7 @@ import psycopg
 from exporter.cliargs import hoist_options
 from exporter.formula_catalog import resolve_spec
 from exporter.keyspec import KeySpec
+from exporter.pg.policy import STRATEGIES
 from migrations import progress, render, runner
 from migrations.connect import POOL_REFUSAL, UsageError, connect, database_error, error_lines, pooled, redact
 from migrations.errors import ExitCode, RefusedError
@@ -26,7 +27,6 @@ from migrations.retry import LockRetriesExhausted
 from migrations.runlock import RunInProgressError
 from migrations.status import lines as status_lines
 from migrations.status import status
-from migrations.strategy import STRATEGIES
 from migrations.verification import describe, verify_full
 
 log = logging.getLogger("partkey-migrate")

@@ -19,12 +19,12 @@ from psycopg import pq
 
 from exporter.keyspec import KeySpec
 from exporter.pg.connect import connect
+from exporter.pg.policy import Requested
 from migrations import alembic as alembic_support
 from migrations import runner
 from migrations.connect import CONNECT_TIMEOUT
 from migrations.errors import Outcome
 from migrations.options import APPLICATION_NAME, Options
-from migrations.strategy import Requested
 from migrations.verification import verify_full
 
 NOT_AUTOCOMMIT = (

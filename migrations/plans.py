@@ -8,6 +8,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.introspect import Implementation
+from exporter.pg.policy import Strategy
 from migrations import dependents as column_dependents
 from migrations import sqlgen
 from migrations.catalog import (
@@ -39,7 +40,6 @@ from migrations.steps import (
     rewrite_estimate,
     scan_estimate,
 )
-from migrations.strategy import Strategy
 
 DEFAULT_TRIGGER = "set_partition_key"
 DEFAULT_FUNCTION = "compute_partition_key"

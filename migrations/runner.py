@@ -13,6 +13,7 @@ from psycopg import sql
 
 from exporter.introspect import Implementation, TableNotFoundError, detect
 from exporter.pg.locks import retry_lock_timeouts
+from exporter.pg.policy import Requested, choose
 from migrations import measure as measuring
 from migrations import progress, sqlgen
 from migrations.connect import UsageError
@@ -24,7 +25,6 @@ from migrations.retry import backoff, with_lock_retries
 from migrations.runlock import run_lock
 from migrations.state import State, StateStore
 from migrations.steps import Plan, Step, human_seconds
-from migrations.strategy import Requested, choose
 from migrations.verification import describe, scan_limits, verify_full
 
 log = logging.getLogger("partkey-migrate")

@@ -8,12 +8,12 @@ from typing import Any
 import psycopg
 
 from exporter.formula_report import formula_lines
+from exporter.pg.policy import GENERATED_NOT_PARTITION_KEY, choose
 from migrations import dependents as column_dependents
 from migrations.catalog import column_ordinal, table_oid
 from migrations.options import Options
 from migrations.runner import inspect, interrupted_downgrade
 from migrations.state import StateStore
-from migrations.strategy import GENERATED_NOT_PARTITION_KEY, choose
 
 
 def status(conn: psycopg.Connection[Any], options: Options) -> dict[str, Any]:
