@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/partkey-exporter demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter migrations tests bench dashboards docsgen examples deploy
+	$(VENV)/bin/ruff check exporter migrations tests bench dashboards examples deploy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
@@ -35,11 +35,11 @@ test: lint docs-check unit
 
 # Regenerates every generated block in docs/ (configuration keys, metrics, HTTP API, the version matrix).
 docs: $(STAMP)
-	$(PY) -m docsgen
+	$(PY) -m exporter._docsgen
 
 # The docs site builds with no broken link; the generated pages are fresh (tests/test_docs.py checks that too).
 docs-check: $(STAMP)
-	$(PY) -m docsgen --check
+	$(PY) -m exporter._docsgen --check
 	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$site; rc=$$?; rm -rf $$site; exit $$rc
 
 # Builds the sdist and wheel, checks their metadata, installs the wheel into a clean venv and runs it (CI runs this).

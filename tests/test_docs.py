@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from docsgen import __main__ as docsgen
-from docsgen import config_page, http_page
-from docsgen.blocks import MissingBlockError, replace_block, start_marker
+from exporter._docsgen import __main__ as docsgen
+from exporter._docsgen import config_page, http_page
+from exporter._docsgen.blocks import MissingBlockError, replace_block, start_marker
 from exporter.collector import PartkeyCollector
 from exporter.config import Config, parse_config
 from exporter.snapshot import SnapshotStore

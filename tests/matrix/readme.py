@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from docsgen import compatibility_page
-from docsgen.blocks import MissingBlockError, replace_block
+from exporter._docsgen import compatibility_page
+from exporter._docsgen.blocks import MissingBlockError, replace_block
 
 ROOT = Path(__file__).resolve().parents[2]
 

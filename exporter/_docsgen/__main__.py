@@ -1,4 +1,4 @@
-"""`python -m docsgen` rewrites every generated block; `--check` only reports the stale ones (exit 1)."""
+"""`python -m exporter._docsgen` rewrites every generated block; `--check` only reports the stale ones (exit 1)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from docsgen import compatibility_page, config_page, http_page, metrics_page
-from docsgen.blocks import replace_block
+from exporter._docsgen import compatibility_page, config_page, http_page, metrics_page
+from exporter._docsgen.blocks import replace_block
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # page -> block name -> generator. Each block has one source in the code; the page holds the prose around it.
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
@@ -37,7 +37,7 @@ def regenerate(docs: Path = DOCS) -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the stale pages, or with --check name them and fail."""
-    parser = argparse.ArgumentParser(prog="python -m docsgen", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m exporter._docsgen", description=__doc__)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page is stale")
     args = parser.parse_args(argv)
     changed = regenerate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from docsgen.tables import table
+from exporter._docsgen.tables import table
 from exporter.openapi import SPEC
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from docsgen.tables import table
+from exporter._docsgen.tables import table
 from exporter.collector import PartkeyCollector
 from exporter.config import ChecksConfig
 from exporter.snapshot import SnapshotStore

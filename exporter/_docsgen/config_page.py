@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from docsgen.tables import table
+from exporter._docsgen.tables import table
 from exporter.config import Config, parse_duration
 
 _NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}

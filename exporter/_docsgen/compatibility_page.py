@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MATRIX = Path(__file__).resolve().parents[1] / "tests" / "matrix" / "last-matrix.md"
+MATRIX = Path(__file__).resolve().parents[2] / "tests" / "matrix" / "last-matrix.md"
 
 
 def render(matrix: Path = MATRIX) -> str:
