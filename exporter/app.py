@@ -24,6 +24,7 @@ from exporter.config import Config, TableConfig
 from exporter.exposition import Exposition
 from exporter.reconnect import ReconnectWatcher
 from exporter.report import TableHealth
+from exporter.scan_target import ScanRoute
 from exporter.slots import ConnectionSlots
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target
@@ -80,10 +81,13 @@ class Exporter:
         self.tables: dict[tuple[str, str], TableConfig] = {}
         self.runners: dict[tuple[str, str, str], CheckRunner] = {}
         self.verify_states: dict[tuple[str, str], TableVerificationState] = {}
+        self.scans: dict[str, ScanRoute] = {}  # by target name: the targets with a scan_dsn
         owned = config.owned_targets()
         cap = config.max_connections
-        # With no more targets than the cap, every target keeps its one connection: no queue to manage.
-        self.slots = ConnectionSlots(cap) if cap is not None and cap < len(owned) else None
+        # A target with a scan_dsn has a second connection (to its standby), under the same cap.
+        wanted = len(owned) + sum(1 for t in owned if t.scan_dsn is not None or t.scan_dsn_file is not None)
+        # With no more connections than the cap, every target keeps its own: no queue to manage.
+        self.slots = ConnectionSlots(cap) if cap is not None and cap < wanted else None
         if len(owned) < len(config.targets):
             index, total = config.sharding()
             log.info("shard %d of %d: checking %d of %d targets", index, total, len(owned), len(config.targets))
@@ -96,12 +100,26 @@ class Exporter:
                 slots=self.slots,
             )
             self.targets[target.name] = target
+            scan_dsn = target_config.resolve_scan_dsn()
+            scan = None
+            if scan_dsn is not None:
+                # Its own name: log lines and the slot queue tell the standby's connection from the primary's.
+                standby = Target(
+                    f"{target.name} (scan_dsn)",
+                    scan_dsn,
+                    connect_timeout=target_config.connect_timeout,
+                    lock_timeout=target_config.lock_timeout,
+                    slots=self.slots,
+                )
+                scan = self.scans[target.name] = ScanRoute(standby)
             for table in target_config.tables:
                 state = TableVerificationState()
                 self.tables[(target.name, table.label)] = table
                 self.verify_states[(target.name, table.label)] = state
                 for check, settings in checks_for(table, state):
-                    runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout)
+                    runner = CheckRunner(
+                        target, check, self.store, settings.interval, settings.statement_timeout, scan=scan
+                    )
                     self.runners[runner.key] = runner
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PartkeyCollector(self.store, self.targets))
@@ -179,6 +197,8 @@ class Exporter:
             self.scheduler = None
         for target in self.targets.values():
             target.close()
+        for scan in self.scans.values():
+            scan.target.close()
 
     def run_all_once(self) -> None:
         """Run every check once, in order, in this thread (one-shot commands and tests)."""
@@ -225,6 +245,7 @@ class Exporter:
                     self.store,
                     settings.interval,
                     settings.statement_timeout,
+                    scan=self.scans.get(key[0]),
                 )
             return runner.run()
         finally:

@@ -52,6 +52,7 @@ class PartkeyCollector(Collector):
         yield from self._distribution(snapshot)
         yield from self._sizes(snapshot)
         yield from self._probe(snapshot)
+        yield from self._scan(snapshot)
 
     def _meta(self, snapshot: Snapshot) -> Iterator[Metric]:
         """partkey_up, build info and server version."""
@@ -330,3 +331,36 @@ class PartkeyCollector(Collector):
             failures.add_metric([target, table], float(state.failures))
         yield histogram
         yield failures
+
+    def _scan(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Where each heavy scan on a scan_dsn ran, and how far the standby's replay was behind when it did."""
+        labels = ["target", "table", "check"]
+        lag = GaugeMetricFamily(
+            "partkey_scan_replay_lag_seconds",
+            "For a check run on the target's scan_dsn (a standby): now() - pg_last_xact_replay_timestamp() in the "
+            "scan's own transaction, before the scan. Its result includes every transaction the primary committed "
+            "up to this long before the scan; an upper bound, as it also grows while the primary commits nothing.",
+            labels=labels,
+        )
+        lag_bytes = GaugeMetricFamily(
+            "partkey_scan_replay_lag_bytes",
+            "For a check run on the target's scan_dsn: WAL the standby had received but not yet replayed when the "
+            "scan started (pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn(); 0 when caught up).",
+            labels=labels,
+        )
+        standby = GaugeMetricFamily(
+            "partkey_scan_in_recovery",
+            "For a check run on the target's scan_dsn: 1 when that server is a standby (pg_is_in_recovery()), 0 when "
+            "it is not (the scan still ran there, and no replay lag is exported).",
+            labels=labels,
+        )
+        for key, result in sorted(snapshot.results.items()):
+            source = result.scan
+            if source is None:
+                continue
+            standby.add_metric(list(key), 1.0 if source.in_recovery else 0.0)
+            if source.replay_lag_seconds is not None:
+                lag.add_metric(list(key), source.replay_lag_seconds)
+            if source.replay_lag_bytes is not None:
+                lag_bytes.add_metric(list(key), float(source.replay_lag_bytes))
+        yield from (lag, lag_bytes, standby)

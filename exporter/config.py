@@ -184,6 +184,10 @@ class TargetConfig(Strict):
     """libpq connection string or URI; ${VAR} is expanded. Give this or dsn_file."""
     dsn_file: Path | None = None
     """A file holding the whole DSN (a mounted secret). Give this or dsn."""
+    scan_dsn: str | None = None
+    """A hot standby for the heavy scans (full and sample verification, exact distribution); ${VAR} is expanded."""
+    scan_dsn_file: Path | None = None
+    """Or a file holding the standby's DSN (a mounted secret); at most one of scan_dsn and scan_dsn_file."""
     connect_timeout: Duration = 5.0
     """How long to wait for a connection."""
     lock_timeout: Duration = 1.0
@@ -198,6 +202,10 @@ class TargetConfig(Strict):
             raise ValueError("give exactly one of dsn or dsn_file")
         if self.dsn is not None:
             _check_dsn(self.dsn)
+        if self.scan_dsn is not None and self.scan_dsn_file is not None:
+            raise ValueError("give at most one of scan_dsn or scan_dsn_file")
+        if self.scan_dsn is not None:
+            _check_dsn(self.scan_dsn, "scan_dsn")
         labels = [table.label for table in self.tables]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
@@ -217,13 +225,28 @@ class TargetConfig(Strict):
         _check_dsn(text)
         return text
 
+    def resolve_scan_dsn(self) -> str | None:
+        """The standby's DSN for heavy scans, read from scan_dsn_file when given there; None when unset."""
+        if self.scan_dsn_file is None:
+            return self.scan_dsn
+        try:
+            text = self.scan_dsn_file.read_text().strip()
+        except OSError as error:
+            problem = f"targets.{self.name}.scan_dsn_file: cannot read {self.scan_dsn_file}: {error.strerror}"
+            raise ConfigError([problem]) from None
+        try:
+            _check_dsn(text, "scan_dsn_file")
+        except ValueError as error:
+            raise ConfigError([f"targets.{self.name}.scan_dsn_file: {error}"]) from None
+        return text
 
-def _check_dsn(dsn: str) -> None:
+
+def _check_dsn(dsn: str, field: str = "dsn") -> None:
     """Reject a DSN libpq cannot parse, without echoing it (it may hold a password)."""
     try:
         conninfo_to_dict(dsn)
     except Exception:
-        raise ValueError("dsn is not a valid PostgreSQL connection string or URI") from None
+        raise ValueError(f"{field} is not a valid PostgreSQL connection string or URI") from None
 
 
 class ListenConfig(Strict):

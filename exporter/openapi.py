@@ -159,7 +159,18 @@ SCHEMAS: dict[str, Any] = {
             "error": NULLABLE_STRING,
             "duration_seconds": NUMBER,
             "last_success_at": NULLABLE_NUMBER,
+            "scan": _nullable("ScanSource"),
         }
+    ),
+    "ScanSource": _obj(
+        {
+            "in_recovery": BOOLEAN,
+            "replay_lag_seconds": NULLABLE_NUMBER,
+            "replay_lag_bytes": NULLABLE_INTEGER,
+            "conflict_retries": INTEGER,
+        },
+        description="Where a check on the target's scan_dsn ran: is it a standby, how far its replay was behind "
+        "when the scan started, and how many attempts a recovery conflict canceled first.",
     ),
     "TableHealth": _obj(
         {

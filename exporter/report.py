@@ -189,6 +189,9 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
                 else (f"stored {example.stored_key}, expected {example.expected_key}")
             )
             lines.append(f"    - {example.kind} in {example.relation} ({key}): {detail}")
+    for name, result in sorted(health.results.items()):
+        if result.scan is not None:
+            lines.append(f"  Scanned On ({name}): {result.scan.describe()}")
     for name in health.failing_checks:
         lines.append(f"  Failing Check: {name}: {health.results[name].error}")
     lines += ["", RULE]
@@ -229,6 +232,7 @@ def render_json(health: TableHealth) -> dict[str, Any]:
                 "error": r.error,
                 "duration_seconds": r.duration_seconds,
                 "last_success_at": r.last_success_at,
+                "scan": r.scan.to_dict() if r.scan is not None else None,
             }
             for name, r in sorted(health.results.items())
         },

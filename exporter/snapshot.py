@@ -7,7 +7,10 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from exporter.scan_target import ScanSource
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class CheckResult:
     interval_seconds: float
     error: str | None = None
     payload: Any = None
+    scan: ScanSource | None = None  # where the payload was read when on the target's scan_dsn, with the replay lag
 
 
 @dataclass(frozen=True)

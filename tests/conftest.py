@@ -25,7 +25,7 @@ _counter = itertools.count()
 # Fixtures that reach a server (the session's, a private one, an old version's): a test with none needs no database.
 _DATABASE_FIXTURES = {"admin_dsn", "own_server", "old", "binaries"}
 # Tests that start a PostgreSQL of their own in a subprocess.
-_OWN_SERVER = ("tests/test_demo.py::",)
+_OWN_SERVER = ("tests/test_demo.py::", "tests/test_standby.py::")
 
 
 def _unique(prefix: str) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 
 from exporter.config import TableConfig
+
+if TYPE_CHECKING:
+    from exporter.scan_target import ScanSource
 
 
 class CheckFailedError(Exception):
@@ -21,6 +24,7 @@ class Outcome:
     payload: Any
     rows_verified: tuple[str, int] | None = None
     probe: tuple[list[float], int] | None = None
+    scan: ScanSource | None = None  # set when the check ran on the target's scan_dsn (a standby)
 
 
 class Check(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from exporter.checks.base import Check, CheckFailedError, Outcome
 from exporter.checks.verification import VerificationBusyError
 from exporter.introspect import TableNotFoundError
 from exporter.pg.connect import explain
+from exporter.scan_target import SCAN_CHECKS, ScanRoute, read_source
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target, TargetUnavailableError
 
@@ -21,9 +23,20 @@ log = logging.getLogger(__name__)
 class CheckRunner:
     """Wraps one check of one table: timing, timeouts, success metrics and log-once on failure."""
 
-    def __init__(self, target: Target, check: Check, store: SnapshotStore, interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        target: Target,
+        check: Check,
+        store: SnapshotStore,
+        interval: float,
+        timeout: float,
+        scan: ScanRoute | None = None,
+    ) -> None:
         self.target = target
         self.check = check
+        # The target's scan_dsn (a standby) runs this check when it is one of the heavy scans.
+        self.scan = scan if scan is not None and check.name in SCAN_CHECKS else None
+        self.server = self.scan.target if self.scan is not None else target  # the connection the check runs on
         self.store = store
         self.interval = interval
         self.timeout = timeout
@@ -42,8 +55,11 @@ class CheckRunner:
         error: str | None = None
         target_down = False
         try:
-            with self.target.session() as conn:
-                outcome = self._execute(conn)
+            if self.scan is not None:
+                outcome = self.scan.run(self._execute)
+            else:
+                with self.target.session() as conn:
+                    outcome = self._execute(conn)
         except TargetUnavailableError as failure:
             error = str(failure)
             target_down = True
@@ -63,14 +79,14 @@ class CheckRunner:
         except psycopg.Error as failure:
             error = self._describe(failure)
             # The query broke the connection: that is the target's outage, which the target logs once.
-            target_down = self.target.up is False
+            target_down = self.server.up is False
         except Exception as failure:  # a bug in a check must not take the daemon down
             log.exception("%s: unexpected error", self._where())
             error = f"{type(failure).__name__}: {failure}"
         finished = time.time()
         duration = time.monotonic() - started
         if error is not None:
-            error = self.target.scrub(error)
+            error = self.server.scrub(self.target.scrub(error))
         result = CheckResult(
             target=self.target.name,
             table=self.check.table.label,
@@ -82,6 +98,8 @@ class CheckRunner:
             interval_seconds=self.interval,
             error=error,
             payload=outcome.payload if outcome is not None else (previous.payload if previous else None),
+            # The replay lag belongs to the payload it was read with: a failed run keeps both from the last success.
+            scan=outcome.scan if outcome is not None else (previous.scan if previous else None),
         )
         self._log_transition(error, target_down)
         probe = outcome.probe if outcome is not None else (([], 1) if self.check.name == "insert_probe" else None)
@@ -92,7 +110,7 @@ class CheckRunner:
             result,
             rows_verified=outcome.rows_verified if outcome is not None else None,
             probe=probe,
-            up=self.target.up,
+            up=self.target.up if self.scan is None else None,  # partkey_up is the primary's connection's
             version=version,
         )
         return result
@@ -104,11 +122,13 @@ class CheckRunner:
                 # Explicit, so a database whose default_transaction_read_only is on still lets the probe write.
                 conn.execute("SET TRANSACTION READ WRITE")
             self.target.begin_check(conn, statement_timeout=self.timeout, read_only=not self.check.read_write)
+            # On the standby, the replay lag is read in the scan's own transaction, just before the scan.
+            source = read_source(conn) if self.scan is not None else None
             outcome = self.check.run(conn)
             if self.check.read_write:
                 # Whatever a writing check did, none of it may stay behind.
                 raise psycopg.Rollback(transaction)
-        return outcome
+        return outcome if source is None else dataclasses.replace(outcome, scan=source)
 
     def _where(self) -> str:
         """target/table/check, for log lines."""
