@@ -484,6 +484,23 @@ def count_overflows(text: str, wrap: str = "{}") -> int:
     return sum(1 for node in _nodes(tree) if _is_overflowing_abs(node))
 
 
+def mentions(text: str, column: str, wrap: str = "SELECT {}") -> bool:
+    """True when a SQL text calls hashtext() and names `column` (as col, NEW.col or t.col); False if unparsable."""
+    try:
+        tree = pglast.parse_sql(wrap.format(text))
+    except ParseError:
+        return False
+    return all(hashes_and_names(tree, column))
+
+
+def hashes_and_names(tree: Any, column: str) -> tuple[bool, bool]:
+    """Whether a parsed tree calls hashtext(), and whether it references `column` (its last name part)."""
+    nodes = list(_nodes(tree))
+    hashes = any(_function(n) == "hashtext" for n in nodes if isinstance(n, ast.FuncCall))
+    names = any(_names(n.fields)[-1:] == (column,) for n in nodes if isinstance(n, ast.ColumnRef))
+    return hashes, names
+
+
 def _is_overflowing_abs(node: Any) -> bool:
     """abs() applied straight to hashtext() (through casts only)."""
     argument = _call(node, "abs")

@@ -18,6 +18,7 @@ from exporter.formula import (
     count_overflows,
     find_formulas,
     formula_from_node,
+    hashes_and_names,
     merge_branches,
 )
 
@@ -57,6 +58,13 @@ def _target(text: str) -> tuple[str, ...]:
             continue
         parts.append(word[1:-1].replace('""', '"') if word.startswith('"') else word.lower())
     return tuple(parts)
+
+
+def _statement(query: str, mode: int) -> str:
+    """A PLpgSQL_expr as one SQL statement: a whole statement (mode 0), or its expression as SELECT <expr>."""
+    if mode == 0:
+        return query
+    return "SELECT " + (", ".join(_split_assignment(query)) if mode in _ASSIGN_MODES else query)
 
 
 def _queries(tree: Any) -> Iterator[tuple[str, int]]:
@@ -155,13 +163,36 @@ def read_plpgsql(functiondef: str) -> BodyReading:
     overflows = 0
     for query, mode in _queries(tree):
         text = _split_assignment(query)[1] if mode in _ASSIGN_MODES else query
-        overflows += count_overflows(f"SELECT {text}")
+        statement = query if mode == 0 else f"SELECT {text}"
+        overflows += count_overflows(statement)
         try:
-            node = pglast.parse_sql(f"SELECT {text}")
+            node = pglast.parse_sql(statement)
         except ParseError:
             continue
         formulas += [f for f in find_formulas(node, scope) if f not in formulas]
     return BodyReading(tuple(formulas), overflows)
+
+
+def trigger_key_use(functiondef: str, key_column: str) -> tuple[bool, int]:
+    """Whether a PL/pgSQL function computes `key_column` with hashtext(), and how many abs(hashtext()) it holds."""
+    try:
+        tree = pglast.parse_plpgsql(functiondef)
+    except ParseError:
+        return False, 0
+    datums = tree[0]["PLpgSQL_function"].get("datums", [])
+    # NEW.<key> as an assignment or INTO target is a record field datum, not a column in any query.
+    names = any(d.get("PLpgSQL_recfield", {}).get("fieldname") == key_column for d in datums)
+    hashes = False
+    overflows = 0
+    for query, mode in _queries(tree):
+        statement = _statement(query, mode)
+        overflows += count_overflows(statement)
+        try:
+            found = hashes_and_names(pglast.parse_sql(statement), key_column)
+        except ParseError:
+            continue
+        hashes, names = hashes or found[0], names or found[1]
+    return hashes and names, overflows
 
 
 def read_sql_function(body: str, parameters: tuple[str, ...]) -> BodyReading:

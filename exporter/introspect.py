@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 import psycopg
 
+from exporter.formula import count_overflows, mentions
+from exporter.formula_body import trigger_key_use
 from exporter.formula_catalog import OverflowPlace, TableFormulas, schema_overflows, table_formulas
-from exporter.keyspec import KeySpec, formula_overflows, mentions_key_formula
+from exporter.keyspec import KeySpec
 from exporter.pg import catalog
 from exporter.pg.policy import Method, Shape, judge
 
@@ -147,10 +149,10 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
             name=row["conname"],
             definition=row["definition"],
             validated=bool(row["convalidated"]),
-            overflows=formula_overflows(row["definition"]),
+            overflows=count_overflows(row["expression"], "SELECT {}") > 0,
         )
         for row in check_rows
-        if mentions_key_formula(row["definition"], spec.key_column)
+        if mentions(row["expression"], spec.key_column)
     )
     generated_kind: Literal["stored", "virtual"] | None = None
     generated_expression = None
@@ -160,15 +162,10 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
 
     location, enabled, missing = _trigger_placement(triggers_found, partitions, table["relkind"] == "p")
     method = _method(shape, generated_kind, triggers_found, checks_found)
-    overflow_sources = [t.overflows for t in triggers_found] + [c.overflows for c in checks_found]
-    if generated_expression:
-        overflow_sources.append(formula_overflows(generated_expression))
-    if shape == "expression" and table["partkeydef"]:
-        overflow_sources.append(formula_overflows(table["partkeydef"]))
-    overflow = any(overflow_sources)
-    optimal, reason = judge(version, shape, by_key, method, generated_kind, enabled, overflow, bool(missing))
     # key_expression: auto compares the table's places with each other; anything else is compared too.
     formulas = table_formulas(conn, spec, configured=None if spec.auto else spec.key_formula)
+    overflow = _overflows(triggers_found, checks_found, generated_expression, table["partkeydef"], formulas)
+    optimal, reason = judge(version, shape, by_key, method, generated_kind, enabled, overflow, bool(missing))
     return Implementation(
         server_version_num=version,
         server_version=version_text,
@@ -197,6 +194,25 @@ def detect(conn: psycopg.Connection[Any], spec: KeySpec) -> Implementation:
     )
 
 
+def _overflows(
+    triggers: tuple[TriggerInfo, ...],
+    checks: tuple[CheckInfo, ...],
+    generated_expression: str | None,
+    partkeydef: str | None,
+    formulas: TableFormulas | None,
+) -> bool:
+    """True when any place holding the key formula, parsed, takes abs() of a bare hashtext() before the modulo."""
+    if any(t.overflows for t in triggers) or any(c.overflows for c in checks):
+        return True
+    if generated_expression and count_overflows(generated_expression, "SELECT {}"):
+        return True
+    if partkeydef and count_overflows(partkeydef, "CREATE TABLE partkey_probe () PARTITION BY {}"):
+        return True
+    # Key helper functions tied to this table (the application asks them for the key it sends).
+    places = formulas.places if formulas is not None else ()
+    return any(p.kind == "helper" and p.formula is not None and p.formula.overflows for p in places)
+
+
 def _shape(table: dict[str, Any], key_column: dict[str, Any] | None) -> tuple[Shape, bool]:
     """The table's shape, and whether it is partitioned by the key column itself."""
     if table["relkind"] != "p":
@@ -212,10 +228,17 @@ def _shape(table: dict[str, Any], key_column: dict[str, Any] | None) -> tuple[Sh
 def _key_triggers(rows: list[dict[str, Any]], spec: KeySpec) -> tuple[TriggerInfo, ...]:
     """Row-level BEFORE INSERT triggers whose function computes the key column."""
     found = []
+    # PG 11/12 hold one trigger per partition, all calling the same function: parse each body once.
+    readings: dict[str, tuple[bool, int]] = {}
     for row in rows:
         tgtype = int(row["tgtype"])
         is_before_row_insert = tgtype & _TRIGGER_ROW and tgtype & _TRIGGER_BEFORE and tgtype & _TRIGGER_INSERT
-        if not is_before_row_insert or not mentions_key_formula(row["prosrc"], spec.key_column):
+        if not is_before_row_insert or row["lanname"] != "plpgsql":
+            continue
+        if row["definition"] not in readings:
+            readings[row["definition"]] = trigger_key_use(row["definition"], spec.key_column)
+        computes_key, overflows = readings[row["definition"]]
+        if not computes_key:
             continue
         found.append(
             TriggerInfo(
@@ -224,7 +247,7 @@ def _key_triggers(rows: list[dict[str, Any]], spec: KeySpec) -> tuple[TriggerInf
                 enabled=row["tgenabled"] != "D",
                 function=row["proname"],
                 on_parent=bool(row["on_parent"] or row["is_clone"]),
-                overflows=formula_overflows(row["prosrc"]),
+                overflows=overflows > 0,
             )
         )
     return tuple(found)

@@ -58,14 +58,19 @@ class KeySpec:
         """The quoted, schema-qualified table name."""
         return sql.Identifier(self.schema, self.table)
 
-    def expression(self, formula: KeyFormula | None = None, row: str | None = None) -> sql.Composed:
-        """The key expression over the source, safe from INT_MIN overflow unless legacy; row="NEW" in triggers."""
+    def expression(
+        self, formula: KeyFormula | None = None, row: str | None = None, *, placeholders: bool = False
+    ) -> sql.Composed:
+        """The key expression over the source, safe from INT_MIN overflow unless legacy; row="NEW" in triggers.
+
+        It holds the modulo operator `%`: pass placeholders=True when the statement is executed with parameters.
+        """
         if self.source is None or isinstance(self.source, Column):
             column = self.source.name if isinstance(self.source, Column) else self.source_column
             source: sql.Composable = _column(column, row)
         else:
             source = sql.SQL("({})").format(source_sql(self.source, row))
-        return key_expression(source, self.modulus, formula or self.formula)
+        return key_expression(source, self.modulus, formula or self.formula, placeholders=placeholders)
 
 
 def _column(name: str, row: str | None) -> sql.Composable:
@@ -96,68 +101,17 @@ def source_sql(source: Source, row: str | None = None) -> sql.Composable:
     return sql.SQL("(CASE {}{} END)").format(sql.SQL(" ").join(whens), default)
 
 
-def key_expression(source: sql.Composable, modulus: int, formula: KeyFormula = "safe") -> sql.Composed:
-    """abs(hashtext(src::text) % n), or the legacy abs(hashtext(src::text)) % n that overflows on INT_MIN."""
+def key_expression(
+    source: sql.Composable, modulus: int, formula: KeyFormula = "safe", *, placeholders: bool = False
+) -> sql.Composed:
+    """abs(hashtext(src::text) % n), or the legacy abs(hashtext(src::text)) % n that overflows on INT_MIN.
+
+    psycopg reads every `%` of a statement executed with parameters as a placeholder, and sends a statement
+    without parameters as it is: placeholders=True spells the operator `%%` for the first case.
+    """
     if modulus < 1:
         raise ValueError(f"modulus must be a positive integer, got {modulus}")
+    operator = sql.SQL("%%" if placeholders else "%")
     if formula == "legacy":
-        return sql.SQL("(abs(hashtext({}::text)) % {})").format(source, sql.Literal(modulus))
-    return sql.SQL("abs(hashtext({}::text) % {})").format(source, sql.Literal(modulus))
-
-
-def _balanced_argument(text: str, open_index: int) -> tuple[str, int] | None:
-    """The text inside the parenthesis that opens at open_index, and the index after its close."""
-    depth = 0
-    for index in range(open_index, len(text)):
-        char = text[index]
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return text[open_index + 1 : index], index + 1
-    return None
-
-
-def _strip_outer_parens(text: str) -> str:
-    """Drop parentheses that wrap the whole text, as pg_get_expr likes to add them."""
-    text = text.strip()
-    while text.startswith("("):
-        inner = _balanced_argument(text, 0)
-        if inner is None or inner[1] != len(text):
-            break
-        text = inner[0].strip()
-    return text
-
-
-def formula_overflows(definition: str) -> bool:
-    """True when the SQL takes abs() of a bare hashtext(): abs(INT_MIN) raises 'integer out of range'."""
-    lowered = definition.lower()
-    start = 0
-    while True:
-        position = lowered.find("abs", start)
-        if position < 0:
-            return False
-        start = position + 3
-        if position > 0 and (lowered[position - 1].isalnum() or lowered[position - 1] == "_"):
-            continue
-        paren = start
-        while paren < len(lowered) and lowered[paren].isspace():
-            paren += 1
-        if paren >= len(lowered) or lowered[paren] != "(":
-            continue
-        argument = _balanced_argument(lowered, paren)
-        if argument is None:
-            continue
-        inner = _strip_outer_parens(argument[0])
-        if inner.startswith("hashtext"):
-            call_open = inner.find("(")
-            call = _balanced_argument(inner, call_open) if call_open > 0 else None
-            if call is not None and call[1] == len(inner) and inner[len("hashtext") : call_open].strip() == "":
-                return True
-
-
-def mentions_key_formula(definition: str, column: str) -> bool:
-    """True when a trigger body or constraint assigns or checks the key column with hashtext."""
-    lowered = definition.lower()
-    return "hashtext" in lowered and column.lower() in lowered
+        return sql.SQL("(abs(hashtext({}::text)) {} {})").format(source, operator, sql.Literal(modulus))
+    return sql.SQL("abs(hashtext({}::text) {} {})").format(source, operator, sql.Literal(modulus))

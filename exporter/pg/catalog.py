@@ -48,18 +48,20 @@ ORDER BY a.attnum
 # Every user trigger on the table and its leaves, with the function it runs (its source and its schema).
 _TRIGGERS_SQL = """
 SELECT t.tgname, n.nspname, c.relname, t.tgenabled, t.tgtype, t.tgrelid = %(oid)s AS on_parent,
-       {parent_clone} AS is_clone, pn.nspname AS fschema, p.proname, p.prosrc
+       {parent_clone} AS is_clone, pn.nspname AS fschema, p.proname, p.prosrc, l.lanname,
+       pg_get_functiondef(p.oid) AS definition
 FROM pg_trigger t
 JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_proc p ON p.oid = t.tgfoid
 JOIN pg_namespace pn ON pn.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
 WHERE NOT t.tgisinternal AND t.tgrelid = ANY(%(oids)s)
 ORDER BY c.relname, t.tgname
 """
 
 _CHECKS_SQL = """
-SELECT conname, pg_get_constraintdef(oid) AS definition, convalidated
+SELECT conname, pg_get_constraintdef(oid) AS definition, pg_get_expr(conbin, conrelid) AS expression, convalidated
 FROM pg_constraint
 WHERE conrelid = %(oid)s AND contype = 'c'
 ORDER BY conname
@@ -95,14 +97,15 @@ def columns(conn: psycopg.Connection[Any], oid: int) -> list[dict[str, Any]]:
 
 
 def triggers(conn: psycopg.Connection[Any], oid: int, oids: list[int]) -> list[dict[str, Any]]:
-    """User triggers on the relations OIDS (the table OID and its leaves), with their functions' source and schema."""
+    """User triggers on the relations OIDS (the table OID and its leaves), with their functions' source, language,
+    schema and pg_get_functiondef text (the formula parser reads PL/pgSQL from the whole definition)."""
     parent_clone = "t.tgparentid <> 0" if conn.info.server_version >= 130000 else "false"
     with conn.cursor(row_factory=dict_row) as cur:
         return list(cur.execute(_TRIGGERS_SQL.format(parent_clone=parent_clone), {"oid": oid, "oids": oids}))
 
 
 def check_constraints(conn: psycopg.Connection[Any], oid: int) -> list[dict[str, Any]]:
-    """The table's CHECK constraints: conname, definition, convalidated."""
+    """The table's CHECK constraints: conname, definition, expression (pg_get_expr), convalidated."""
     with conn.cursor(row_factory=dict_row) as cur:
         return list(cur.execute(_CHECKS_SQL, {"oid": oid}).fetchall())
 
