@@ -110,6 +110,7 @@ class ScanRoute:
             if attempt:
                 # The standby must replay past the conflict; after a FATAL one the target also backs off ~1 s.
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            self._refresh()
             try:
                 with self.target.session() as conn:
                     outcome = execute(conn)
@@ -136,6 +137,16 @@ class ScanRoute:
             f"(SQLSTATE {state}: {conflicts[-1]}): replay removed row versions or took locks "
             "the scan still needed; on the standby, raise max_standby_streaming_delay or turn on hot_standby_feedback"
         )
+
+    def _refresh(self) -> None:
+        """Before an attempt: notice a connection the standby closed since the last scan, and reconnect at once.
+
+        The reconnect watcher looks after the primaries only. A scan runs hours apart, and the standby may have
+        restarted (or ended the session on a conflict) meanwhile: without this, that run would fail first.
+        """
+        self.target.watch()  # a closed idle connection: marked down
+        if self.target.up is False:
+            self.target.watch()  # one connection attempt now, whatever the backoff says
 
     def _note_standby(self, source: ScanSource) -> None:
         """Warn once when scan_dsn is not a standby (the scans still run there), and once when it is again."""

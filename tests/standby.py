@@ -150,6 +150,11 @@ class StandbyPair:
         self._started.append(data)
         self._run("pg_ctl", "start", "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "120")
 
+    def restart_standby(self) -> None:
+        """pg_ctl restart -m fast: every session on the standby ends."""
+        log = str(self.standby_data / "server.log")
+        self._run("pg_ctl", "restart", "-D", str(self.standby_data), "-m", "fast", "-l", log, "-w", "-t", "120")
+
     def catch_up(self) -> None:
         """Wait until the standby has replayed everything the primary has written so far."""
         with psycopg.connect(self.dsn("primary"), autocommit=True) as primary:

@@ -235,6 +235,8 @@ def servers(pair: StandbyPair) -> Iterator[tuple[psycopg.Connection[Any], psycop
         psycopg.connect(pair.dsn("standby", "app"), autocommit=True) as standby,
     ):
         yield primary, standby
+    # A new session: a test may have restarted the standby under the one above.
+    with psycopg.connect(pair.dsn("standby", "app"), autocommit=True) as standby:
         if standby.execute("SELECT pg_is_wal_replay_paused()").fetchone() == (True,):
             standby.execute("SELECT pg_wal_replay_resume()")
 
@@ -355,6 +357,29 @@ def _setting(pair: StandbyPair, name: str) -> str:
         row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
         assert row is not None
         return str(row[0])
+
+
+@pytest.mark.slow
+def test_the_first_scan_after_a_standby_restart_succeeds(
+    pair: StandbyPair,
+    servers: tuple[psycopg.Connection[Any], psycopg.Connection[Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The standby restarted between two scans: the next one notices the closed connection and reconnects first."""
+    primary, _ = servers
+    exporter = Exporter(_config(pair.dsn("primary", "app"), pair.dsn("standby", "app")))
+    full = exporter.runners[("t1", "public.chunks", "verification_full")]
+    try:
+        assert full.run().success
+        pair.restart_standby()
+        pair.catch_up()
+        again = full.run()
+    finally:
+        exporter.stop()
+    assert again.success, again.error
+    assert again.scan is not None and again.scan.in_recovery
+    assert again.payload.mismatched == _primary_counts(primary)[1]
+    assert "target t1 (scan_dsn) is back up" in caplog.text
 
 
 def _lock_conflict(
