@@ -16,6 +16,9 @@ from exporter.verify_plan import LeafPlan, plan_leaves
 
 log = logging.getLogger(__name__)
 
+# Bad groups counted per statement (a UNION ALL of index lookups): few round trips, a statement of bounded size.
+COUNT_BATCH = 200
+
 Mode = Literal["incremental", "sample", "full"]
 BadKind = Literal["mismatch", "null", "error"]
 
@@ -465,6 +468,7 @@ class Verifier:
         totals: dict[int, tuple[int, int]] = {}  # oid -> (rows counted, distinct groups)
         for groups in passes:
             bad, counted = self._read(groups)
+            self._count_groups(bad)
             for group in bad:
                 self._add(group, leaves[group.oid], group.oid in loose, tally, [])
             for oid, (rows, count) in counted.items():
@@ -694,6 +698,24 @@ class Verifier:
                 conditions = [sql.SQL("{} = {}").format(sql.Identifier(self.spec.key_column), sql.Literal(plan_value))]
         row = self.conn.execute(sql.SQL("SELECT count(*) {}").format(self._leaf_rows(oid, conditions))).fetchone()
         return int(row[0]) if row else 0
+
+    def _count_groups(self, groups: list[_Group]) -> None:
+        """Count the rows of the groups the loose scan listed without counts, many groups per statement.
+
+        One statement per group cost a round trip each (a moved collection can leave hundreds of bad groups);
+        each branch still prunes to its leaf by key value and counts with the leaf's index.
+        """
+        missing = [group for group in groups if group.rows is None]
+        for start in range(0, len(missing), COUNT_BATCH):
+            batch = missing[start : start + COUNT_BATCH]
+            branches = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {}, count(*) {}").format(
+                    sql.Literal(number), self._leaf_rows(group.oid, self._conditions(group))
+                )
+                for number, group in enumerate(batch)
+            )
+            for number, count in self.conn.execute(branches).fetchall():
+                batch[int(number)].rows = int(count)
 
     def _add(self, group: _Group, leaf: _Leaf, loose: bool, tally: _Tally, filters: list[sql.Composable]) -> None:
         """Count one bad group (its rows from the index when the loose scan listed it), and fetch examples."""

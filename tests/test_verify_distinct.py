@@ -310,3 +310,67 @@ def test_select_on_the_table_alone_is_enough_and_other_leaves_are_read_in_one_pr
     # The single-value partitions are pruned from the pass over the other leaves.
     assert "chunks_part_00" not in plan and "chunks_part_01" not in plan
     assert "chunks_pair" in plan and "chunks_default" in plan
+
+
+def test_the_distinct_value_limit_sends_1_percent_to_the_loose_scan_and_4_percent_to_group_by(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The limit is 2% of the rows by pg_stats (bench/verify_cost.py --threshold measured the crossover near 5%)."""
+    create_list_table(conn, modulus=2, trigger=None)
+    conn.execute("CREATE INDEX chunks_collection ON chunks (collection_id)")
+    no_autovacuum(conn)
+    # 5,000 rows per partition (ANALYZE reads them all, so n_distinct is exact): 50 and 200 collections.
+    for key, collections in ((0, 50), (1, 200)):
+        conn.execute(
+            "INSERT INTO chunks (collection_id, partition_key) SELECT md5(%s || '-' || g %% %s)::uuid, %s"
+            " FROM generate_series(1, 5000) g",
+            (key, collections, key),
+        )
+    conn.execute("VACUUM ANALYZE chunks")
+    plans = {p.plan.relation: p.plan for p in Verifier(conn, KeySpec(modulus=2)).run("full").partitions}
+    few, many = plans["public.chunks_part_00"], plans["public.chunks_part_01"]
+    assert (few.path, few.estimated_distinct) == ("loose-index-scan", 50)
+    assert (many.path, many.estimated_distinct) == ("group-by", 200)
+    assert "about 200 distinct values in 5,000 rows" in many.reason
+
+
+def test_many_bad_groups_on_the_loose_path_are_counted_in_batches_exactly(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bad group's rows are counted with the index, several groups per statement, each count exact."""
+    _indexed_table(conn)
+    conn.execute("DROP TABLE chunks_default")
+    # Move rows of 12 ids to 12 collections whose key is another partition: 12 bad groups (one per collection).
+    for number, row_id in enumerate(range(1, 13)):
+        key = int(scalar(conn, f"SELECT partition_key FROM chunks WHERE id = {row_id}"))
+        moved = next(
+            f"00000000-0000-4000-8000-{n:012x}"
+            for n in range(number * 1000, number * 1000 + 1000)
+            if partition_for(f"00000000-0000-4000-8000-{n:012x}", 10) != key
+        )
+        # Same collection for a few more rows of that partition: counts above 1.
+        conn.execute(
+            "UPDATE chunks SET collection_id = %s WHERE id IN (SELECT id FROM chunks WHERE partition_key = %s"
+            " AND id >= %s ORDER BY id LIMIT %s)",
+            (moved, key, row_id, number % 3 + 1),
+        )
+    conn.execute("VACUUM chunks")  # no pg_stats: no distinct-value estimate
+    counts, pairs = reference(conn, KeySpec(modulus=10))
+    monkeypatch.setattr("exporter.verify.COUNT_BATCH", 5)
+    statements: list[str] = []
+    verifier = Verifier(conn, KeySpec(modulus=10), primary_key=PK, exact_rows=True)
+    execute = conn.execute
+
+    def spy(query: Any, *args: Any, **kwargs: Any) -> Any:
+        text = query.as_string(conn) if isinstance(query, sql.Composable) else str(query)
+        statements.append(text)
+        return execute(query, *args, **kwargs)
+
+    monkeypatch.setattr(conn, "execute", spy)
+    result = verifier.run("full")
+    monkeypatch.undo()
+    assert {p.plan.path for p in result.partitions} == {"loose-index-scan"}
+    assert (result.rows_checked, result.mismatched, result.null_keys, result.expression_errors) == counts
+    assert result.bad_pairs_total == 12 and _pairs(result) == pairs
+    batches = [s for s in statements if s.startswith("SELECT 0, count(*)")]
+    assert len(batches) == 3  # 12 groups, 5 per statement
