@@ -49,6 +49,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def admin_dsn() -> Iterator[str]:
     """DSN of a superuser on the session's server."""
+    if os.environ.get("PARTKEY_NODB") == "1":  # make test-nodb: no server may start
+        pytest.fail("make test-nodb runs only tests without a database fixture, and this one asked for a server")
     with postgres_server() as dsn:
         yield dsn
 

@@ -1,4 +1,7 @@
-"""HTTP endpoints: routes, the plan's admin API, bad input, the token and one verification at a time."""
+"""HTTP endpoints on a real table: readiness after a check, the health report, verification and its one-at-a-time lock.
+
+Bad input, routes and methods need no database: tests/test_offline.py.
+"""
 
 from __future__ import annotations
 
@@ -62,24 +65,6 @@ def test_health_report_and_json(server: ExporterHTTPServer) -> None:
     assert json.loads(same[2])["tables"][0]["verification"]["mismatched"] == 2
 
 
-@pytest.mark.parametrize(
-    ("path", "status", "message"),
-    [
-        ("/report?target=../../etc/passwd", 404, "unknown target '../../etc/passwd'"),
-        ("/report?target=nope", 404, "unknown target 'nope'"),
-        ("/report?table=public.other", 404, "unknown table 'public.other'"),
-        ("/report?format=xml", 400, "format must be text or json, got 'xml'"),
-        ("/report?target=t1&target=t2", 400, "query parameter 'target' given more than once"),
-        ("/report?evil=1", 400, "unknown query parameter 'evil'"),
-        ("/../../etc/passwd", 404, "no such path '/../../etc/passwd'"),
-        ("/admin/partition/verify", 405, "/admin/partition/verify takes POST"),
-    ],
-)
-def test_bad_get_requests(server: ExporterHTTPServer, path: str, status: int, message: str) -> None:
-    got, _, body = http(server.url + path)
-    assert (got, json.loads(body)) == (status, {"error": message})
-
-
 def test_verify_needs_the_token(server: ExporterHTTPServer) -> None:
     url = server.url + "/admin/partition/verify"
     status, headers, body = http(url, "POST", b"{}")
@@ -89,31 +74,6 @@ def test_verify_needs_the_token(server: ExporterHTTPServer) -> None:
     status, _, body = http(url, "POST", b'{"mode": "full"}', _auth())
     result = json.loads(body)
     assert status == 200 and result["verification"]["mismatched"] == 2 and result["verification"]["rows_checked"] == 500
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"not json", "body is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
-        (b"[1, 2]", "body must be a JSON object"),
-        (b'{"mode": "everything"}', "mode must be full, sample or incremental, got 'everything'"),
-        (b'{"mode": 3}', "field 'mode' must be a string"),
-        (b'{"table": "x", "drop": true}', "unknown field(s) in body: drop"),
-        (b"\xff\xfe", "body is not UTF-8: invalid start byte at byte 0"),
-    ],
-)
-def test_verify_bad_bodies(server: ExporterHTTPServer, body: bytes, message: str) -> None:
-    status, _, answer = http(server.url + "/admin/partition/verify", "POST", body, _auth())
-    assert (status, json.loads(answer)) == (400, {"error": message})
-
-
-def test_verify_unknown_table_and_incremental_without_watermark(server: ExporterHTTPServer) -> None:
-    url = server.url + "/admin/partition/verify"
-    status, _, body = http(url, "POST", b'{"target": "t9"}', _auth())
-    assert (status, json.loads(body)) == (404, {"error": "unknown target/table t9/*"})
-    status, _, body = http(url, "POST", b'{"mode": "incremental"}', _auth())
-    assert status == 404
-    assert json.loads(body)["error"] == "public.chunks has no monotonic_column: incremental mode is unavailable"
 
 
 def test_second_verification_of_a_table_gets_409(server: ExporterHTTPServer) -> None:
@@ -137,15 +97,3 @@ def test_second_verification_of_a_table_gets_409(server: ExporterHTTPServer) -> 
     assert status == 409
     assert json.loads(body) == {"error": "a verification of public.chunks on t1 is already running"}
     assert http(server.url + "/admin/partition/verify", "POST", b"{}", _auth())[0] == 200
-
-
-def test_oversize_body_and_wrong_methods(server: ExporterHTTPServer) -> None:
-    url = server.url + "/admin/partition/verify"
-    status, _, body = http(url, "POST", b"x" * (64 * 1024 + 1), _auth())
-    assert (status, json.loads(body)) == (413, {"error": "body larger than 65536 bytes"})
-    status, headers, _ = http(server.url + "/metrics", "DELETE")
-    assert status == 405 and headers["Allow"] == "GET, HEAD"
-    status, headers, _ = http(url, "PUT", b"{}")
-    assert status == 405 and headers["Allow"] == "POST"
-    status, _, body = http(server.url + "/metrics", "POST", b"")
-    assert (status, json.loads(body)) == (405, {"error": "/metrics does not take POST"})
