@@ -113,6 +113,26 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def pytest_command(junit: Path, *args: str) -> list[str]:
+    """The pytest run of the versioned tests that writes the junit report parse_junit reads (args: paths, options)."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "versioned",
+        "-p",
+        "tests.matrix.plugin",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-o",
+        "junit_family=xunit1",
+        f"--junitxml={junit}",
+        *args,
+    ]
+
+
 def run_version(major: int, workdir: Path, pytest_args: Sequence[str]) -> VersionRun:
     """Start PostgreSQL <major>, run the versioned tests on it, stop it; test failures never raise."""
     run = VersionRun(major=major)
@@ -123,24 +143,8 @@ def run_version(major: int, workdir: Path, pytest_args: Sequence[str]) -> Versio
         with versioned_server(major) as dsn:
             run.server_version = _server_version(dsn)
             print(f"PostgreSQL {run.server_version}: running the versioned tests ...", flush=True)
-            command = [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-m",
-                "versioned",
-                "-p",
-                "tests.matrix.plugin",
-                "-p",
-                "no:cacheprovider",
-                "-q",
-                "-o",
-                "junit_family=xunit1",
-                f"--junitxml={junit}",
-                # A module that fails to import shows up as its own failed row instead of hiding every other.
-                "--continue-on-collection-errors",
-                *pytest_args,
-            ]
+            # A module that fails to import shows up as its own failed row instead of hiding every other.
+            command = pytest_command(junit, "--continue-on-collection-errors", *pytest_args)
             env = dict(os.environ, PARTKEY_TEST_DSN=dsn)
             with log.open("w") as output:
                 result = subprocess.run(

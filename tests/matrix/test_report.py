@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
-from tests.matrix.run_matrix import REPO, VersionRun, parse_junit, render
+import pytest
+
+from tests.matrix.run_matrix import REPO, VersionRun, parse_junit, pytest_command, render
 
 SAMPLE_TESTS = """
 import pytest
@@ -28,30 +28,15 @@ def test_other_feature_passes():
 """
 
 
-def _run_sample(tmp_path: Path) -> VersionRun:
-    """Run the sample tests the way run_matrix runs the real ones; parse the junit report it wrote."""
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> VersionRun:
+    """Run the sample tests once, the way run_matrix runs the real ones; parse the junit report it wrote."""
+    tmp_path = tmp_path_factory.mktemp("matrix-sample")
     sample = tmp_path / "test_sample.py"
     sample.write_text(SAMPLE_TESTS)
     junit = tmp_path / "report.xml"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-m",
-            "versioned",
-            "-p",
-            "tests.matrix.plugin",
-            "-p",
-            "tests.conftest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-o",
-            "junit_family=xunit1",
-            f"--junitxml={junit}",
-            str(sample),
-        ],
+        pytest_command(junit, "-p", "tests.conftest", str(sample)),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -62,8 +47,7 @@ def _run_sample(tmp_path: Path) -> VersionRun:
     return VersionRun(major=18, server_version="18.4", cases=parse_junit(junit))
 
 
-def test_a_failure_names_version_feature_test_and_message(tmp_path: Path) -> None:
-    run = _run_sample(tmp_path)
+def test_a_failure_names_version_feature_test_and_message(run: VersionRun) -> None:
     assert {(c.feature, c.outcome) for c in run.cases} == {
         ("sample feature", "passed"),
         ("sample feature", "failed"),
@@ -77,8 +61,7 @@ def test_a_failure_names_version_feature_test_and_message(tmp_path: Path) -> Non
     assert 'relation "chunks" does not exist' in text
 
 
-def test_does_records_become_a_command_by_version_table(tmp_path: Path) -> None:
-    run = _run_sample(tmp_path)
+def test_does_records_become_a_command_by_version_table(run: VersionRun) -> None:
     broken = VersionRun(major=11, server_version=None, problem="could not fetch PostgreSQL 11: npm: 404")
     text = render([run, broken])
     assert "| command | what it does, by PostgreSQL major |" in text
