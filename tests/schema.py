@@ -146,6 +146,14 @@ def scalar(conn: psycopg.Connection[Any], query: LiteralString, params: Params |
     return row[0]
 
 
+def until_counted(conn: psycopg.Connection[Any], inserted: int, seconds: float = 20) -> None:
+    """Wait until pg_stat_user_tables has seen `inserted` inserts: a backend reports its counts a moment later."""
+    deadline = time.monotonic() + seconds
+    while scalar(conn, "SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables") < inserted:
+        assert time.monotonic() < deadline, f"the {inserted} inserts never reached pg_stat_user_tables"
+        time.sleep(0.2)
+
+
 def until_statistics(read: Callable[[], T], done: Callable[[T], bool], seconds: float = 10) -> T:
     """Statistics reach the catalog views asynchronously (the stats collector before PG 15): poll briefly."""
     deadline = time.monotonic() + seconds

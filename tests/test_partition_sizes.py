@@ -15,7 +15,7 @@ from exporter.keyspec import KeySpec
 from exporter.partition_stats import PartitionRows as P
 from exporter.partition_stats import estimated_distribution, summarize
 from exporter.snapshot import CheckResult, SnapshotStore
-from tests.schema import create_list_table, insert_rows, no_autovacuum, scalar, until_statistics
+from tests.schema import create_list_table, insert_rows, no_autovacuum, scalar, until_counted, until_statistics
 
 pytestmark = pytest.mark.versioned("partition sizes")
 SPEC = KeySpec(modulus=5)
@@ -35,10 +35,7 @@ def _load(conn: psycopg.Connection[Any]) -> None:
     )
     # A backend sends its counts to the statistics a moment later; an ANALYZE before that would be followed by
     # 4,040 "changes since the ANALYZE" that happened before it. Wait for them, as a production table would.
-    deadline = time.monotonic() + 10
-    while scalar(conn, "SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables") < 4040:
-        assert time.monotonic() < deadline, "the inserts never reached pg_stat_user_tables"
-        time.sleep(0.2)
+    until_counted(conn, 4040)
 
 
 def test_sizes_are_the_relation_sizes_once_measured(conn: psycopg.Connection[Any]) -> None:
