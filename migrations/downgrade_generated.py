@@ -151,6 +151,7 @@ def generated_downgrade(
             )
         )
     statements: list[Statement] = [
+        *column_dependents.drops(others),  # views, policies... on the generated column: re-created below
         sqlgen.drop_trigger(SYNC_TRIGGER, spec.schema, spec.table),
         sqlgen.drop_function(spec.schema, sync_function),
         sqlgen.drop_column(spec, spec.key_column),

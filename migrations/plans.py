@@ -283,7 +283,9 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
             )
         )
     triggers = key_triggers(conn, spec, impl)
-    statements = _drop_triggers(conn, options, triggers, {oid})
+    # Views, policies, statistics and publication entries on the old column go first, or DROP COLUMN fails.
+    statements = column_dependents.drops(others)
+    statements += _drop_triggers(conn, options, triggers, {oid})
     statements += [
         sqlgen.drop_column(spec, spec.key_column),
         sqlgen.rename_column(spec, options.new_column, spec.key_column),
@@ -301,7 +303,10 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
             rebuilt.append(dependent.name)
     for other in others:
         statements += other.statements  # privileges, comment, statistics target: as they were
-    names = ", ".join([d.name for d in dependents] + [f"{d.kind} {d.name}" for d in others]) or "none"
+    labels = [
+        d.name if any(d.name.startswith(word) for word in d.kind.split()) else f"{d.kind} {d.name}" for d in others
+    ]
+    names = ", ".join([d.name for d in dependents] + labels) or "none"
     plan.steps.append(
         Step(
             name="swap",
@@ -313,7 +318,9 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
             lock=f"ACCESS EXCLUSIVE on {spec.label}"
             + (f" while {', '.join(rebuilt)} are rebuilt" if rebuilt else ", brief (indexes were prebuilt)"),
             rewrites=False,
-            estimate_seconds=BRIEF_SECONDS + index_estimate(size, len(rebuilt)),
+            estimate_seconds=BRIEF_SECONDS
+            + index_estimate(size, len(rebuilt))
+            + sum(d.scans for d in others) * scan_estimate(size),  # REFRESH of materialized views
             note=f"{spec.key_column} moves from column "
             f"{column_ordinal(conn, oid, spec.key_column)[0]} to the last position",
         )
