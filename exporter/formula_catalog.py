@@ -319,7 +319,10 @@ def _consequence(place: Place, maintainer: Place, major: int | None) -> str:
     if place.kind == "check":
         return f"{differ}: the CHECK rejects rows whose key the table computes, with 'violates check constraint'"
     if place.kind == "configured":
-        return f"{differ}: the configured key_expression is not the table's formula; verification uses the table's"
+        return (
+            f"{differ}: the configured expression is not the table's formula; what is checked or written with it "
+            "counts the table's own keys as wrong"
+        )
     if place.kind == "index":
         return f"{differ}: queries that filter by the table's formula cannot use this index"
     return f"{differ}: rows keyed by one are routed or rejected by the other"

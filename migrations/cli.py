@@ -14,14 +14,14 @@ from typing import Any, NoReturn
 import psycopg
 
 from exporter.cliargs import hoist_options
-from exporter.formula_catalog import resolve_spec
+from exporter.formula_catalog import compare, read_places
 from exporter.keyspec import KeySpec
 from exporter.pg.policy import STRATEGIES
 from migrations import progress, render, runner
 from migrations.connect import POOL_REFUSAL, UsageError, connect, database_error, error_lines, pooled, redact
-from migrations.errors import ExitCode, RefusedError
+from migrations.errors import ExitCode, FormulaReadError, RefusedError
 from migrations.forget import forget
-from migrations.options import Options, milliseconds, parse_table
+from migrations.options import Options, milliseconds, parse_key_expression, parse_table
 from migrations.repair import repair
 from migrations.retry import LockRetriesExhausted
 from migrations.runlock import RunInProgressError
@@ -70,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--key-column", default="partition_key")
     group.add_argument("--source-column", default="collection_id")
     group.add_argument("--modulus", type=_positive_int, default=100)
+    group.add_argument(
+        "--key-expression",
+        metavar="SQL",
+        help="the key formula, e.g. \"abs(hashtext(collection_id || ':' || document_id) %% 100)\", "
+        "when the table's cannot be read or should be overridden (default: read from the table)",
+    )
     limits = common.add_argument_group("time limits")
     limits.add_argument("--lock-timeout", type=_positive_float, default=1.0, help="seconds per lock wait (1)")
     limits.add_argument("--max-attempts", type=_positive_int, default=10, help="tries per step on lock timeout")
@@ -134,27 +140,68 @@ def options_from(args: argparse.Namespace) -> Options:
         batch_size=getattr(args, "batch_size", 1000),
         measure_seconds=getattr(args, "measure_seconds", 60.0),
         keep_safe_formula=getattr(args, "keep_safe_formula", False),
+        key_expression=parse_key_expression(args.key_expression) if args.key_expression else None,
     )
 
 
-def _table_formula(conn: psycopg.Connection[Any], options: Options) -> KeySpec:
-    """The spec keyed by the table's own formula; unresolved when a catalog read waits on a lock (another run
-    queued for ACCESS EXCLUSIVE): the run lock then refuses or the plan's own lock handling takes over."""
+# The commands that act on the formula: they refuse to guess it when the table's cannot be read.
+FORMULA_COMMANDS = frozenset({"plan", "upgrade", "downgrade", "verify", "repair"})
+
+
+def _table_formula(conn: psycopg.Connection[Any], options: Options, command: str) -> KeySpec:
+    """The spec keyed by the table's own formula, or by --key-expression (checked against the table's columns).
+
+    A catalog read that times out (it queues behind another session's ACCESS EXCLUSIVE) is refused with exit 3
+    unless --key-expression was given: falling back to --source-column would judge a composite key wrongly.
+    """
+    spec, given = options.spec, options.key_expression
     # Autocommit reads, one statement each (no transaction held open); the session's lock_timeout put back after.
     before = str(conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0])  # type: ignore[index]
     try:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (milliseconds(options.lock_timeout),))
-        return resolve_spec(conn, options.spec)
-    except psycopg.errors.LockNotAvailable:
-        return options.spec
+        read = read_places(conn, spec)
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as error:
+        why = str(error).strip()
+        if given is None:
+            raise FormulaReadError(
+                f"could not read the key formula of {spec.label}: {why}; retry or pass --key-expression"
+            ) from None
+        log.warning("could not read the key formula of %s (%s): using --key-expression unchecked", spec.label, why)
+        return replace(spec.with_formula(given), auto=False)
     finally:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (before,))
+    if read is None:
+        return spec if given is None else replace(spec.with_formula(given), auto=False)  # no table: said later
+    places, columns = read
+    found = compare(spec.label, places)
+    if given is not None:
+        missing = [c for c in given.columns if c not in columns]
+        if missing:
+            raise UsageError(f"--key-expression: {spec.label} has no column {', '.join(missing)}")
+        if found.table_formula is not None and not given.same_key(found.table_formula):
+            log.warning(
+                "--key-expression %s is not the table's formula %s (from %s): using the given one",
+                given.normalised,
+                found.table_formula.normalised,
+                found.maintained_by,
+            )
+        # Not auto: status and the report list the given formula beside the table's when they differ.
+        return replace(spec.with_formula(given), auto=False)
+    if found.table_formula is not None:
+        return spec.with_formula(found.table_formula)
+    unreadable = [p for p in found.places if p.error and p.kind in ("trigger", "generated", "check", "partition")]
+    if unreadable and command in FORMULA_COMMANDS:
+        place = unreadable[0]
+        raise FormulaReadError(
+            f"could not read the key formula of {spec.label}: {place.name}: {place.error}; pass --key-expression"
+        )
+    return spec
 
 
 def run(args: argparse.Namespace, conn: psycopg.Connection[Any], options: Options) -> int:
     """Dispatch one command; returns the exit code. With --json, stdout gets exactly one JSON document."""
     # The formula partkey-migrate verifies and writes is the table's own (composite included), in its safe form.
-    options = replace(options, spec=_table_formula(conn, options))
+    options = replace(options, spec=_table_formula(conn, options, args.command))
     if args.command == "status":
         report = status(conn, options)
         print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))
@@ -278,6 +325,8 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(args, ExitCode.REFUSED, "refused", str(error))
     except LockRetriesExhausted as error:
         return _fail(args, ExitCode.LOCK_BUSY, "lock-timeout", str(error))
+    except FormulaReadError as error:
+        return _fail(args, ExitCode.DATABASE, "formula", str(error))
     except psycopg.Error as error:
         # Connecting failed earlier (UsageError); this failed mid-run: the state table lets a re-run resume.
         progress.stop_all()

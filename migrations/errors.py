@@ -10,6 +10,10 @@ class RefusedError(Exception):
     """The run stopped on purpose and changed nothing more (exit code 1)."""
 
 
+class FormulaReadError(Exception):
+    """The table's key formula could not be read from the catalog (exit code 3): nothing was changed."""
+
+
 class ExitCode(IntEnum):
     """partkey-migrate's exit codes; docs/migrate.md's table is generated from MEANINGS below."""
 

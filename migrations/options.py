@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.formula import Formula, FormulaError, parse_expression
 from exporter.keyspec import KeySpec
 from exporter.pg.limits import milliseconds
 
-__all__ = ["APPLICATION_NAME", "STATE_TABLE", "Options", "milliseconds", "parse_table"]
+__all__ = ["APPLICATION_NAME", "STATE_TABLE", "Options", "milliseconds", "parse_key_expression", "parse_table"]
 
 APPLICATION_NAME = "partkey-migrate"
 STATE_TABLE = "partkey_migration_state"
@@ -30,6 +31,8 @@ class Options:
     measure_seconds: float = 60.0  # --measure-seconds: the time budget of --measure
     # downgrade --keep-safe-formula: leave the safe formula in the trigger function instead of restoring it
     keep_safe_formula: bool = False
+    # --key-expression: the key formula given on the command line (parsed), used instead of the catalog's.
+    key_expression: Formula | None = None
     # Called with --measure's report as a dict (the CLI puts it in its --json document).
     on_measure: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False)
 
@@ -53,3 +56,11 @@ def parse_table(value: str) -> tuple[str, str]:
     """Split 'schema.table' (or 'table', meaning public) into its two parts."""
     schema, _, table = value.rpartition(".")
     return (schema or "public"), table
+
+
+def parse_key_expression(text: str) -> Formula:
+    """--key-expression: a formula of the hashtext family, parsed with PostgreSQL's parser (pglast), or ValueError."""
+    try:
+        return parse_expression(text)
+    except FormulaError as error:
+        raise ValueError(f"--key-expression {text!r} is not a key formula: {error}") from None
