@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.collector import PartkeyCollector
 from exporter.config import Config, TableConfig
+from exporter.discovery import DiscoveryRunner, Found
 from exporter.exposition import Exposition
 from exporter.reconnect import ReconnectWatcher
 from exporter.report import TableHealth
@@ -82,6 +84,11 @@ class Exporter:
         self.runners: dict[tuple[str, str, str], CheckRunner] = {}
         self.verify_states: dict[tuple[str, str], TableVerificationState] = {}
         self.scans: dict[str, ScanRoute] = {}  # by target name: the targets with a scan_dsn
+        # tables: auto. Discovery replaces these maps whole (copy on write): readers in other threads never
+        # see one half-changed.
+        self.discovery: dict[str, DiscoveryRunner] = {}
+        self._discovered: dict[str, dict[str, TableConfig]] = {}
+        self._tables_lock = threading.Lock()
         owned = config.owned_targets()
         cap = config.max_connections
         # A target with a scan_dsn has a second connection (to its standby), under the same cap.
@@ -101,7 +108,6 @@ class Exporter:
             )
             self.targets[target.name] = target
             scan_dsn = target_config.resolve_scan_dsn()
-            scan = None
             if scan_dsn is not None:
                 # Its own name: log lines and the slot queue tell the standby's connection from the primary's.
                 standby = Target(
@@ -111,16 +117,11 @@ class Exporter:
                     lock_timeout=target_config.lock_timeout,
                     slots=self.slots,
                 )
-                scan = self.scans[target.name] = ScanRoute(standby)
-            for table in target_config.tables:
-                state = TableVerificationState()
-                self.tables[(target.name, table.label)] = table
-                self.verify_states[(target.name, table.label)] = state
-                for check, settings in checks_for(table, state):
-                    runner = CheckRunner(
-                        target, check, self.store, settings.interval, settings.statement_timeout, scan=scan
-                    )
-                    self.runners[runner.key] = runner
+                self.scans[target.name] = ScanRoute(standby)
+            for table in target_config.configured_tables:
+                self._add_table(target, table, self.tables, self.verify_states, self.runners)
+            if target_config.auto:
+                self.discovery[target.name] = DiscoveryRunner(target, target_config, self.store, self.apply_discovery)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PartkeyCollector(self.store, self.targets))
         self.scheduler: Any = None
@@ -129,6 +130,60 @@ class Exporter:
         self.exposition = Exposition(self.store, list(self.targets))
         self.store.subscribe(self.exposition.refresh)
         self._overrunning: set[str] = set()
+
+    def _add_table(
+        self,
+        target: Target,
+        table: TableConfig,
+        tables: dict[tuple[str, str], TableConfig],
+        states: dict[tuple[str, str], TableVerificationState],
+        runners: dict[tuple[str, str, str], CheckRunner],
+    ) -> None:
+        """Add one watched table and its check runners to these maps."""
+        state = TableVerificationState()
+        tables[(target.name, table.label)] = table
+        states[(target.name, table.label)] = state
+        scan = self.scans.get(target.name)
+        for check, settings in checks_for(table, state):
+            runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout, scan=scan)
+            runners[runner.key] = runner
+
+    def apply_discovery(self, target_name: str, found: list[Found]) -> None:
+        """Watch the tables discovery found on a target: new ones start now, dropped ones lose their series."""
+        with self._tables_lock:
+            old = self._discovered.get(target_name, {})
+            new = {item.table.label: item.table for item in found}
+            gone = {label for label, table in old.items() if new.get(label) != table}
+            added = {label: table for label, table in new.items() if old.get(label) != table}
+            if not gone and not added:
+                return
+            dropped = [(target_name, label) for label in gone]
+            tables = {k: v for k, v in self.tables.items() if k not in dropped}
+            states = {k: v for k, v in self.verify_states.items() if k not in dropped}
+            runners = {k: v for k, v in self.runners.items() if k[:2] not in dropped}
+            removed = [key for key in self.runners if key not in runners]
+            fresh: dict[tuple[str, str, str], CheckRunner] = {}
+            for table in added.values():
+                self._add_table(self.targets[target_name], table, tables, states, fresh)
+            self.store.retire(target_name, gone)
+            self.store.reinstate(target_name, set(added))
+            self.tables, self.verify_states, self.runners = tables, states, {**runners, **fresh}
+            self._discovered[target_name] = new
+            if self.watcher is not None:
+                self.watcher.runners = self.runners
+            if self.scheduler is not None:
+                for key in removed:
+                    with contextlib.suppress(JobLookupError):
+                        self.scheduler.remove_job("/".join(key))
+                self._schedule(fresh)
+        log.info(
+            "%s: discovery watches %d tables (%d new, %d gone)", target_name, len(new), len(added), len(gone - set(new))
+        )
+
+    def discover_now(self) -> None:
+        """Run every target's discovery once, in this thread (one-shot commands and tests)."""
+        for runner in self.discovery.values():
+            runner.run()
 
     def render_metrics(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[bytes, str]:
         """The /metrics body (or one target's, for /probe) for this Accept header, from the cached fragments."""
@@ -145,8 +200,29 @@ class Exporter:
             timezone="UTC",
         )
         now = datetime.now().astimezone()
-        delays = first_run_delays(self.runners)
-        for key, runner in sorted(self.runners.items()):
+        for name, discovery in sorted(self.discovery.items()):
+            # Before the target's checks: discovery tells which tables there are.
+            self.scheduler.add_job(
+                discovery.run,
+                "interval",
+                seconds=discovery.interval,
+                next_run_time=now + timedelta(seconds=random.random()),
+                id=f"{name}/discovery",
+                misfire_grace_time=None,
+            )
+        self._schedule(self.runners)
+        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        self.scheduler.start()
+        self.watcher = ReconnectWatcher(self.targets, self.runners, self.store, self.run_soon)
+        self.watcher.start()
+        log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
+
+    def _schedule(self, runners: Mapping[tuple[str, str, str], CheckRunner]) -> None:
+        """Add these checks to the scheduler, first runs staggered per target."""
+        now = datetime.now().astimezone()
+        delays = first_run_delays(runners)
+        for key, runner in sorted(runners.items()):
             delay = delays[key]
             self.scheduler.add_job(
                 runner.run,
@@ -159,12 +235,6 @@ class Exporter:
                 # no data for another interval.
                 misfire_grace_time=None,
             )
-        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
-        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
-        self.scheduler.start()
-        self.watcher = ReconnectWatcher(self.targets, self.runners, self.store, self.run_soon)
-        self.watcher.start()
-        log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
 
     def _on_job_event(self, event: JobEvent) -> None:
         """Log once when a check outlives its interval (its next runs are skipped), not once per skipped run."""
@@ -201,7 +271,8 @@ class Exporter:
             scan.target.close()
 
     def run_all_once(self) -> None:
-        """Run every check once, in order, in this thread (one-shot commands and tests)."""
+        """Run every discovery and then every check once, in order, in this thread (one-shot commands and tests)."""
+        self.discover_now()
         for _key, runner in sorted(self.runners.items(), key=lambda item: item[1].check.name != "implementation"):
             runner.run()
 
@@ -256,5 +327,6 @@ class Exporter:
         snapshot = self.store.current
         return {
             name: any(r.last_success_at is not None for (t, _, _), r in snapshot.results.items() if t == name)
+            or getattr(snapshot.discoveries.get(name), "last_success_at", None) is not None
             for name in self.targets
         }

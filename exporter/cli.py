@@ -14,10 +14,11 @@ from exporter.app import Exporter
 from exporter.chart import render_chart
 from exporter.cliargs import hoist_options
 from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
+from exporter.discovery import render_text as render_discovery
 from exporter.logs import setup_logging
 from exporter.report import overall_status, render_json, render_text
 
-EXIT_OK, EXIT_BAD_KEYS, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_BAD_KEYS, EXIT_ERROR, EXIT_DATABASE = 0, 1, 2, 3
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,7 @@ def _config_from(args: argparse.Namespace) -> Config:
 def _one_shot(config: Config, checks: set[str] | None) -> Exporter:
     """An Exporter whose checks ran once, right here."""
     exporter = Exporter(config)
+    exporter.discover_now()
     for key, runner in sorted(exporter.runners.items(), key=lambda item: item[1].check.name != "implementation"):
         if checks is None or key[2] in checks:
             runner.run()
@@ -74,19 +76,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     from exporter.checks.registry import REGISTRY
 
     config = _config_from(args)
+    if args.discover:
+        return _discover_only(config, args.format)
     wanted = {kind.name for kind in REGISTRY if kind.in_report}
     exporter = _one_shot(config, None if args.all_checks else wanted)
     try:
         healths = exporter.health()
+        discoveries = [exporter.store.current.discoveries[name] for name in sorted(exporter.discovery)]
         if args.format == "json":
             print(
                 json.dumps(
-                    {"status": overall_status(healths), "tables": [render_json(h) for h in healths]},
+                    {
+                        "status": overall_status(healths),
+                        "tables": [render_json(h) for h in healths],
+                        "discovery": [d.to_dict() for d in discoveries],
+                    },
                     indent=2,
                     default=str,
                 )
             )
         else:
+            for found in discoveries:
+                print(render_discovery(found, _configured(config, found.target)), end="")
             # The histogram on request, or by default when a person reads the report in a terminal.
             chart = sys.stdout.isatty() if args.chart is None else args.chart
             width = shutil.get_terminal_size().columns  # $COLUMNS first, so a fixed width can be asked for
@@ -99,6 +110,41 @@ def cmd_report(args: argparse.Namespace) -> int:
                 texts.append(text)
             print("\n".join(texts), end="")
         return EXIT_OK if all(h.target_up for h in healths) else EXIT_ERROR
+    finally:
+        exporter.stop()
+
+
+def _configured(config: Config, target: str) -> list[TableConfig]:
+    """The tables a target's config names."""
+    return next(t.configured_tables for t in config.targets if t.name == target)
+
+
+def _discover_only(config: Config, output: str) -> int:
+    """report --discover: what every target would watch and why; runs discovery only, starts nothing."""
+    exporter = Exporter(config)
+    try:
+        exporter.discover_now()
+        results = exporter.store.current.discoveries
+        entries = [(name, _configured(config, name), results.get(name)) for name in sorted(exporter.targets)]
+        if output == "json":
+            document = [
+                {
+                    "target": name,
+                    "configured": [table.label for table in configured],
+                    "discovery": result.to_dict() if result is not None else None,
+                }
+                for name, configured, result in entries
+            ]
+            print(json.dumps({"targets": document}, indent=2, default=str))
+        for name, configured, result in entries if output == "text" else []:
+            if result is not None:
+                print(render_discovery(result, configured), end="")
+                continue
+            print(f"{name}: no discovery (tables: auto not set)")
+            for table in configured:
+                print(f"  watch {table.label} (key {table.key_column}): configured in tables:")
+        failed = any(result is not None and not result.success for _, _, result in entries)
+        return EXIT_DATABASE if failed else EXIT_OK
     finally:
         exporter.stop()
 
@@ -138,8 +184,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file and list every problem."""
     config = load_config(args.file)
-    tables = sum(len(t.tables) for t in config.targets)
-    print(f"{args.file}: OK ({len(config.targets)} targets, {tables} tables)")
+    tables = sum(len(t.configured_tables) for t in config.targets)
+    auto = sum(t.auto for t in config.targets)
+    discovered = f", {auto} with tables: auto" if auto else ""
+    print(f"{args.file}: OK ({len(config.targets)} targets, {tables} tables{discovered})")
     return EXIT_OK
 
 
@@ -196,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["partition", "rows"],
         default="partition",
         help="histogram columns in partition order or fullest first (default: partition)",
+    )
+    report.add_argument(
+        "--discover",
+        action="store_true",
+        help="dry run: print what every target would watch and why (tables: auto), run no check; "
+        "exit 0, 2 on a bad config, 3 when a target cannot be reached or discovery fails",
     )
     report.set_defaults(func=cmd_report)
 

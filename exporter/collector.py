@@ -47,6 +47,7 @@ class PartkeyCollector(Collector):
         """All families, filled from SNAPSHOT."""
         yield from self._meta(snapshot)
         yield from self._checks(snapshot)
+        yield from self._discovery(snapshot)
         yield from self._implementation(snapshot)
         yield from self._verification(snapshot)
         yield from self._distribution(snapshot)
@@ -98,6 +99,33 @@ class PartkeyCollector(Collector):
             if result.last_success_at is not None:
                 last.add_metric(key, result.last_success_at)
         yield from (success, duration, last, interval)
+
+    def _discovery(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Per `tables: auto` target: did the last discovery work, how many tables it watches, when and how long."""
+        success = GaugeMetricFamily(
+            "partkey_discovery_success",
+            "1 when the last discovery run (tables: auto) succeeded; on failure the last tables found stay watched "
+            "and the report says why.",
+            labels=["target"],
+        )
+        tables = GaugeMetricFamily(
+            "partkey_discovery_tables", "Tables discovery watches on the target (tables: auto).", labels=["target"]
+        )
+        duration = GaugeMetricFamily(
+            "partkey_discovery_duration_seconds", "How long the last discovery run took.", labels=["target"]
+        )
+        last = GaugeMetricFamily(
+            "partkey_discovery_last_success_timestamp_seconds",
+            "Unix time of the last successful discovery run.",
+            labels=["target"],
+        )
+        for target, result in sorted(snapshot.discoveries.items()):
+            success.add_metric([target], 1.0 if result.success else 0.0)
+            tables.add_metric([target], float(len(result.found)))
+            duration.add_metric([target], result.duration_seconds)
+            if result.last_success_at is not None:
+                last.add_metric([target], result.last_success_at)
+        yield from (success, tables, duration, last)
 
     def _implementation(self, snapshot: Snapshot) -> Iterator[Metric]:
         """The implementation state set and its attributes."""

@@ -9,7 +9,18 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
 from exporter.formula import Formula, FormulaError, parse_expression
 from exporter.keyspec import KeySpec
@@ -175,6 +186,64 @@ class TableConfig(Strict):
         return self.spec.label
 
 
+class AutoTables(TableConfig):
+    """The `auto` entry of `tables:`: every keyed table found in the database (exporter/discovery.py)."""
+
+
+AUTO = "auto"
+
+
+def _table_entry(value: Any, handler: ValidatorFunctionWrapHandler) -> TableConfig:
+    """One entry of `tables:`: a table mapping, or the word auto (discovered tables)."""
+    if value == AUTO:
+        return AutoTables(table=AUTO)
+    if isinstance(value, str):
+        raise ValueError(f"{value!r} is not a table: write `- table: {value}`, or `auto` for every keyed table")
+    table: TableConfig = handler(value)
+    return table
+
+
+def _tables_list(value: Any) -> Any:
+    """`tables: auto` is short for `tables: [auto]`."""
+    if value == AUTO:
+        return [AUTO]
+    if isinstance(value, str):
+        raise ValueError(f"should be auto or a list of tables, got {value!r}")
+    return value
+
+
+def _glob(value: str) -> str:
+    """A shell glob (* ? [abc]) over names; refused when it cannot match as written."""
+    if not value.strip() or value != value.strip():
+        raise ValueError(f"glob {value!r} is empty or has spaces around it")
+    depth = 0
+    for char in value:
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+    if depth:
+        raise ValueError(f"glob {value!r} has a [ without its closing ]")
+    return value
+
+
+Glob = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$"), AfterValidator(_glob)]
+
+
+def _schema_glob(value: str) -> str:
+    """A schema glob names schemas only: no dot."""
+    if "." in value:
+        raise ValueError(f"schemas: {value!r} has a dot; a schema glob matches schema names (put tables in exclude)")
+    return value
+
+
+def _exclude_glob(value: str) -> str:
+    """schema.table, or a table name alone (any schema)."""
+    if value.count(".") > 1:
+        raise ValueError(f"exclude: {value!r} should be schema.table or table (one dot at most)")
+    return value
+
+
 class TargetConfig(Strict):
     """One PostgreSQL database and the tables watched in it."""
 
@@ -192,8 +261,16 @@ class TargetConfig(Strict):
     """How long to wait for a connection."""
     lock_timeout: Duration = 1.0
     """How long any check may wait for a lock."""
-    tables: list[TableConfig] = Field(min_length=1)
-    """The tables watched in this database."""
+    tables: Annotated[
+        list[Annotated[TableConfig, WrapValidator(_table_entry)]], BeforeValidator(_tables_list), Field(min_length=1)
+    ]
+    """The tables watched in this database; `auto` (alone or as an entry) adds every keyed table found."""
+    schemas: list[Annotated[Glob, AfterValidator(_schema_glob)]] | None = None
+    """With `auto`: globs of the schemas searched (unset: every schema but pg_catalog and information_schema)."""
+    exclude: list[Annotated[Glob, AfterValidator(_exclude_glob)]] = Field(default_factory=list)
+    """With `auto`: globs of tables never watched, `schema.table` or `table` (any schema)."""
+    checks: ChecksConfig = ChecksConfig()
+    """With `auto`: the discovered tables' checks; discovery itself runs on `checks.implementation`'s schedule."""
 
     @model_validator(mode="after")
     def _one_dsn_source(self) -> TargetConfig:
@@ -206,11 +283,27 @@ class TargetConfig(Strict):
             raise ValueError("give at most one of scan_dsn or scan_dsn_file")
         if self.scan_dsn is not None:
             _check_dsn(self.scan_dsn, "scan_dsn")
-        labels = [table.label for table in self.tables]
+        labels = [table.label for table in self.configured_tables]
+        if not self.auto:
+            given = sorted(key for key in ("schemas", "exclude", "checks") if key in self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to discovered tables: add `auto` to tables")
+        elif sum(isinstance(table, AutoTables) for table in self.tables) > 1:
+            raise ValueError("auto listed twice in tables")
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
             raise ValueError(f"table listed twice: {', '.join(duplicates)}")
         return self
+
+    @property
+    def auto(self) -> bool:
+        """Does this target discover its keyed tables (`tables: auto`)?"""
+        return any(isinstance(table, AutoTables) for table in self.tables)
+
+    @property
+    def configured_tables(self) -> list[TableConfig]:
+        """The tables written in the config (a discovered table with the same name gives way to these)."""
+        return [table for table in self.tables if not isinstance(table, AutoTables)]
 
     def resolve_dsn(self) -> str:
         """The DSN, read from dsn_file when given there."""

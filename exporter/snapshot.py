@@ -70,6 +70,8 @@ class Snapshot:
     target_versions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
     # Bumped on every publish for a target: /metrics re-encodes only the targets whose generation moved.
     generations: Mapping[str, int] = field(default_factory=dict)
+    # The last discovery run of each `tables: auto` target (exporter.discovery.DiscoveryResult).
+    discoveries: Mapping[str, Any] = field(default_factory=dict)
 
     def for_target(self, target: str) -> Snapshot:
         """The part of this snapshot that belongs to one target (every mapping is keyed by target first)."""
@@ -105,6 +107,7 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
         self._listeners: list[Callable[[str], None]] = []
+        self._retired: set[tuple[str, str]] = set()  # (target, table) no longer watched: late results are dropped
 
     def subscribe(self, listener: Callable[[str], None]) -> None:
         """Call listener(target) after each publish, in the publishing thread (the exposition encodes ahead)."""
@@ -126,6 +129,8 @@ class SnapshotStore:
     ) -> None:
         """Swap in a new snapshot with this result and its side effects on the cumulative series."""
         with self._lock:
+            if (result.target, result.table) in self._retired:
+                return  # a check of a table discovery dropped finished late: its series must not come back
             old = self._snapshot
             results = dict(old.results)
             results[(result.target, result.table, result.check)] = result
@@ -153,12 +158,68 @@ class SnapshotStore:
                 probe_histograms=MappingProxyType(histograms),
                 target_up=MappingProxyType(target_up),
                 target_versions=MappingProxyType(versions),
+                discoveries=old.discoveries,
             )
+        self._notify(result.target)
+
+    def _notify(self, target: str) -> None:
+        """Tell the listeners that TARGET's part of the snapshot changed."""
         for listener in self._listeners:
             try:
-                listener(result.target)
+                listener(target)
             except Exception:  # encoding ahead is an optimisation: a scrape encodes what is missing itself
-                log.exception("snapshot listener failed for target %s", result.target)
+                log.exception("snapshot listener failed for target %s", target)
+
+    def publish_discovery(self, result: Any) -> None:
+        """Swap in a snapshot with this target's discovery result (exporter.discovery.DiscoveryResult)."""
+        with self._lock:
+            self._snapshot = self._replaced(self._snapshot, result.target, discoveries={result.target: result})
+        self._notify(result.target)
+
+    def retire(self, target: str, tables: set[str]) -> None:
+        """Drop every series of these tables now, and any result their checks publish later."""
+        if not tables:
+            return
+        with self._lock:
+            self._retired.update((target, table) for table in tables)
+            old = self._snapshot
+
+            def kept(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+                return {k: v for k, v in mapping.items() if not (k[0] == target and k[1] in tables)}
+
+            self._snapshot = self._replaced(
+                Snapshot(
+                    results=kept(old.results),
+                    rows_verified=kept(old.rows_verified),
+                    probe_histograms=kept(old.probe_histograms),
+                    target_up=old.target_up,
+                    target_versions=old.target_versions,
+                    generations=old.generations,
+                    discoveries=old.discoveries,
+                ),
+                target,
+            )
+        self._notify(target)
+
+    def reinstate(self, target: str, tables: set[str]) -> None:
+        """These tables are watched again (found again by discovery): their results are published again."""
+        with self._lock:
+            self._retired.difference_update((target, table) for table in tables)
+
+    @staticmethod
+    def _replaced(old: Snapshot, target: str, discoveries: Mapping[str, Any] | None = None) -> Snapshot:
+        """OLD with TARGET's generation bumped (and discovery results merged in), every mapping read-only."""
+        generations = dict(old.generations)
+        generations[target] = generations.get(target, 0) + 1
+        return Snapshot(
+            results=MappingProxyType(dict(old.results)),
+            rows_verified=MappingProxyType(dict(old.rows_verified)),
+            probe_histograms=MappingProxyType(dict(old.probe_histograms)),
+            target_up=old.target_up,
+            target_versions=old.target_versions,
+            generations=MappingProxyType(generations),
+            discoveries=MappingProxyType({**old.discoveries, **(discoveries or {})}),
+        )
 
     def latest(self, target: str, table: str, check: str) -> CheckResult | None:
         """The latest result of one check."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config, parse_duration
+from exporter.config import ConfigError, load_config, parse_config, parse_duration
 
 CONFIGS = Path(__file__).parent / "configs"
 GOOD = sorted((CONFIGS / "good").glob("*.yaml"))
@@ -69,3 +69,24 @@ def test_check_config_command_lists_problems(capsys: pytest.CaptureFixture[str])
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("yaml", "problem"),
+    [
+        ("tables: automatic", "targets[0].tables: Value error, should be auto or a list of tables, got 'automatic'"),
+        ("tables: [chunks]", "targets[0].tables[0]: Value error, 'chunks' is not a table: write `- table: chunks`"),
+        ("tables: [auto, auto]", "targets[0]: Value error, auto listed twice in tables"),
+        ("tables: [{table: x}]\n    schemas: [app]", "schemas only apply to discovered tables: add `auto` to tables"),
+        ("tables: auto\n    schemas: ['a[b']", "targets[0].schemas[0]: Value error, glob 'a[b' has a [ without its"),
+        ("tables: auto\n    schemas: [app.x]", "schemas: 'app.x' has a dot; a schema glob matches schema names"),
+        ("tables: auto\n    exclude: [a.b.c]", "exclude: 'a.b.c' should be schema.table or table (one dot at most)"),
+        ("tables: auto\n    exclude: [' x']", "targets[0].exclude[0]: Value error, glob ' x' is empty or has spaces"),
+        ("tables: auto\n    checks: {implementaton: {}}", "targets[0].checks.implementaton: Extra inputs are not"),
+    ],
+)
+def test_bad_tables_auto_config_is_named(yaml: str, problem: str) -> None:
+    """Every bad shape or glob is refused with where and what."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"targets:\n  - name: t1\n    dsn: host=x\n    {yaml}\n", "<test>")
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
