@@ -99,6 +99,8 @@ def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
         return annotation, False
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
+        if typing.get_origin(item) is typing.Annotated:  # a model with its own validator (tables: auto entries)
+            item = typing.get_args(item)[0]
         if isinstance(item, type) and issubclass(item, BaseModel):
             return item, True
     return None, False
