@@ -261,9 +261,9 @@ class TargetConfig(Strict):
     """How long to wait for a connection."""
     lock_timeout: Duration = 1.0
     """How long any check may wait for a lock."""
-    tables: Annotated[
-        list[Annotated[TableConfig, WrapValidator(_table_entry)]], BeforeValidator(_tables_list), Field(min_length=1)
-    ]
+    tables: Annotated[list[Annotated[TableConfig, WrapValidator(_table_entry)]], BeforeValidator(_tables_list)] = Field(
+        min_length=1
+    )
     """The tables watched in this database; `auto` (alone or as an entry) adds every keyed table found."""
     schemas: list[Annotated[Glob, AfterValidator(_schema_glob)]] | None = None
     """With `auto`: globs of the schemas searched (unset: every schema but pg_catalog and information_schema)."""

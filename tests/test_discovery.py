@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
 
 from exporter.app import Exporter
+from exporter.cli import main
 from exporter.config import TargetConfig, parse_config
 from exporter.discovery import DiscoveryResult, discover
-from tests.schema import create_list_table, create_plain_table
+from tests.schema import create_list_table, create_plain_table, scalar
 from tests.support import Samples, metrics, names_with, serving
 
 T = TypeVar("T")
@@ -157,3 +162,72 @@ def test_a_failed_discovery_keeps_the_last_tables(conn: psycopg.Connection[Any],
             admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         until(lambda: metrics(url), lambda s: s.get(success) == 1, "discovery back")
         assert ("t1", "public.alpha") in exporter.tables
+
+
+def write_config(path: Path, dsn: str, extra: str = "") -> Path:
+    """A config file with one tables: auto target."""
+    file = path / "partkey.yaml"
+    file.write_text(f'targets:\n  - name: t1\n    dsn: "{dsn}"\n    tables: auto\n{extra}')
+    return file
+
+
+def test_report_discover_prints_what_would_be_watched_and_why(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry run: each table with the place that keeps its key, the skipped ones with the reason; exit 0."""
+    keyed_tables(conn)
+    config = write_config(tmp_path, dsn, "    exclude: [ignored]\n")
+    assert main(["report", "--config", str(config), "--discover"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "t1: discovery ok"
+    assert lines[1:4] == [
+        "  watch app.checked (key partition_key): discovered, kept by CHECK checked_partition_key_check "
+        "= abs(hashtext(collection_id) % 10)",
+        "  watch app.docs (key partition_key): discovered, kept by column partition_key "
+        "= abs(hashtext(collection_id) % 10)",
+        "  watch public.chunks (key partition_key): discovered, kept by trigger set_partition_key -> "
+        "public.compute_partition_key() = abs(hashtext(collection_id) % 4)",
+    ]
+    assert lines[4] == "  skip  public.ignored: excluded by exclude:"
+    assert lines[5].startswith("  skip  public.routed: keyed by its PARTITION BY LIST")
+    assert main(["report", "--config", str(config), "--discover", "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    discovered = document["targets"][0]["discovery"]
+    assert document["targets"][0]["configured"] == []
+    assert discovered["success"] is True
+    assert [(t["table"], t["source"]) for t in discovered["tables"]] == [
+        ("app.checked", "check"),
+        ("app.docs", "generated"),
+        ("public.chunks", "trigger"),
+    ]
+    # Nothing ran but discovery: no check touched the tables.
+    assert scalar(conn, "SELECT count(*) FROM pg_stat_user_tables WHERE seq_scan > 0 AND relname = 'chunks'") == 0
+
+
+def test_report_discover_exit_codes(dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """3 when a target cannot be reached (with the reason), 2 on a bad configuration."""
+    missing = make_conninfo(dsn, dbname="partkey_no_such_database")
+    config = write_config(tmp_path, missing)
+    assert main(["report", "--config", str(config), "--discover"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("t1: discovery FAILED: target t1 is down: ")
+    assert "partkey_no_such_database" in out
+    config.write_text(config.read_text() + "    exclude: ['a[b']\n")
+    assert main(["report", "--config", str(config), "--discover"]) == 2
+    assert "exclude[0]: Value error, glob 'a[b' has a [ without its closing ]" in capsys.readouterr().err
+
+
+def test_report_lists_discovered_tables(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ordinary report (text and JSON) says which tables discovery found, and why, with their health."""
+    create_list_table(conn, modulus=4)
+    config = write_config(tmp_path, dsn)
+    assert main(["report", "--config", str(config), "--no-chart"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("t1: discovery ok\n  watch public.chunks (key partition_key): discovered, kept by trigger")
+    assert "public.chunks" in text.split("\n", 2)[2]
+    assert main(["report", "--config", str(config), "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [t["table"] for t in document["discovery"][0]["tables"]] == ["public.chunks"]
+    assert [t["table"] for t in document["tables"]] == ["public.chunks"]
