@@ -1,11 +1,13 @@
 """A fleet on one machine (make bench-fleet): one PostgreSQL, N databases with a 100-partition keyed table each.
 
 Scenarios, side by side in one run: 10 targets and 200 targets on one exporter process, then 200 targets over
-4 shards (4 processes, PARTKEY_SHARD=i/4). Per scenario: time until every check of every target has succeeded,
-/metrics size (plain and gzip) and latency (p50/p99, scraped once a second while the checks run on their default
-schedule), /probe latency, RSS, CPU seconds per hour and database time per hour (pg_stat_statements) over the
-observation window, and the connections the exporter holds. Ratios against 10 targets show the growth.
-Run: .venv/bin/python -m bench.fleet [--targets 200] [--window 60] [--quick]
+4 shards (4 processes, PARTKEY_SHARD=i/4), then 200 targets with `tables: auto` (discovery finds each table by
+its trigger; the time until every target's table was discovered is measured too). Per scenario: time until every
+check of every target has succeeded, /metrics size (plain and gzip) and latency (p50/p99, scraped once a second
+while the checks run on their default schedule), /probe latency, RSS, CPU seconds per hour and database time per
+hour (pg_stat_statements) over the observation window, and the connections the exporter holds. Ratios against
+10 targets show the growth.
+Run: .venv/bin/python -m bench.fleet [--targets 200] [--window 60] [--quick] [--scenarios 10,all,shards,auto]
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ CREATE TABLE chunks (
     PRIMARY KEY (id, collection_id, partition_key)
 ) PARTITION BY LIST (partition_key)
 """
+# The semantik-style trigger: what `tables: auto` finds the table by (LIST on an integer key, no key config).
+_TRIGGER = """
+CREATE FUNCTION compute_partition_key() RETURNS trigger AS $$
+BEGIN
+    NEW.partition_key := abs(hashtext(NEW.collection_id::text)) % {n};
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER set_partition_key BEFORE INSERT ON chunks FOR EACH ROW EXECUTE FUNCTION compute_partition_key();
+"""
 _LOAD = """
 INSERT INTO chunks (collection_id, partition_key, content)
 SELECT c.id, abs(hashtext(c.id::text) % {n}), 'x'
@@ -65,6 +77,7 @@ class Measured:
     targets: int
     processes: int
     covered_seconds: float | None = None
+    discovered_seconds: float | None = None  # tables: auto: every target's table found
     body_bytes: int = 0
     gzip_bytes: int = 0
     metrics: Summary | None = None
@@ -88,6 +101,7 @@ def build_fleet(admin_dsn: str, count: int) -> list[str]:
             for key in range(PARTITIONS):
                 conn.execute(f"CREATE TABLE chunks_p{key:03d} PARTITION OF chunks FOR VALUES IN ({key})")
             conn.execute(_LOAD.format(n=PARTITIONS, rows=ROWS))
+            conn.execute(_TRIGGER.format(n=PARTITIONS))
             conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}")  # partitions too
             conn.execute("VACUUM ANALYZE chunks")
         names = [f"fleet_{index:03d}" for index in range(count)]
@@ -97,12 +111,13 @@ def build_fleet(admin_dsn: str, count: int) -> list[str]:
     return names
 
 
-def config_text(admin_dsn: str, names: list[str], port: int) -> str:
-    """Every database as a target with the default schedule, connecting as the bench role."""
+def config_text(admin_dsn: str, names: list[str], port: int, auto: bool = False) -> str:
+    """Every database as a target with the default schedule, connecting as the bench role (tables: auto)."""
     lines = [f"listen: {{address: 127.0.0.1, port: {port}}}", "log_level: warning", "targets:"]
+    tables = ["    tables: auto"] if auto else ["    tables:", "      - table: chunks"]
     for name in names:
         dsn = make_conninfo(admin_dsn, dbname=name, user=ROLE)
-        lines += [f"  - name: {name}", f'    dsn: "{dsn}"', "    tables:", "      - table: chunks"]
+        lines += [f"  - name: {name}", f'    dsn: "{dsn}"', *tables]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +177,15 @@ def successes(body: bytes) -> int:
     return sum(1 for line in body.splitlines() if line.startswith(b"partkey_check_success{") and line.endswith(b" 1.0"))
 
 
+def discovered(body: bytes) -> int:
+    """Tables discovery watches, summed over the targets of one exposition."""
+    return sum(
+        int(float(line.rsplit(b" ", 1)[1]))
+        for line in body.splitlines()
+        if line.startswith(b"partkey_discovery_tables{")
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -192,11 +216,13 @@ def connections(admin: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def run_scenario(name: str, admin_dsn: str, names: list[str], shards: int, window: float, workdir: Path) -> Measured:
+def run_scenario(
+    name: str, admin_dsn: str, names: list[str], shards: int, window: float, workdir: Path, auto: bool = False
+) -> Measured:
     """Start the exporter(s), wait for full coverage, then observe for `window` seconds."""
     result = Measured(name, len(names), shards)
     config = workdir / f"{name}.yaml"
-    config.write_text(config_text(admin_dsn, names, 0).replace("port: 0", "port: PORT"))
+    config.write_text(config_text(admin_dsn, names, 0, auto).replace("port: 0", "port: PORT"))
     ports = [free_port() for _ in range(shards)]
     with psycopg.connect(admin_dsn, autocommit=True) as admin, exporters(config, ports, workdir) as processes:
         started = time.monotonic()
@@ -207,11 +233,14 @@ def run_scenario(name: str, admin_dsn: str, names: list[str], shards: int, windo
                 if process.poll() is not None:
                     raise RuntimeError(f"{name}: an exporter exited; see {workdir}")
             try:
-                counts = [successes(get(conn, "/metrics", gzipped=True)[1]) for conn in conns]
+                bodies = [get(conn, "/metrics", gzipped=True)[1] for conn in conns]
             except (OSError, http.client.HTTPException):
                 conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for port in ports]
                 time.sleep(0.2)
                 continue
+            counts = [successes(body) for body in bodies]
+            if auto and result.discovered_seconds is None and sum(discovered(b) for b in bodies) >= len(names):
+                result.discovered_seconds = time.monotonic() - started
             if sum(counts) >= wanted:
                 result.covered_seconds = time.monotonic() - started
                 break
@@ -271,14 +300,17 @@ def report(results: list[Measured], version: str, window: float) -> str:
         f"Fleet benchmark, {when}, {machine()}, PostgreSQL {version}; {PARTITIONS} partitions x {ROWS} rows per "
         f"database; default check schedule; {window:.0f} s observation after full coverage.",
         "",
-        "| scenario | every check of every target succeeded after | /metrics bytes (gzip) | /metrics p50 / p99 ms "
+        "| scenario | every table discovered after | every check of every target succeeded after "
+        "| /metrics bytes (gzip) | /metrics p50 / p99 ms "
         "(gzip) | /probe p50 / p99 ms | RSS MB | CPU s/hour | DB s/hour | connections |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         covered = f"{r.covered_seconds:.1f} s" if r.covered_seconds is not None else f"not within {COVER_LIMIT} s"
+        found = f"{r.discovered_seconds:.1f} s" if r.discovered_seconds is not None else "-"
         lines.append(
-            f"| {r.name} | {covered} | {r.body_bytes:,} ({r.gzip_bytes:,}) | {_ms(r.metrics)} ({_ms(r.metrics_gzip)}) "
+            f"| {r.name} | {found} | {covered} | {r.body_bytes:,} ({r.gzip_bytes:,}) "
+            f"| {_ms(r.metrics)} ({_ms(r.metrics_gzip)}) "
             f"| {_ms(r.probe)} | {r.rss_mb:.0f} | {r.cpu_per_hour:.0f} | {r.db_per_hour:.1f} | {r.connections} |"
         )
     lines += ["", f"Ratios against {base.name}:", ""]
@@ -302,7 +334,11 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=200)
     parser.add_argument("--window", type=float, default=60.0, help="observation seconds per scenario")
     parser.add_argument("--quick", action="store_true", help="20 targets, 15 s windows: does it run at all")
+    parser.add_argument(
+        "--scenarios", default="10,all,shards,auto", help="which to run, in order (default: 10,all,shards,auto)"
+    )
     args = parser.parse_args()
+    chosen = args.scenarios.split(",")
     count, window = (20, 15.0) if args.quick else (args.targets, args.window)
     settings = {**BENCH_SETTINGS, "max_connections": str(max(100, count + 50)), "shared_buffers": "512MB"}
     workdir = Path(tempfile.mkdtemp(prefix="partkey-fleet-"))
@@ -312,15 +348,16 @@ def main() -> None:
             names = build_fleet(server.dsn, count)
             print(f"built {count} databases in {time.monotonic() - built:.0f} s", flush=True)
             results = []
-            for name, subset, shards in (
-                ("10 targets", names[:10], 1),
-                (f"{count} targets", names, 1),
-                (f"{count} targets, 4 shards", names, 4),
-            ):
+            scenarios = {
+                "10": ("10 targets", names[:10], 1, False),
+                "all": (f"{count} targets", names, 1, False),
+                "shards": (f"{count} targets, 4 shards", names, 4, False),
+                "auto": (f"{count} targets, tables: auto", names, 1, True),
+            }
+            for name, subset, shards, auto in (scenarios[key] for key in chosen):
                 print(f"running: {name}", flush=True)
-                results.append(
-                    run_scenario(name.replace(" ", "-").replace(",", ""), server.dsn, subset, shards, window, workdir)
-                )
+                file_name = name.replace(" ", "-").replace(",", "").replace(":", "")
+                results.append(run_scenario(file_name, server.dsn, subset, shards, window, workdir, auto))
                 results[-1].name = name
                 print(report(results, server.version, window), flush=True)  # so far: a later failure loses nothing
             text = report(results, server.version, window)
