@@ -16,6 +16,7 @@ from exporter.introspect import Implementation
 from migrations import dependents as column_dependents
 from migrations import sqlgen
 from migrations.catalog import Dependent, column_number, key_dependents, table_oid, table_size
+from migrations.functions import restore_statements
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
 from migrations.steps import (
@@ -173,10 +174,16 @@ def generated_downgrade(
             rebuilt.append(dependent.name)
     for other in others:
         statements += other.statements  # privileges, comment, statistics target: as they were
-    statements += [
-        sqlgen.create_function(spec, fschema, fname, body),
-        sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname),
-    ]
+    saved_function = captured.get("functions", {}).get(f"{fschema}.{fname}")
+    if saved_function is not None:
+        # As captured before the upgrade: volatility, SECURITY, SET, owner, comment and privileges; its own body
+        # byte for byte, or the safe one under --keep-safe-formula.
+        user = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+        safe_body = body if options.keep_safe_formula else None
+        statements += restore_statements(fschema, fname, saved_function, user, safe_body)
+    else:
+        statements.append(sqlgen.create_function(spec, fschema, fname, body))
+    statements.append(sqlgen.create_trigger(trigger_name, spec.schema, spec.table, fschema, fname))
     plan.steps.append(
         Step(
             name="swap-back",
