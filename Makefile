@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit test-nodb docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers deploy bench-fleet clean
+.PHONY: demo test lint unit test-nodb docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers deploy bench-fleet bench-gil clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -93,3 +93,6 @@ bench-peers: $(STAMP)
 # 200 databases x 100 partitions on one server: one exporter, then 4 shards, with ratios against 10 targets.
 bench-fleet: $(STAMP)
 	$(PY) -m bench.fleet $(BENCH_ARGS)
+
+bench-gil: $(STAMP)
+	$(PY) -m bench.gil $(BENCH_ARGS)

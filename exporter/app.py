@@ -21,7 +21,7 @@ from exporter.checks.registry import checks_for
 from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.collector import PartkeyCollector
-from exporter.config import Config, TableConfig
+from exporter.config import Config, TableConfig, TargetConfig
 from exporter.discovery import DiscoveryRunner, Found
 from exporter.exposition import Exposition
 from exporter.reconnect import ReconnectWatcher
@@ -39,6 +39,37 @@ STAGGER_SECONDS = 0.2  # between two first runs on one target
 # Between two due checks of a target that came back: they queue on its one connection anyway; the gap keeps
 # the order (implementation first) and lets other targets' checks interleave.
 COMEBACK_STAGGER = 0.05
+
+
+# How every check is scheduled. A run that waited in a busy pool (every worker waiting for a connection slot under
+# max_connections, say) still runs, once: no grace limit, so it is never dropped as missed (with APScheduler's
+# default of 1 s, a fleet's first runs, 1,000 at once for 200 targets, queued past the limit were dropped and
+# those targets had no data for another interval); coalesce, so several missed slots make one run; one instance,
+# so a check that outlives its interval is not started twice.
+JOB_OPTIONS: dict[str, Any] = {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
+
+
+def make_scheduler(max_workers: int) -> BackgroundScheduler:
+    """The checks' scheduler: MAX_WORKERS threads, JOB_OPTIONS for every job."""
+    executor = ThreadPoolExecutor(max_workers=max_workers)
+    return BackgroundScheduler(executors={"default": executor}, job_defaults=JOB_OPTIONS, timezone="UTC")
+
+
+def connections_wanted(targets: list[TargetConfig]) -> int:
+    """One connection per target, and a second for a target with a scan_dsn (its standby), under the same cap."""
+    return len(targets) + sum(1 for t in targets if t.scan_dsn is not None or t.scan_dsn_file is not None)
+
+
+# A target's pieces while they are built: targets, tables, verification states, check runners, standby routes,
+# discovery runners.
+_Parts = tuple[
+    dict[str, Target],
+    dict[tuple[str, str], TableConfig],
+    dict[tuple[str, str], TableVerificationState],
+    dict[tuple[str, str, str], CheckRunner],
+    dict[str, ScanRoute],
+    dict[str, DiscoveryRunner],
+]
 
 
 class _SkippedRunFilter(logging.Filter):
@@ -91,45 +122,129 @@ class Exporter:
         self._tables_lock = threading.Lock()
         owned = config.owned_targets()
         cap = config.max_connections
-        # A target with a scan_dsn has a second connection (to its standby), under the same cap.
-        wanted = len(owned) + sum(1 for t in owned if t.scan_dsn is not None or t.scan_dsn_file is not None)
         # With no more connections than the cap, every target keeps its own: no queue to manage.
-        self.slots = ConnectionSlots(cap) if cap is not None and cap < wanted else None
+        self.slots = ConnectionSlots(cap) if cap is not None and cap < connections_wanted(owned) else None
         if len(owned) < len(config.targets):
             index, total = config.sharding()
             log.info("shard %d of %d: checking %d of %d targets", index, total, len(owned), len(config.targets))
+        self._dsns = self._target_dsns(owned)
         for target_config in owned:
-            target = Target(
-                target_config.name,
-                target_config.resolve_dsn(),
-                connect_timeout=target_config.connect_timeout,
-                lock_timeout=target_config.lock_timeout,
-                slots=self.slots,
-            )
-            self.targets[target.name] = target
-            scan_dsn = target_config.resolve_scan_dsn()
-            if scan_dsn is not None:
-                # Its own name: log lines and the slot queue tell the standby's connection from the primary's.
-                standby = Target(
-                    f"{target.name} (scan_dsn)",
-                    scan_dsn,
-                    connect_timeout=target_config.connect_timeout,
-                    lock_timeout=target_config.lock_timeout,
-                    slots=self.slots,
-                )
-                self.scans[target.name] = ScanRoute(standby)
-            for table in target_config.configured_tables:
-                self._add_table(target, table, self.tables, self.verify_states, self.runners)
-            if target_config.auto:
-                self.discovery[target.name] = DiscoveryRunner(target, target_config, self.store, self.apply_discovery)
+            self._add_target(target_config, self._dsns[target_config.name])
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PartkeyCollector(self.store, self.targets))
+        self._collector = PartkeyCollector(self.store, self.targets)
+        self.registry.register(self._collector)
         self.scheduler: Any = None
         self.watcher: ReconnectWatcher | None = None
         self.admin_token = config.admin_token()
         self.exposition = Exposition(self.store, list(self.targets))
         self.store.subscribe(self.exposition.refresh)
         self._overrunning: set[str] = set()
+
+    def _add_target(
+        self, target_config: TargetConfig, dsns: tuple[str, str | None], parts: _Parts | None = None
+    ) -> None:
+        """One target with its tables, standby route and runners (not scheduled) into PARTS, or into self."""
+        targets, tables, states, runners, scans, discovery = parts or (
+            self.targets,
+            self.tables,
+            self.verify_states,
+            self.runners,
+            self.scans,
+            self.discovery,
+        )
+        dsn, scan_dsn = dsns
+        target = Target(
+            target_config.name,
+            dsn,
+            connect_timeout=target_config.connect_timeout,
+            lock_timeout=target_config.lock_timeout,
+            slots=self.slots,
+        )
+        targets[target.name] = target
+        if scan_dsn is not None:
+            # Its own name: log lines and the slot queue tell the standby's connection from the primary's.
+            standby = Target(
+                f"{target.name} (scan_dsn)",
+                scan_dsn,
+                connect_timeout=target_config.connect_timeout,
+                lock_timeout=target_config.lock_timeout,
+                slots=self.slots,
+            )
+            scans[target.name] = ScanRoute(standby)
+        for table in target_config.configured_tables:
+            self._add_table(target, table, tables, states, runners, scans)
+        if target_config.auto:
+            discovery[target.name] = DiscoveryRunner(target, target_config, self.store, self.apply_discovery)
+
+    @staticmethod
+    def _target_dsns(targets: list[TargetConfig]) -> dict[str, tuple[str, str | None]]:
+        """Each target's DSN and scan DSN as resolved now (a file's text may change while the config does not)."""
+        return {target.name: (target.resolve_dsn(), target.resolve_scan_dsn()) for target in targets}
+
+    def reconfigure(self, config: Config) -> bool:
+        """Apply a config that differs only in its targets, in place; False when anything else changed."""
+        # Unchanged targets (same config, same DSNs) keep their connection, snapshot and schedule; removed and
+        # changed ones are stopped (a changed one starts again, fresh); added ones start as at startup. A DSN or
+        # token that cannot be read raises ConfigError before anything changed.
+        if config.model_dump(exclude={"targets", "targets_dir"}) != self.config.model_dump(
+            exclude={"targets", "targets_dir"}
+        ):
+            return False
+        owned = config.owned_targets()
+        cap = config.max_connections
+        if (cap is not None and cap < connections_wanted(owned)) != (self.slots is not None):
+            return False  # the cap starts or stops mattering: the targets' connection slots change
+        dsns = self._target_dsns(owned)
+        admin_token = config.admin_token()  # its file or variable may have changed: read (and refuse) like a start
+        old_configs = {t.name: t for t in self.config.owned_targets()}
+        kept = {t.name for t in owned if old_configs.get(t.name) == t and self._dsns.get(t.name) == dsns[t.name]}
+        with self._tables_lock:
+            stopped = [name for name in self.targets if name not in kept]
+            if self.scheduler is not None:
+                jobs = [f"{name}/discovery" for name in stopped if name in self.discovery]
+                jobs += ["/".join(key) for key in self.runners if key[0] in stopped]
+                for job in jobs:
+                    with contextlib.suppress(JobLookupError):
+                        self.scheduler.remove_job(job)
+            for name in stopped:
+                self.targets[name].close()
+                if name in self.scans:
+                    self.scans[name].target.close()
+            # New mappings, swapped in whole: HTTP threads and the watcher iterate the old ones meanwhile.
+            parts: _Parts = (
+                {name: target for name, target in self.targets.items() if name in kept},
+                {key: table for key, table in self.tables.items() if key[0] in kept},
+                {key: state for key, state in self.verify_states.items() if key[0] in kept},
+                {key: runner for key, runner in self.runners.items() if key[0] in kept},
+                {name: scan for name, scan in self.scans.items() if name in kept},
+                {name: runner for name, runner in self.discovery.items() if name in kept},
+            )
+            started = [target for target in owned if target.name not in kept]
+            for target_config in started:
+                self._add_target(target_config, dsns[target_config.name], parts)
+            targets, tables, states, runners, scans, discovery = parts
+            self.targets = {t.name: targets[t.name] for t in owned}  # config order, as a fresh start has it
+            self.tables, self.verify_states, self.runners = tables, states, runners
+            self.scans, self.discovery = scans, discovery
+            self._discovered = {name: found for name, found in self._discovered.items() if name in kept}
+            self.store.forget(stopped)
+            self.config, self._dsns, self.admin_token = config, dsns, admin_token
+            self.exposition.set_targets(list(self.targets), stopped)
+            self.registry.unregister(self._collector)
+            self._collector = PartkeyCollector(self.store, self.targets)
+            self.registry.register(self._collector)
+            if self.scheduler is not None:
+                self._schedule_discovery({name: discovery[name] for name in discovery if name not in kept})
+                self._schedule({key: runner for key, runner in runners.items() if key[0] not in kept})
+            if self.watcher is not None:
+                self.watcher.replace(self.targets, self.runners)
+        log.info(
+            "configuration reloaded in place: %d targets kept, %d stopped, %d started",
+            len(kept),
+            len(stopped),
+            len(started),
+        )
+        return True
 
     def _add_table(
         self,
@@ -138,12 +253,13 @@ class Exporter:
         tables: dict[tuple[str, str], TableConfig],
         states: dict[tuple[str, str], TableVerificationState],
         runners: dict[tuple[str, str, str], CheckRunner],
+        scans: Mapping[str, ScanRoute] | None = None,
     ) -> None:
         """Add one watched table and its check runners to these maps."""
         state = TableVerificationState()
         tables[(target.name, table.label)] = table
         states[(target.name, table.label)] = state
-        scan = self.scans.get(target.name)
+        scan = (self.scans if scans is None else scans).get(target.name)
         for check, settings in checks_for(table, state):
             runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout, scan=scan)
             runners[runner.key] = runner
@@ -151,6 +267,8 @@ class Exporter:
     def apply_discovery(self, target_name: str, found: list[Found]) -> None:
         """Watch the tables discovery found on a target: new ones start now, dropped ones lose their series."""
         with self._tables_lock:
+            if target_name not in self.targets:
+                return  # a reload removed the target while its discovery ran
             old = self._discovered.get(target_name, {})
             new = {item.table.label: item.table for item in found}
             gone = {label for label, table in old.items() if new.get(label) != table}
@@ -193,30 +311,29 @@ class Exporter:
 
     def start(self) -> None:
         """Schedule every check; the first runs start within a few seconds, staggered."""
-        executor = ThreadPoolExecutor(max_workers=self.config.max_workers)
-        self.scheduler = BackgroundScheduler(
-            executors={"default": executor},
-            job_defaults={"coalesce": True, "max_instances": 1},
-            timezone="UTC",
-        )
+        self.scheduler = make_scheduler(self.config.max_workers)
+        self._schedule_discovery(self.discovery)
+        self._schedule(self.runners)
+        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        self.scheduler.start()
+        self.exposition.start()
+        self.watcher = ReconnectWatcher(self.targets, self.runners, self.store, self.run_soon)
+        self.watcher.start()
+        log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
+
+    def _schedule_discovery(self, runners: Mapping[str, DiscoveryRunner]) -> None:
+        """Add these targets' discovery runs, each within a second (before its checks: it tells which tables)."""
         now = datetime.now().astimezone()
-        for name, discovery in sorted(self.discovery.items()):
-            # Before the target's checks: discovery tells which tables there are.
+        for name, discovery in sorted(runners.items()):
             self.scheduler.add_job(
                 discovery.run,
                 "interval",
                 seconds=discovery.interval,
                 next_run_time=now + timedelta(seconds=random.random()),
                 id=f"{name}/discovery",
-                misfire_grace_time=None,
+                **JOB_OPTIONS,
             )
-        self._schedule(self.runners)
-        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUNS)
-        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
-        self.scheduler.start()
-        self.watcher = ReconnectWatcher(self.targets, self.runners, self.store, self.run_soon)
-        self.watcher.start()
-        log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
 
     def _schedule(self, runners: Mapping[tuple[str, str, str], CheckRunner]) -> None:
         """Add these checks to the scheduler, first runs staggered per target."""
@@ -230,10 +347,7 @@ class Exporter:
                 seconds=runner.interval,
                 next_run_time=now + timedelta(seconds=delay),
                 id="/".join(key),
-                # A run that waited in a busy pool still runs (coalesced to one): with a bound, a fleet's first runs
-                # (1,000 at once for 200 targets) queued past their interval were dropped, and those targets had
-                # no data for another interval.
-                misfire_grace_time=None,
+                **JOB_OPTIONS,
             )
 
     def _on_job_event(self, event: JobEvent) -> None:
@@ -265,6 +379,7 @@ class Exporter:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
+        self.exposition.stop()
         for target in self.targets.values():
             target.close()
         for scan in self.scans.values():

@@ -49,8 +49,14 @@ class Service:
 
     def reload(self) -> bool:
         """Load the config again; keep the old one running when the new one is invalid."""
+        # When only targets changed (a file in targets_dir, the targets: list), the running exporter applies them in
+        # place: unchanged targets keep their connections, results and schedule. Any other change starts a new one.
         try:
             config = load_config(self.config_path)
+            if self.exporter.reconfigure(config):
+                self.config = config
+                self._dir_state = targets_dir.state(config, self.config_path.parent)
+                return True
             replacement = Exporter(config)
         except ConfigError as error:
             log.error("reload refused, the running config stays: %s", "; ".join(error.problems))

@@ -59,6 +59,11 @@ class ReconnectWatcher:
         self._pool = ThreadPoolExecutor(max_workers=WATCH_WORKERS, thread_name_prefix="reconnect")
         self._thread = threading.Thread(target=self._loop, name="reconnect-watcher", daemon=True)
 
+    def replace(self, targets: Mapping[str, Target], runners: Mapping[Key, CheckRunner]) -> None:
+        """A reload changed the targets: watch these from the next round (a new target starts with no comeback)."""
+        self._seen = {name: self._seen.get(name, target.recoveries) for name, target in targets.items()}
+        self.targets, self.runners = targets, runners
+
     def start(self) -> None:
         """Start watching."""
         self._thread.start()

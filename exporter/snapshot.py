@@ -221,6 +221,26 @@ class SnapshotStore:
             discoveries=MappingProxyType({**old.discoveries, **(discoveries or {})}),
         )
 
+    def forget(self, targets: list[str]) -> None:
+        """Drop these targets' series (a reload removed or restarted them); their generations still move forward."""
+        if not targets:
+            return
+        gone = set(targets)
+        with self._lock:
+            self._retired = {key for key in self._retired if key[0] not in gone}
+            old = self._snapshot
+            parts: dict[str, Any] = {}
+            for item in fields(old):
+                mapping: Mapping[Any, Any] = getattr(old, item.name)
+                parts[item.name] = MappingProxyType(
+                    {k: v for k, v in mapping.items() if (k[0] if isinstance(k, tuple) else k) not in gone}
+                )
+            # Never backwards: a cached fragment of the old target must not look as fresh as the new target's.
+            parts["generations"] = MappingProxyType(
+                {**old.generations, **{name: old.generations.get(name, 0) + 1 for name in gone}}
+            )
+            self._snapshot = Snapshot(**parts)
+
     def latest(self, target: str, table: str, check: str) -> CheckResult | None:
         """The latest result of one check."""
         return self._snapshot.results.get((target, table, check))

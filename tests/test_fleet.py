@@ -6,20 +6,23 @@ import gzip
 import itertools
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
-from exporter.app import FIRST_CHECK_SECONDS, STAGGER_SECONDS, Exporter, first_run_delays
+from exporter.app import FIRST_CHECK_SECONDS, JOB_OPTIONS, STAGGER_SECONDS, Exporter, first_run_delays, make_scheduler
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.daemon import Service
 from exporter.exposition import split_families, wants_gzip
@@ -101,6 +104,42 @@ def test_only_a_changed_target_is_encoded_again(fleet: ExporterHTTPServer) -> No
     assert exporter.exposition.encoded_fragments == before + 1
     assert samples(fresh.decode()) == samples(generate_latest(exporter.registry).decode())
     assert fresh != again  # db001's duration and finish time moved
+
+
+def until(done: Callable[[], bool], seconds: float = 60) -> None:
+    """Poll for a state another thread reaches (generous deadline: the machine is shared and loaded)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the state was not reached in time"
+        time.sleep(0.05)
+
+
+def test_started_exposition_builds_bodies_ahead_and_reuses_unchanged_fragments(fleet: ExporterHTTPServer) -> None:
+    """After start() a builder thread assembles /metrics after each change; a scrape encodes and builds nothing."""
+    exporter = fleet.exporter
+    exposition = exporter.exposition
+    exposition.start()
+    gzipped = {"Accept-Encoding": "gzip"}
+    _, headers, packed = http(fleet.url + "/metrics", headers=gzipped)
+    plain = http(fleet.url + "/metrics")[2]
+    assert gzip.decompress(packed) == plain  # the first scrapes assembled these themselves
+    content_type = headers["Content-Type"]
+    kept = exposition.fragment("db000", content_type)
+    assert kept is not None
+    encoded, builds = exposition.encoded_fragments, exposition.builds
+    exporter.runners[("db001", "public.chunks", "distribution")].run()
+    assert exposition.encoded_fragments == encoded + 1  # db001 alone, in the check's thread
+    until(lambda: exposition.builds >= builds + 2)  # the builder: the plain body and the gzip one
+    assert exposition.fragment("db000", content_type) is kept  # unchanged targets' fragments are reused
+    fresh = http(fleet.url + "/metrics")[2]
+    assert samples(fresh.decode()) == samples(generate_latest(exporter.registry).decode())
+    assert fresh != plain  # db001's duration and finish time moved
+    assert gzip.decompress(http(fleet.url + "/metrics", headers=gzipped)[2]) == fresh
+    until(lambda: not exposition.building)
+    encoded, builds = exposition.encoded_fragments, exposition.builds
+    for _ in range(3):
+        assert http(fleet.url + "/metrics")[2] == fresh
+    assert (exposition.encoded_fragments, exposition.builds) == (encoded, builds)  # a scrape only sent bytes
 
 
 def test_probe_serves_one_target_from_the_snapshot(fleet: ExporterHTTPServer) -> None:
@@ -348,3 +387,124 @@ def test_targets_dir_must_be_a_directory(tmp_path: Path) -> None:
     config.write_text("log_level: info\n")
     with pytest.raises(ConfigError, match="give at least one target under targets:, or a targets_dir"):
         load_config(config)
+
+
+def _quiet_target_file(directory: Path, name: str, dsn: str, interval: str = "1h") -> Path:
+    """A target whose checks run once at the start and then not for an hour, so nothing moves unless restarted."""
+    path = directory / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\ndsn: '{dsn}'\ntables:\n  - table: chunks\n    modulus: 5\n    checks:\n"
+        f"      implementation: {{interval: {interval}}}\n      distribution: {{interval: 1h}}\n"
+        "      verification_sample: {enabled: false}\n      verification_full: {enabled: false}\n"
+        "      distribution_exact: {enabled: false}\n"
+    )
+    return path
+
+
+def test_a_reload_keeps_unchanged_targets_running(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    """targets_dir gains, changes and loses a file: only that target starts or stops; the others keep everything."""
+    # Kept: the connection (same backend pid and backend_start), every check's last success, the schedule.
+    create_list_table(conn, modulus=5, trigger=None)
+    targets = tmp_path / "targets.d"
+    targets.mkdir()
+    for name in ("a", "b", "c"):
+        _quiet_target_file(targets, name, dsn)
+    config = tmp_path / "config.yaml"
+    config.write_text("listen: {port: 0}\ntargets_dir: targets.d\n")
+    service = Service(config)
+    service.start()
+
+    def state(names: list[str]) -> dict[str, Any]:
+        """Per target: its backend (pid, backend_start) and every check's last success."""
+        exporter = service.exporter
+        found: dict[str, Any] = {}
+        for name in names:
+            pid = exporter.targets[name].backend_pid
+            row = conn.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            results = {k: r.last_success_at for k, r in exporter.store.current.results.items() if k[0] == name}
+            found[name] = (pid, row[0] if row else None, results)
+        return found
+
+    def settled(names: list[str]) -> bool:
+        """Both checks of each target succeeded and its connection is open."""
+        exporter = service.exporter
+        current = exporter.store.current.results
+        return all(
+            exporter.targets[n].backend_pid is not None
+            and sum(1 for k, r in current.items() if k[0] == n and r.last_success_at) == 2
+            for n in names
+        )
+
+    try:
+        exporter = service.exporter
+        until(lambda: settled(["a", "b", "c"]))
+        before = state(["a", "b", "c"])
+        assert all(pid is not None and started is not None for pid, started, _ in before.values())
+        _quiet_target_file(targets, "d", dsn)
+        assert service.targets_dir_changed() and service.reload()
+        assert service.exporter is exporter and list(exporter.targets) == ["a", "b", "c", "d"]
+        until(lambda: settled(["d"]))
+        assert state(["a", "b", "c"]) == before  # same backends, same results: nothing restarted
+        assert samples(service.server.exporter.render_metrics("")[0].decode()) >= {  # type: ignore[union-attr]
+            ("partkey_up", "partkey_up", (("target", "d"),), 1.0)
+        }
+        _quiet_target_file(targets, "b", dsn, interval="2h")  # b's config changed: b alone restarts
+        old_b = exporter.targets["b"]
+        assert service.targets_dir_changed() and service.reload()
+        until(lambda: settled(["b"]))
+        assert exporter.targets["b"] is not old_b and old_b.backend_pid is None
+        assert state(["a", "c"]) == {name: before[name] for name in ("a", "c")}
+        (targets / "c.yaml").unlink()
+        closed_pid = before["c"][0]
+        assert service.targets_dir_changed() and service.reload()
+        assert list(exporter.targets) == ["a", "b", "d"]
+        assert state(["a"]) == {"a": before["a"]}
+        assert not any(key[0] == "c" for key in exporter.store.current.results)
+        body = exporter.render_metrics("")[0].decode()
+        assert 'target="c"' not in body and 'target="d"' in body
+        until(
+            lambda: (
+                conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (closed_pid,)).fetchone() == (0,)
+            )
+        )
+        assert {job.id.split("/")[0] for job in exporter.scheduler.get_jobs()} == {"a", "b", "d"}
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("grace", ["exporter", "apscheduler-default"])
+def test_a_check_queued_behind_a_full_pool_still_runs_once(grace: str) -> None:
+    """A check due while every worker is busy runs when the pool frees up, once; a 1 s grace would drop it."""
+    # Workers are busy when, say, every one waits for a connection slot under max_connections.
+    scheduler = make_scheduler(max_workers=1)
+    options = JOB_OPTIONS if grace == "exporter" else {**JOB_OPTIONS, "misfire_grace_time": 1}
+    gate = threading.Event()
+    executed: list[datetime] = []
+    missed: list[datetime] = []
+
+    def record(event: JobExecutionEvent) -> None:
+        if event.job_id == "check":
+            (executed if event.code == EVENT_JOB_EXECUTED else missed).append(event.scheduled_run_time)
+
+    scheduler.add_listener(record, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+    now = datetime.now(UTC)
+    due = now + timedelta(seconds=0.2)
+    scheduler.add_job(gate.wait, "interval", args=[60], seconds=3600, next_run_time=now, id="busy", **options)
+    scheduler.add_job(lambda: None, "interval", seconds=0.5, next_run_time=due, id="check", **options)
+    scheduler.start()
+    try:
+        # Every slot up to due + 2 s came while the pool was busy; the release comes over 1 s (the default grace)
+        # after the last of them.
+        window = due + timedelta(seconds=2)
+        until(lambda: datetime.now(UTC) > window + timedelta(seconds=1.2))
+        gate.set()
+        until(lambda: any(run > window for run in executed + missed))
+    finally:
+        scheduler.shutdown(wait=False)
+    late = [run for run in executed if run <= window]
+    if grace == "exporter":
+        assert (len(late), missed) == (1, [])  # ran, once for all the slots it missed
+    else:
+        assert (
+            late == [] and len([run for run in missed if run <= window]) == 1
+        )  # the behaviour misfire_grace_time=None is there to prevent
