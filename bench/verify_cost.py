@@ -19,22 +19,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.exporter_cost import _SCHEMA
 from bench.peers import SQL_WRONG
 from bench.stats import summarize
+from exporter import chunks_schema
 from exporter.keyspec import KeySpec
 from exporter.verify import Verifier
 
 PARTITIONS = 100
 PK = ("id", "collection_id", "partition_key")
 SPEC = KeySpec(modulus=PARTITIONS)
-# Cubic skew as in exporter_cost: a few collections hold most rows.
-_LOAD = """
-INSERT INTO chunks (collection_id, partition_key, content)
-SELECT c.id, abs(hashtext(c.id::text) % 100), repeat('lorem ipsum ', 8)
-FROM (SELECT md5('collection-' || floor({collections} * power(random(), 3))::int)::uuid AS id
-      FROM generate_series(1, {rows})) c
-"""
 ROW_BY_ROW = (
     "SELECT count(*), count(*) FILTER (WHERE partition_key IS NULL), count(*) FILTER (WHERE partition_key IS NOT NULL"
     " AND partition_key IS DISTINCT FROM abs(hashtext(collection_id::text) % 100)) FROM chunks"
@@ -46,12 +39,13 @@ def build(dsn: str, rows: int, collections: int) -> int:
     """The semantik-like table, 100 LIST partitions, 7 stale keys, vacuumed; returns the distinct collections."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS chunks CASCADE")
-        conn.execute(_SCHEMA)
+        conn.execute(chunks_schema.chunks_table())
         for key in range(PARTITIONS):
             conn.execute(f"CREATE TABLE chunks_part_{key:04d} PARTITION OF chunks FOR VALUES IN ({key})")
         step = 1_000_000
         for start in range(0, rows, step):
-            conn.execute(_LOAD.format(collections=collections, rows=min(step, rows - start)))
+            # Cubic skew as in the demo: a few collections hold most rows.
+            conn.execute(chunks_schema.skewed_load(min(step, rows - start), collections, PARTITIONS))
         ids = conn.execute("SELECT id, partition_key FROM chunks ORDER BY id LIMIT 7").fetchall()
         for row_id, key in ids:
             conn.execute("UPDATE chunks SET partition_key = %s WHERE id = %s", ((key + 1) % PARTITIONS, row_id))

@@ -12,7 +12,7 @@ import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards import latency, overview, partitions
+from dashboards import compose_sql, latency, overview, partitions
 from dashboards.grafana_alerts import provisioning_document
 from dashboards.rules import prometheus_rules
 
@@ -59,6 +59,7 @@ def render() -> dict[Path, str]:
     files[ROOT / "provisioning" / "alerting" / "partkey-critical.yaml"] = to_yaml(
         provisioning_document(), "grafana_alerts.py"
     )
+    files[ROOT / "compose" / "initdb" / "10-chunks.sql"] = compose_sql.init_sql()
     return files
 
 
