@@ -45,6 +45,27 @@ PARTITION_INDEXES = (
 )
 
 
+# semantik's columns; the partitioned and the plain variant differ only in PARTITION BY.
+SEMANTIK_TABLE = """CREATE TABLE chunks (
+    id bigserial, collection_id varchar NOT NULL, partition_key integer NOT NULL,
+    document_id varchar, chunking_config_id integer, chunk_index integer NOT NULL,
+    content text NOT NULL, start_offset integer, end_offset integer, token_count integer,
+    embedding_vector_id varchar, metadata jsonb DEFAULT '{}',
+    created_at timestamptz DEFAULT now(), updated_at timestamptz DEFAULT now(),
+    PRIMARY KEY (id, collection_id, partition_key))"""
+
+
+def semantik_load(rows: int, key: str | None) -> str:
+    """INSERT of ROWS semantik-like rows from 1000 collections; KEY is the key SQL, or None: the trigger sets it."""
+    key_column, key_value = (", partition_key", f", {key}") if key else ("", "")
+    return f"""INSERT INTO chunks (collection_id{key_column}, document_id, chunk_index, content, start_offset,
+                                end_offset, token_count, embedding_vector_id, metadata)
+            SELECT c{key_value}, 'doc-' || (g % 5000), g % 50, repeat('lorem ipsum ', 16),
+                   g % 1000, g % 1000 + 200, 50, CASE WHEN g % 3 = 0 THEN NULL ELSE 'vec-' || g END,
+                   '{{"source": "bench"}}'
+            FROM (SELECT g, md5((g % 1000)::text)::uuid::text AS c FROM generate_series(1, {int(rows)}) g) s"""
+
+
 def demo(dsn: str, rows: int) -> None:
     """The demo's table and data."""
     build_demo_database(dsn, rows=rows)
@@ -53,15 +74,7 @@ def demo(dsn: str, rows: int) -> None:
 def semantik(dsn: str, rows: int) -> None:
     """semantik's columns and per-partition indexes, 100 LIST partitions, the key trigger on the parent."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            """CREATE TABLE chunks (
-                   id bigserial, collection_id varchar NOT NULL, partition_key integer NOT NULL,
-                   document_id varchar, chunking_config_id integer, chunk_index integer NOT NULL,
-                   content text NOT NULL, start_offset integer, end_offset integer, token_count integer,
-                   embedding_vector_id varchar, metadata jsonb DEFAULT '{}',
-                   created_at timestamptz DEFAULT now(), updated_at timestamptz DEFAULT now(),
-                   PRIMARY KEY (id, collection_id, partition_key)) PARTITION BY LIST (partition_key)"""
-        )
+        conn.execute(SEMANTIK_TABLE + " PARTITION BY LIST (partition_key)")
         for key in range(100):
             part = f"chunks_part_{key:02d}"
             conn.execute(f"CREATE TABLE {part} PARTITION OF chunks FOR VALUES IN ({key})")
@@ -69,41 +82,19 @@ def semantik(dsn: str, rows: int) -> None:
                 conn.execute(f"CREATE INDEX idx_{part}_{number} ON {part} {definition}")
         conn.execute(TRIGGER)
         conn.execute(CREATE_TRIGGER)
-        conn.execute(
-            f"""INSERT INTO chunks (collection_id, partition_key, document_id, chunk_index, content, start_offset,
-                                    end_offset, token_count, embedding_vector_id, metadata)
-                SELECT c, abs(hashtext(c) % 100), 'doc-' || (g % 5000), g % 50, repeat('lorem ipsum ', 16),
-                       g % 1000, g % 1000 + 200, 50, CASE WHEN g % 3 = 0 THEN NULL ELSE 'vec-' || g END,
-                       '{{"source": "bench"}}'
-                FROM (SELECT g, md5((g % 1000)::text)::uuid::text AS c FROM generate_series(1, {rows}) g) s"""
-        )
+        conn.execute(semantik_load(rows, key="abs(hashtext(c) % 100)"))
         conn.execute("ANALYZE chunks")
 
 
 def semantik_plain(dsn: str, rows: int) -> None:
     """semantik's columns and its 8 indexes plus the PK on a plain (not partitioned) table with the trigger."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            """CREATE TABLE chunks (
-                   id bigserial, collection_id varchar NOT NULL, partition_key integer NOT NULL,
-                   document_id varchar, chunking_config_id integer, chunk_index integer NOT NULL,
-                   content text NOT NULL, start_offset integer, end_offset integer, token_count integer,
-                   embedding_vector_id varchar, metadata jsonb DEFAULT '{}',
-                   created_at timestamptz DEFAULT now(), updated_at timestamptz DEFAULT now(),
-                   PRIMARY KEY (id, collection_id, partition_key))"""
-        )
+        conn.execute(SEMANTIK_TABLE)
         for number, definition in enumerate(PARTITION_INDEXES):
             conn.execute(f"CREATE INDEX idx_chunks_{number} ON chunks {definition}")
         conn.execute(TRIGGER)
         conn.execute(CREATE_TRIGGER)
-        conn.execute(
-            f"""INSERT INTO chunks (collection_id, document_id, chunk_index, content, start_offset,
-                                    end_offset, token_count, embedding_vector_id, metadata)
-                SELECT c, 'doc-' || (g % 5000), g % 50, repeat('lorem ipsum ', 16),
-                       g % 1000, g % 1000 + 200, 50, CASE WHEN g % 3 = 0 THEN NULL ELSE 'vec-' || g END,
-                       '{{"source": "bench"}}'
-                FROM (SELECT g, md5((g % 1000)::text)::uuid::text AS c FROM generate_series(1, {rows}) g) s"""
-        )
+        conn.execute(semantik_load(rows, key=None))
         conn.execute("ANALYZE chunks")
 
 
