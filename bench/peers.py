@@ -38,6 +38,7 @@ from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.demo import build_demo_database
 from tests.e2e.prometheus import free_port
+from tests.support import stop_process
 
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).parent
@@ -284,12 +285,7 @@ def running(name: str, command: list[str], env: dict[str, str], port: int, workd
     try:
         yield peer
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 def _wait_ready(peer: Peer, deadline: float) -> None:

@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.e2e.prometheus import free_port
 from tests.reliability.harness import CHECKS
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse, value
+from tests.support import parse, stop_process, value
 
 PoolMode = Literal["session", "transaction", "statement"]
 
@@ -104,12 +104,7 @@ def pgbouncer(admin_dsn: str, mode: PoolMode = "transaction", **settings: str | 
         _wait_until_up(bouncer, process, admin_dsn)
         yield bouncer
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -91,6 +91,16 @@ def names_with(samples: Samples, name: str) -> list[dict[str, Any]]:
     return [dict(labels) for (n, labels) in samples if n == name]
 
 
+def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM, wait up to GRACE seconds, then SIGKILL and reap: no child outlives its test."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def self_signed_certificate(directory: Path, name: str, san: str | None = None) -> tuple[Path, Path]:
     """A fresh self-signed certificate and key (CN=name, optional subjectAltName) made with the openssl command."""
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import stop_process
+
 
 def require_binary(name: str) -> str:
     """The binary's path; in CI a missing binary fails the test, locally it skips saying why."""
@@ -84,11 +86,7 @@ scrape_configs:
             time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, grace=15)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
