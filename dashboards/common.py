@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, Self, TypeVar
 
+from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus
 from grafana_foundation_sdk.models import dashboard as dm
@@ -108,6 +109,11 @@ def finish(panel: P, title: str, description: str, queries: Iterable[prometheus.
     for q in queries:
         panel = panel.with_target(q)
     return panel
+
+
+def last_value() -> cb.ReduceDataOptions:
+    """Reduce each series to its latest value (stat, gauge and bar panels)."""
+    return cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
 
 
 def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:

@@ -13,6 +13,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 from dashboards.common import (
     TARGET_TABLE,
     finish,
+    last_value,
     new_dashboard,
     query,
     table_variable,
@@ -97,7 +98,7 @@ def build() -> dm.Dashboard:
             stat.Panel()
             .unit("s")
             .decimals(4)
-            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .reduce_options(last_value())
             .thresholds(thresholds((None, "green"), (LATENCY_P99_SECONDS, "red")))
             .graph_mode(cm.BigValueGraphMode.AREA)
             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),

@@ -14,6 +14,7 @@ from dashboards.common import (
     TARGET,
     TARGET_TABLE,
     finish,
+    last_value,
     new_dashboard,
     query,
     table_variable,
@@ -29,11 +30,6 @@ _UP = value_text({"1": ("UP", "green"), "0": ("DOWN", "red")})
 _GREEN_RED_ABOVE_0 = thresholds((None, "green"), (1, "red"))
 
 
-def _last_stat() -> cb.ReduceDataOptions:
-    """Show the latest value of each series."""
-    return cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
-
-
 def _health_row(board: db.Dashboard) -> db.Dashboard:
     """Is anything being watched at all: exporter, targets, PostgreSQL version."""
     board = board.with_row(db.Row("Exporter and targets"))
@@ -42,7 +38,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             stat.Panel()
             .mappings(_UP)
             .thresholds(thresholds((None, "red"), (1, "green")))
-            .reduce_options(_last_stat())
+            .reduce_options(last_value())
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "Exporter up",
@@ -59,7 +55,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             stat.Panel()
             .mappings(_UP)
             .thresholds(thresholds((None, "red"), (1, "green")))
-            .reduce_options(_last_stat())
+            .reduce_options(last_value())
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "Target up",
@@ -74,7 +70,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_panel(
         finish(
             stat.Panel()
-            .reduce_options(_last_stat())
+            .reduce_options(last_value())
             .text_mode(cm.BigValueTextMode.NAME)
             .color_mode(cm.BigValueColorMode.NONE),
             "PostgreSQL version",
@@ -88,7 +84,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_panel(
         finish(
             stat.Panel()
-            .reduce_options(_last_stat())
+            .reduce_options(last_value())
             .text_mode(cm.BigValueTextMode.NAME)
             .color_mode(cm.BigValueColorMode.NONE),
             "Exporter version",
@@ -152,7 +148,7 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
             stat.Panel()
             .mappings(value_text({"1": ("optimal", "green"), "0": ("not optimal", "orange")}))
             .thresholds(thresholds((None, "orange"), (1, "green")))
-            .reduce_options(_last_stat())
+            .reduce_options(last_value())
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
             "Optimal implementation",
@@ -240,7 +236,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
         finish(
             stat.Panel()
             .unit("s")
-            .reduce_options(_last_stat())
+            .reduce_options(last_value())
             .thresholds(thresholds((None, "green"), (3600, "yellow"), (86400, "red")))
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),

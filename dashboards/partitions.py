@@ -12,6 +12,7 @@ from grafana_foundation_sdk.models import heatmap as hm
 from dashboards.common import (
     TARGET_TABLE,
     finish,
+    last_value,
     new_dashboard,
     query,
     source_variable,
@@ -32,11 +33,6 @@ ESTIMATE = f'{TARGET_TABLE}, source="estimate"'
 _SKEW_STEPS = thresholds((None, "green"), (1.2, "yellow"), (SKEW_RATIO, "red"))
 
 
-def _last() -> cb.ReduceDataOptions:
-    """Latest value per series."""
-    return cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
-
-
 def _stat(
     title: str,
     description: str,
@@ -53,7 +49,7 @@ def _stat(
         .unit(unit)
         .decimals(decimals)
         .thresholds(steps)
-        .reduce_options(_last())
+        .reduce_options(last_value())
         .no_value(no_value)
         .graph_mode(cm.BigValueGraphMode.AREA)
         .color_mode(cm.BigValueColorMode.VALUE)
@@ -184,7 +180,7 @@ def _partition_bars(unit: str, colour: str) -> bargauge.Panel:
         .orientation(cm.VizOrientation.HORIZONTAL)
         .value_mode(cm.BarGaugeValueMode.COLOR)
         .show_unfilled(True)
-        .reduce_options(_last())
+        .reduce_options(last_value())
         .thresholds(thresholds((None, colour)))
     )
 
@@ -196,7 +192,7 @@ def _top_bars(unit: str) -> bargauge.Panel:
         .unit(unit)
         .display_mode(cm.BarGaugeDisplayMode.BASIC)
         .orientation(cm.VizOrientation.HORIZONTAL)
-        .reduce_options(_last())
+        .reduce_options(last_value())
         .thresholds(thresholds((None, "green")))
     )
 
