@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import urllib.error
 import urllib.request
@@ -77,6 +78,25 @@ def metrics(base_url: str) -> Samples:
     status, _, body = http(base_url + "/metrics")
     assert status == 200
     return parse(body.decode())
+
+
+def assert_unhealthy_report(base_url: str, *, method: str, mismatched: int, checked: int, chunks: int) -> None:
+    """The admin health JSON, its text report and /report agree on an unhealthy table with MISMATCHED wrong keys."""
+    status, _, body = http(base_url + "/admin/partition/health")
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "unhealthy"
+    table = data["tables"][0]
+    assert table["verification"]["mismatched"] == mismatched
+    assert table["implementation"]["method"] == method
+    status, headers, text = http(base_url + "/admin/partition/health/report")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    lines = text.decode().splitlines()
+    assert lines[1] == "PARTITION KEY IMPLEMENTATION HEALTH REPORT"
+    assert f"  Incorrect Keys: {mismatched}" in lines and f"  Records Checked: {checked}" in lines
+    assert "  Validation: FAILED" in lines and f"  Current Method: {method.upper()}" in lines
+    assert f"  Total Chunks: {chunks}" in lines
+    same = http(base_url + "/report?format=json&target=t1")
+    assert json.loads(same[2])["tables"][0]["verification"]["mismatched"] == mismatched
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

@@ -16,7 +16,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.schema import create_list_table, insert_rows
-from tests.support import config_for, http, serving
+from tests.support import assert_unhealthy_report, config_for, http, serving
 
 TOKEN = "tok-123456"
 
@@ -48,21 +48,7 @@ def test_healthz_needs_no_database_and_readyz_waits_for_a_check(server: Exporter
 
 def test_health_report_and_json(server: ExporterHTTPServer) -> None:
     server.exporter.run_all_once()
-    status, _, body = http(server.url + "/admin/partition/health")
-    data = json.loads(body)
-    assert status == 200 and data["status"] == "unhealthy"
-    table = data["tables"][0]
-    assert table["verification"]["mismatched"] == 2
-    assert table["implementation"]["method"] == "none"
-    status, headers, text = http(server.url + "/admin/partition/health/report")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    lines = text.decode().splitlines()
-    assert lines[1] == "PARTITION KEY IMPLEMENTATION HEALTH REPORT"
-    assert "  Incorrect Keys: 2" in lines and "  Records Checked: 500" in lines
-    assert "  Validation: FAILED" in lines and "  Current Method: NONE" in lines
-    assert "  Total Chunks: 500" in lines
-    same = http(server.url + "/report?format=json&target=t1")
-    assert json.loads(same[2])["tables"][0]["verification"]["mismatched"] == 2
+    assert_unhealthy_report(server.url, method="none", mismatched=2, checked=500, chunks=500)
 
 
 def test_verify_needs_the_token(server: ExporterHTTPServer) -> None:

@@ -21,7 +21,7 @@ from exporter.partition_stats import PartitionRows, summarize
 from exporter.pg.policy import METHODS
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.verify import VerificationResult
-from tests.support import config_for, http, metrics, parse, serving, value
+from tests.support import assert_unhealthy_report, config_for, http, metrics, parse, serving, value
 
 # Nothing listens on port 1 (only root may, and nothing does): a test that reached for the database would fail at
 # once (connection refused) instead of passing by accident. The password must never be shown.
@@ -139,20 +139,7 @@ def test_metrics_report_and_health_over_http(server: ExporterHTTPServer) -> None
     assert status == 200 and json.loads(body)["ready"] is True
     samples = metrics(server.url)
     assert value(samples, "partkey_mismatched_rows", **T1, mode="full") == 2
-    status, _, body = http(server.url + "/admin/partition/health")
-    data = json.loads(body)
-    assert status == 200 and data["status"] == "unhealthy"
-    assert data["tables"][0]["verification"]["mismatched"] == 2
-    assert data["tables"][0]["implementation"]["method"] == "check"
-    status, headers, text = http(server.url + "/admin/partition/health/report")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    lines = text.decode().splitlines()
-    assert lines[1] == "PARTITION KEY IMPLEMENTATION HEALTH REPORT"
-    assert "  Incorrect Keys: 2" in lines and "  Records Checked: 500" in lines
-    assert "  Validation: FAILED" in lines and "  Current Method: CHECK" in lines
-    assert "  Total Chunks: 500" in lines
-    same = http(server.url + "/report?format=json&target=t1")
-    assert json.loads(same[2])["tables"][0]["verification"]["mismatched"] == 2
+    assert_unhealthy_report(server.url, method="check", mismatched=2, checked=500, chunks=500)
 
 
 @pytest.mark.parametrize(
