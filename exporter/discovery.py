@@ -20,7 +20,10 @@ from exporter.target import Target, TargetUnavailableError
 
 log = logging.getLogger(__name__)
 
-# Ordinary tables and partitioned parents; partitions are watched through their parent.
+# Ordinary tables and partitioned parents (partitions are watched through their parent) that have something that
+# can keep a key: a BEFORE ROW INSERT trigger (on the table or, PG 11/12, on its partitions), a generated column,
+# or a CHECK or partition key that mentions hashtext. Only these get the formula reader (it parses every function
+# of the schema for each table): a schema of hundreds of plain tables costs one query.
 _CANDIDATES_SQL = """
 SELECT n.nspname::text, c.relname::text,
        ARRAY(SELECT a.attname::text FROM pg_attribute a
@@ -30,6 +33,15 @@ SELECT n.nspname::text, c.relname::text,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
+  AND (EXISTS (SELECT 1 FROM pg_trigger t
+               WHERE NOT t.tgisinternal AND t.tgtype & 7 = 7
+                 AND (t.tgrelid = c.oid
+                      OR t.tgrelid IN (SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = c.oid)))
+       OR EXISTS (SELECT 1 FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND {generated})
+       OR EXISTS (SELECT 1 FROM pg_constraint k
+                  WHERE k.conrelid = c.oid AND k.contype = 'c' AND pg_get_constraintdef(k.oid) ILIKE '%%hashtext%%')
+       OR (c.relkind = 'p' AND pg_get_partkeydef(c.oid) ILIKE '%%hashtext%%'))
 ORDER BY 1, 2
 """
 
@@ -102,7 +114,10 @@ def discover(conn: psycopg.Connection[Any], config: TargetConfig) -> tuple[list[
     configured = {table.label for table in config.configured_tables}
     found: list[Found] = []
     skipped: list[Skipped] = []
-    for schema, table, key_columns in conn.execute(_CANDIDATES_SQL).fetchall():
+    # attgenerated exists from PG 12 (generated columns are new there).
+    generated = "a.attgenerated <> ''" if conn.info.server_version >= 120000 else "false"
+    candidates = conn.execute(_CANDIDATES_SQL.format(generated=generated)).fetchall()
+    for schema, table, key_columns in candidates:
         if config.schemas is not None and not any(fnmatchcase(schema, glob) for glob in config.schemas):
             continue
         label = f"{schema}.{table}"

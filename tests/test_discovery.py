@@ -231,3 +231,23 @@ def test_report_lists_discovered_tables(
     document = json.loads(capsys.readouterr().out)
     assert [t["table"] for t in document["discovery"][0]["tables"]] == ["public.chunks"]
     assert [t["table"] for t in document["tables"]] == ["public.chunks"]
+
+
+@pytest.mark.versioned("discovery catalog reads")
+def test_discovery_on_every_version(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """The semantik trigger (on the parent on 13+, on each partition on 11/12), a CHECK, and a generated column
+    where the version has them (12+): found with the same formulas on PG 11-18."""
+    major = conn.info.server_version // 10000
+    create_list_table(conn, modulus=4, trigger="parent" if major >= 13 else "partitions")
+    create_plain_table(conn, table="checked", key="check", modulus=10)
+    if major >= 12:
+        create_plain_table(conn, table="docs", key="generated", modulus=10)
+    found, skipped = discover(conn, target_config(dsn))
+    expected = [("public.checked", "check"), ("public.chunks", "trigger")]
+    if major >= 12:
+        expected.append(("public.docs", "generated"))
+    assert [(f.table.label, f.source) for f in found] == expected
+    formulas = {f.table.label: f.formula for f in found}
+    assert formulas["public.chunks"] == "abs(hashtext(collection_id) % 4)"
+    assert formulas["public.checked"] == "abs(hashtext(collection_id) % 10)"
+    assert skipped == []
