@@ -101,6 +101,12 @@ def catalog(conn: psycopg.Connection[Any], table: str = "chunks") -> dict[str, A
     }
 
 
+def legacy_trigger(conn: psycopg.Connection[Any]) -> str:
+    """Where a LIST table's legacy trigger goes: the parent on PG 13+, each partition on 11/12 (no row triggers on a
+    partitioned table there)."""
+    return "parent" if conn.info.server_version >= 130000 else "partitions"
+
+
 def state(conn: psycopg.Connection[Any]) -> tuple[str, list[str]] | None:
     """(status, steps done) from the state table, or None when it does not exist or has no row."""
     if conn.execute("SELECT to_regclass('public.partkey_migration_state')").fetchone() == (None,):

@@ -7,9 +7,10 @@ import re
 from typing import Any
 
 import psycopg
+import pytest
 
-from tests.migrations.helpers import cli
-from tests.schema import create_list_table, insert_rows
+from tests.migrations.helpers import cli, legacy_trigger
+from tests.schema import create_list_table, insert_rows, no_autovacuum
 
 
 def step_seconds(stderr: str) -> dict[str, float]:
@@ -27,8 +28,12 @@ def estimates(dsn: str, *args: str) -> dict[str, Any]:
     return {"steps": {s["name"]: s["estimate_seconds"] for s in plan["steps"]}, "basis": plan["estimate_basis"]}
 
 
+@pytest.mark.versioned("partkey-migrate estimates")
 def test_estimates_follow_the_current_size_not_a_stale_row_count(conn: psycopg.Connection[Any], dsn: str) -> None:
-    create_list_table(conn, modulus=10, trigger="parent")
+    create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
+    # An autovacuum ANALYZE during the second INSERT records the grown pages but not the uncommitted rows (seen on
+    # PG 12 in the matrix): the rows per page the estimate scales by would halve.
+    no_autovacuum(conn)
     insert_rows(conn, 20_000, modulus=10)
     conn.execute("ANALYZE chunks")
     small = estimates(dsn)

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from migrations.errors import ExitCode, exit_code_table
-from tests.migrations.helpers import ROOT, catalog, cli, drift, state
+from tests.migrations.helpers import ROOT, catalog, cli, drift, legacy_trigger, state
 from tests.schema import create_list_table, create_plain_table, insert_rows
 
 
@@ -153,6 +153,7 @@ def run_lock_held(dsn: str) -> psycopg.Connection[Any]:
     return holder
 
 
+@pytest.mark.versioned("partkey-migrate refusals")
 @pytest.mark.parametrize("refusal", ["impossible strategy", "run in progress", "half-done downgrade"])
 def test_upgrade_dry_run_exits_as_the_real_run_for_every_refusal(
     conn: psycopg.Connection[Any], dsn: str, refusal: str
@@ -164,7 +165,7 @@ def test_upgrade_dry_run_exits_as_the_real_run_for_every_refusal(
         insert_rows(conn, 100, modulus=10)
         strategy = ("--strategy", "check")
     else:
-        create_list_table(conn, modulus=10, trigger="parent")
+        create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
         insert_rows(conn, 100, modulus=10)
     if refusal == "half-done downgrade":
         assert cli(dsn, "upgrade").code == 0

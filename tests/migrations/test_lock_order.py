@@ -103,10 +103,13 @@ def test_semantik_writer_sees_no_error_and_waits_at_most_a_step(
     assert max(writer.latencies) < bound, (max(writer.latencies), steps)
 
 
+@pytest.mark.versioned("partkey-migrate parent-first locking")
 @pytest.mark.parametrize("trigger", ["parent", "partitions"])
 def test_every_multi_relation_step_locks_the_parent_first(
     conn: psycopg.Connection[Any], dsn: str, trigger: str
 ) -> None:
+    if trigger == "parent" and conn.info.server_version < 130000:
+        pytest.skip("PostgreSQL 11/12 have no row triggers on a partitioned table")
     create_list_table(conn, modulus=10, trigger=trigger)
     insert_rows(conn, 100, modulus=10)
     modes = {

@@ -7,17 +7,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migrations.helpers import catalog, cli, state
+from tests.migrations.helpers import catalog, cli, legacy_trigger, state
 from tests.schema import create_list_table, create_plain_table, insert_rows
 
 
+@pytest.mark.versioned("partkey-migrate refusals")
 @pytest.mark.parametrize("shape", ["list", "plain"])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_downgrade_of_a_never_upgraded_table_refuses_and_changes_nothing(
     conn: psycopg.Connection[Any], dsn: str, shape: str, dry_run: bool
 ) -> None:
     if shape == "list":
-        create_list_table(conn, modulus=10, trigger="parent")
+        create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
     else:
         create_plain_table(conn, modulus=10)
     insert_rows(conn, 200, modulus=10)
