@@ -133,6 +133,7 @@ def test_scan_dsn_file_is_read_when_the_exporter_starts(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- on the session's server (no standby)
 
 
+@pytest.mark.versioned("scan_dsn")
 def test_unreachable_scan_dsn_fails_the_scans_with_a_reason(
     conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -157,6 +158,7 @@ def test_unreachable_scan_dsn_fails_the_scans_with_a_reason(
     assert "target t1 (scan_dsn) is down" in caplog.text
 
 
+@pytest.mark.versioned("scan_dsn")
 def test_scan_dsn_on_a_primary_warns_and_still_scans(
     conn: psycopg.Connection[Any], dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -189,6 +191,7 @@ def test_scan_dsn_on_a_primary_warns_and_still_scans(
     assert render_json(health)["checks"]["implementation"]["scan"] is None
 
 
+@pytest.mark.versioned("scan_dsn")
 def test_scan_connections_count_under_max_connections(conn: psycopg.Connection[Any], dsn: str) -> None:
     """One target with a scan_dsn wants two connections: a cap of one makes them take turns, never both open."""
     _fill(conn)
