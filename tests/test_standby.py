@@ -28,7 +28,7 @@ WRONG_KEY = f"(abs(hashtext(collection_id::text) % {MODULUS}) + 1) % {MODULUS}"
 LAST_PARTITION = f"chunks_part_{MODULUS - 1:02d}"
 
 
-def _config(dsn: str, scan_dsn: str | None = None, extra: str = "", target: str = "") -> Config:
+def _config(dsn: str, scan_dsn: str | None = None, extra: str = "", table: str = "") -> Config:
     """One target watching chunks with the safe formula; scan_dsn when given."""
     scan = f'\n    scan_dsn: "{scan_dsn}"' if scan_dsn is not None else ""
     return parse_config(
@@ -37,12 +37,12 @@ def _config(dsn: str, scan_dsn: str | None = None, extra: str = "", target: str 
 targets:
   - name: t1
     dsn: "{dsn}"{scan}
-    lock_timeout: 60s{target}
+    lock_timeout: 60s
     tables:
       - table: chunks
         modulus: {MODULUS}
         key_expression: safe
-        monotonic_column: id
+        monotonic_column: id{table}
 """,
         "<test>",
     )
@@ -156,6 +156,28 @@ def test_unreachable_scan_dsn_fails_the_scans_with_a_reason(
     assert value(samples, "partkey_up", target="t1") == 1.0  # the primary's connection works
     assert "s3cret" not in caplog.text
     assert "target t1 (scan_dsn) is down" in caplog.text
+
+
+@pytest.mark.versioned("scan_dsn")
+def test_verify_now_runs_full_and_sample_on_the_scan_dsn(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    """POST /verify's full and sample modes go to the scan_dsn even when their scheduled check is off."""
+    _fill(conn)
+    nowhere = f"host={tmp_path} port=1 dbname=app user=postgres"
+    off = "\n        checks: {verification_full: {enabled: false}, verification_sample: {enabled: false}}"
+    exporter = Exporter(_config(dsn, nowhere, table=off))
+    assert ("t1", "public.chunks", "verification_full") not in exporter.runners
+    try:
+        full = exporter.verify_now("t1", "public.chunks", "full")
+        sample = exporter.verify_now("t1", "public.chunks", "sample")
+        incremental = exporter.verify_now("t1", "public.chunks", "incremental")
+    finally:
+        exporter.stop()
+    for result in (full, sample):
+        assert not result.success and result.error is not None
+        assert result.error.startswith("target t1 (scan_dsn) is down: ")
+    assert incremental.success, incremental.error  # on the primary
 
 
 @pytest.mark.versioned("scan_dsn")
