@@ -55,7 +55,8 @@ def test_sigterm_while_a_check_waits_on_a_lock(conn: psycopg.Connection[Any], ds
     finally:
         daemon.stop()
     assert daemon.process.returncode == 0, daemon.log
-    assert elapsed < 5, f"SIGTERM took {elapsed:.1f}s with a check stuck on a lock"
+    # The stuck query would hold on for lock_timeout (60 s); anything well under that proves nobody waited for it.
+    assert elapsed < 30, f"SIGTERM took {elapsed:.1f}s with a check stuck on a lock"
     assert "Traceback" not in daemon.log
     assert "partkey-exporter stopped" in daemon.log
     assert left == []
@@ -114,6 +115,6 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
     assert len(refused) == 2 and "YAML syntax error" in refused[1], refused
     assert "partkey.yaml:" in refused[0] and "targets[0].tables[0].modulus" in refused[0]
     assert "greater than or equal to 1" in refused[0]
-    assert reload_seconds < 5, f"reload took {reload_seconds:.1f}s with a check stuck on a lock"
+    assert reload_seconds < 30, f"reload took {reload_seconds:.1f}s with a check stuck on a lock"
     assert "Traceback" not in daemon.log
     assert daemon.process.returncode == 0
