@@ -142,7 +142,7 @@ def test_started_exposition_builds_bodies_ahead_and_reuses_unchanged_fragments(f
     assert (exposition.encoded_fragments, exposition.builds) == (encoded, builds)  # a scrape only sent bytes
 
 
-def test_probe_serves_one_target_from_the_snapshot(fleet: ExporterHTTPServer) -> None:
+def test_probe_serves_one_target_from_the_snapshot(fleet: ExporterHTTPServer, dsn: str) -> None:
     """/probe?target= has that target's series only, the same values as /metrics, and never runs a check."""
     status, headers, body = http(fleet.url + "/probe?target=db002")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
@@ -158,7 +158,23 @@ def test_probe_serves_one_target_from_the_snapshot(fleet: ExporterHTTPServer) ->
         1.0,
     ) in probed
     results = dict(fleet.exporter.store.current.results)
-    http(fleet.url + "/probe?target=db000")
+    pids = [target.backend_pid for target in fleet.exporter.targets.values()]
+    assert None not in pids
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+
+        def activity() -> list[tuple[Any, ...]]:
+            """When each target's backend last started a query or changed state (a statement moves both)."""
+            query = (
+                "SELECT pid, query_start, state_change, state FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid"
+            )
+            return watcher.execute(query, (pids,)).fetchall()
+
+        before = activity()
+        for name in ("db000", "db001", "db002", "db000"):
+            assert http(fleet.url + f"/probe?target={name}", headers={"Accept-Encoding": "gzip"})[0] == 200
+            assert http(fleet.url + f"/probe?target={name}")[0] == 200
+        assert http(fleet.url + "/metrics")[0] == 200
+        assert activity() == before and len(before) == 3  # no statement on any target's connection
     assert dict(fleet.exporter.store.current.results) == results  # no check ran
 
 
