@@ -467,6 +467,22 @@ def parse_source(text: str, scope: Scope | None = None) -> Source:
     return source_from_node(_single_expression(text), scope or Scope())
 
 
+def renamed(source: Source, names: Mapping[str, str]) -> Source:
+    """The source with its columns renamed (a helper's parameters spelt as the table's columns)."""
+    if isinstance(source, Column):
+        return Column(names.get(source.name, source.name))
+    if isinstance(source, Text):
+        return source
+    if isinstance(source, Concat):
+        return Concat(tuple(renamed(part, names) for part in source.parts))
+    if isinstance(source, Coalesce):
+        return Coalesce(tuple(renamed(arg, names) for arg in source.args))
+    whens = tuple(
+        (IsNull(names.get(c.column, c.column), c.negated), renamed(result, names)) for c, result in source.whens
+    )
+    return Case(whens, renamed(source.default, names) if source.default is not None else None)
+
+
 def with_modulus(formula: Formula, modulus: int) -> Formula:
     """The same formula over another number of partitions."""
     return replace(formula, modulus=modulus)
@@ -499,6 +515,11 @@ def hashes_and_names(tree: Any, column: str) -> tuple[bool, bool]:
     hashes = any(_function(n) == "hashtext" for n in nodes if isinstance(n, ast.FuncCall))
     names = any(_names(n.fields)[-1:] == (column,) for n in nodes if isinstance(n, ast.ColumnRef))
     return hashes, names
+
+
+def called_functions(tree: Any) -> set[str]:
+    """The names (without schema, lower case) of every function a parsed tree calls."""
+    return {_function(n).rsplit(".", 1)[-1] for n in _nodes(tree) if isinstance(n, ast.FuncCall)}
 
 
 def _is_overflowing_abs(node: Any) -> bool:

@@ -14,6 +14,7 @@ from exporter.formula import (
     FormulaError,
     IsNull,
     Scope,
+    called_functions,
     condition_from_node,
     count_overflows,
     find_formulas,
@@ -193,6 +194,21 @@ def trigger_key_use(functiondef: str, key_column: str) -> tuple[bool, int]:
             continue
         hashes, names = hashes or found[0], names or found[1]
     return hashes and names, overflows
+
+
+def plpgsql_calls(functiondef: str) -> set[str]:
+    """The functions a PL/pgSQL function calls in any of its statements (names without schema, lower case)."""
+    try:
+        tree = pglast.parse_plpgsql(functiondef)
+    except ParseError:
+        return set()
+    calls: set[str] = set()
+    for query, mode in _queries(tree):
+        try:
+            calls |= called_functions(pglast.parse_sql(_statement(query, mode)))
+        except (ParseError, FormulaError):
+            continue
+    return calls
 
 
 def read_sql_function(body: str, parameters: tuple[str, ...]) -> BodyReading:

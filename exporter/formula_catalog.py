@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import pglast
@@ -14,14 +14,16 @@ from exporter.formula import (
     Formula,
     FormulaError,
     Scope,
+    called_functions,
     count_overflows,
     find_formulas,
     formula_from_node,
+    renamed,
 )
-from exporter.formula_body import read_plpgsql, read_sql_function, trigger_formula
+from exporter.formula_body import plpgsql_calls, read_plpgsql, read_sql_function, trigger_formula
 from exporter.keyspec import KeySpec
 
-PlaceKind = Literal["trigger", "generated", "check", "partition", "index", "helper", "configured"]
+PlaceKind = Literal["trigger", "generated", "check", "partition", "index", "helper", "unattached", "configured"]
 # The place that maintains the key, by precedence: the one rows actually get their key from.
 _MAINTAINERS: tuple[PlaceKind, ...] = ("generated", "partition", "trigger", "check")
 
@@ -82,7 +84,9 @@ class TableFormulas:
 _TABLE_SQL = """
 SELECT c.oid, c.relkind, CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partkeydef,
        ARRAY(SELECT a.attname::text FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS columns
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS columns,
+       ARRAY(SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS types
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
 """
@@ -109,6 +113,14 @@ WHERE a.attrelid = %(oid)s AND a.attgenerated <> '' AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
+# Column DEFAULTs and generated expressions: a helper called from one is tied to the table.
+_DEFAULTS_SQL = """
+SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expression
+FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = %(oid)s AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
 _CHECKS_SQL = """
 SELECT conname, pg_get_expr(conbin, conrelid) AS expression
 FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'c' ORDER BY conname
@@ -123,6 +135,8 @@ WHERE i.indrelid = %(oid)s AND i.indexprs IS NOT NULL ORDER BY c.relname
 _FUNCTIONS_SQL = """
 SELECT p.oid, p.proname, l.lanname, p.prosrc, pg_get_functiondef(p.oid) AS definition,
        COALESCE(p.proargnames, '{{}}'::text[]) AS argnames, p.pronargs,
+       ARRAY(SELECT format_type(t.oid, NULL) FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS t(oid, n)
+             ORDER BY t.n) AS argtypes,
        p.prorettype = 'trigger'::regtype AS is_trigger
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
 WHERE n.nspname = %(schema)s AND l.lanname IN ('plpgsql', 'sql') AND {kind}
@@ -212,16 +226,79 @@ def read_places(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[list[Plac
             definition = row["definition"]
             places.append(_place("index", f"index {row['relname']}", lambda d=definition: _first(d, scope)))
         trigger_functions = {p.name.split(" -> ")[1] for p in places if p is not None and p.kind == "trigger"}
+        calls = _table_calls(cur, oid)
+        reference = _maintainer_formula([p for p in places if p is not None])
+        types = dict(zip(columns, table["types"], strict=True))
         for row in cur.execute(_functions_sql(conn), {"schema": spec.schema}).fetchall():
             signature = f"{spec.schema}.{row['proname']}()"
             if row["is_trigger"] or signature in trigger_functions:
                 continue
             reading = _read_function(row)
             for formula in reading.formulas:
-                # A helper belongs to this table when every name its formula uses is one of the table's columns.
-                if set(formula.columns) <= set(columns):
-                    places.append(Place("helper", f"function {spec.schema}.{row['proname']}()", formula))
+                # Tied to this table by what the parser sees: called from it, or the same formula (modulus and
+                # source types) as the one that keys its rows. Anything else is listed as not tied to it.
+                tied = row["proname"].lower() in calls or _same_source(formula, row, reference, types)
+                if tied:
+                    places.append(Place("helper", f"function {signature}", _as_columns(formula, row, reference)))
+                else:
+                    places.append(Place("unattached", f"function {signature}", formula))
     return [p for p in places if p is not None], columns
+
+
+def _table_calls(cur: Any, oid: int) -> set[str]:
+    """Every function the table's trigger functions, DEFAULTs, generated columns and CHECKs call."""
+    calls: set[str] = set()
+    for row in cur.execute(_TRIGGER_FUNCTIONS_SQL, {"oid": oid}).fetchall():
+        if row["lanname"] == "plpgsql":
+            calls |= plpgsql_calls(row["definition"])
+    expressions = [r["expression"] for r in cur.execute(_DEFAULTS_SQL, {"oid": oid}).fetchall()]
+    expressions += [r["expression"] for r in cur.execute(_CHECKS_SQL, {"oid": oid}).fetchall()]
+    for text in expressions:
+        try:
+            calls |= called_functions(pglast.parse_sql(f"SELECT {text}"))
+        except ParseError:
+            continue
+    return calls
+
+
+def _maintainer_formula(places: list[Place]) -> Formula | None:
+    """The formula of the place that keys the rows (the precedence compare() uses)."""
+    return next((p.formula for kind in _MAINTAINERS for p in places if p.kind == kind and p.formula), None)
+
+
+# Types whose text form hashtext() sees the same way: a text helper hashes a varchar column's value as stored.
+_TEXT_TYPES = frozenset({"text", "character varying", "character", "name"})
+
+
+def _type_family(name: str | None) -> str | None:
+    """A type name with the text types folded into one."""
+    return "text" if name in _TEXT_TYPES else name
+
+
+def _same_source(formula: Formula, row: dict[str, Any], reference: Formula | None, types: dict[str, str]) -> bool:
+    """True when a helper's formula has the table formula's modulus and hashes values of its source columns' types."""
+    if reference is None or formula.modulus != reference.modulus:
+        return False
+    parameters = _parameters(row)
+    argtypes = tuple(row["argtypes"])
+    wanted = {_type_family(types.get(column)) for column in reference.columns}
+    for name in formula.columns:
+        kind = argtypes[parameters.index(name)] if name in parameters else types.get(name)
+        if kind is None or _type_family(kind) not in wanted:
+            return False
+    return True
+
+
+def _as_columns(formula: Formula, row: dict[str, Any], reference: Formula | None) -> Formula:
+    """A tied helper's formula with its parameters spelt as the table's source columns, in order of first use, when
+    it takes as many as the table's formula uses (key_of(v) hashing v compares with hashtext(tenant))."""
+    parameters = _parameters(row)
+    if reference is None or len(formula.columns) != len(reference.columns):
+        return formula
+    if not all(name in parameters for name in formula.columns):
+        return formula
+    names = dict(zip(formula.columns, reference.columns, strict=True))
+    return replace(formula, source=renamed(formula.source, names))
 
 
 def _formula_of(text: str, scope: Scope) -> Formula:
@@ -242,12 +319,17 @@ def _first(statement: str, scope: Scope) -> Formula | None:
     return found[0] if found else None
 
 
-def _read_function(row: dict[str, Any]) -> Any:
-    """The formulas and overflow count of one plpgsql or sql function."""
+def _parameters(row: dict[str, Any]) -> tuple[str, ...]:
+    """A function's input parameter names, $n for unnamed ones."""
     names = tuple(row["argnames"])[: row["pronargs"]]
-    parameters = tuple(name or f"${i + 1}" for i, name in enumerate(names)) or tuple(
+    return tuple(name or f"${i + 1}" for i, name in enumerate(names)) or tuple(
         f"${i + 1}" for i in range(row["pronargs"])
     )
+
+
+def _read_function(row: dict[str, Any]) -> Any:
+    """The formulas and overflow count of one plpgsql or sql function."""
+    parameters = _parameters(row)
     if row["lanname"] == "plpgsql":
         return read_plpgsql(row["definition"])
     body = row["prosrc"] if str(row["prosrc"]).strip() else row["definition"]
@@ -267,7 +349,7 @@ def compare(
     judged: list[Place] = []
     findings: list[str] = []
     for place in places:
-        if place.formula is None or reference is None:
+        if place.formula is None or reference is None or place.kind == "unattached":
             judged.append(place)
             continue
         agrees = place.formula.same_key(reference)

@@ -28,6 +28,8 @@ def formula_lines(info: Implementation) -> list[str]:
             verdict = {True: "agrees", False: "DISAGREES", None: "keys the rows"}[place.agrees]
             if place.name == found.maintained_by:
                 verdict = "keys the rows"
+            elif place.kind == "unattached":
+                verdict = "not tied to this table: not called from it, another modulus or source type"
             written = " (written abs(hashtext(...)) % n: overflows on INT_MIN)" if place.formula.overflows else ""
             lines.append(f"    - {place.name}: {place.formula.normalised} [{verdict}]{written}")
         lines.append(f"  Formula Drift: {_yes(found.drift)}")
