@@ -6,11 +6,19 @@ a bare count(*) (the physical limit), full verification (exporter.verify.Verifie
 full verification ran before (hashtext per row), query-exporter's plain wrong-key query (bench/peers.py), the
 distinct listing alone by the recursive CTE and by `SELECT DISTINCT` (what PG 18's planner does on its own),
 and sample verification (Verifier: one count, then bad rows grouped) against the bare count statement it replaced.
+Also, to show what bounds each path: the catalog reads and statement building alone (Verifier.full_passes), a
+count of the source column (what any pass that looks at every value must read), and `count(*)` and the
+verification with parallel workers off (the server default allows 2 per Gather; both sides use them).
 Run: .venv/bin/python -m bench.exporter_cost --verification [--verification-rows 1000000,10000000]
+
+`--threshold` (python -m bench.verify_cost --threshold) answers where the loose scan stops paying: one vacuumed
+table per distinct-value count, an index on the column, cubic skew; the loose scan against the GROUP BY pass.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from bench.peers import SQL_WRONG
+from bench.server import bench_server, machine
 from bench.stats import summarize
 from exporter import chunks_schema
 from exporter.keyspec import KeySpec
@@ -79,6 +88,12 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
         "query-exporter's wrong-key query": lambda: conn.execute(SQL_WRONG.format(col="n")).fetchone(),
         "distinct listing: recursive CTE": _distinct_listing(conn, recursive=True),
         "distinct listing: SELECT DISTINCT (planner's own)": _distinct_listing(conn, recursive=False),
+        "catalog reads and planning alone (Verifier.full_passes)": lambda: Verifier(conn, SPEC).full_passes(),
+        "count(collection_id): every value read, nothing else": lambda: conn.execute(
+            "SELECT count(collection_id) FROM chunks"
+        ).fetchone(),
+        "count(*), parallel workers off": lambda: _serial(conn, "SELECT count(*) FROM chunks"),
+        "full verification, parallel workers off": lambda: _serial(conn, None),
         "sample 1% (Verifier, now)": lambda: Verifier(conn, SPEC, primary_key=PK).run("sample", sample_percent=1),
         "sample 1% (bare count statement, as before)": lambda: conn.execute(SAMPLE_ROW_BY_ROW).fetchone(),
     }
@@ -102,7 +117,18 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
         "paths": ", ".join(paths),
         "mismatched": result.mismatched,
         "explain": _node(conn),
+        # JIT compiles nothing on a build without LLVM: say so next to the figures (the bench sets jit off anyway).
+        "jit": bool(conn.execute("SELECT pg_jit_available()").fetchone()[0]),  # type: ignore[index]
     }
+
+
+def _serial(conn: psycopg.Connection[Any], statement: str | None) -> Any:
+    """A statement (None: full verification) with parallel workers off for one transaction."""
+    with conn.transaction():
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        if statement is None:
+            return Verifier(conn, SPEC, primary_key=PK).run("full")
+        return conn.execute(statement).fetchone()
 
 
 def _node(conn: psycopg.Connection[Any]) -> str:
@@ -167,6 +193,7 @@ def render(results: dict[tuple[int, int], dict[str, dict[str, Any]]], header: st
     lines.append(
         "| planner's SELECT DISTINCT plan | " + " | ".join(results[(r, c)][i]["explain"] for r, c, i in cases) + " |"
     )
+    lines.append("| JIT available | " + " | ".join(str(results[(r, c)][i]["jit"]) for r, c, i in cases) + " |")
     lines.append("| table size | " + " | ".join(results[(r, c)][i]["size"] for r, c, i in cases) + " |")
     small = [k for k in results if k[1] == 5000]
     if len(small) == 2:
@@ -180,3 +207,92 @@ def render(results: dict[tuple[int, int], dict[str, dict[str, Any]]], header: st
                 f"full verification **{x:.2f}x**, count(*) {y:.2f}x."
             )
     return "\n".join(lines) + "\n"
+
+
+# --- where the loose scan stops paying -----------------------------------------------------------------------
+
+_LOOSE = (
+    "WITH RECURSIVE d AS ((SELECT c FROM {t} WHERE c IS NOT NULL ORDER BY c LIMIT 1) UNION ALL"
+    " SELECT x.* FROM d CROSS JOIN LATERAL (SELECT c FROM {t} WHERE c > d.c ORDER BY c LIMIT 1) x)"
+    " SELECT count(*) FROM d"
+)
+_GROUP = "SELECT count(*) FROM (SELECT c, count(*) FROM {t} GROUP BY c) s"
+THRESHOLD_CASES = {100_000: [100, 400, 1600, 3200, 6400, 12800], 1_000_000: [1000, 5000, 20000, 50000]}
+
+
+def threshold(dsn: str, repeat: int) -> str:
+    """Loose scan against the GROUP BY pass per distinct share; a markdown table."""
+    lines = [
+        "| rows | distinct values (share) | `n_distinct` estimate (share) | loose scan ms | GROUP BY ms | "
+        "`count(*)` ms | loose / GROUP BY, median (min-max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET max_parallel_workers_per_gather = 0")  # one process each, as one partition is read
+        for rows, counts in THRESHOLD_CASES.items():
+            for distinct in counts:
+                table = f"threshold_{rows}_{distinct}"
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                conn.execute(f"CREATE TABLE {table} (id bigint, c uuid, pad text) WITH (autovacuum_enabled = off)")
+                conn.execute(
+                    f"INSERT INTO {table} SELECT g, md5('c' || floor({distinct} * power(random(), 3))::int)::uuid,"
+                    f" repeat('x', 100) FROM generate_series(1, {rows}) g"
+                )
+                conn.execute(f"CREATE INDEX ON {table} (c)")
+                conn.execute(f"VACUUM ANALYZE {table}")
+                lines.append(_threshold_row(conn, table, rows, repeat))
+                print("  " + lines[-1], flush=True)
+                conn.execute(f"DROP TABLE {table}")
+    return "\n".join(lines) + "\n"
+
+
+def _threshold_row(conn: psycopg.Connection[Any], table: str, rows: int, repeat: int) -> str:
+    """One table: actual and estimated distinct values, and the three statements alternately."""
+    row = conn.execute(f"SELECT count(DISTINCT c) FROM {table}").fetchone()
+    actual = int(row[0]) if row else 0
+    row = conn.execute("SELECT n_distinct FROM pg_stats WHERE tablename = %s AND attname = 'c'", (table,)).fetchone()
+    estimate = float(row[0]) if row else 0.0
+    estimate = -estimate * rows if estimate < 0 else estimate
+    statements = {name: q.format(t=table) for name, q in (("loose", _LOOSE), ("group", _GROUP))}
+    statements["count"] = f"SELECT count(*) FROM {table}"
+    for statement in statements.values():
+        conn.execute(statement).fetchall()
+    timings: dict[str, list[float]] = {name: [] for name in statements}
+    for _ in range(repeat):
+        for name, statement in statements.items():
+            timings[name].append(_timed(lambda s=statement: conn.execute(s).fetchall()))  # type: ignore[misc]
+    ratios = [a / b for a, b in zip(timings["loose"], timings["group"], strict=True)]
+    ms = {name: summarize(values) for name, values in timings.items()}
+    return (
+        f"| {rows:,} | {actual:,} ({actual / rows:.2%}) | {estimate:,.0f} ({estimate / rows:.2%}) | "
+        f"{ms['loose'].median:.1f} | {ms['group'].median:.1f} | {ms['count'].median:.1f} | "
+        f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) |"
+    )
+
+
+def main() -> None:
+    """--threshold: where the loose scan stops paying; writes bench/results/verification-threshold.md."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threshold", action="store_true", help="loose scan vs GROUP BY per distinct share")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    if not args.threshold:
+        parser.error("run the scenarios with: python -m bench.exporter_cost --verification")
+    started = time.monotonic()
+    with bench_server() as server:
+        table = threshold(server.dsn, args.repeat)
+    header = (
+        f"<!-- bench verify_cost --threshold: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, shared "
+        f"with other developers' test runs; PostgreSQL {server.version} (bench settings); parallel workers off; "
+        f"{args.repeat} alternating rounds; {time.monotonic() - started:.0f} s -->"
+    )
+    text = header + "\n" + table
+    print(text)
+    from bench.exporter_cost import RESULTS
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "verification-threshold.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
