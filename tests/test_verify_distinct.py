@@ -312,26 +312,26 @@ def test_select_on_the_table_alone_is_enough_and_other_leaves_are_read_in_one_pr
     assert "chunks_pair" in plan and "chunks_default" in plan
 
 
-def test_the_distinct_value_limit_sends_1_percent_to_the_loose_scan_and_4_percent_to_group_by(
+def test_the_distinct_value_limit_sends_few_values_to_the_loose_scan_and_many_to_group_by(
     conn: psycopg.Connection[Any],
 ) -> None:
-    """The limit is 2% of the rows by pg_stats (bench/verify_cost.py --threshold measured the crossover near 5%)."""
+    """The limit is 0.1% of the rows by pg_stats (bench/verify_cost.py measured the crossover near 0.27%)."""
     create_list_table(conn, modulus=2, trigger=None)
     conn.execute("CREATE INDEX chunks_collection ON chunks (collection_id)")
     no_autovacuum(conn)
-    # 5,000 rows per partition (ANALYZE reads them all, so n_distinct is exact): 50 and 200 collections.
-    for key, collections in ((0, 50), (1, 200)):
+    # 20,000 rows per partition (ANALYZE reads them all, so n_distinct is exact): 10 and 100 collections.
+    for key, collections in ((0, 10), (1, 100)):
         conn.execute(
             "INSERT INTO chunks (collection_id, partition_key) SELECT md5(%s || '-' || g %% %s)::uuid, %s"
-            " FROM generate_series(1, 5000) g",
+            " FROM generate_series(1, 20000) g",
             (key, collections, key),
         )
     conn.execute("VACUUM ANALYZE chunks")
     plans = {p.plan.relation: p.plan for p in Verifier(conn, KeySpec(modulus=2)).run("full").partitions}
     few, many = plans["public.chunks_part_00"], plans["public.chunks_part_01"]
-    assert (few.path, few.estimated_distinct) == ("loose-index-scan", 50)
-    assert (many.path, many.estimated_distinct) == ("group-by", 200)
-    assert "about 200 distinct values in 5,000 rows" in many.reason
+    assert (few.path, few.estimated_distinct) == ("loose-index-scan", 10)
+    assert (many.path, many.estimated_distinct) == ("group-by", 100)
+    assert "about 100 distinct values in 20,000 rows" in many.reason
 
 
 def test_many_bad_groups_on_the_loose_path_are_counted_in_batches_exactly(
