@@ -53,10 +53,15 @@ def test_lock_timeout_is_retried_with_backoff_outside_any_transaction(
         blocker.execute("SELECT 1 FROM chunks LIMIT 1")  # ACCESS SHARE, held until the rollback below
 
         def release_later() -> None:
+            """Release once a lock wait was seen and then the backoff's idle time: not after a fixed delay, which a
+            loaded machine can spend before the run even reaches its first step."""
             with psycopg.connect(dsn, autocommit=True) as watcher:
-                deadline = time.monotonic() + 2.0
-                while time.monotonic() < deadline:
-                    samples.extend(migrate_backend_states(watcher))
+                deadline = time.monotonic() + 60
+                waited = False
+                while time.monotonic() < deadline and not (waited and samples.count("idle") >= 3):
+                    waited = waited or lock_waiter(watcher) is not None
+                    if waited:
+                        samples.extend(migrate_backend_states(watcher))
                     time.sleep(0.01)
             blocker.rollback()
 

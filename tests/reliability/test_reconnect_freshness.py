@@ -68,9 +68,9 @@ def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_ser
         for r in (_result(exporter, c) for c in LIGHT)
         if r is not None
     )
+    # (They are scheduled COMEBACK_STAGGER apart and share the target's one connection, so they cannot overlap on the
+    # server; their end-to-start gap is not asserted: a loaded machine makes the second queue for the connection.)
     assert [check for _, _, check in runs] == ["implementation", "distribution"]
-    # finished_at - duration is only an estimate of the start (clock reads around the query): 0.1 s of slack.
-    assert runs[0][1] <= runs[1][0] + 0.1, runs
 
 
 def test_a_check_that_failed_during_the_outage_is_due(table: str) -> None:
