@@ -109,7 +109,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                     text += "\n" + render_chart(spread, width, args.chart_order)
                 texts.append(text)
             print("\n".join(texts), end="")
-        return EXIT_OK if all(h.target_up for h in healths) else EXIT_ERROR
+        # A target whose discovery failed has no tables to report: that is an error, not an empty success.
+        healthy = all(h.target_up for h in healths) and all(d.success for d in discoveries)
+        return EXIT_OK if healthy else EXIT_ERROR
     finally:
         exporter.stop()
 

@@ -205,13 +205,16 @@ def test_report_discover_prints_what_would_be_watched_and_why(
 
 
 def test_report_discover_exit_codes(dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """3 when a target cannot be reached (with the reason), 2 on a bad configuration."""
+    """3 when a target cannot be reached (with the reason), 2 on a bad configuration; the report fails too."""
     missing = make_conninfo(dsn, dbname="partkey_no_such_database")
     config = write_config(tmp_path, missing)
     assert main(["report", "--config", str(config), "--discover"]) == 3
     out = capsys.readouterr().out
     assert out.startswith("t1: discovery FAILED: target t1 is down: ")
     assert "partkey_no_such_database" in out
+    # The ordinary report has no table to show for it: it says why and fails too.
+    assert main(["report", "--config", str(config), "--no-chart"]) == 2
+    assert capsys.readouterr().out.startswith("t1: discovery FAILED: target t1 is down: ")
     config.write_text(config.read_text() + "    exclude: ['a[b']\n")
     assert main(["report", "--config", str(config), "--discover"]) == 2
     assert "exclude[0]: Value error, glob 'a[b' has a [ without its closing ]" in capsys.readouterr().err
