@@ -264,11 +264,12 @@ class Exporter:
             runner = CheckRunner(target, check, self.store, settings.interval, settings.statement_timeout, scan=scan)
             runners[runner.key] = runner
 
-    def apply_discovery(self, target_name: str, found: list[Found]) -> None:
+    def apply_discovery(self, target: Target, found: list[Found]) -> None:
         """Watch the tables discovery found on a target: new ones start now, dropped ones lose their series."""
+        target_name = target.name
         with self._tables_lock:
-            if target_name not in self.targets:
-                return  # a reload removed the target while its discovery ran
+            if self.targets.get(target_name) is not target:
+                return  # a reload removed or replaced the target while its discovery ran: the new one rediscovers
             old = self._discovered.get(target_name, {})
             new = {item.table.label: item.table for item in found}
             gone = {label for label, table in old.items() if new.get(label) != table}

@@ -161,7 +161,7 @@ class DiscoveryRunner:
         target: Target,
         config: TargetConfig,
         store: SnapshotStore,
-        apply: Callable[[str, list[Found]], None],
+        apply: Callable[[Target, list[Found]], None],
     ) -> None:
         self.target = target
         self.config = config
@@ -206,12 +206,13 @@ class DiscoveryRunner:
                 last_success_at=previous.last_success_at if previous else None,
                 interval_seconds=self.interval,
             )
-            self.store.publish_discovery(result)
+            if not self.target.closed:  # a reload removed the target meanwhile: its series are gone, keep them so
+                self.store.publish_discovery(result)
             return result
         if self._failing:
             log.warning("%s: discovery recovered", self.target.name)
         self._failing = False
-        self.apply(self.target.name, found)
+        self.apply(self.target, found)
         result = DiscoveryResult(
             target=self.target.name,
             success=True,
@@ -222,7 +223,8 @@ class DiscoveryRunner:
             last_success_at=finished,
             interval_seconds=self.interval,
         )
-        self.store.publish_discovery(result)
+        if not self.target.closed:
+            self.store.publish_discovery(result)
         return result
 
 

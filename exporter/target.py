@@ -253,6 +253,11 @@ class Target:
             self._lock.release()
 
     @property
+    def closed(self) -> bool:
+        """Has close() been called (shutdown, or a reload removed or replaced the target)?"""
+        return self._closed
+
+    @property
     def backend_pid(self) -> int | None:
         """The server pid of our connection, for tests and diagnostics."""
         conn = self._conn

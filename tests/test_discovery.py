@@ -254,3 +254,24 @@ def test_discovery_on_every_version(conn: psycopg.Connection[Any], dsn: str) -> 
     assert formulas["public.chunks"] == "abs(hashtext(collection_id) % 4)"
     assert formulas["public.checked"] == "abs(hashtext(collection_id) % 10)"
     assert skipped == []
+
+
+def test_a_replaced_target_ignores_its_old_discovery(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """A reload that changes an auto target: a discovery of the old one that ends late changes nothing."""
+    create_list_table(conn, table="alpha", modulus=4)
+    text = f'targets:\n  - name: t1\n    dsn: "{dsn}"\n    tables: auto\n'
+    exporter = Exporter(parse_config(text, "<t>"))
+    try:
+        exporter.discover_now()
+        stale = exporter.discovery["t1"]
+        assert list(exporter.tables) == [("t1", "public.alpha")]
+        assert exporter.reconfigure(parse_config(text + "    exclude: [alpha]\n", "<t>"))
+        assert exporter.discovery["t1"] is not stale and exporter.tables == {}
+        stale.run()  # the old target's discovery, ending after the reload
+        assert exporter.tables == {} and "t1" not in exporter.store.current.discoveries
+        exporter.discover_now()
+        result = exporter.store.current.discoveries["t1"]
+        assert result.found == () and [s.table for s in result.skipped] == ["public.alpha"]
+        assert exporter.tables == {}
+    finally:
+        exporter.stop()
