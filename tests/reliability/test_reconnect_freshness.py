@@ -10,7 +10,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.reconnect import due_after_outage
 from exporter.snapshot import CheckResult
-from tests.reliability.harness import PrivateServer, config, our_backends, wait_for
+from tests.reliability.harness import PrivateServer, config, our_backends, succeeded_since, wait_for
 from tests.schema import create_list_table, insert_rows
 
 LIGHT = ("implementation", "distribution")
@@ -34,17 +34,12 @@ def _result(exporter: Exporter, check: str) -> CheckResult | None:
     return exporter.store.latest("t1", "public.chunks", check)
 
 
-def _succeeded_since(exporter: Exporter, check: str, since: float) -> bool:
-    result = _result(exporter, check)
-    return result is not None and result.success and (result.last_success_at or 0) >= since
-
-
 def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_server: PrivateServer) -> None:
     """Checks every hour: no scheduled run helps, yet up falls and fresh values come back right after the restart."""
     exporter = Exporter(config(table, checks=HOURLY))
     exporter.start()
     try:
-        wait_for(lambda: all(_succeeded_since(exporter, c, 0) for c in (*LIGHT, "verification_full")), 20)
+        wait_for(lambda: all(succeeded_since(exporter, c, 0) for c in (*LIGHT, "verification_full")), 20)
         full_before = _result(exporter, "verification_full")
         target = exporter.targets["t1"]
         own_server.stop()
@@ -52,7 +47,7 @@ def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_ser
         wait_for(lambda: target.up is False, 10, what="the outage noticed between checks")
         own_server.start()
         accepting = time.time()
-        wait_for(lambda: all(_succeeded_since(exporter, c, accepting) for c in LIGHT), 20, what="fresh values")
+        wait_for(lambda: all(succeeded_since(exporter, c, accepting) for c in LIGHT), 20, what="fresh values")
         fresh_after = max(_result(exporter, c).finished_at for c in LIGHT) - accepting  # type: ignore[union-attr]
         print(f"fresh values {fresh_after:.2f} s after the server accepted connections")
         with psycopg.connect(own_server.admin_dsn) as admin:
@@ -71,6 +66,7 @@ def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_ser
     # (They are scheduled COMEBACK_STAGGER apart and share the target's one connection, so they cannot overlap on the
     # server; their end-to-start gap is not asserted: a loaded machine makes the second queue for the connection.)
     assert [check for _, _, check in runs] == ["implementation", "distribution"]
+    assert runs[0][1] <= runs[1][1], runs  # implementation finished first
 
 
 def test_a_check_that_failed_during_the_outage_is_due(table: str) -> None:

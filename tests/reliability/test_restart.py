@@ -14,7 +14,16 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
-from tests.reliability.harness import PrivateServer, config, get, our_backends, our_lock_waits, scrape, wait_for
+from tests.reliability.harness import (
+    PrivateServer,
+    config,
+    get,
+    our_backends,
+    our_lock_waits,
+    scrape,
+    succeeded_since,
+    wait_for,
+)
 from tests.schema import create_list_table, insert_rows
 from tests.support import parse, serving
 
@@ -128,9 +137,10 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
         time.sleep(5)  # several reconnect attempts while the server is away
         during = _samples(server)
         own_server.start()
-        started = time.monotonic()
+        started, restarted_at = time.monotonic(), time.time()
         wait_for(lambda: _up(server) == 1, 15, what="partkey_up back to 1")
         up_after = time.monotonic() - started
+        wait_for(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), 10, what="checks succeed")
         wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
         after = _series_names(server)
         assert exporter.targets["t1"] is target and exporter.scheduler is not None  # the same daemon, never restarted
@@ -173,7 +183,7 @@ def test_restart_in_the_middle_of_a_check(
         locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
             wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
-        restarting = time.monotonic()
+        restarting, restarted_at = time.monotonic(), time.time()
         own_server.restart()
         # The reconnect watcher may bring the target back within half a second, between two polls of up: the log
         # line says the outage was noticed whenever it was.
@@ -185,6 +195,7 @@ def test_restart_in_the_middle_of_a_check(
         down_after = time.monotonic() - restarting
         wait_for(lambda: _up(server) == 1, 15, what="partkey_up back to 1")
         failed = exporter.store.latest("t1", "public.chunks", "verification_full")
+        wait_for(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), 10, what="checks succeed")
         wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
         after = _series_names(server)
         with psycopg.connect(own_server.admin_dsn) as admin:
@@ -202,12 +213,14 @@ def test_backend_terminated_between_queries(
     table: str, own_server: PrivateServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="exporter")
-    with running(table) as (_exporter, server):
+    with running(table) as (exporter, server):
         before = _series_names(server)
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
             ((pid, _, _),) = wait_for(lambda: our_backends(admin, "idle"), 5, what="an idle exporter backend")
+            killed_at = time.time()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             wait_for(lambda: (b := our_backends(admin)) and b[0][0] != pid, 10, what="a new backend")
+            wait_for(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), 10, what="checks succeed")
             wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
             assert len(our_backends(admin)) == 1
         assert _up(server) == 1
@@ -224,6 +237,7 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
         with psycopg.connect(table) as locker, psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
             ((pid, _),) = wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
+            killed_at = time.time()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             # The check whose query was killed; a check that comes along before the reconnect fails too, but
             # with "target t1 is down: <the kill>": that one is the backoff speaking, not a second kill.
@@ -240,6 +254,7 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
                 what="the killed check reported",
             )
             locker.rollback()
+            wait_for(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), 15, what="checks succeed")
             wait_for(lambda: all(_success(server, c) for c in CHECKED), 15, what="every check succeeds again")
             backends = our_backends(admin)
         assert _up(server) == 1
