@@ -24,7 +24,7 @@ from migrations.forget import forget
 from migrations.options import Options, milliseconds, parse_key_expression, parse_table
 from migrations.repair import repair
 from migrations.retry import LockRetriesExhausted
-from migrations.runlock import RunInProgressError
+from migrations.runlock import RunInProgressError, run_lock
 from migrations.status import lines as status_lines
 from migrations.status import status
 from migrations.verification import describe, verify_full
@@ -163,6 +163,9 @@ def _table_formula(conn: psycopg.Connection[Any], options: Options, command: str
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as error:
         why = str(error).strip()
         if given is None:
+            # Another partkey-migrate run holding the table is the likely reason: refuse naming it (exit 1).
+            with run_lock(conn, spec.label):
+                pass
             raise FormulaReadError(
                 f"could not read the key formula of {spec.label}: {why}; retry or pass --key-expression"
             ) from None
