@@ -177,6 +177,7 @@ def test_verify_refuses_without_the_token(server: ExporterHTTPServer) -> None:
         (b'{"mode": 3}', "field 'mode' must be a string"),
         (b'{"table": "x", "drop": true}', "unknown field(s) in body: drop"),
         (b"\xff\xfe", "body is not UTF-8: invalid start byte at byte 0"),
+        (b"\n", "body is not valid JSON: Expecting value: line 2 column 1 (char 1)"),  # an empty body is the defaults
     ],
 )
 def test_verify_bad_bodies(server: ExporterHTTPServer, body: bytes, message: str) -> None:
