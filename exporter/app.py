@@ -6,7 +6,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -309,14 +309,6 @@ class Exporter:
         if target is not None and target not in self.targets:
             raise UnknownTableError(f"unknown target {target!r}")
         return self.exposition.render(accept, target=target, compress=compress)
-
-    def render_metrics_parts(
-        self, accept: str, *, target: str | None = None, compress: bool = False
-    ) -> tuple[Sequence[bytes], str]:
-        """render_metrics() as parts to send in order (a fleet's plain body is never joined)."""
-        if target is not None and target not in self.targets:
-            raise UnknownTableError(f"unknown target {target!r}")
-        return self.exposition.render_parts(accept, target=target, compress=compress)
 
     def start(self) -> None:
         """Schedule every check; the first runs start within a few seconds, staggered."""

@@ -148,9 +148,7 @@ class Exposition:
         self.encoded_fragments = 0  # how many fragments were encoded since start, for tests and the benchmark
         self.building = False  # a build is in progress (tests wait for it to end)
         self.builds = 0  # bodies the builder assembled, for tests and the benchmark
-        # The builder's latest /metrics bodies, as parts to send in order: a plain body is its fragments' pieces,
-        # never joined (a fleet's is megabytes, and the fragments hold the same bytes already).
-        self._built: dict[BodyKey, tuple[bytes, ...]] = {}
+        self._built: dict[BodyKey, bytes] = {}  # the builder's latest /metrics bodies
         self._wanted: set[BodyKey] = set()  # the /metrics bodies scrapes asked for: the builder keeps these fresh
         self._gzip: dict[str, PieceCache] = {}  # per content type; used under _gzip_lock
         self._gzip_lock = threading.Lock()
@@ -202,17 +200,10 @@ class Exposition:
 
     def render(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[bytes, str]:
         """The body of /metrics (target None) or /probe?target=...; gzip-compressed when asked."""
-        parts, content_type = self.render_parts(accept, target=target, compress=compress)
-        return b"".join(parts), content_type
-
-    def render_parts(
-        self, accept: str, *, target: str | None = None, compress: bool = False
-    ) -> tuple[Sequence[bytes], str]:
-        """render() as parts to send in order, never joined: what the HTTP server writes."""
         encoder, content_type = choose(accept)
         self._remember(content_type, encoder)
         if target is not None:
-            return (self._probe(target, encoder, content_type, compress),), content_type
+            return self._probe(target, encoder, content_type, compress), content_type
         if self._builder is not None:
             built = self._built.get((content_type, compress))
             if built is not None:
@@ -228,14 +219,14 @@ class Exposition:
                 bodies = {}
                 self._bodies = (snapshot, bodies)
             if key in bodies:
-                return (bodies[key],), content_type
+                return bodies[key], content_type
             body = self._assemble(snapshot, self.targets, encoder, content_type, compress)
             if len(bodies) < BODIES_PER_SNAPSHOT:
                 bodies[key] = body
         if self._builder is not None and content_type in self._content_types:
             with self._lock:
-                self._built = {**self._built, (content_type, compress): (body,)}
-        return (body,), content_type
+                self._built = {**self._built, (content_type, compress): body}
+        return body, content_type
 
     def _probe(self, target: str, encoder: Encoder, content_type: str, compress: bool) -> bytes:
         """One target's body, cached until that target's next result."""
@@ -291,7 +282,7 @@ class Exposition:
     def _build(self) -> None:
         """Every wanted body from the current snapshot, swapped in whole."""
         snapshot = self.store.current
-        built: dict[BodyKey, tuple[bytes, ...]] = {}
+        built: dict[BodyKey, bytes] = {}
         with self._lock:
             wanted = sorted(self._wanted)
         for content_type, compress in wanted:
@@ -303,9 +294,9 @@ class Exposition:
             if compress:
                 with self._gzip_lock:
                     cache = self._gzip.setdefault(content_type, PieceCache())
-                    built[(content_type, compress)] = (cache.gzip(pieces(fragments, openmetrics)),)
+                    built[(content_type, compress)] = cache.gzip(pieces(fragments, openmetrics))
             else:
-                built[(content_type, compress)] = tuple(data for _, data in pieces(fragments, openmetrics))
+                built[(content_type, compress)] = plain_body(fragments, openmetrics)
         with self._lock:
             self._built = built
             self._bodies = (None, {})  # what scrapes assembled themselves before the first build: megabytes, unused

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import ssl
 import sys
 import threading
-from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,7 +25,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 GIL_SWITCH_SECONDS = 0.001
-SEND_BATCH = 512  # buffers per sendmsg(), below every system's IOV_MAX (1024 on Linux)
 SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
 GET_PATHS = {
     "/",
@@ -41,25 +38,6 @@ GET_PATHS = {
     "/openapi.json",
 }
 POST_PATHS = {"/admin/partition/verify"}
-
-
-def send_parts(sock: socket.socket, parts: Sequence[bytes]) -> None:
-    """Write PARTS in order with a few scatter-gather system calls, without joining them into one body."""
-    if isinstance(sock, ssl.SSLSocket):  # TLS encrypts one buffer at a time: no sendmsg
-        sock.sendall(b"".join(parts))
-        return
-    views = [memoryview(part) for part in parts if part]
-    first = 0
-    while first < len(views):
-        sent = sock.sendmsg(views[first : first + SEND_BATCH])  # honours the socket's timeout; may send a part
-        while sent and first < len(views):
-            size = len(views[first])
-            if sent >= size:
-                sent -= size
-                first += 1
-            else:
-                views[first] = views[first][sent:]
-                sent = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -163,18 +141,13 @@ class Handler(BaseHTTPRequestHandler):
             if target not in self.server.exporter.targets:
                 raise AdminError(HTTPStatus.NOT_FOUND, f"unknown target {target!r}")
         compress = wants_gzip(self.headers.get("Accept-Encoding", ""))
-        parts, content_type = self.server.exporter.render_metrics_parts(
+        body, content_type = self.server.exporter.render_metrics(
             self.headers.get("Accept", ""), target=target, compress=compress
         )
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
-        self.send_header("Vary", "Accept, Accept-Encoding")
+        headers = {"Vary": "Accept, Accept-Encoding"}
         if compress:
-            self.send_header("Content-Encoding", "gzip")
-        self.end_headers()
-        if self.command != "HEAD":
-            send_parts(self.connection, parts)
+            headers["Content-Encoding"] = "gzip"
+        self._send(HTTPStatus.OK, body, content_type, headers)
 
     def do_POST(self) -> None:
         """Route POST."""

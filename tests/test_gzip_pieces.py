@@ -1,17 +1,14 @@
-"""Bodies from pieces: gzip joined from pieces deflated apart (only changed ones again), and sent unjoined."""
+"""gzip bodies joined from separately deflated pieces: exact bytes back, and only changed pieces compressed again."""
 
 from __future__ import annotations
 
 import gzip
 import platform
-import socket
-import threading
 import zlib
 
 import pytest
 
 from exporter.gzip_pieces import PieceCache, deflate, gzip_member
-from exporter.http import send_parts
 from exporter.malloc import return_large_blocks
 
 
@@ -55,25 +52,3 @@ def test_only_a_changed_piece_and_the_one_after_it_are_compressed_again() -> Non
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_large_blocks_are_given_back_on_glibc() -> None:
     assert return_large_blocks() is True
-
-
-def test_parts_are_sent_in_order_without_joining() -> None:
-    """More parts than one sendmsg() takes, some larger than the socket buffer: the peer reads exactly the join."""
-    parts = [bytes([65 + i % 26]) * (i * 37 % 9000) for i in range(1500)] + [b"z" * 3_000_000, b"", b"end"]
-    left, right = socket.socketpair()
-    received = bytearray()
-
-    def read() -> None:
-        while chunk := right.recv(1 << 16):
-            received.extend(chunk)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        left.settimeout(30)
-        send_parts(left, parts)
-    finally:
-        left.close()
-        reader.join(30)
-        right.close()
-    assert bytes(received) == b"".join(parts)
