@@ -127,10 +127,10 @@ BodyKey = tuple[str, bool]  # (content type, gzip)
 class Exposition:
     """Encodes each target's part of the snapshot once per change of that target; bodies are built ahead."""
 
-    # Without start() (one-shot commands, tests) a scrape assembles the body of the current snapshot itself, once per
-    # snapshot. After start(), a builder thread assembles every /metrics body a scrape has asked for, at most once per
-    # BUILD_INTERVAL_SECONDS after a change, so that a scrape only sends bytes; gzip compresses only the pieces of the
-    # targets that changed (PieceCache).
+    # A scrape assembles the body of the current snapshot once per snapshot; gzip compresses only the pieces of the
+    # targets that changed (PieceCache). After start(), a builder thread also assembles every /metrics body scrapes
+    # asked for, at most once per BUILD_INTERVAL_SECONDS after a change: a scrape that finds the snapshot unchanged
+    # since then only sends bytes. A built body is never served once a newer result is in the store.
 
     def __init__(self, store: SnapshotSource, targets: Sequence[str]) -> None:
         self.store = store
@@ -148,7 +148,10 @@ class Exposition:
         self.encoded_fragments = 0  # how many fragments were encoded since start, for tests and the benchmark
         self.building = False  # a build is in progress (tests wait for it to end)
         self.builds = 0  # bodies the builder assembled, for tests and the benchmark
-        self._built: dict[BodyKey, bytes] = {}  # the builder's latest /metrics bodies
+        # The builder's latest /metrics bodies, and the snapshot they show: served only while it is the current one,
+        # so a scrape never shows less than what was published before it (a result the store has, /metrics has).
+        self._built: dict[BodyKey, bytes] = {}
+        self._built_for: Snapshot | None = None
         self._wanted: set[BodyKey] = set()  # the /metrics bodies scrapes asked for: the builder keeps these fresh
         self._gzip: dict[str, PieceCache] = {}  # per content type; used under _gzip_lock
         self._gzip_lock = threading.Lock()
@@ -205,7 +208,7 @@ class Exposition:
         if target is not None:
             return self._probe(target, encoder, content_type, compress), content_type
         if self._builder is not None:
-            built = self._built.get((content_type, compress))
+            built = self._built.get((content_type, compress)) if self._built_for is self.store.current else None
             if built is not None:
                 return built, content_type
             if content_type in self._content_types:
@@ -225,6 +228,8 @@ class Exposition:
                 bodies[key] = body
         if self._builder is not None and content_type in self._content_types:
             with self._lock:
+                if self._built_for is not snapshot:
+                    self._built, self._built_for = {}, snapshot
                 self._built = {**self._built, (content_type, compress): body}
         return body, content_type
 
@@ -298,8 +303,9 @@ class Exposition:
             else:
                 built[(content_type, compress)] = plain_body(fragments, openmetrics)
         with self._lock:
-            self._built = built
-            self._bodies = (None, {})  # what scrapes assembled themselves before the first build: megabytes, unused
+            self._built, self._built_for = built, snapshot
+            if self._bodies[0] is not self.store.current:
+                self._bodies = (None, {})  # what scrapes assembled for an older snapshot: megabytes, unused
         self.builds += len(built)
 
     def _encode(self, target: str | None, snapshot: Snapshot, encoder: Encoder) -> list[Family]:
