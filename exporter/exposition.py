@@ -257,12 +257,23 @@ class Exposition:
         self, snapshot: Snapshot, names: Sequence[str], encoder: Encoder, content_type: str, compress: bool
     ) -> bytes:
         """A body from the cached fragments (encoding the missing ones); the caller holds the lock."""
+        fragments = self._fragments_of(snapshot, names, encoder, content_type)
+        # A probe: one target's body is small, and it has no neighbours to share pieces with.
+        return self._body(fragments, content_type, compress, whole_gzip=len(names) == 1)
+
+    def _fragments_of(
+        self, snapshot: Snapshot, names: Sequence[str], encoder: Encoder, content_type: str
+    ) -> list[Fragment]:
+        """The global fragment, then each named target's (encoding the missing ones); the caller holds the lock."""
         fragments = [self._fragment(None, snapshot, encoder, content_type)]
-        fragments += [self._fragment(name, snapshot, encoder, content_type) for name in names]
+        return fragments + [self._fragment(name, snapshot, encoder, content_type) for name in names]
+
+    def _body(self, fragments: Sequence[Fragment], content_type: str, compress: bool, whole_gzip: bool) -> bytes:
+        """The bytes sent: plain, gzip in one go (whole_gzip), or gzip from the per-piece cache."""
         openmetrics = content_type.startswith("application/openmetrics-text")
         if not compress:
             return plain_body(fragments, openmetrics)
-        if len(names) == 1:  # a probe: one target's body is small, and it has no neighbours to share pieces with
+        if whole_gzip:
             return gzip.compress(plain_body(fragments, openmetrics), compresslevel=GZIP_LEVEL, mtime=0)
         with self._gzip_lock:
             return self._gzip.setdefault(content_type, PieceCache()).gzip(pieces(fragments, openmetrics))
@@ -291,17 +302,9 @@ class Exposition:
         with self._lock:
             wanted = sorted(self._wanted)
         for content_type, compress in wanted:
-            encoder = self._encoders[content_type]
-            with self._lock:
-                fragments = [self._fragment(None, snapshot, encoder, content_type)]
-                fragments += [self._fragment(name, snapshot, encoder, content_type) for name in self.targets]
-            openmetrics = content_type.startswith("application/openmetrics-text")
-            if compress:
-                with self._gzip_lock:
-                    cache = self._gzip.setdefault(content_type, PieceCache())
-                    built[(content_type, compress)] = cache.gzip(pieces(fragments, openmetrics))
-            else:
-                built[(content_type, compress)] = plain_body(fragments, openmetrics)
+            with self._lock:  # held for the fragments only: scrapes are not kept waiting while this compresses
+                fragments = self._fragments_of(snapshot, self.targets, self._encoders[content_type], content_type)
+            built[(content_type, compress)] = self._body(fragments, content_type, compress, whole_gzip=False)
         with self._lock:
             self._built, self._built_for = built, snapshot
             if self._bodies[0] is not self.store.current:
