@@ -153,24 +153,22 @@ class Exporter:
             self.discovery,
         )
         dsn, scan_dsn = dsns
-        target = Target(
-            target_config.name,
-            dsn,
-            connect_timeout=target_config.connect_timeout,
-            lock_timeout=target_config.lock_timeout,
-            slots=self.slots,
-        )
-        targets[target.name] = target
-        if scan_dsn is not None:
-            # Its own name: log lines and the slot queue tell the standby's connection from the primary's.
-            standby = Target(
-                f"{target.name} (scan_dsn)",
-                scan_dsn,
+
+        def connection(name: str, dsn: str) -> Target:
+            """A connection with the target's timeouts, under the exporter's connection cap."""
+            return Target(
+                name,
+                dsn,
                 connect_timeout=target_config.connect_timeout,
                 lock_timeout=target_config.lock_timeout,
                 slots=self.slots,
             )
-            scans[target.name] = ScanRoute(standby)
+
+        target = connection(target_config.name, dsn)
+        targets[target.name] = target
+        if scan_dsn is not None:
+            # Its own name: log lines and the slot queue tell the standby's connection from the primary's.
+            scans[target.name] = ScanRoute(connection(f"{target.name} (scan_dsn)", scan_dsn))
         for table in target_config.configured_tables:
             self._add_table(target, table, tables, states, runners, scans)
         if target_config.auto:
@@ -200,12 +198,8 @@ class Exporter:
         kept = {t.name for t in owned if old_configs.get(t.name) == t and self._dsns.get(t.name) == dsns[t.name]}
         with self._tables_lock:
             stopped = [name for name in self.targets if name not in kept]
-            if self.scheduler is not None:
-                jobs = [f"{name}/discovery" for name in stopped if name in self.discovery]
-                jobs += ["/".join(key) for key in self.runners if key[0] in stopped]
-                for job in jobs:
-                    with contextlib.suppress(JobLookupError):
-                        self.scheduler.remove_job(job)
+            self._unschedule([f"{name}/discovery" for name in stopped if name in self.discovery])
+            self._unschedule(["/".join(key) for key in self.runners if key[0] in stopped])
             for name in stopped:
                 self.targets[name].close()
                 if name in self.scans:
@@ -290,10 +284,8 @@ class Exporter:
             self._discovered[target_name] = new
             if self.watcher is not None:
                 self.watcher.runners = self.runners
+            self._unschedule(["/".join(key) for key in removed])
             if self.scheduler is not None:
-                for key in removed:
-                    with contextlib.suppress(JobLookupError):
-                        self.scheduler.remove_job("/".join(key))
                 self._schedule(fresh)
         log.info(
             "%s: discovery watches %d tables (%d new, %d gone)", target_name, len(new), len(added), len(gone - set(new))
@@ -322,6 +314,14 @@ class Exporter:
         self.watcher = ReconnectWatcher(self.targets, self.runners, self.store, self.run_soon)
         self.watcher.start()
         log.info("scheduled %d checks on %d targets", len(self.runners), len(self.targets))
+
+    def _unschedule(self, job_ids: list[str]) -> None:
+        """Remove these jobs from the scheduler, if it runs; one already gone (a reload raced it) is no error."""
+        if self.scheduler is None:
+            return
+        for job_id in job_ids:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(job_id)
 
     def _schedule_discovery(self, runners: Mapping[str, DiscoveryRunner]) -> None:
         """Add these targets' discovery runs, each within a second (before its checks: it tells which tables)."""
