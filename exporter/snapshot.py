@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -188,14 +188,11 @@ class SnapshotStore:
                 return {k: v for k, v in mapping.items() if not (k[0] == target and k[1] in tables)}
 
             self._snapshot = self._replaced(
-                Snapshot(
-                    results=kept(old.results),
-                    rows_verified=kept(old.rows_verified),
-                    probe_histograms=kept(old.probe_histograms),
-                    target_up=old.target_up,
-                    target_versions=old.target_versions,
-                    generations=old.generations,
-                    discoveries=old.discoveries,
+                replace(
+                    old,
+                    results=MappingProxyType(kept(old.results)),
+                    rows_verified=MappingProxyType(kept(old.rows_verified)),
+                    probe_histograms=MappingProxyType(kept(old.probe_histograms)),
                 ),
                 target,
             )
@@ -208,15 +205,11 @@ class SnapshotStore:
 
     @staticmethod
     def _replaced(old: Snapshot, target: str, discoveries: Mapping[str, Any] | None = None) -> Snapshot:
-        """OLD with TARGET's generation bumped (and discovery results merged in), every mapping read-only."""
+        """OLD with TARGET's generation bumped (and discovery results merged in); OLD's other mappings are shared."""
         generations = dict(old.generations)
         generations[target] = generations.get(target, 0) + 1
-        return Snapshot(
-            results=MappingProxyType(dict(old.results)),
-            rows_verified=MappingProxyType(dict(old.rows_verified)),
-            probe_histograms=MappingProxyType(dict(old.probe_histograms)),
-            target_up=old.target_up,
-            target_versions=old.target_versions,
+        return replace(
+            old,
             generations=MappingProxyType(generations),
             discoveries=MappingProxyType({**old.discoveries, **(discoveries or {})}),
         )
