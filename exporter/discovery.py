@@ -14,7 +14,7 @@ import psycopg
 from exporter.config import TableConfig, TargetConfig
 from exporter.formula_catalog import table_formulas
 from exporter.keyspec import KeySpec
-from exporter.pg.connect import explain
+from exporter.pg.errors import failure_line
 from exporter.snapshot import SnapshotStore
 from exporter.target import Target, TargetUnavailableError
 
@@ -185,59 +185,40 @@ class DiscoveryRunner:
         except TargetUnavailableError as failure:
             error = str(failure)
         except psycopg.Error as failure:
-            error = _describe(failure, self.timeout)
+            error = failure_line(failure, self.timeout)
         except Exception as failure:  # a bug in discovery must not take the daemon down
             log.exception("%s: discovery failed unexpectedly", self.target.name)
             error = f"{type(failure).__name__}: {failure}"
         finished = time.time()
-        if error is not None:
+        if error is None:
+            if self._failing:
+                log.warning("%s: discovery recovered", self.target.name)
+            self._failing = False
+            self.apply(self.target, found)
+            tables, left_out = tuple(found), tuple(skipped)
+            last_success: float | None = finished
+        else:
             error = self.target.scrub(error)
             if not self._failing:
                 log.error("%s: discovery failed, the last tables found stay watched: %s", self.target.name, error)
             self._failing = True
-            result = DiscoveryResult(
-                target=self.target.name,
-                success=False,
-                found=previous.found if previous else (),
-                skipped=previous.skipped if previous else (),
-                error=error,
-                duration_seconds=time.monotonic() - started,
-                finished_at=finished,
-                last_success_at=previous.last_success_at if previous else None,
-                interval_seconds=self.interval,
-            )
-            if not self.target.closed:  # a reload removed the target meanwhile: its series are gone, keep them so
-                self.store.publish_discovery(result)
-            return result
-        if self._failing:
-            log.warning("%s: discovery recovered", self.target.name)
-        self._failing = False
-        self.apply(self.target, found)
+            tables = previous.found if previous else ()
+            left_out = previous.skipped if previous else ()
+            last_success = previous.last_success_at if previous else None
         result = DiscoveryResult(
             target=self.target.name,
-            success=True,
-            found=tuple(found),
-            skipped=tuple(skipped),
+            success=error is None,
+            found=tables,
+            skipped=left_out,
+            error=error,
             duration_seconds=time.monotonic() - started,
             finished_at=finished,
-            last_success_at=finished,
+            last_success_at=last_success,
             interval_seconds=self.interval,
         )
-        if not self.target.closed:
+        if not self.target.closed:  # a reload removed the target meanwhile: its series are gone, keep them so
             self.store.publish_discovery(result)
         return result
-
-
-def _describe(failure: psycopg.Error, timeout: float) -> str:
-    """One line naming what failed, with the server's SQLSTATE."""
-    text = str(failure).strip()
-    message = explain(text.splitlines()[0] if text else type(failure).__name__)
-    state = getattr(failure, "sqlstate", None)
-    if state == "57014":
-        message = f"canceled after statement_timeout={timeout:g}s: {message}"
-    elif state == "42501":
-        message = f"missing privilege: {message}"
-    return f"{message} (SQLSTATE {state})" if state else message
 
 
 def render_text(result: DiscoveryResult, configured: list[TableConfig]) -> str:

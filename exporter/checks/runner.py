@@ -12,7 +12,7 @@ import psycopg
 from exporter.checks.base import Check, CheckFailedError, Outcome
 from exporter.checks.verification import VerificationBusyError
 from exporter.introspect import TableNotFoundError
-from exporter.pg.connect import explain
+from exporter.pg.errors import failure_line
 from exporter.scan_target import SCAN_CHECKS, ScanRoute, read_source
 from exporter.snapshot import CheckResult, SnapshotStore
 from exporter.target import Target, TargetUnavailableError
@@ -74,10 +74,10 @@ class CheckRunner:
         except CheckFailedError as failure:
             error = str(failure)  # the check said what failed (e.g. the probe's SQLSTATE, message and DETAIL)
         except psycopg.errors.UndefinedTable as failure:
-            error = self._describe(failure)
+            error = failure_line(failure, self.timeout, self.target.lock_timeout)
             previous = None  # a relation the check reads is gone (the table renamed or dropped): drop its series too
         except psycopg.Error as failure:
-            error = self._describe(failure)
+            error = failure_line(failure, self.timeout, self.target.lock_timeout)
             # The query broke the connection: that is the target's outage, which the target logs once.
             target_down = self.server.up is False
         except Exception as failure:  # a bug in a check must not take the daemon down
@@ -133,18 +133,6 @@ class CheckRunner:
     def _where(self) -> str:
         """target/table/check, for log lines."""
         return "/".join(self.key)
-
-    def _describe(self, failure: psycopg.Error) -> str:
-        """One line naming what failed, with the server's SQLSTATE when there is one."""
-        message = explain(str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__)
-        state = getattr(failure, "sqlstate", None)
-        if state == "57014":
-            message = f"canceled after statement_timeout={self.timeout:g}s: {message}"
-        elif state == "55P03":
-            message = f"lock wait exceeded lock_timeout={self.target.lock_timeout:g}s: {message}"
-        elif state == "42501":
-            message = f"missing privilege: {message}"
-        return f"{message} (SQLSTATE {state})" if state else message
 
     def _log_transition(self, error: str | None, target_down: bool) -> None:
         """Log when a check starts failing and when it recovers, not on every failed run."""

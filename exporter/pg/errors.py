@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from exporter.pg.connect import explain
 from exporter.pg.scrub import first_line, redact
 
 
@@ -33,3 +34,17 @@ def error_lines(described: dict[str, str | None]) -> list[str]:
         if text:
             lines += [f"  {label.upper()}: {line}" for line in text.splitlines()]
     return lines
+
+
+def failure_line(failure: psycopg.Error, statement_timeout: float, lock_timeout: float | None = None) -> str:
+    """One line naming what failed, with the timeout that ended it and the server's SQLSTATE when there is one."""
+    text = str(failure).strip()
+    message = explain(text.splitlines()[0] if text else type(failure).__name__)
+    state = getattr(failure, "sqlstate", None)
+    if state == "57014":
+        message = f"canceled after statement_timeout={statement_timeout:g}s: {message}"
+    elif state == "55P03" and lock_timeout is not None:
+        message = f"lock wait exceeded lock_timeout={lock_timeout:g}s: {message}"
+    elif state == "42501":
+        message = f"missing privilege: {message}"
+    return f"{message} (SQLSTATE {state})" if state else message
