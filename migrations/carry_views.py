@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from migrations.column_dependent import ColumnDependent, Statement, comment, qualified, qualified_names, refused
-from migrations.grants import grant_statements, read_acl
+from migrations.grants import column_acl, grant_statements, read_acl
 
 
 def _option(text: str) -> sql.Composed:
@@ -100,12 +100,9 @@ def carry(conn: psycopg.Connection[Any], oid: int) -> ColumnDependent:
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (oid,),
     ).fetchall()
-    for column, attnum, column_comment, column_acl in columns:
-        if column_acl:
-            acl = read_acl(
-                conn, sql.SQL("SELECT attacl FROM pg_attribute WHERE attrelid = %s AND attnum = %s"), (oid, attnum)
-            )
-            grants, also_lost = grant_statements(conn, acl, owner, target, column)
+    for column, attnum, column_comment, has_column_acl in columns:
+        if has_column_acl:
+            grants, also_lost = grant_statements(conn, column_acl(conn, oid, attnum), owner, target, column)
             statements += grants
             lost += also_lost
         statements += comment("COLUMN", sql.Identifier(schema, name, column), column_comment)

@@ -20,7 +20,7 @@ from exporter.keyspec import KeySpec
 from migrations import carry_objects, carry_views
 from migrations.catalog import column_number, table_oid
 from migrations.column_dependent import ColumnDependent, Statement, refused
-from migrations.grants import grant_statements, read_acl
+from migrations.grants import column_acl, grant_statements
 
 __all__ = ["ColumnDependent", "drops", "find", "refusal"]
 
@@ -103,9 +103,7 @@ def _carried(conn: psycopg.Connection[Any], spec: KeySpec, oid: int, attnum: int
         "SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE c.oid = %s", (oid,)
     ).fetchone()
     owner = str(owned[0]) if owned else ""
-    grants = read_acl(
-        conn, sql.SQL("SELECT attacl FROM pg_attribute WHERE attrelid = %s AND attnum = %s"), (oid, attnum)
-    )
+    grants = column_acl(conn, oid, attnum)
     statements, lost = grant_statements(conn, grants, owner, spec.table_ident, spec.key_column)
     if grants:
         described = [

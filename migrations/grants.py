@@ -40,6 +40,11 @@ def read_acl(conn: psycopg.Connection[Any], query: sql.Composable, params: tuple
     return [Grant(str(p), str(g), None if e is None else str(e), bool(x)) for p, g, e, x in rows]
 
 
+def column_acl(conn: psycopg.Connection[Any], oid: int, attnum: int) -> list[Grant]:
+    """The privileges granted on one column of a relation."""
+    return read_acl(conn, sql.SQL("SELECT attacl FROM pg_attribute WHERE attrelid = %s AND attnum = %s"), (oid, attnum))
+
+
 def _ordered(grants: list[Grant], owner: str) -> list[Grant]:
     """Grants whose grantor already holds the grant option come first: owner's, then the chains they start."""
     done: list[Grant] = []
