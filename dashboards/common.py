@@ -7,7 +7,8 @@ from typing import Protocol, Self, TypeVar
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import prometheus
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
@@ -123,6 +124,34 @@ def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
         .mode(dm.ThresholdsMode.ABSOLUTE)
         .steps([dm.Threshold(value=value, color=color) for value, color in steps])
     )
+
+
+def background_stat(steps: db.ThresholdsConfig, mappings: list[dm.ValueMapping] | None = None) -> stat.Panel:
+    """A stat panel filled with its threshold colour, showing value and name: the at-a-glance status tiles."""
+    panel = stat.Panel() if mappings is None else stat.Panel().mappings(mappings)
+    return (
+        panel.thresholds(steps)
+        .reduce_options(last_value())
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+    )
+
+
+def name_stat() -> stat.Panel:
+    """An uncoloured stat panel that shows only the series name (a label such as a version)."""
+    return (
+        stat.Panel()
+        .reduce_options(last_value())
+        .text_mode(cm.BigValueTextMode.NAME)
+        .color_mode(cm.BigValueColorMode.NONE)
+    )
+
+
+def threshold_series(
+    steps: db.ThresholdsConfig, style: cm.GraphThresholdsStyleMode = cm.GraphThresholdsStyleMode.LINE
+) -> timeseries.Panel:
+    """A time series from 0 with its thresholds drawn on the graph."""
+    return timeseries.Panel().min(0).thresholds(steps).thresholds_style(cb.GraphThresholdsStyleConfig().mode(style))
 
 
 def value_text(mapping: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:

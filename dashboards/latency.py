@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import heatmap, stat, timeseries
 from grafana_foundation_sdk.models import common as cm
@@ -18,6 +17,7 @@ from dashboards.common import (
     query,
     table_variable,
     target_variable,
+    threshold_series,
     thresholds,
 )
 from dashboards.rules import (
@@ -73,11 +73,9 @@ def build() -> dm.Dashboard:
     )
     board = board.with_panel(
         finish(
-            timeseries.Panel()
-            .unit("s")
-            .min(0)
-            .thresholds(thresholds((None, "green"), (LATENCY_P99_SECONDS, "red")))
-            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
+            threshold_series(
+                thresholds((None, "green"), (LATENCY_P99_SECONDS, "red")), cm.GraphThresholdsStyleMode.DASHED
+            ).unit("s"),
             "p50 / p95 / p99 latency",
             "Probe INSERT latency quantiles over 5-minute windows. p99 above "
             f"{LATENCY_P99_SECONDS * 1000:g}ms for 15 minutes fires PartkeyInsertLatencyHigh. p50 high too: "
@@ -119,12 +117,11 @@ def build() -> dm.Dashboard:
     board = board.with_row(db.Row("Probe failures"))
     board = board.with_panel(
         finish(
-            timeseries.Panel()
+            threshold_series(
+                thresholds((None, "green"), (PROBE_FAILURE_RATIO, "red")), cm.GraphThresholdsStyleMode.DASHED
+            )
             .unit("percentunit")
-            .min(0)
-            .max(1)
-            .thresholds(thresholds((None, "green"), (PROBE_FAILURE_RATIO, "red")))
-            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
+            .max(1),
             "Probe failure ratio",
             f"Share of probes that failed over 5 minutes. Above {PROBE_FAILURE_RATIO:.0%} for 15 minutes "
             "fires PartkeyInsertProbeFailing. Failures are lock timeouts (a long transaction or DDL "

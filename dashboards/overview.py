@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import statetimeline, table, timeseries
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
@@ -13,12 +12,14 @@ from dashboards.common import (
     EXPORTER_JOB,
     TARGET,
     TARGET_TABLE,
+    background_stat,
     finish,
-    last_value,
+    name_stat,
     new_dashboard,
     query,
     table_variable,
     target_variable,
+    threshold_series,
     thresholds,
     value_text,
 )
@@ -35,12 +36,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     board = board.with_row(db.Row("Exporter and targets"))
     board = board.with_panel(
         finish(
-            stat.Panel()
-            .mappings(_UP)
-            .thresholds(thresholds((None, "red"), (1, "green")))
-            .reduce_options(last_value())
-            .color_mode(cm.BigValueColorMode.BACKGROUND)
-            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            background_stat(thresholds((None, "red"), (1, "green")), _UP),
             "Exporter up",
             "Prometheus's scrape of the exporter (1 = answered). DOWN: check the exporter process or "
             "container (`partkey-exporter check-config`, its logs, port 19187) and the scrape job "
@@ -52,12 +48,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            stat.Panel()
-            .mappings(_UP)
-            .thresholds(thresholds((None, "red"), (1, "green")))
-            .reduce_options(last_value())
-            .color_mode(cm.BigValueColorMode.BACKGROUND)
-            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            background_stat(thresholds((None, "red"), (1, "green")), _UP),
             "Target up",
             "1 when the exporter's connection to the database works. DOWN: the database is unreachable or "
             "refuses the exporter's role; run `partkey-exporter report` for the connection error, then check "
@@ -69,10 +60,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            stat.Panel()
-            .reduce_options(last_value())
-            .text_mode(cm.BigValueTextMode.NAME)
-            .color_mode(cm.BigValueColorMode.NONE),
+            name_stat(),
             "PostgreSQL version",
             "Server version per target; the best key implementation depends on it (generated columns need "
             "PG 12+). Empty: the implementation check has not run yet or the target is down.",
@@ -83,10 +71,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            stat.Panel()
-            .reduce_options(last_value())
-            .text_mode(cm.BigValueTextMode.NAME)
-            .color_mode(cm.BigValueColorMode.NONE),
+            name_stat(),
             "Exporter version",
             "partkey-exporter build per scrape target. Two versions at once: a rolling upgrade in progress "
             "or a forgotten old instance; metrics and rules may differ between them.",
@@ -145,12 +130,10 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            stat.Panel()
-            .mappings(value_text({"1": ("optimal", "green"), "0": ("not optimal", "orange")}))
-            .thresholds(thresholds((None, "orange"), (1, "green")))
-            .reduce_options(last_value())
-            .color_mode(cm.BigValueColorMode.BACKGROUND)
-            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            background_stat(
+                thresholds((None, "orange"), (1, "green")),
+                value_text({"1": ("optimal", "green"), "0": ("not optimal", "orange")}),
+            ),
             "Optimal implementation",
             "1 when the key implementation is the fastest correct one for this table. Not optimal: see "
             "runbook PartkeyNonOptimalImplementation; `partkey-migrate upgrade --dry-run` shows the plan.",
@@ -190,11 +173,7 @@ def _bad_rows_row(board: db.Dashboard) -> db.Dashboard:
     for title, metric, description in specs:
         board = board.with_panel(
             finish(
-                timeseries.Panel()
-                .min(0)
-                .decimals(0)
-                .thresholds(_GREEN_RED_ABOVE_0)
-                .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
+                threshold_series(_GREEN_RED_ABOVE_0).decimals(0),
                 title,
                 description,
                 [query(f"{metric}{{{TARGET_TABLE}}}", "A", "{{target}} {{table}} ({{mode}})")],
@@ -234,12 +213,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            stat.Panel()
-            .unit("s")
-            .reduce_options(last_value())
-            .thresholds(thresholds((None, "green"), (3600, "yellow"), (86400, "red")))
-            .color_mode(cm.BigValueColorMode.BACKGROUND)
-            .text_mode(cm.BigValueTextMode.VALUE_AND_NAME),
+            background_stat(thresholds((None, "green"), (3600, "yellow"), (86400, "red"))).unit("s"),
             "Time since last successful check",
             "Freshness: seconds since each check last succeeded, so a silent check is visible. Compare with "
             "the check's interval (next panel). Growing: the check fails or times out; see `Check success`, "
@@ -258,11 +232,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            timeseries.Panel()
-            .min(0)
-            .decimals(1)
-            .thresholds(thresholds((None, "green"), (STALE_INTERVALS, "red")))
-            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
+            threshold_series(thresholds((None, "green"), (STALE_INTERVALS, "red"))).decimals(1),
             "Staleness (intervals since last success)",
             f"Time since the last success divided by the check's own interval. Above {STALE_INTERVALS}, "
             "PartkeyVerificationStale fires for verification checks: nothing is watching new rows. Look at "

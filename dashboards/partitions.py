@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import bargauge, heatmap, stat, timeseries
-from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
@@ -18,6 +17,7 @@ from dashboards.common import (
     source_variable,
     table_variable,
     target_variable,
+    threshold_series,
     thresholds,
 )
 from dashboards.rules import PARTITION_RATIO_RECORD, SKEW_RATIO
@@ -65,7 +65,7 @@ def _stat(
 def _summary_row(board: db.Dashboard) -> db.Dashboard:
     """The numbers on-call looks at first."""
     board = board.with_row(db.Row("Skew summary"))
-    board = board.with_panel(
+    panels = (
         _stat(
             "Skew ratio (max / avg)",
             f"Rows in the largest partition divided by the average. Above {SKEW_RATIO:g} for 30 minutes "
@@ -74,9 +74,7 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             f"partkey_partition_skew_ratio{{{SELECTOR}}}",
             _SKEW_STEPS,
             decimals=2,
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Skew by bytes (max / avg)",
             "Bytes (heap + indexes + TOAST) in the largest partition divided by the average, beside the row skew. "
@@ -85,9 +83,7 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             f"partkey_partition_bytes_skew_ratio{{{TARGET_TABLE}}}",
             _SKEW_STEPS,
             decimals=2,
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Coefficient of variation",
             "Standard deviation of rows per partition divided by the mean. Near 0 is an even spread; above "
@@ -95,9 +91,7 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             f"partkey_partition_rows_cv{{{SELECTOR}}}",
             thresholds((None, "green"), (0.2, "yellow"), (0.5, "red")),
             decimals=2,
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Empty partitions",
             "Partitions with no rows. Many empty partitions on a large table mean keys concentrate on few "
@@ -105,9 +99,7 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             "look empty; run ANALYZE on the table.",
             f"partkey_partitions_empty{{{SELECTOR}}}",
             thresholds((None, "green"), (1, "yellow")),
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Default-partition rows",
             "Rows in the DEFAULT partition: their key matched no listed partition (empty when the table has "
@@ -118,27 +110,21 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             thresholds((None, "green"), (1, "red")),
             # The exporter emits nothing for a table without a DEFAULT partition; say so instead of "No data".
             no_value="no DEFAULT partition",
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Hot partitions (> 1.2x avg)",
             "Partitions holding more than 1.2x the average rows. A few hot partitions: large tenants; their "
             "vacuum and index maintenance cost more. Consider a larger modulus or sub-partitioning.",
             f"partkey_partitions_hot{{{SELECTOR}}}",
             thresholds((None, "green"), (1, "yellow")),
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Cold partitions (< 0.8x avg)",
             "Partitions holding less than 0.8x the average rows. Many cold and few hot partitions is the "
             "shape of skew; with source=estimate, stale statistics show as cold: run ANALYZE.",
             f"partkey_partitions_cold{{{SELECTOR}}}",
             thresholds((None, "green"), (1, "yellow")),
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Active partitions",
             "Partitions holding at least one row, next to the table's leaf partition count. Far fewer active "
@@ -146,18 +132,14 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             "modulus in the app's key formula.",
             f"partkey_partitions_active{{{SELECTOR}}}",
             thresholds((None, "green")),
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Partitions without statistics",
             "Partitions whose row estimate is unknown (never analyzed, or statistics reset). Above 0: every "
             "estimate-based number on this dashboard is unreliable; run ANALYZE on the table.",
             f"partkey_partitions_unknown{{{TARGET_TABLE}}}",
             thresholds((None, "green"), (1, "orange")),
-        )
-    )
-    board = board.with_panel(
+        ),
         _stat(
             "Partitions with stale statistics",
             "Partitions never analyzed, or changed by more rows since their last ANALYZE than autovacuum's default "
@@ -165,8 +147,10 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             "ANALYZE them, or find out why autovacuum does not reach them (see the last-analyze panel).",
             f"partkey_partitions_stale_statistics{{{TARGET_TABLE}}}",
             thresholds((None, "green"), (1, "yellow")),
-        )
+        ),
     )
+    for panel in panels:
+        board = board.with_panel(panel)
     return board
 
 
@@ -345,11 +329,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
     )
     board = board.with_panel(
         finish(
-            timeseries.Panel()
-            .min(0)
-            .decimals(2)
-            .thresholds(_SKEW_STEPS)
-            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)),
+            threshold_series(_SKEW_STEPS, cm.GraphThresholdsStyleMode.DASHED).decimals(2),
             "Skew ratio and CV over time",
             "Skew ratio and coefficient of variation per table. A step up after a deploy points at a key "
             "formula change; a slow climb points at tenants growing unevenly.",
