@@ -22,6 +22,7 @@ from exporter.formula import (
 )
 from exporter.formula_body import plpgsql_calls, read_plpgsql, read_sql_function, trigger_formula
 from exporter.keyspec import KeySpec
+from exporter.pg.catalog import relation_tree
 
 PlaceKind = Literal["trigger", "generated", "check", "partition", "index", "helper", "unattached", "configured"]
 # The place that maintains the key, by precedence: the one rows actually get their key from.
@@ -91,13 +92,9 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
 """
 
-_TRIGGER_FUNCTIONS_SQL = """
-WITH RECURSIVE tree(relid) AS (
-    SELECT %(oid)s::oid
-    UNION ALL
-    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
-)
-SELECT DISTINCT ON (p.oid) t.tgname, pn.nspname AS fschema, p.proname, l.lanname,
+_TRIGGER_FUNCTIONS_SQL = (
+    relation_tree("%(oid)s::oid")
+    + """SELECT DISTINCT ON (p.oid) t.tgname, pn.nspname AS fschema, p.proname, l.lanname,
        pg_get_functiondef(p.oid) AS definition
 FROM tree JOIN pg_trigger t ON t.tgrelid = tree.relid AND NOT t.tgisinternal AND t.tgtype & 7 = 7
 JOIN pg_proc p ON p.oid = t.tgfoid
@@ -105,6 +102,7 @@ JOIN pg_namespace pn ON pn.oid = p.pronamespace
 JOIN pg_language l ON l.oid = p.prolang
 ORDER BY p.oid, t.tgrelid <> %(oid)s, t.tgname
 """
+)
 
 _GENERATED_SQL = """
 SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expression

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.keyspec import KeySpec
+from exporter.pg.catalog import relation_tree
 
 Source = Literal["estimate", "exact"]
 HOT_FACTOR, COLD_FACTOR = 1.2, 0.8  # semantik's own thresholds for hot and cold partitions
@@ -153,13 +154,9 @@ def summarize(source: Source, partitioned: bool, partitions: list[PartitionRows]
     )
 
 
-_LEAVES_SQL = """
-WITH RECURSIVE tree(relid) AS (
-    SELECT {table}::regclass::oid
-    UNION ALL
-    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
-)
-SELECT c.oid, c.relname, c.relkind, c.reltuples, c.relpages,
+_LEAVES_SQL = (
+    relation_tree("{table}::regclass::oid")
+    + """SELECT c.oid, c.relname, c.relkind, c.reltuples, c.relpages,
        c.oid IN (SELECT partdefid FROM pg_partitioned_table) AS is_default,
        s.n_live_tup,
        coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0) > 0
@@ -184,6 +181,7 @@ JOIN pg_class c ON c.oid = tree.relid
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 ORDER BY c.relname
 """
+)
 
 # autovacuum's default analyze trigger: 50 rows plus 10% of the table changed since the last ANALYZE.
 ANALYZE_THRESHOLD, ANALYZE_SCALE_FACTOR = 50, 0.1

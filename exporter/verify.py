@@ -12,6 +12,7 @@ from psycopg import sql
 
 from exporter.formula import Column
 from exporter.keyspec import KeySpec, source_sql
+from exporter.pg.catalog import relation_tree
 from exporter.verify_plan import LeafPlan, plan_leaves
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,8 @@ class Verifier:
     def _leaf_names(self) -> list[tuple[int, tuple[str, str]]]:
         """(oid, (schema, name)) of every leaf relation."""
         rows = self.conn.execute(
-            """WITH RECURSIVE tree(relid) AS (
-                   SELECT %(oid)s::regclass::oid
-                   UNION ALL
-                   SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)
-               SELECT c.oid, n.nspname, c.relname FROM tree
+            relation_tree("%(oid)s::regclass::oid")
+            + """SELECT c.oid, n.nspname, c.relname FROM tree
                JOIN pg_class c ON c.oid = tree.relid JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE c.relkind = 'r' ORDER BY c.relname""",
             {"oid": self.spec.table_ident.as_string(self.conn)},

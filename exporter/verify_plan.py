@@ -9,6 +9,7 @@ from typing import Any, Literal
 import psycopg
 
 from exporter.keyspec import KeySpec
+from exporter.pg.catalog import relation_tree
 
 VerifyPath = Literal["loose-index-scan", "group-by"]
 
@@ -45,12 +46,9 @@ class LeafPlan:
         return data
 
 
-_LEAVES = """
-WITH RECURSIVE tree(relid, parent) AS (
-    SELECT %(table)s::regclass::oid, 0::oid
-    UNION ALL
-    SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.relid)
-SELECT c.oid, n.nspname, c.relname,
+_LEAVES = (
+    relation_tree("%(table)s::regclass::oid")
+    + """SELECT c.oid, n.nspname, c.relname,
        CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END,
        (SELECT p.partstrat = 'l' AND p.partnatts = 1 AND a.attname = %(key)s
           FROM pg_catalog.pg_partitioned_table p
@@ -65,6 +63,7 @@ LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
 WHERE c.relkind = 'r'
 ORDER BY c.relname
 """
+)
 
 # Valid, non-partial btree indexes with their leading plain columns, ascending, in default operator classes:
 # the shape a `(cols) > (previous) ORDER BY cols LIMIT 1` probe can descend.

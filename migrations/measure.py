@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.introspect import Implementation
+from exporter.pg.catalog import relation_tree
 from migrations import sqlgen
 from migrations.catalog import key_triggers, table_oid, table_size
 from migrations.measure_copy import Changes, TableDefinition, create_copy, read_definition
@@ -247,9 +248,8 @@ def _variants(
 def _leaf_indexes(conn: psycopg.Connection[Any], table: sql.Identifier) -> int:
     """Indexes on the copy's leaf tables: what every INSERT maintains."""
     row = conn.execute(
-        "WITH RECURSIVE tree(relid) AS (SELECT %s::regclass::oid UNION ALL "
-        "SELECT h.inhrelid FROM pg_inherits h JOIN tree ON h.inhparent = tree.relid) "
-        "SELECT count(*) FROM tree JOIN pg_class c ON c.oid = tree.relid JOIN pg_index x ON x.indrelid = c.oid "
+        relation_tree("%s::regclass::oid")
+        + "SELECT count(*) FROM tree JOIN pg_class c ON c.oid = tree.relid JOIN pg_index x ON x.indrelid = c.oid "
         "WHERE c.relkind = 'r'",
         (table.as_string(conn),),
     ).fetchone()

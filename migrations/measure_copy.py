@@ -17,6 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from exporter.pg.catalog import relation_tree
+
 
 @dataclass(frozen=True)
 class Column:
@@ -184,9 +186,7 @@ def read_definition(
         leaves = [
             int(r["relid"])
             for r in cur.execute(
-                "WITH RECURSIVE tree(relid) AS (SELECT %s::oid UNION ALL "
-                "SELECT h.inhrelid FROM pg_inherits h JOIN tree ON h.inhparent = tree.relid) "
-                "SELECT tree.relid FROM tree JOIN pg_class c ON c.oid = tree.relid "
+                relation_tree("%s::oid") + "SELECT tree.relid FROM tree JOIN pg_class c ON c.oid = tree.relid "
                 "WHERE c.relkind = 'r' AND tree.relid <> %s ORDER BY c.relname",
                 (oid, oid),
             )

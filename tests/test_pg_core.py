@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from exporter import PartitionImplementationDetector
 from exporter.app import Exporter
+from exporter.pg import catalog
 from exporter.pg.connect import connect
 from exporter.pg.limits import set_local_limits
 from exporter.pg.locks import Backoff, LockRetriesExhausted, retry_lock_timeouts
@@ -198,3 +199,32 @@ def test_core_connect_takes_libpq_parameters_apart(dsn: str) -> None:
         assert conn.prepare_threshold is None
         assert conn.info.dbname == params["dbname"]
         assert conn.execute("SELECT current_setting('application_name')").fetchone() == ("partkey-migrate",)
+
+
+def test_leaf_partitions_walk_every_level_and_leave_out_the_table(conn: psycopg.Connection[Any]) -> None:
+    """The shared tree finds leaves under a sub-partitioned partition and the DEFAULT; the table is not a leaf."""
+    conn.execute(
+        """CREATE TABLE t (k int, v int) PARTITION BY LIST (k);
+           CREATE TABLE t_1 PARTITION OF t FOR VALUES IN (1) PARTITION BY LIST (v);
+           CREATE TABLE t_1a PARTITION OF t_1 FOR VALUES IN (1);
+           CREATE TABLE t_1b PARTITION OF t_1 FOR VALUES IN (2);
+           CREATE TABLE t_2 PARTITION OF t FOR VALUES IN (2);
+           CREATE TABLE t_d PARTITION OF t DEFAULT"""
+    )
+    oid = catalog.table_oid(conn, psycopg.sql.Identifier("public", "t"))
+    leaves = catalog.leaf_partitions(conn, oid)
+    assert [(r["relname"], r["is_default"]) for r in leaves] == [
+        ("t_1a", False),
+        ("t_1b", False),
+        ("t_2", False),
+        ("t_d", True),
+    ]
+    tree = conn.execute(catalog.relation_tree("%s::oid") + "SELECT relid::regclass::text, parent FROM tree", (oid,))
+    assert sorted((name, int(parent) == 0) for name, parent in tree) == [
+        ("t", True),
+        ("t_1", False),
+        ("t_1a", False),
+        ("t_1b", False),
+        ("t_2", False),
+        ("t_d", False),
+    ]

@@ -22,19 +22,29 @@ LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
 """
 
-_LEAVES_SQL = """
-WITH RECURSIVE tree(relid) AS (
-    SELECT inhrelid FROM pg_inherits WHERE inhparent = %(oid)s
+
+def relation_tree(root: str) -> str:
+    """`WITH RECURSIVE tree(relid, parent)`: the relation ROOT (an SQL expression for its oid) and all under it."""
+    # One spelling of the walk down pg_inherits for every catalog read that needs a table's leaves; the root row's
+    # parent is 0, so a caller that wants only what is under the table filters on `tree.parent <> 0`.
+    return f"""WITH RECURSIVE tree(relid, parent) AS (
+    SELECT {root}, 0::oid
     UNION ALL
-    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+    SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.relid
 )
-SELECT c.oid, c.relname, c.relispartition,
+"""
+
+
+_LEAVES_SQL = (
+    relation_tree("%(oid)s::oid")
+    + """SELECT c.oid, c.relname, c.relispartition,
        (SELECT pt.partdefid FROM pg_partitioned_table pt
          JOIN pg_inherits i ON i.inhparent = pt.partrelid AND i.inhrelid = c.oid) = c.oid AS is_default
 FROM tree JOIN pg_class c ON c.oid = tree.relid
-WHERE c.relkind = 'r'
+WHERE c.relkind = 'r' AND tree.parent <> 0
 ORDER BY c.relname
 """
+)
 
 _COLUMNS_SQL = """
 SELECT a.attname, a.attnum, {generated} AS attgenerated,
