@@ -8,6 +8,7 @@ from typing import Protocol, Self, TypeVar
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
@@ -110,6 +111,13 @@ def finish(panel: P, title: str, description: str, queries: Iterable[prometheus.
     for q in queries:
         panel = panel.with_target(q)
     return panel
+
+
+def with_panels(board: db.Dashboard, *panels: cogbuilder.Builder[dm.Panel]) -> db.Dashboard:
+    """The board with the panels added in order."""
+    for panel in panels:
+        board = board.with_panel(panel)
+    return board
 
 
 def last_value() -> cb.ReduceDataOptions:

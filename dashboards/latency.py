@@ -19,6 +19,7 @@ from dashboards.common import (
     target_variable,
     threshold_series,
     thresholds,
+    with_panels,
 )
 from dashboards.rules import (
     FAILURE_RATIO_RECORD,
@@ -42,7 +43,8 @@ def build() -> dm.Dashboard:
         [target_variable(), table_variable()],
     )
     board = board.with_row(db.Row("Latency"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             heatmap.Panel()
             .calculate(False)
@@ -69,9 +71,7 @@ def build() -> dm.Dashboard:
             ],
             24,
             9,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             threshold_series(
                 thresholds((None, "green"), (LATENCY_P99_SECONDS, "red")), cm.GraphThresholdsStyleMode.DASHED
@@ -89,9 +89,7 @@ def build() -> dm.Dashboard:
             ],
             16,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             stat.Panel()
             .unit("s")
@@ -112,10 +110,11 @@ def build() -> dm.Dashboard:
             ],
             8,
             8,
-        )
+        ),
     )
     board = board.with_row(db.Row("Probe failures"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             threshold_series(
                 thresholds((None, "green"), (PROBE_FAILURE_RATIO, "red")), cm.GraphThresholdsStyleMode.DASHED
@@ -130,9 +129,7 @@ def build() -> dm.Dashboard:
             [query(f"{FAILURE_RATIO_RECORD}{{{TARGET_TABLE}}}", "A", "{{target}} {{table}}")],
             12,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("ops").min(0),
             "Probe failures per second",
@@ -154,6 +151,6 @@ def build() -> dm.Dashboard:
             ],
             12,
             8,
-        )
+        ),
     )
     return board.build()

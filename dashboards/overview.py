@@ -22,6 +22,7 @@ from dashboards.common import (
     threshold_series,
     thresholds,
     value_text,
+    with_panels,
 )
 from dashboards.rules import CHECK_AGE_RECORD, STALE_INTERVALS
 
@@ -34,7 +35,8 @@ _GREEN_RED_ABOVE_0 = thresholds((None, "green"), (1, "red"))
 def _health_row(board: db.Dashboard) -> db.Dashboard:
     """Is anything being watched at all: exporter, targets, PostgreSQL version."""
     board = board.with_row(db.Row("Exporter and targets"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             background_stat(thresholds((None, "red"), (1, "green")), _UP),
             "Exporter up",
@@ -44,9 +46,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             [query(f'up{{job="{EXPORTER_JOB}"}}', "A", "{{instance}}", instant=True)],
             6,
             4,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             background_stat(thresholds((None, "red"), (1, "green")), _UP),
             "Target up",
@@ -56,9 +56,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_up{{{TARGET}}}", "A", "{{target}}", instant=True)],
             8,
             4,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             name_stat(),
             "PostgreSQL version",
@@ -67,9 +65,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_postgres_version{{{TARGET}}}", "A", "{{target}}: {{version}}", instant=True)],
             6,
             4,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             name_stat(),
             "Exporter version",
@@ -78,7 +74,7 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
             [query("partkey_build_info", "A", "{{version}}", instant=True)],
             4,
             4,
-        )
+        ),
     )
     return board
 
@@ -86,7 +82,8 @@ def _health_row(board: db.Dashboard) -> db.Dashboard:
 def _implementation_row(board: db.Dashboard) -> db.Dashboard:
     """How each table maintains its key, and whether that is the best option."""
     board = board.with_row(db.Row("Key implementation"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             table.Panel()
             .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
@@ -126,9 +123,7 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
             ],
             16,
             7,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             background_stat(
                 thresholds((None, "orange"), (1, "green")),
@@ -140,7 +135,7 @@ def _implementation_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_key_implementation_optimal{{{TARGET_TABLE}}}", "A", "{{target}} {{table}}", instant=True)],
             8,
             7,
-        )
+        ),
     )
     return board
 
@@ -187,7 +182,8 @@ def _bad_rows_row(board: db.Dashboard) -> db.Dashboard:
 def _verification_row(board: db.Dashboard) -> db.Dashboard:
     """Which verification modes run, how fresh they are, and whether checks succeed."""
     board = board.with_row(db.Row("Verification and checks"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             table.Panel().with_transformation(
                 dm.DataTransformerConfig(
@@ -209,9 +205,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             ],
             8,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             background_stat(thresholds((None, "green"), (3600, "yellow"), (86400, "red"))).unit("s"),
             "Time since last successful check",
@@ -228,9 +222,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             ],
             8,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             threshold_series(thresholds((None, "green"), (STALE_INTERVALS, "red"))).decimals(1),
             "Staleness (intervals since last success)",
@@ -240,9 +232,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"{CHECK_AGE_RECORD}{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
             8,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             statetimeline.Panel()
             .mappings(value_text({"1": ("ok", "green"), "0": ("failed", "red")}))
@@ -256,9 +246,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_check_success{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
             12,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("s").min(0),
             "Check duration",
@@ -268,9 +256,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_check_duration_seconds{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
             12,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("rowsps").min(0),
             "Rows verified per second",
@@ -286,7 +272,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             ],
             24,
             7,
-        )
+        ),
     )
     return board
 

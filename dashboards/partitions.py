@@ -19,6 +19,7 @@ from dashboards.common import (
     target_variable,
     threshold_series,
     thresholds,
+    with_panels,
 )
 from dashboards.rules import PARTITION_RATIO_RECORD, SKEW_RATIO
 
@@ -149,9 +150,7 @@ def _summary_row(board: db.Dashboard) -> db.Dashboard:
             thresholds((None, "green"), (1, "yellow")),
         ),
     )
-    for panel in panels:
-        board = board.with_panel(panel)
-    return board
+    return with_panels(board, *panels)
 
 
 def _partition_bars(unit: str, colour: str) -> bargauge.Panel:
@@ -184,7 +183,8 @@ def _top_bars(unit: str) -> bargauge.Panel:
 def _partitions_row(board: db.Dashboard) -> db.Dashboard:
     """Rows per partition now and over time."""
     board = board.with_row(db.Row("Partitions"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             _partition_bars("short", "green"),
             "Rows per partition",
@@ -194,9 +194,7 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"sort_desc(partkey_partition_rows{{{SELECTOR}}})", "A", "{{partition}}", instant=True)],
             12,
             16,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             _partition_bars("bytes", "blue"),
             "Bytes per partition",
@@ -213,9 +211,7 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             ],
             12,
             16,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             heatmap.Panel()
             .calculate(False)
@@ -239,7 +235,7 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"{PARTITION_RATIO_RECORD}{{{SELECTOR}}}", "A", "{{partition}}")],
             12,
             16,
-        )
+        ),
     )
     return board
 
@@ -247,7 +243,8 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
 def _growth_row(board: db.Dashboard) -> db.Dashboard:
     """Where rows are being added fastest."""
     board = board.with_row(db.Row("Growth"))
-    board = board.with_panel(
+    board = with_panels(
+        board,
         finish(
             _top_bars("short"),
             "Top 10 partitions by growth (selected range)",
@@ -263,9 +260,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             ],
             12,
             10,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("short"),
             "Growth rate, top 10 partitions (rows per hour)",
@@ -278,9 +273,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             ],
             12,
             10,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             _top_bars("bytes"),
             "Top 10 partitions by bytes growth (last hour)",
@@ -296,9 +289,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             ],
             12,
             10,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("s").min(0),
             "Time since last analyze, 10 oldest partitions",
@@ -314,9 +305,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             ],
             12,
             10,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("short").min(0),
             "Dead rows, top 10 partitions",
@@ -325,9 +314,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"topk(10, partkey_partition_dead_rows{{{TARGET_TABLE}}})", "A", "{{table}} {{partition}}")],
             12,
             10,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             threshold_series(_SKEW_STEPS, cm.GraphThresholdsStyleMode.DASHED).decimals(2),
             "Skew ratio and CV over time",
@@ -339,9 +326,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             ],
             12,
             8,
-        )
-    )
-    board = board.with_panel(
+        ),
         finish(
             timeseries.Panel().unit("short").min(0),
             "Table rows",
@@ -350,7 +335,7 @@ def _growth_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_table_rows{{{TARGET_TABLE}}}", "A", "{{table}} ({{source}})")],
             12,
             8,
-        )
+        ),
     )
     return board
 
