@@ -24,6 +24,7 @@ from exporter.collector import PartkeyCollector
 from exporter.config import Config, TableConfig, TargetConfig
 from exporter.discovery import DiscoveryRunner, Found
 from exporter.exposition import Exposition
+from exporter.phase import PhasedTrigger, phase_of
 from exporter.reconnect import ReconnectWatcher
 from exporter.report import TableHealth
 from exporter.scan_target import ScanRoute
@@ -324,30 +325,32 @@ class Exporter:
                 self.scheduler.remove_job(job_id)
 
     def _schedule_discovery(self, runners: Mapping[str, DiscoveryRunner]) -> None:
-        """Add these targets' discovery runs, each within a second (before its checks: it tells which tables)."""
+        """Add these targets' discovery runs: first within a second (it tells the checks which tables), then phased."""
         now = datetime.now().astimezone()
         for name, discovery in sorted(runners.items()):
+            job_id = f"{name}/discovery"
             self.scheduler.add_job(
                 discovery.run,
-                "interval",
-                seconds=discovery.interval,
+                PhasedTrigger(discovery.interval, phase_of(name, job_id, discovery.interval)),
                 next_run_time=now + timedelta(seconds=random.random()),
-                id=f"{name}/discovery",
+                id=job_id,
                 **JOB_OPTIONS,
             )
 
     def _schedule(self, runners: Mapping[tuple[str, str, str], CheckRunner]) -> None:
-        """Add these checks to the scheduler, first runs staggered per target."""
+        """Add these checks: first runs staggered per target, later runs at the target's phase of each interval."""
+        # A fleet's every-minute checks would otherwise all run in the same second of each minute (their first
+        # runs come within seconds of one another) and publish a burst of snapshots; the phase from the target's
+        # name spreads them over the interval and is the same after a restart or a reload.
         now = datetime.now().astimezone()
         delays = first_run_delays(runners)
         for key, runner in sorted(runners.items()):
-            delay = delays[key]
+            job_id = "/".join(key)
             self.scheduler.add_job(
                 runner.run,
-                "interval",
-                seconds=runner.interval,
-                next_run_time=now + timedelta(seconds=delay),
-                id="/".join(key),
+                PhasedTrigger(runner.interval, phase_of(key[0], job_id, runner.interval)),
+                next_run_time=now + timedelta(seconds=delays[key]),
+                id=job_id,
                 **JOB_OPTIONS,
             )
 

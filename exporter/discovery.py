@@ -185,7 +185,7 @@ class DiscoveryRunner:
         except TargetUnavailableError as failure:
             error = str(failure)
         except psycopg.Error as failure:
-            error = failure_line(failure, self.timeout)
+            error = failure_line(failure, self.timeout, self.target.lock_timeout)
         except Exception as failure:  # a bug in discovery must not take the daemon down
             log.exception("%s: discovery failed unexpectedly", self.target.name)
             error = f"{type(failure).__name__}: {failure}"

@@ -275,3 +275,25 @@ def test_a_replaced_target_ignores_its_old_discovery(conn: psycopg.Connection[An
         assert exporter.tables == {}
     finally:
         exporter.stop()
+
+
+def test_discovery_blocked_by_a_lock_names_lock_timeout(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """A catalog held by another session: discovery's failure line names the target's lock_timeout, as checks do."""
+    create_list_table(conn, table="alpha", modulus=4)
+    exporter = Exporter(parse_config(f'targets:\n  - name: t1\n    dsn: "{dsn}"\n    tables: auto\n', "<test>"))
+    runner = exporter.discovery["t1"]
+    runner.target.lock_timeout = 0.2
+    try:
+        assert runner.run().success  # connected (startup reads no pg_trigger from here on) and found alpha
+        with psycopg.connect(dsn) as locker:
+            # Discovery's candidate query reads pg_trigger: ACCESS EXCLUSIVE on it makes that read wait.
+            locker.execute("LOCK TABLE pg_catalog.pg_trigger IN ACCESS EXCLUSIVE MODE")
+            result = runner.run()
+            locker.rollback()
+    finally:
+        exporter.stop()
+    assert not result.success
+    assert result.error is not None
+    assert result.error.startswith("lock wait exceeded lock_timeout=0.2s: canceling statement due to lock timeout")
+    assert result.error.endswith("(SQLSTATE 55P03)")
+    assert [f.table.label for f in result.found] == ["public.alpha"]  # the last good set stays
