@@ -24,7 +24,7 @@ from dashboards.common import (
     value_text,
     with_panels,
 )
-from dashboards.rules import CHECK_AGE_RECORD, STALE_INTERVALS
+from dashboards.rules import CHECK_AGE_RECORD, SCAN_LAG_SECONDS, STALE_INTERVALS
 
 UID = "partkey-overview"
 
@@ -273,6 +273,23 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             24,
             7,
         ),
+    )
+    board = board.with_panel(
+        finish(
+            timeseries.Panel()
+            .unit("s")
+            .min(0)
+            .thresholds(thresholds((None, "green"), (SCAN_LAG_SECONDS, "red")))
+            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
+            "Standby replay lag of scans",
+            "For checks run on a target's scan_dsn (a hot standby): how far replay was behind the primary when "
+            "the scan started, so the result is this much older than it looks. Empty: no target has a "
+            f"scan_dsn. Above {SCAN_LAG_SECONDS} s with WAL waiting to be replayed, PartkeyScanReplayLagHigh "
+            "fires; it also rises while the primary commits nothing, which is harmless.",
+            [query(f"partkey_scan_replay_lag_seconds{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
+            24,
+            7,
+        )
     )
     return board
 

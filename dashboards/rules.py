@@ -24,6 +24,9 @@ GROWTH_FACTOR = 3
 GROWTH_MIN_BYTES = 64 * 1024**2
 _GROWTH = "sum without (kind) (delta(partkey_partition_bytes[1h]))"
 LATENCY_P99_SECONDS = 0.1
+# A result taken on a scan_dsn standby this far behind the primary (with WAL waiting to be replayed) no longer
+# describes the table: five minutes of an application's writes are missing from its counts.
+SCAN_LAG_SECONDS = 300
 PROBE_FAILURE_RATIO = 0.25
 
 Severity = Literal["critical", "warning", "info"]
@@ -236,6 +239,18 @@ ALERTS: tuple[Alert, ...] = (
         f"No key verification has succeeded for more than {STALE_INTERVALS} check intervals.",
         "The {{ $labels.check }} check on {{ $labels.target }} {{ $labels.table }} last succeeded"
         " {{ $value | humanizeDuration }} ago; wrong keys written since then go unnoticed.",
+    ),
+    Alert(
+        "PartkeyScanReplayLagHigh",
+        # The seconds alone also grow on a standby that is caught up while the primary commits nothing; WAL
+        # received but not replayed is what says the standby really is behind.
+        f"partkey_scan_replay_lag_seconds > {SCAN_LAG_SECONDS}\nand\npartkey_scan_replay_lag_bytes > 0",
+        "15m",
+        "warning",
+        "Checks run on the standby read data that is minutes old.",
+        "The {{ $labels.check }} check on {{ $labels.target }} {{ $labels.table }} ran on its scan_dsn standby"
+        " while replay was {{ $value | humanizeDuration }} behind the primary; its counts miss what the primary"
+        " wrote since, so a clean result there proves little.",
     ),
     Alert(
         "PartkeyPartitionSkew",
