@@ -73,7 +73,7 @@ def test_dashboards_have_the_expected_panels() -> None:
         board = _load(name)
         kinds[board["uid"]] = sorted(p["type"] for p in _panels(board))
     assert kinds == {
-        "partkey-overview": ["stat"] * 6 + ["state-timeline"] + ["table"] * 2 + ["timeseries"] * 6,
+        "partkey-overview": ["stat"] * 6 + ["state-timeline"] + ["table"] * 2 + ["timeseries"] * 7,
         "partkey-distribution": ["bargauge"] * 4 + ["heatmap"] + ["stat"] * 10 + ["timeseries"] * 5,
         "partkey-insert-latency": ["heatmap", "stat", "timeseries", "timeseries", "timeseries"],
     }

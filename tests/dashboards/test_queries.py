@@ -21,13 +21,13 @@ def queries() -> list[NamedQuery]:
 def test_counts_by_kind(queries: list[NamedQuery]) -> None:
     """Every panel query, variable, recording rule, alert and Grafana-managed alert is listed once."""
     assert Counter(q.kind for q in queries) == {
-        "panel": 47,
+        "panel": 48,
         "variable": 6,
         "record": 7,
-        "alert": 16,
+        "alert": 17,
         "grafana-alert": 4,
     }
-    assert len(queries) == 80
+    assert len(queries) == 82
     assert len({q.name for q in queries}) == len(queries)
 
 

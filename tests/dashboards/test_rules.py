@@ -44,10 +44,10 @@ def _by_name() -> dict[str, dict[str, Any]]:
 
 
 def test_promtool_check_rules() -> None:
-    """promtool parses every rule: 7 recording rules and 16 alerts."""
+    """promtool parses every rule: 7 recording rules and 17 alerts."""
     result = run_promtool("check", "rules", ALERTS_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 23 rules found" in result.stdout
+    assert "SUCCESS: 24 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -85,6 +85,7 @@ def test_the_required_alerts_exist_with_their_severities() -> None:
         "PartkeyDefaultPartitionRows": "warning",
         "PartkeyInsertLatencyHigh": "warning",
         "PartkeyInsertProbeFailing": "warning",
+        "PartkeyScanReplayLagHigh": "warning",
         "PartkeyKeyFormulaDrift": "warning",
         "PartkeySchemaFormulaOverflows": "warning",
         "PartkeyNonOptimalImplementation": "info",
