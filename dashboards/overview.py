@@ -273,14 +273,8 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             24,
             7,
         ),
-    )
-    board = board.with_panel(
         finish(
-            timeseries.Panel()
-            .unit("s")
-            .min(0)
-            .thresholds(thresholds((None, "green"), (SCAN_LAG_SECONDS, "red")))
-            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)),
+            threshold_series(thresholds((None, "green"), (SCAN_LAG_SECONDS, "red"))).unit("s"),
             "Standby replay lag of scans",
             "For checks run on a target's scan_dsn (a hot standby): how far replay was behind the primary when "
             "the scan started, so the result is this much older than it looks. Empty: no target has a "
@@ -289,7 +283,7 @@ def _verification_row(board: db.Dashboard) -> db.Dashboard:
             [query(f"partkey_scan_replay_lag_seconds{{{TARGET_TABLE}}}", "A", "{{table}} {{check}}")],
             24,
             7,
-        )
+        ),
     )
     return board
 
