@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from migrations.column_dependent import ColumnDependent, Statement, comment, qualified, qualified_names, refused
-from migrations.grants import column_acl, grant_statements, read_acl
+from migrations.grants import column_acl, grant_statements, read_acl, relation_owner
 
 
 def _option(text: str) -> sql.Composed:
@@ -42,14 +42,15 @@ def carry(conn: psycopg.Connection[Any], oid: int) -> ColumnDependent:
     """The view or materialized view `oid`, carried across the swap, or refused naming what depends on it."""
     with qualified_names(conn):
         row = conn.execute(
-            """SELECT n.nspname, c.relname, c.relkind::text, r.rolname, c.reloptions, c.relacl IS NOT NULL,
+            """SELECT n.nspname, c.relname, c.relkind::text, c.reloptions, c.relacl IS NOT NULL,
                       t.spcname, c.relispopulated, pg_get_viewdef(c.oid), obj_description(c.oid, 'pg_class')
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = %s""",
             (oid,),
         ).fetchone()
         assert row is not None
-        schema, name, relkind, owner, options, has_acl, tablespace, populated, definition, remark = row
+        schema, name, relkind, options, has_acl, tablespace, populated, definition, remark = row
+        owner = relation_owner(conn, oid)
         indexes = conn.execute(
             "SELECT pg_get_indexdef(x.indexrelid), obj_description(x.indexrelid, 'pg_class'), i.relname "
             "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = %s ORDER BY i.relname",

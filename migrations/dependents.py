@@ -20,7 +20,7 @@ from exporter.keyspec import KeySpec
 from migrations import carry_objects, carry_views
 from migrations.catalog import column_number, table_oid
 from migrations.column_dependent import ColumnDependent, Statement, refused
-from migrations.grants import column_acl, grant_statements
+from migrations.grants import column_acl, grant_statements, relation_owner
 
 __all__ = ["ColumnDependent", "drops", "find", "refusal"]
 
@@ -99,10 +99,7 @@ def _carried(conn: psycopg.Connection[Any], spec: KeySpec, oid: int, attnum: int
     """Column privileges, comment and statistics target: re-applied to the new column in the swap."""
     target = sql.Identifier(spec.key_column)
     found = []
-    owned = conn.execute(
-        "SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE c.oid = %s", (oid,)
-    ).fetchone()
-    owner = str(owned[0]) if owned else ""
+    owner = relation_owner(conn, oid)
     grants = column_acl(conn, oid, attnum)
     statements, lost = grant_statements(conn, grants, owner, spec.table_ident, spec.key_column)
     if grants:

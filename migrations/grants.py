@@ -40,6 +40,14 @@ def read_acl(conn: psycopg.Connection[Any], query: sql.Composable, params: tuple
     return [Grant(str(p), str(g), None if e is None else str(e), bool(x)) for p, g, e, x in rows]
 
 
+def relation_owner(conn: psycopg.Connection[Any], oid: int) -> str:
+    """The role that owns the relation `oid` (the grantor its grants are ordered and re-granted around)."""
+    row = conn.execute(
+        "SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE c.oid = %s", (oid,)
+    ).fetchone()
+    return str(row[0]) if row else ""
+
+
 def column_acl(conn: psycopg.Connection[Any], oid: int, attnum: int) -> list[Grant]:
     """The privileges granted on one column of a relation."""
     return read_acl(conn, sql.SQL("SELECT attacl FROM pg_attribute WHERE attrelid = %s AND attnum = %s"), (oid, attnum))
