@@ -65,9 +65,11 @@ def shares_server(conn: psycopg.Connection[Any], dsn: str) -> bool:
     Directly or through a session pool, conn keeps its own backend, so the probe never sees conn's pid and
     conn's pid never changes. Through a transaction pool the probe gets the server conn just released (PgBouncer
     reuses the last one first), or conn gets another one while the probe holds it. A statement pool refuses the
-    probe's transaction.
+    probe's transaction. A direct connection (see direct) needs no probe: a run then opens one connection only.
     """
     before = _backend_pid(conn)
+    if direct(conn, before):
+        return False
     # Named apart from the run's own connection, so that it is not taken for the run in pg_stat_activity.
     with open_connection(dsn, application_name=PROBE_NAME, connect_timeout=CONNECT_TIMEOUT) as probe:
         try:
@@ -77,6 +79,15 @@ def shares_server(conn: psycopg.Connection[Any], dsn: str) -> bool:
         except psycopg.OperationalError:
             return True  # "transaction blocks not allowed in statement pooling mode" and its kin
     return theirs == before or after != before
+
+
+def direct(conn: psycopg.Connection[Any], backend_pid: int) -> bool:
+    """Whether PostgreSQL itself answered conn's startup: then conn keeps its backend and needs no probe.
+
+    The startup's BackendKeyData names the backend's pid only when PostgreSQL sent it; a pooler (PgBouncer in
+    every pool mode, measured on 1.18) hands the client a random cancel key of its own instead.
+    """
+    return conn.info.backend_pid == backend_pid
 
 
 def _open(dsn: str) -> psycopg.Connection[Any]:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from exporter import PartitionImplementationDetector
 from exporter.app import Exporter
 from exporter.target import APPLICATION_NAME
-from migrations.connect import POOL_REFUSAL
+from migrations.connect import POOL_REFUSAL, direct
 from migrations.runlock import LOCK_CLASS, held_here
 from tests.integrations.common import load_example
 from tests.migrations.helpers import catalog, cli, state
@@ -216,3 +216,18 @@ def test_a_dsn_with_options_behind_default_pgbouncer_says_what_to_do(
     assert result.error is not None
     assert "unsupported startup parameter: options" in result.error
     assert "remove it (or list it in ignore_startup_parameters)" in result.error
+
+
+def test_only_a_direct_connection_skips_the_pool_probe(admin_dsn: str, dsn: str) -> None:
+    """PostgreSQL's own BackendKeyData names the session's backend; PgBouncer's, in every pool mode, does not."""
+
+    def answered_directly(target: str) -> bool:
+        with psycopg.connect(target, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            return direct(conn, int(row[0]))
+
+    assert answered_directly(dsn)
+    for mode in ("session", "transaction", "statement"):
+        with pgbouncer(admin_dsn, mode) as bouncer:
+            assert not answered_directly(bouncer.dsn(dsn)), mode
