@@ -118,7 +118,8 @@ def state(conn: psycopg.Connection[Any]) -> tuple[str, list[str]] | None:
 def migrate_waits_on_lock(conn: psycopg.Connection[Any], statement: str) -> bool:
     """True while a partkey-migrate backend waits on a lock in a statement LIKE `statement`."""
     row = conn.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate'"
+        # This database's only: with xdist, another test's run may wait on a lock in its own database.
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'partkey-migrate' AND datname = current_database()"
         " AND wait_event_type = 'Lock' AND query LIKE %s",
         (statement,),
     ).fetchone()

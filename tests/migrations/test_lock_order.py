@@ -11,13 +11,15 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.migrations.helpers import assert_acknowledged_rows_landed, cli
-from tests.schema import create_list_table, insert_rows
+from exporter import chunks_schema
+from tests.migrations.helpers import assert_acknowledged_rows_landed, cli, migrate_waits_on_lock, spawn
+from tests.schema import LEGACY_TRIGGER_FUNCTION, create_list_table, insert_rows
 
 LOCK_TIMEOUT = 1.0  # the default, equal to deadlock_timeout: the case seen in production
 INDEXES = 8
@@ -130,3 +132,134 @@ def test_every_multi_relation_step_locks_the_parent_first(
                 assert step["statements"][0] == f'LOCK TABLE "public"."chunks" IN {modes[step["name"]]} MODE', step
                 seen.append(step["name"])
     assert seen == ["add-check", "validate-check", "drop-trigger", "create-trigger", "drop-check"]
+
+
+def collection_for(conn: psycopg.Connection[Any], key: int) -> str:
+    """A collection id whose safe key is `key` (modulus 10), found by the server."""
+    row = conn.execute(
+        "SELECT c::text FROM (SELECT md5('writer' || g)::uuid AS c FROM generate_series(1, 1000) g) s "
+        "WHERE abs(hashtext(c::text) %% 10) = %s LIMIT 1",
+        (key,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def waits_on_lock(conn: psycopg.Connection[Any], pid: int) -> bool:
+    """True while backend `pid` waits for a heavyweight lock."""
+    row = conn.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (pid,)).fetchone()
+    return row is not None
+
+
+def poll(predicate: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
+    """Wait for a state (never for a time): a generous deadline, only there to end a broken run."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def semantik_shaped_table(conn: psycopg.Connection[Any]) -> None:
+    """LIST table, the legacy trigger on each partition (PG 11/12 allow no other), 8 indexes, the CHECK validated.
+
+    The partitions are created from the last name to the first, so their OIDs run against their names: PG 11 locks
+    a parent's partitions in OID order when an INSERT starts, partkey-migrate dropped the triggers in name order
+    (as when partitions are named part_0 .. part_99, or were re-attached). With the CHECK in place already, the
+    upgrade's only locking step is drop-trigger.
+    """
+    conn.execute(chunks_schema.chunks_table("public.chunks"))
+    for key in reversed(range(10)):
+        conn.execute(f"CREATE TABLE chunks_part_{key:02d} PARTITION OF chunks FOR VALUES IN ({key})")
+    conn.execute(LEGACY_TRIGGER_FUNCTION.format(schema="public", modulus=10))
+    for key in range(10):
+        conn.execute(
+            f"CREATE TRIGGER set_partition_key BEFORE INSERT ON chunks_part_{key:02d} "
+            "FOR EACH ROW EXECUTE PROCEDURE compute_partition_key()"
+        )
+    for number in range(INDEXES):
+        conn.execute(f"CREATE INDEX chunks_extra_{number} ON chunks (content, id) WHERE id % {number + 2} = 0")
+    insert_rows(conn, 200, modulus=10)
+    conn.execute(
+        "ALTER TABLE chunks ADD CONSTRAINT chunks_partition_key_check "
+        "CHECK (partition_key = abs(hashtext(collection_id::text) % 10))"
+    )
+
+
+@pytest.mark.versioned("partkey-migrate drop-trigger never deadlocks a writer")
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("writer_began", ["before the step", "during the step"])
+def test_drop_trigger_never_deadlocks_a_writer_in_a_transaction(
+    conn: psycopg.Connection[Any], dsn: str, writer_began: str
+) -> None:
+    """The production deadlock of issue 14 (failure 9), sequenced through pg_locks instead of left to luck.
+
+    A third session holds chunks_part_05, so that a migration that locks partitions one by one stops half way,
+    holding part_00..04. The writer, in one transaction, inserts into chunks_part_09 and then into chunks_part_00:
+    either its first INSERT ran before the migration started ("before the step": it holds the parent and part_09),
+    or both run while the migration waits for part_05 ("during the step"). Then part_05 is released.
+
+    Parent first (main since df97c3b): the migration waits for the parent holding nothing, or holds the parent so
+    that the writer waits for it whole; it never holds a partition the writer needs, and no one errs.
+
+    With the old order (DROP TRIGGER on each partition, no LOCK TABLE on the parent: df97c3b^; here main with
+    plans._parent_first returning [], 2026-11-30), both cases failed with the writer's INSERT losing its write with
+    `DeadlockDetected: deadlock detected` (40P01) after deadlock_timeout (1 s), as in production: "before the step"
+    on PG 12 and 18 (its INSERT into part_00 waited for the migration, which then waited for part_09), "during the
+    step" on PG 11, 12 and 18 (on 11 the first INSERT locks every partition in OID order, took part_09..05 and
+    waited for part_04, which the migration held while it waited for part_05). "before the step" cannot deadlock on
+    PG 11, where the first INSERT locks every partition before the migration starts.
+    """
+    semantik_shaped_table(conn)
+    statement = "INSERT INTO chunks (collection_id, partition_key, content) VALUES (%s, %s, 'w') RETURNING id"
+    last, first = collection_for(conn, 9), collection_for(conn, 0)
+    errors: list[str] = []
+    acked: list[tuple[int, str]] = []
+    pending: list[tuple[int, str]] = []
+    with psycopg.connect(dsn) as writer, psycopg.connect(dsn) as blocker:
+
+        def insert(collection: str, key: int) -> None:
+            """One single-row INSERT in the writer's open transaction; an error is the lost write."""
+            try:
+                pending.append((int(writer.execute(statement, (collection, key)).fetchone()[0]), collection))  # type: ignore[index]
+            except psycopg.Error as error:
+                errors.append(f"{type(error).__name__}: {error}")
+
+        if writer_began == "before the step":
+            insert(last, 9)
+        blocker.execute("LOCK TABLE chunks_part_05 IN ACCESS SHARE MODE")
+        migration = spawn(dsn, "upgrade", "--lock-timeout", "120", "--max-attempts", "1")
+        try:
+            poll(lambda: migrate_waits_on_lock(conn, "%"), "the migration waits for a lock")
+
+            def rest() -> None:
+                """The rest of the writer's transaction (stops at the first error, as the application would)."""
+                if writer_began == "during the step":
+                    insert(last, 9)
+                if not errors:
+                    insert(first, 0)
+
+            inserting = threading.Thread(target=rest, daemon=True)
+            inserting.start()
+            writer_pid = writer.info.backend_pid
+            poll(lambda: not inserting.is_alive() or waits_on_lock(conn, writer_pid), "the writer ends or waits")
+            waited = inserting.is_alive()
+            blocker.commit()  # the migration goes on: with the old order it now waits for the writer, a deadlock
+            inserting.join(timeout=120)
+            assert not inserting.is_alive()
+            if errors:
+                writer.rollback()
+            else:
+                writer.commit()
+                acked.extend(pending)
+            _, err = migration.communicate(timeout=120)
+        finally:
+            if migration.poll() is None:
+                migration.kill()
+                migration.communicate()
+    assert errors == []  # the write the application would have lost
+    if writer_began == "before the step":
+        assert not waited  # it holds the parent: the migration waits for it and holds nothing it needs
+    assert migration.returncode == 0, err
+    assert_acknowledged_rows_landed(conn, acked, errors)
+    assert len(acked) == 2
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'set_partition_key'").fetchone() == (0,)
