@@ -14,7 +14,7 @@ from psycopg import sql
 
 from exporter.introspect import Implementation
 from migrations import dependents as column_dependents
-from migrations import sqlgen
+from migrations import replica_identity, sqlgen
 from migrations.catalog import Dependent, column_number, key_dependents, table_oid, table_size
 from migrations.functions import restore_statements
 from migrations.options import Options
@@ -172,6 +172,8 @@ def generated_downgrade(
         else:
             statements.append(dependent.recreate(spec.table_ident))
             rebuilt.append(dependent.name)
+    identity = replica_identity.identity_index(conn, spec, current)
+    statements += replica_identity.restore(spec, identity)
     for other in others:
         statements += other.statements  # privileges, comment, statistics target: as they were
     saved_function = captured.get("functions", {}).get(f"{fschema}.{fname}")
@@ -189,7 +191,9 @@ def generated_downgrade(
             name="swap-back",
             title=(
                 f"one transaction: drop the generated column, rename {old}, SET NOT NULL (proved by the CHECK), "
-                f"attach {', '.join(d.name for d in saved) or 'no index'}, re-create trigger {trigger_name}"
+                f"attach {', '.join(d.name for d in saved) or 'no index'}"
+                + (f", replica identity {identity}" if identity else "")
+                + f", re-create trigger {trigger_name}"
             ),
             statements=tuple(statements),
             lock=f"ACCESS EXCLUSIVE on {spec.label}"

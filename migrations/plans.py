@@ -10,7 +10,7 @@ from psycopg import sql
 from exporter.introspect import Implementation
 from exporter.pg.policy import Strategy
 from migrations import dependents as column_dependents
-from migrations import sqlgen
+from migrations import replica_identity, sqlgen
 from migrations.catalog import (
     KeyTrigger,
     TableSize,
@@ -301,11 +301,14 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
         else:
             statements.append(dependent.recreate(spec.table_ident))
             rebuilt.append(dependent.name)
+    identity = replica_identity.identity_index(conn, spec, dependents)
+    statements += replica_identity.restore(spec, identity)
     for other in others:
         statements += other.statements  # privileges, comment, statistics target: as they were
     labels = [
         d.name if any(d.name.startswith(word) for word in d.kind.split()) else f"{d.kind} {d.name}" for d in others
     ]
+    labels += [f"replica identity {identity}"] if identity else []
     names = ", ".join([d.name for d in dependents] + labels) or "none"
     plan.steps.append(
         Step(
