@@ -1,5 +1,6 @@
 """Privileges put back exactly, grantor included: a superuser's (or the owner's) GRANT is recorded as granted by the
-owner; any other grantor is restored by granting under SET LOCAL ROLE <grantor>.
+owner; any other grantor is restored by granting under SET LOCAL ROLE <grantor>, when the migrating role may SET ROLE
+to it, and is otherwise replaced by the migrating role (the plan says so).
 
 PostgreSQL cannot record another grantor directly: GRANT ... GRANTED BY is a syntax error on 11-13 and fails with
 "grantor must be current user" on 14-18 (measured on 11, 14 and 18).
@@ -71,6 +72,12 @@ def _ordered(grants: list[Grant], owner: str) -> list[Grant]:
     return done
 
 
+def can_set_role(conn: psycopg.Connection[Any]) -> str:
+    """pg_has_role's privilege that means "SET ROLE to it works": SET on 16+, where a member can be granted
+    WITH SET FALSE and MEMBER stays true; on 11-15 every member may SET ROLE."""
+    return "SET" if conn.info.server_version >= 160000 else "MEMBER"
+
+
 def grant_statements(
     conn: psycopg.Connection[Any], grants: list[Grant], owner: str, on: sql.Composable, column: str | None = None
 ) -> tuple[list[Statement], list[str]]:
@@ -92,7 +99,7 @@ def grant_statements(
         if g.grantor == owner:
             statements.append(grant)  # run by a superuser or the owner, the grantor recorded is the owner
             continue
-        member = conn.execute("SELECT pg_has_role(%s, 'MEMBER')", (g.grantor,)).fetchone()
+        member = conn.execute("SELECT pg_has_role(%s, %s)", (g.grantor, can_set_role(conn))).fetchone()
         if not (member and member[0]):
             statements.append(grant)
             lost.append(g.grantor)
