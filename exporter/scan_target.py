@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from exporter.checks.base import CheckFailedError, Outcome
+from exporter.pg.retry import Backoff, retry
 from exporter.pg.scrub import first_line
 from exporter.target import Target
 
@@ -105,38 +106,43 @@ class ScanRoute:
     def run(self, execute: Callable[[psycopg.Connection[Any]], Outcome]) -> Outcome:
         """execute(conn) on the standby; retried when a recovery conflict cancels it. Never runs on the primary."""
         conflicts: list[str] = []
-        state = SQLSTATE_RECOVERY_CONFLICT
-        for attempt in range(self.attempts):
-            if attempt:
-                # The standby must replay past the conflict; after a FATAL one the target also backs off ~1 s.
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+        states: list[str] = []
+
+        def attempt() -> Outcome:
             self._refresh()
-            try:
-                with self.target.session() as conn:
-                    outcome = execute(conn)
-            except psycopg.Error as error:
-                if not is_recovery_conflict(error):
-                    raise
-                conflicts.append(self.target.scrub(first_line(str(error))))
-                state = error.sqlstate or state
-                log.info(
-                    "%s: a recovery conflict canceled the scan (attempt %d of %d): %s",
-                    self.target.name,
-                    attempt + 1,
-                    self.attempts,
-                    conflicts[-1],
-                )
-                continue
-            source = outcome.scan
-            if source is None:
-                return outcome
-            self._note_standby(source)
-            return dataclasses.replace(outcome, scan=dataclasses.replace(source, conflict_retries=len(conflicts)))
-        raise RecoveryConflictError(
-            f"canceled by a recovery conflict on the standby {len(conflicts)} times in a row "
-            f"(SQLSTATE {state}: {conflicts[-1]}): replay removed row versions or took locks "
-            "the scan still needed; on the standby, raise max_standby_streaming_delay or turn on hot_standby_feedback"
-        )
+            with self.target.session() as conn:
+                return execute(conn)
+
+        def failed(number: int, error: Exception, pause: float | None) -> None:
+            conflicts.append(self.target.scrub(first_line(str(error))))
+            if isinstance(error, psycopg.Error) and error.sqlstate:
+                states.append(error.sqlstate)
+            log.info(
+                "%s: a recovery conflict canceled the scan (attempt %d of %d): %s",
+                self.target.name,
+                number,
+                self.attempts,
+                conflicts[-1],
+            )
+
+        # The standby must replay past the conflict; after a FATAL one the target also backs off ~1 s.
+        backoff = Backoff(self.attempts, self.backoff, math.inf, jitter=False)
+        try:
+            outcome = retry(attempt, is_recovery_conflict, backoff, failed)
+        except psycopg.Error as error:
+            if not is_recovery_conflict(error):
+                raise
+            state = states[-1] if states else SQLSTATE_RECOVERY_CONFLICT
+            raise RecoveryConflictError(
+                f"canceled by a recovery conflict on the standby {len(conflicts)} times in a row "
+                f"(SQLSTATE {state}: {conflicts[-1]}): replay removed row versions or took locks the scan still "
+                "needed; on the standby, raise max_standby_streaming_delay or turn on hot_standby_feedback"
+            ) from None
+        source = outcome.scan
+        if source is None:
+            return outcome
+        self._note_standby(source)
+        return dataclasses.replace(outcome, scan=dataclasses.replace(source, conflict_retries=len(conflicts)))
 
     def _refresh(self) -> None:
         """Before an attempt: notice a connection the standby closed since the last scan, and reconnect at once.

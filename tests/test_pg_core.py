@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from exporter.pg import catalog
 from exporter.pg.connect import connect
 from exporter.pg.limits import set_local_limits
 from exporter.pg.locks import Backoff, LockRetriesExhausted, retry_lock_timeouts
+from exporter.pg.retry import retry
 from exporter.pg.scrub import redact, scrub
 from exporter.target import APPLICATION_NAME, Target
 from tests.pgbouncer import semantik_chunks
@@ -180,6 +182,39 @@ def test_lock_retries_back_off_then_give_up_with_the_callers_words(
         "read t: lock timeout (55P03) on attempt 1/3",
         "read t: lock timeout (55P03) on attempt 2/3",
     ]
+
+
+def test_one_retry_loop_tells_each_failure_and_raises_the_last_or_a_foreign_error() -> None:
+    """retry() serves both lock-timeout and recovery-conflict retries: what it retries is the caller's predicate."""
+    assert [Backoff(5, 0.1, 0.3, jitter=False).pause(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
+    assert all(0.05 <= Backoff(5, 0.1, 0.3).pause(1) <= 0.1 for _ in range(50))
+    told: list[tuple[int, str, float | None]] = []
+    results: Iterator[Exception | str] = iter([KeyError("a"), KeyError("b"), "done"])
+
+    def attempt() -> str:
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def failed(number: int, error: Exception, pause: float | None) -> None:
+        told.append((number, str(error), pause))
+
+    def is_key_error(error: Exception) -> bool:
+        return isinstance(error, KeyError)
+
+    assert retry(attempt, is_key_error, Backoff(3, 0.0, 0.0, jitter=False), failed) == "done"
+    assert told == [(1, "'a'", 0.0), (2, "'b'", 0.0)]
+    told.clear()
+    results = iter([KeyError("a"), KeyError("b")])
+    with pytest.raises(KeyError, match="b"):
+        retry(attempt, is_key_error, Backoff(2, 0.0, 0.0, jitter=False), failed)
+    assert told == [(1, "'a'", 0.0), (2, "'b'", None)]
+    told.clear()
+    results = iter([ValueError("not ours")])
+    with pytest.raises(ValueError, match="not ours"):
+        retry(attempt, is_key_error, Backoff(3, 0.0, 0.0, jitter=False), failed)
+    assert told == []
 
 
 def test_the_detector_never_prepares_on_a_borrowed_connection(conn: psycopg.Connection[Any], dsn: str) -> None:

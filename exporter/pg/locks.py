@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from psycopg import errors
+
+from exporter.pg.retry import Backoff, retry
+
+__all__ = ["Backoff", "LockRetriesExhausted", "retry_lock_timeouts"]
 
 T = TypeVar("T")
 
 
 class LockRetriesExhausted(Exception):
     """Every attempt timed out waiting for a lock."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """How often and how patiently to retry: attempts, first pause and longest pause, in seconds."""
-
-    max_attempts: int = 10
-    initial: float = 0.2
-    maximum: float = 10.0
 
 
 def retry_lock_timeouts(
@@ -34,15 +26,11 @@ def retry_lock_timeouts(
 
     attempt() must leave nothing held when it raises (roll its transaction back), so the sleep holds no lock.
     """
-    delay = backoff.initial
-    for number in range(1, backoff.max_attempts + 1):
-        try:
-            return attempt()
-        except errors.LockNotAvailable as error:
-            if number == backoff.max_attempts:
-                log.error("%s: lock timeout on attempt %d/%d, giving up", what, number, backoff.max_attempts)
-                raise LockRetriesExhausted(give_up(number, error)) from error
-            pause = min(backoff.maximum, delay) * random.uniform(0.5, 1.0)
+
+    def failed(number: int, error: Exception, pause: float | None) -> None:
+        if pause is None:
+            log.error("%s: lock timeout on attempt %d/%d, giving up", what, number, backoff.max_attempts)
+        else:
             log.warning(
                 "%s: lock timeout (55P03) on attempt %d/%d; retrying in %.2fs",
                 what,
@@ -50,6 +38,8 @@ def retry_lock_timeouts(
                 backoff.max_attempts,
                 pause,
             )
-            time.sleep(pause)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    try:
+        return retry(attempt, lambda error: isinstance(error, errors.LockNotAvailable), backoff, failed)
+    except errors.LockNotAvailable as error:  # only the last attempt's gets out of retry()
+        raise LockRetriesExhausted(give_up(backoff.max_attempts, error)) from error
