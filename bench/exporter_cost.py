@@ -35,7 +35,7 @@ from bench.stats import summarize
 from exporter import chunks_schema
 from exporter.app import Exporter
 from exporter.config import parse_config
-from tests.e2e.prometheus import free_port
+from tests.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 ROLE = ROLES["partkey-exporter"]

@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from bench.server import BENCH_SETTINGS, bench_server, machine
 from bench.stats import Summary, summarize
 from exporter import chunks_schema
-from tests.e2e.prometheus import free_port
+from tests.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 ROLE = "bench_fleet"

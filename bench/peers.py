@@ -37,7 +37,7 @@ from bench.stats import summarize
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.demo import build_demo_database
-from tests.e2e.prometheus import free_port
+from tests.ports import free_port
 from tests.support import stop_process
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.e2e.prometheus import free_port
+from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from tests.reliability.harness import CHECKS
 from tests.schema import create_list_table, insert_rows
 from tests.support import parse, stop_process, value
@@ -69,61 +69,70 @@ def pgbouncer(admin_dsn: str, mode: PoolMode = "transaction", **settings: str | 
     server = {k: str(v) for k, v in conninfo_to_dict(admin_dsn).items() if v is not None}
     user = server.get("user", "postgres")
     workdir = Path(tempfile.mkdtemp(prefix="partkey-pgbouncer-"))
-    port = free_port()
     (workdir / "userlist.txt").write_text(f'"{user}" "{server.get("password", "")}"\n')
     target = f"host={server.get('host', 'localhost')} port={server.get('port', '5432')}"
-    lines = [
-        "[databases]",
-        f"* = {target}",
-        "[pgbouncer]",
-        "listen_addr = 127.0.0.1",
-        f"listen_port = {port}",
-        "unix_socket_dir =",
-        "auth_type = trust",
-        f"auth_file = {workdir / 'userlist.txt'}",
-        f"logfile = {workdir / 'pgbouncer.log'}",
-        f"pidfile = {workdir / 'pgbouncer.pid'}",
-        f"pool_mode = {mode}",
-        *(f"{key} = {value}" for key, value in settings.items()),
-    ]
+    account = None
     if os.geteuid() == 0:
         # PgBouncer refuses to run as root; it drops to the account that owns the server's socket directory
         # (the embedded server's own user), which may reach it, or to Debian's `postgres` for a TCP server.
         host = server.get("host", "")
-        entry = pwd.getpwuid(os.stat(host).st_uid) if host.startswith("/") else pwd.getpwnam("postgres")
-        lines.append(f"user = {entry.pw_name}")
-        os.chown(workdir, entry.pw_uid, entry.pw_gid)
-    (workdir / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
-    for name in ("pgbouncer.ini", "userlist.txt"):
-        os.chmod(workdir / name, 0o644)
-    process = subprocess.Popen(
-        [binary, str(workdir / "pgbouncer.ini")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    bouncer = Bouncer(port, workdir / "pgbouncer.log", mode, server)
+        account = pwd.getpwuid(os.stat(host).st_uid) if host.startswith("/") else pwd.getpwnam("postgres")
+        os.chown(workdir, account.pw_uid, account.pw_gid)
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], Bouncer]:
+        lines = [
+            "[databases]",
+            f"* = {target}",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {port}",
+            "unix_socket_dir =",
+            "auth_type = trust",
+            f"auth_file = {workdir / 'userlist.txt'}",
+            f"logfile = {workdir / 'pgbouncer.log'}",
+            f"pidfile = {workdir / 'pgbouncer.pid'}",
+            f"pool_mode = {mode}",
+            *(f"{key} = {value}" for key, value in settings.items()),
+            *([f"user = {account.pw_name}"] if account else []),
+        ]
+        (workdir / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
+        for name in ("pgbouncer.ini", "userlist.txt"):
+            os.chmod(workdir / name, 0o644)
+        (workdir / "pgbouncer.log").unlink(missing_ok=True)  # a lost port's words are not this attempt's
+        process = subprocess.Popen(
+            [binary, str(workdir / "pgbouncer.ini")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        bouncer = Bouncer(port, workdir / "pgbouncer.log", mode, server)
+
+        def output() -> str:
+            printed = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            return printed + bouncer.log()
+
+        try:
+            wait_listening(process, lambda: _answers(bouncer, admin_dsn), output, "pgbouncer", timeout=30)
+        except BaseException:
+            stop_process(process)
+            raise
+        return process, bouncer
+
     try:
-        _wait_until_up(bouncer, process, admin_dsn)
-        yield bouncer
+        _, (process, bouncer) = on_free_port(start)
+        try:
+            yield bouncer
+        finally:
+            stop_process(process)
     finally:
-        stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_until_up(bouncer: Bouncer, process: subprocess.Popen[bytes], admin_dsn: str) -> None:
-    """Poll until a query goes through the pool; fail with PgBouncer's own words if it exits or never answers."""
-    deadline = time.monotonic() + 30
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            raise RuntimeError(f"pgbouncer exited with {process.returncode}: {output}{bouncer.log()}")
-        try:
-            with psycopg.connect(bouncer.dsn(admin_dsn), autocommit=True, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.Error as error:
-            last = error
-            time.sleep(0.1)
-    raise RuntimeError(f"pgbouncer did not answer within 30 s: {last}\n{bouncer.log()}")
+def _answers(bouncer: Bouncer, admin_dsn: str) -> bool:
+    """Whether a query goes through the pool."""
+    try:
+        with psycopg.connect(bouncer.dsn(admin_dsn), autocommit=True, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
 
 
 DAEMON_CONFIG = """
@@ -196,6 +205,27 @@ def _application(dsn: str, stop: threading.Event, errors: list[str], count: list
                 app.rollback()
 
 
+def _start_daemon(config: Path, log: Path, pool_dsn: str, modulus: int) -> tuple[int, subprocess.Popen[bytes]]:
+    """(port, process): `partkey-exporter run` on the pool, bound to a port of its own, its output in log."""
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        config.write_text(DAEMON_CONFIG.format(port=port, dsn=pool_dsn, modulus=modulus))
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_listening(process, lambda: EXPORTER_LISTENING in log.read_text(), log.read_text, "the daemon", 60)
+        except BaseException:
+            stop_process(process)
+            raise
+        return process
+
+    return on_free_port(start)
+
+
 def run_two_daemons_and_an_application(pool_dsn: str, workdir: Path, seconds: float, modulus: int) -> PoolRun:
     """Two `partkey-exporter run` daemons and one application share the pool for `seconds`; then both stop."""
     daemons: list[tuple[subprocess.Popen[bytes], Path, str]] = []
@@ -206,16 +236,8 @@ def run_two_daemons_and_an_application(pool_dsn: str, workdir: Path, seconds: fl
     metrics: list[str] = []
     try:
         for number in (1, 2):
-            port = free_port()
-            config = workdir / f"daemon{number}.yaml"
-            config.write_text(DAEMON_CONFIG.format(port=port, dsn=pool_dsn, modulus=modulus))
             log = workdir / f"daemon{number}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            port, process = _start_daemon(workdir / f"daemon{number}.yaml", log, pool_dsn, modulus)
             daemons.append((process, log, f"http://127.0.0.1:{port}"))
         app.start()
         for process, log, url in daemons:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import ssl
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.prometheus import free_port
+from tests.reliability.harness import start_daemon
 from tests.schema import create_list_table
 from tests.support import self_signed_certificate
 
@@ -48,22 +45,6 @@ def _wait_ready(url: str, context: ssl.SSLContext | None = None, timeout: float 
     raise AssertionError(f"{url} never became ready")
 
 
-def _start(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _stop(process: subprocess.Popen[str]) -> tuple[float, str]:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=15)
-    return time.monotonic() - started, err
-
-
 def test_tls_serves_metrics_with_the_configured_certificate(
     conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
 ) -> None:
@@ -71,10 +52,9 @@ def test_tls_serves_metrics_with_the_configured_certificate(
         pytest.skip("openssl command not found")
     create_list_table(conn, modulus=4, trigger=None)
     cert, key = self_signed_certificate(tmp_path, "127.0.0.1", san="IP:127.0.0.1")
-    port = free_port()
     config = tmp_path / "partkey.yaml"
-    _write(config, dsn, port, tls=f", tls_cert_file: {cert}, tls_key_file: {key}")
-    process = _start(config)
+    tls = f", tls_cert_file: {cert}, tls_key_file: {key}"
+    port, daemon = start_daemon(config, lambda port: _write(config, dsn, port, tls=tls))
     context = ssl.create_default_context(cafile=str(cert))
     try:
         _wait_ready(f"https://127.0.0.1:{port}", context)
@@ -84,7 +64,7 @@ def test_tls_serves_metrics_with_the_configured_certificate(
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:
-        _stop(process)
+        daemon.stop()
 
 
 def _openssl() -> bool:

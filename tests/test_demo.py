@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.prometheus import free_port
+from tests.ports import IN_USE, PortTaken, on_free_port
 from tests.support import http, metrics, value
 
 
@@ -27,10 +27,8 @@ def _postgres_children(datadir: str) -> list[psutil.Process]:
     return found
 
 
-# Start (initdb, load), report and stop take over a minute on a loaded 2-core machine: more than the 120 s default.
-@pytest.mark.timeout(480)
-def test_demo_runs_reports_and_stops_cleanly() -> None:
-    port = free_port()
+def _start(port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """The demo on port, and what it printed up to "Press Ctrl-C" (or its end); PortTaken when it lost the port."""
     demo = subprocess.Popen(
         [sys.executable, "-m", "exporter.cli", "demo", "--rows", "5000", "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -46,7 +44,16 @@ def test_demo_runs_reports_and_stops_cleanly() -> None:
             break
         lines.append(line.rstrip("\n"))
         if line.startswith("Press Ctrl-C"):
-            break
+            return demo, lines
+    if demo.poll() is not None and IN_USE in "\n".join(lines).lower():
+        raise PortTaken(f"demo on port {port}")
+    return demo, lines
+
+
+# Start (initdb, load), report and stop take over a minute on a loaded 2-core machine: more than the 120 s default.
+@pytest.mark.timeout(480)
+def test_demo_runs_reports_and_stops_cleanly() -> None:
+    port, (demo, lines) = on_free_port(_start)
     output = "\n".join(lines)
     datadir = re.search(r"embedded PostgreSQL in (\S+) \.\.\.", output)
     try:

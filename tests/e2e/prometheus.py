@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import on_free_port, wait_listening
 from tests.support import stop_process
 
 
@@ -30,13 +30,6 @@ def require_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -58,37 +51,45 @@ scrape_configs:
       - targets: ["{scrape_target}"]
 """
     )
-    port = free_port()
-    log = (workdir / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = workdir / "prometheus.log"
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_listening(process, lambda: _ready(port), log_path.read_text, "prometheus", timeout=60)
+        except BaseException:
+            stop_process(process, grace=15)
+            raise
+        return process
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not start:\n" + (workdir / "prometheus.log").read_text()[-3000:])
-            time.sleep(0.3)
-        yield url
+        port, process = on_free_port(start)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(process, grace=15)
     finally:
-        stop_process(process, grace=15)
-        log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ready(port: int) -> bool:
+    """Whether the Prometheus on port answers /-/ready."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def query(prometheus_url: str, expression: str) -> list[dict[str, Any]]:

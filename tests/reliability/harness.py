@@ -22,6 +22,7 @@ import psycopg
 from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import own_start_stop_lock, scratch_database
+from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from tests.support import Samples
 
 T = TypeVar("T")
@@ -242,6 +243,12 @@ class Daemon:
         """Everything the daemon logged so far."""
         return "\n".join(self.lines)
 
+    def last_words(self) -> str:
+        """Everything the daemon logged so far; all of it when it has exited (the reader catches up first)."""
+        if self.process.poll() is not None:
+            self._reader.join(5)
+        return self.log
+
     def signal(self, signum: int) -> None:
         """Send a signal to the daemon."""
         self.process.send_signal(signum)
@@ -275,3 +282,21 @@ def write_daemon_config(
     """A daemon config file with a listen port; checks every second unless told otherwise."""
     body = config_yaml(dsn, modulus=modulus, checks=checks, lock_timeout=lock_timeout, extra=extra, name=name)
     path.write_text(f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: info\n{body}")
+
+
+def start_daemon(path: Path, write: Callable[[int], object], env: dict[str, str] | None = None) -> tuple[int, Daemon]:
+    """(port, daemon): write(port) the config at path and run the daemon; again on another port if one was taken."""
+
+    def start(port: int) -> Daemon:
+        write(port)
+        daemon = Daemon(path, env)
+        try:
+            wait_listening(
+                daemon.process, lambda: EXPORTER_LISTENING in daemon.log, daemon.last_words, "the daemon", 60
+            )
+        except BaseException:
+            daemon.stop()
+            raise
+        return daemon
+
+    return on_free_port(start)

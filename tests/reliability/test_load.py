@@ -16,8 +16,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.e2e.prometheus import free_port
-from tests.reliability.harness import Daemon, get, our_backends, scrape, wait_for, write_daemon_config
+from tests.reliability.harness import Daemon, get, our_backends, scrape, start_daemon, wait_for, write_daemon_config
 from tests.schema import create_list_table, insert_rows
 from tests.support import parse
 
@@ -78,10 +77,8 @@ def daemon(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> Iterator[
     create_list_table(conn, modulus=100, trigger="parent")
     insert_rows(conn, 20_000, modulus=100, collections=500)
     conn.execute("ANALYZE chunks")
-    port = free_port()
     path = tmp_path / "partkey.yaml"
-    write_daemon_config(path, dsn, port, modulus=100, checks=CHECKS)
-    running = Daemon(path)
+    port, running = start_daemon(path, lambda port: write_daemon_config(path, dsn, port, modulus=100, checks=CHECKS))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _ready(url), 60, step=0.2, what="every check succeeded once")

@@ -13,8 +13,7 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.config import ChecksConfig
-from tests.e2e.prometheus import free_port
-from tests.reliability.harness import Daemon, PrivateServer, get, scrape, wait_for
+from tests.reliability.harness import PrivateServer, get, scrape, start_daemon, wait_for
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, http, parse
 
@@ -89,7 +88,6 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
     wrong = "Wrong" + secrets.token_hex(12)
     wrong_dsn = dsn.replace(password, wrong)
     unreachable = f"postgresql://{ROLE}:{password}@127.0.0.1:1/nowhere?connect_timeout=1"
-    port = free_port()
     path = tmp_path / "partkey.yaml"
     targets = "".join(
         f"""
@@ -103,8 +101,12 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
 """
         for name, target_dsn in [("good", dsn), ("wrongpw", wrong_dsn), ("unreachable", unreachable)]
     )
-    path.write_text(f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: debug\ntargets:{targets}")
-    daemon = Daemon(path)
+    port, daemon = start_daemon(
+        path,
+        lambda port: path.write_text(
+            f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: debug\ntargets:{targets}"
+        ),
+    )
     url = f"http://127.0.0.1:{port}"
     seen: list[str] = []
     try:

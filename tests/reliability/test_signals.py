@@ -10,8 +10,15 @@ from typing import Any
 
 import psycopg
 
-from tests.e2e.prometheus import free_port
-from tests.reliability.harness import Daemon, get, our_backends, our_lock_waits, scrape, wait_for, write_daemon_config
+from tests.reliability.harness import (
+    get,
+    our_backends,
+    our_lock_waits,
+    scrape,
+    start_daemon,
+    wait_for,
+    write_daemon_config,
+)
 from tests.schema import create_list_table, insert_rows
 from tests.support import parse
 
@@ -36,10 +43,10 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
 
 def test_sigterm_while_a_check_waits_on_a_lock(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
     _prepare(conn)
-    port = free_port()
     path = tmp_path / "partkey.yaml"
-    write_daemon_config(path, dsn, port, checks=STUCK, lock_timeout="60s")
-    daemon = Daemon(path)
+    port, daemon = start_daemon(
+        path, lambda port: write_daemon_config(path, dsn, port, checks=STUCK, lock_timeout="60s")
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _up(url, "live") == 1, 30, step=0.2, what="the daemon up")
@@ -66,10 +73,8 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
     conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
 ) -> None:
     _prepare(conn)
-    port = free_port()
     path = tmp_path / "partkey.yaml"
-    write_daemon_config(path, dsn, port, name="before")
-    daemon = Daemon(path)
+    port, daemon = start_daemon(path, lambda port: write_daemon_config(path, dsn, port, name="before"))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _up(url, "before") == 1, 30, step=0.2, what="the daemon up")
