@@ -14,6 +14,7 @@ from exporter.app import Exporter
 from exporter.chart import render_chart
 from exporter.cliargs import hoist_options
 from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
+from exporter.discovery import configured_lines
 from exporter.discovery import render_text as render_discovery
 from exporter.logs import setup_logging
 from exporter.report import overall_status, render_json, render_text
@@ -144,7 +145,7 @@ def _discover_only(config: Config, output: str) -> int:
                 continue
             print(f"{name}: no discovery (tables: auto not set)")
             for table in configured:
-                print(f"  watch {table.label} (key {table.key_column}): configured in tables:")
+                print("\n".join(configured_lines(table)))
         failed = any(result is not None and not result.success for _, _, result in entries)
         return EXIT_DATABASE if failed else EXIT_OK
     finally:

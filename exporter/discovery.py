@@ -14,6 +14,7 @@ import psycopg
 from exporter.config import TableConfig, TargetConfig
 from exporter.formula_catalog import table_formulas
 from exporter.keyspec import KeySpec
+from exporter.monotonic import Watermark, pick_watermark
 from exporter.pg.errors import failure_line
 from exporter.snapshot import SnapshotStore
 from exporter.target import Target, TargetUnavailableError
@@ -54,6 +55,7 @@ class Found:
     source: str  # trigger, generated, check: the kind of place that keeps the key
     maintained_by: str  # that place, named (trigger set_partition_key -> public.compute_partition_key())
     formula: str  # the formula it computes, in its canonical safe form
+    watermark: Watermark  # the column incremental verification uses (table.monotonic_column), or why none
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -63,6 +65,7 @@ class Found:
             "source": self.source,
             "maintained_by": self.maintained_by,
             "formula": self.formula,
+            **self.watermark.to_dict(),
         }
 
 
@@ -139,6 +142,7 @@ def discover(conn: psycopg.Connection[Any], config: TargetConfig) -> tuple[list[
                 skipped.append(Skipped(label, f"configured in tables: (kept by {formulas.maintained_by})"))
                 break
             formula = formulas.table_formula
+            watermark = pick_watermark(conn, schema, table)
             watched = TableConfig(
                 table=table,
                 schema=schema,
@@ -146,9 +150,10 @@ def discover(conn: psycopg.Connection[Any], config: TargetConfig) -> tuple[list[
                 source_column=formula.columns[0] if formula.columns else "collection_id",
                 modulus=formula.modulus,
                 key_expression="auto",
+                monotonic_column=watermark.column,
                 checks=config.checks,
             )
-            found.append(Found(watched, place.kind, formulas.maintained_by, formula.normalised))
+            found.append(Found(watched, place.kind, formulas.maintained_by, formula.normalised, watermark))
             break  # one key per table: the first integer column a formula maintains
     return found, skipped
 
@@ -221,17 +226,28 @@ class DiscoveryRunner:
         return result
 
 
+def configured_lines(table: TableConfig) -> list[str]:
+    """A configured table's lines in the discovery report: it is watched as written, watermark included."""
+    column = table.monotonic_column
+    incremental = f"on {column}: monotonic_column in tables:" if column else "off: no monotonic_column in tables:"
+    return [
+        f"  watch {table.label} (key {table.key_column}): configured in tables:",
+        f"        incremental {incremental}",
+    ]
+
+
 def render_text(result: DiscoveryResult, configured: list[TableConfig]) -> str:
     """What a target watches and why, for people (report and report --discover)."""
     status = "ok" if result.success else f"FAILED: {result.error}"
     lines = [f"{result.target}: discovery {status}"]
     for table in configured:
-        lines.append(f"  watch {table.label} (key {table.key_column}): configured in tables:")
+        lines += configured_lines(table)
     for found in result.found:
         lines.append(
             f"  watch {found.table.label} (key {found.table.key_column}): discovered, kept by "
             f"{found.maintained_by} = {found.formula}"
         )
+        lines.append(f"        incremental {found.watermark.reason}")
     for skipped in result.skipped:
         lines.append(f"  skip  {skipped.table}: {skipped.reason}")
     if not configured and not result.found:

@@ -180,16 +180,19 @@ def test_report_discover_prints_what_would_be_watched_and_why(
     assert main(["report", "--config", str(config), "--discover"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "t1: discovery ok"
-    assert lines[1:4] == [
+    assert lines[1:7] == [
         "  watch app.checked (key partition_key): discovered, kept by CHECK checked_partition_key_check "
         "= abs(hashtext(collection_id) % 10)",
+        "        incremental on id: identity column in the primary key, leads index checked_pkey",
         "  watch app.docs (key partition_key): discovered, kept by column partition_key "
         "= abs(hashtext(collection_id) % 10)",
+        "        incremental on id: identity column in the primary key, leads index docs_pkey",
         "  watch public.chunks (key partition_key): discovered, kept by trigger set_partition_key -> "
         "public.compute_partition_key() = abs(hashtext(collection_id) % 4)",
+        "        incremental on id: identity column in the primary key, leads index chunks_pkey",
     ]
-    assert lines[4] == "  skip  public.ignored: excluded by exclude:"
-    assert lines[5].startswith("  skip  public.routed: keyed by its PARTITION BY LIST")
+    assert lines[7] == "  skip  public.ignored: excluded by exclude:"
+    assert lines[8].startswith("  skip  public.routed: keyed by its PARTITION BY LIST")
     assert main(["report", "--config", str(config), "--discover", "--format", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
     discovered = document["targets"][0]["discovery"]
@@ -250,6 +253,7 @@ def test_discovery_on_every_version(conn: psycopg.Connection[Any], dsn: str) -> 
     if major >= 12:
         expected.append(("public.docs", "generated"))
     assert [(f.table.label, f.source) for f in found] == expected
+    assert {f.table.label: f.table.monotonic_column for f in found} == {label: "id" for label, _ in expected}
     formulas = {f.table.label: f.formula for f in found}
     assert formulas["public.chunks"] == "abs(hashtext(collection_id) % 4)"
     assert formulas["public.checked"] == "abs(hashtext(collection_id) % 10)"
