@@ -17,6 +17,7 @@ from exporter.verify import VerificationResult
 from tests.schema import SAFE, create_list_table, insert_rows
 from tests.test_discovery import target_config, write_config
 
+
 def keyed(conn: psycopg.Connection[Any], table: str, columns: str) -> None:
     """A plain table with these COLUMNS, collection_id and a CHECK-kept key (found by discovery on PG 11-18)."""
     # The constraint named here: the server's own name for a column CHECK differs between versions.
