@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, Literal, Protocol
 
+from exporter.discovery import TargetDiscovery
+from exporter.discovery import render_text as render_discovery
 from exporter.report import TableHealth, overall_status, render_json, render_text
 from exporter.snapshot import CheckResult
 from exporter.verify import Mode
@@ -78,14 +81,19 @@ def select(source: HealthSource, target: str | None, table: str | None) -> list[
         raise AdminError(HTTPStatus.NOT_FOUND, str(error)) from None
 
 
-def health_json(healths: list[TableHealth]) -> dict[str, Any]:
-    """GET /admin/partition/health: overall status and every table's details."""
-    return {"status": overall_status(healths), "tables": [render_json(h) for h in healths]}
+def health_json(healths: list[TableHealth], discoveries: Sequence[TargetDiscovery] = ()) -> dict[str, Any]:
+    """GET /admin/partition/health: overall status, every table's details, what discovery found and why."""
+    return {
+        "status": overall_status(healths),
+        "tables": [render_json(h) for h in healths],
+        "discovery": [result.to_dict() for result, _ in discoveries],
+    }
 
 
-def report_text(healths: list[TableHealth]) -> str:
-    """GET /admin/partition/health/report: the text health report, one block per table."""
-    return "\n".join(render_text(h) for h in healths)
+def report_text(healths: list[TableHealth], discoveries: Sequence[TargetDiscovery] = ()) -> str:
+    """GET /admin/partition/health/report: what discovery watches and why, then one block per table."""
+    found = "".join(render_discovery(result, configured) for result, configured in discoveries)
+    return found + "\n".join(render_text(h) for h in healths)
 
 
 def parse_verify_body(body: bytes) -> tuple[str | None, str | None, Mode]:

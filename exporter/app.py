@@ -22,7 +22,7 @@ from exporter.checks.runner import CheckRunner
 from exporter.checks.verification import TableVerificationState, VerificationCheck
 from exporter.collector import PartkeyCollector
 from exporter.config import Config, TableConfig, TargetConfig
-from exporter.discovery import DiscoveryRunner, Found
+from exporter.discovery import DiscoveryRunner, Found, TargetDiscovery
 from exporter.exposition import Exposition
 from exporter.phase import PhasedTrigger, phase_of
 from exporter.reconnect import ReconnectWatcher
@@ -440,6 +440,16 @@ class Exporter:
             return runner.run()
         finally:
             state.lock.release()
+
+    def discoveries(self, target: str | None = None) -> list[TargetDiscovery]:
+        """Each tables: auto target's last discovery (the selected one's) and its configured tables, by name."""
+        results = self.store.current.discoveries
+        configs = {config.name: config for config in self.config.owned_targets()}
+        return [
+            (results[name], configs[name].configured_tables)
+            for name in sorted(self.discovery)
+            if target in (None, name) and name in results and name in configs
+        ]
 
     def ready(self) -> dict[str, bool]:
         """Per target: has at least one check succeeded?"""

@@ -253,3 +253,7 @@ def render_text(result: DiscoveryResult, configured: list[TableConfig]) -> str:
     if not configured and not result.found:
         lines.append("  nothing to watch: no table whose integer key a hashtext formula keeps")
     return "\n".join(lines) + "\n"
+
+
+# A target's last discovery with the tables its config names: what the report and the status page show for it.
+TargetDiscovery = tuple[DiscoveryResult, list[TableConfig]]

@@ -118,10 +118,11 @@ class Handler(BaseHTTPRequestHandler):
         elif path in {"/report", "/admin/partition/health/report", "/admin/partition/health"}:
             fmt, target, table = self._query()
             healths = select(exporter, target, table)
+            found = exporter.discoveries(target) if table is None else []  # a table asked for: that table alone
             if path == "/admin/partition/health" or fmt == "json":
-                self._json(HTTPStatus.OK, health_json(healths))
+                self._json(HTTPStatus.OK, health_json(healths, found))
             else:
-                self._send(HTTPStatus.OK, report_text(healths).encode(), "text/plain; charset=utf-8")
+                self._send(HTTPStatus.OK, report_text(healths, found).encode(), "text/plain; charset=utf-8")
         elif path == "/openapi.json":
             self._json(HTTPStatus.OK, SPEC)
         elif path == "/":

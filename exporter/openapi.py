@@ -193,7 +193,45 @@ SCHEMAS: dict[str, Any] = {
             },
         }
     ),
-    "Health": _obj({"status": STATUS, "tables": {"type": "array", "items": _ref("TableHealth")}}),
+    "DiscoveredTable": _obj(
+        {
+            "table": STRING,
+            "key_column": STRING,
+            "source": STRING,
+            "maintained_by": STRING,
+            "formula": STRING,
+            "monotonic_column": NULLABLE_STRING,
+            "incremental": STRING,
+        },
+        description="A table `tables: auto` watches: what keeps its key, and the column incremental verification "
+        "uses (null: off) with the reason.",
+    ),
+    "Discovery": _obj(
+        {
+            "target": STRING,
+            "success": BOOLEAN,
+            "error": NULLABLE_STRING,
+            "last_success_at": NULLABLE_NUMBER,
+            "tables": {"type": "array", "items": _ref("DiscoveredTable")},
+            "skipped": {
+                "type": "array",
+                "items": _obj({"table": STRING, "reason": STRING}),
+                "description": "Keyed tables left out, and why.",
+            },
+        },
+        description="A `tables: auto` target's last discovery; on failure, the tables found last and the error.",
+    ),
+    "Health": _obj(
+        {
+            "status": STATUS,
+            "tables": {"type": "array", "items": _ref("TableHealth")},
+            "discovery": {
+                "type": "array",
+                "items": _ref("Discovery"),
+                "description": "Each `tables: auto` target's last discovery (none when a table is selected).",
+            },
+        }
+    ),
     "VerifyRequest": {
         "type": "object",
         "additionalProperties": False,

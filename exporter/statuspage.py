@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter import __version__
+from exporter.discovery import TargetDiscovery
 from exporter.partition_stats import Distribution, PartitionRows, mark
 from exporter.report import TableHealth, overall_status
 
@@ -355,10 +356,56 @@ def _section(health: TableHealth, expected: str | None, now: float) -> str:
     )
 
 
-def render_page(healths: list[TableHealth], expected: dict[tuple[str, str], str], now: float) -> str:
+def _discovery(found: TargetDiscovery, now: float) -> str:
+    """One tables: auto target: what it watches and why, what it left out and why, and how discovery went."""
+    result, configured = found
+    if result.success:
+        state = "<span class='ok'>ok</span>"
+    else:
+        state = f"<span class='bad'>FAILED</span>: {_e(result.error)} (the tables found last stay watched)"
+    rows = [
+        (
+            f"<code>{_e(t.label)}</code>",
+            "watched",
+            "configured in tables:",
+            _e(f"on {t.monotonic_column}: monotonic_column in tables:" if t.monotonic_column else "off"),
+        )
+        for t in configured
+    ]
+    rows += [
+        (
+            f"<code>{_e(f.table.label)}</code>",
+            "watched",
+            f"key {_e(f.table.key_column)} kept by {_e(f.maintained_by)} = <code>{_e(f.formula)}</code>",
+            _e(f.watermark.reason),
+        )
+        for f in result.found
+    ]
+    rows += [(f"<code>{_e(s.table)}</code>", "skipped", _e(s.reason), "") for s in result.skipped]
+    table = (
+        "<table><tr><th>table</th><th></th><th>why</th><th>incremental verification</th></tr>"
+        + _rows(rows)
+        + "</table>"
+        if rows
+        else "<p class='muted'>nothing to watch: no table whose integer key a hashtext formula keeps</p>"
+    )
+    return (
+        f'<section class="discovery" data-target="{_a(result.target)}">'
+        f"<h2>{_e(result.target)}: discovered tables</h2>"
+        f"<p>discovery {state}; last success {_age(result.last_success_at, now)}</p>" + table + "</section>"
+    )
+
+
+def render_page(
+    healths: list[TableHealth],
+    expected: dict[tuple[str, str], str],
+    now: float,
+    discoveries: Iterable[TargetDiscovery] = (),
+) -> str:
     """The whole page; EXPECTED maps (target, table) to the key formula the config expects."""
     status = overall_status(healths)
     nav = "".join(f'<a href="{path}">{html.escape(text)}</a>' for path, text in LINKS)
+    found = "".join(_discovery(d, now) for d in discoveries)
     sections = "".join(_section(h, expected.get((h.target, h.table)), now) for h in healths)
     generated = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (
@@ -371,6 +418,7 @@ def render_page(healths: list[TableHealth], expected: dict[tuple[str, str], str]
         f"<nav>{nav}</nav>"
         f"<p class='muted'>From the exporter's last snapshot at {generated}; this page runs no SQL and reloads "
         f"every {REFRESH_SECONDS} s. Version {html.escape(__version__)}.</p>"
+        + found
         + (sections or "<p>No tables configured.</p>")
         + "</body></html>\n"
     )
@@ -389,4 +437,4 @@ def status_page(exporter: Exporter, now: float | None = None) -> str:
         text = table.spec.expression().as_string(None)
         # key_expression: auto verifies against the formula the table itself uses; show the safe form it should have.
         expected[key] = f"{text} (key_expression: auto, read from the table)" if table.spec.auto else text
-    return render_page(exporter.health(), expected, time.time() if now is None else now)
+    return render_page(exporter.health(), expected, time.time() if now is None else now, exporter.discoveries())
