@@ -122,6 +122,25 @@ def needs_generated(conn: psycopg.Connection[Any]) -> None:
         pytest.skip("no generated columns before PostgreSQL 12: the plain table keeps its trigger")
 
 
+# The key column's dependents, the objects on the column, and every row's key.
+Carried = tuple[dict[str, Any], dict[str, Any], dict[int, tuple[str, int, str]]]
+
+
+def carried(conn: psycopg.Connection[Any]) -> Carried:
+    """What the swap must carry: the column's dependents, the objects on it, and every row's key."""
+    return dependents_snapshot(conn), objects_snapshot(conn), keys(conn)
+
+
+def assert_carried_both_ways(conn: psycopg.Connection[Any], dsn: str, before: Carried, *options: str) -> None:
+    """upgrade (with options) swaps the key to a generated column, downgrade swaps it back; both keep `before`."""
+    steps: list[tuple[tuple[str, ...], str]] = [(("upgrade", *options), "s"), (("downgrade",), "")]
+    for command, generated in steps:
+        run = cli(dsn, *command)
+        assert run.code == 0, run.err
+        assert catalog(conn)["columns"][-1] == ("partition_key", "integer", False, generated)  # the swap happened
+        assert carried(conn) == before
+
+
 @pytest.mark.versioned("partkey-migrate carries the key column's dependents")
 def test_views_matviews_policies_statistics_and_publications_are_carried_both_ways(
     plain_table: psycopg.Connection[Any], dsn: str
@@ -168,8 +187,8 @@ def test_views_matviews_policies_statistics_and_publications_are_carried_both_wa
         )
     else:
         conn.execute("CREATE PUBLICATION chunk_keys_pub FOR TABLE chunks")  # no column lists before 15
-    before, rows, columns = objects_snapshot(conn), keys(conn), dependents_snapshot(conn)
-    assert before["relation chunk_keys"][-1] and before["relation chunk_key_counts"][-1]  # both return rows
+    before = carried(conn)
+    assert before[1]["relation chunk_keys"][-1] and before[1]["relation chunk_key_counts"][-1]  # both return rows
 
     plan = json.loads(cli(dsn, "plan", "--json", "--strategy", "generated").out)
     listed = {(d["kind"], d["name"]): d for d in plan["key_column_dependents"]}
@@ -181,20 +200,7 @@ def test_views_matviews_policies_statistics_and_publications_are_carried_both_wa
         assert ("publication", f"publication chunk_keys_pub: table chunks ({listed_columns})") in listed
     status = json.loads(cli(dsn, "status", "--json").out)
     assert {d["name"] for d in status["key_column_dependents"]} == {name for _, name in listed}
-
-    up = cli(dsn, "upgrade", "--strategy", "generated")
-    assert up.code == 0, up.err
-    assert catalog(conn)["columns"][-1] == ("partition_key", "integer", False, "s")  # the swap happened
-    assert objects_snapshot(conn) == before
-    assert dependents_snapshot(conn) == columns
-    assert keys(conn) == rows
-
-    down = cli(dsn, "downgrade")
-    assert down.code == 0, down.err
-    assert catalog(conn)["columns"][-1] == ("partition_key", "integer", False, "")
-    assert objects_snapshot(conn) == before
-    assert dependents_snapshot(conn) == columns
-    assert keys(conn) == rows
+    assert_carried_both_ways(conn, dsn, before, "--strategy", "generated")
 
 
 @pytest.mark.versioned("partkey-migrate carries the key column's dependents")
@@ -259,21 +265,14 @@ def test_grants_keep_their_grantor_through_upgrade_and_downgrade(
     conn.execute("GRANT SELECT (partition_key) ON chunks TO partkey_auditor")  # grantor: partkey_reader
     conn.execute("GRANT SELECT ON chunk_keys TO partkey_auditor")
     conn.execute("RESET ROLE")
-    columns, views = dependents_snapshot(conn), objects_snapshot(conn)
-    grantors = {(grantee, grantor) for _, grantor, grantee, _ in columns["column privileges"]}
+    before = carried(conn)
+    grantors = {(grantee, grantor) for _, grantor, grantee, _ in before[0]["column privileges"]}
     assert grantors == {("partkey_reader", "partkey_owner"), ("partkey_auditor", "partkey_reader")}
 
     plan = json.loads(cli(dsn, "plan", "--json", "--strategy", "generated").out)
     privileges = [d for d in plan["key_column_dependents"] if d["kind"] == "column privilege"]
     assert "SELECT to partkey_auditor (granted by partkey_reader)" in privileges[0]["name"]
-    up = cli(dsn, "upgrade", "--strategy", "generated")
-    assert up.code == 0, up.err
-    assert dependents_snapshot(conn) == columns  # grantors included
-    assert objects_snapshot(conn) == views
-    down = cli(dsn, "downgrade")
-    assert down.code == 0, down.err
-    assert dependents_snapshot(conn) == columns
-    assert objects_snapshot(conn) == views
+    assert_carried_both_ways(conn, dsn, before, "--strategy", "generated")  # grantors included
 
 
 @pytest.mark.versioned("partkey-migrate carries the key column's dependents")
@@ -287,8 +286,9 @@ def test_privileges_comment_and_statistics_target_are_carried_both_ways(
     conn.execute("GRANT SELECT ON chunks TO partkey_reader")
     conn.execute("COMMENT ON COLUMN chunks.partition_key IS 'abs(hashtext(collection_id) % 10), it''s routed on'")
     conn.execute("ALTER TABLE chunks ALTER COLUMN partition_key SET STATISTICS 321")
-    before, rows = dependents_snapshot(conn), keys(conn)
-    assert before["column privileges"] and before["comment"] and before["statistics target"] == (321,)
+    before = carried(conn)
+    columns = before[0]
+    assert columns["column privileges"] and columns["comment"] and columns["statistics target"] == (321,)
 
     plan = json.loads(cli(dsn, "plan", "--json").out)
     assert {d["kind"] for d in plan["key_column_dependents"]} == {
@@ -297,12 +297,4 @@ def test_privileges_comment_and_statistics_target_are_carried_both_ways(
         "statistics target",
     }
     assert all(d["carried"] for d in plan["key_column_dependents"])
-    up = cli(dsn, "upgrade")
-    assert up.code == 0, up.err
-    assert catalog(conn)["columns"][-1][-1] == "s"  # the key is now a STORED generated column
-    assert dependents_snapshot(conn) == before
-
-    down = cli(dsn, "downgrade")
-    assert down.code == 0, down.err
-    assert dependents_snapshot(conn) == before
-    assert keys(conn) == rows
+    assert_carried_both_ways(conn, dsn, before)
