@@ -417,17 +417,23 @@ def _lock_conflict(
     poll(lambda: caplog.text.count("a recovery conflict canceled the scan") >= nth, f"recovery conflict {nth}")
 
 
-@pytest.mark.slow
-def test_a_recovery_conflict_is_retried(
+def _exact_scan_under_conflicts(
     pair: StandbyPair,
     servers: tuple[psycopg.Connection[Any], psycopg.Connection[Any]],
     caplog: pytest.LogCaptureFixture,
-    no_standby_delay: None,
-) -> None:
-    """Replay cancels the scan (SQLSTATE 40001); the retry succeeds, and the report and JSON say it was retried."""
+    conflicts: int,
+    attempts: int | None = None,
+) -> tuple[Exporter, CheckResult]:
+    """The exact distribution scanned on the standby while replay cancels it `conflicts` times, then let go.
+
+    attempts: a route with this bound (and a short backoff) instead of the default one.
+    """
     primary, standby = servers
     exporter = Exporter(_config(pair.dsn("primary", "app"), pair.dsn("standby", "app")))
     exact = exporter.runners[("t1", "public.chunks", "distribution_exact")]
+    if attempts is not None:
+        assert exact.scan is not None
+        exact.scan = ScanRoute(exact.scan.target, attempts=attempts, backoff=0.1)
     caplog.set_level(logging.INFO, logger="exporter.scan_target")
     holder = psycopg.connect(pair.dsn("primary", "app"))
     outcome: list[CheckResult] = []
@@ -439,17 +445,30 @@ def test_a_recovery_conflict_is_retried(
         pair.catch_up()
         worker = threading.Thread(target=lambda: outcome.append(exact.run()))
         worker.start()
-        _lock_conflict(primary, standby, caplog, 1)
-        holder.commit()  # the retry gets every lock
+        for nth in range(1, conflicts + 1):
+            _lock_conflict(primary, standby, caplog, nth)
+        holder.commit()  # an attempt left gets every lock
         worker.join(timeout=120)
         assert not worker.is_alive()
     finally:
         holder.close()
         exporter.stop()
     (result,) = outcome
+    return exporter, result
+
+
+@pytest.mark.slow
+def test_a_recovery_conflict_is_retried(
+    pair: StandbyPair,
+    servers: tuple[psycopg.Connection[Any], psycopg.Connection[Any]],
+    caplog: pytest.LogCaptureFixture,
+    no_standby_delay: None,
+) -> None:
+    """Replay cancels the scan (SQLSTATE 40001); the retry succeeds, and the report and JSON say it was retried."""
+    exporter, result = _exact_scan_under_conflicts(pair, servers, caplog, 1)
     assert result.success, result.error
     assert result.scan is not None and result.scan.conflict_retries == 1
-    assert {p.name: p.rows for p in result.payload.partitions} == _primary_counts(primary)[2]
+    assert {p.name: p.rows for p in result.payload.partitions} == _primary_counts(servers[0])[2]
     assert "(attempt 1 of 3): canceling statement due to conflict with recovery" in caplog.text
     health = exporter.health("t1", "public.chunks")[0]
     assert "after 1 retry on a recovery conflict" in render_text(health)
@@ -464,28 +483,7 @@ def test_recovery_conflicts_past_the_bound_fail_with_the_reason(
     no_standby_delay: None,
 ) -> None:
     """Every attempt canceled: the check fails saying so and what to change on the standby; no endless retry."""
-    primary, standby = servers
-    exporter = Exporter(_config(pair.dsn("primary", "app"), pair.dsn("standby", "app")))
-    exact = exporter.runners[("t1", "public.chunks", "distribution_exact")]
-    assert exact.scan is not None
-    exact.scan = ScanRoute(exact.scan.target, attempts=2, backoff=0.1)
-    caplog.set_level(logging.INFO, logger="exporter.scan_target")
-    holder = psycopg.connect(pair.dsn("primary", "app"))
-    outcome: list[CheckResult] = []
-    try:
-        holder.execute(f"LOCK TABLE {LAST_PARTITION} IN ACCESS EXCLUSIVE MODE")
-        primary.execute("SELECT 1 FROM pg_switch_wal()")
-        pair.catch_up()
-        worker = threading.Thread(target=lambda: outcome.append(exact.run()))
-        worker.start()
-        _lock_conflict(primary, standby, caplog, 1)  # the first attempt
-        _lock_conflict(primary, standby, caplog, 2)  # the second and last
-        worker.join(timeout=120)
-        assert not worker.is_alive()
-    finally:
-        holder.close()
-        exporter.stop()
-    (result,) = outcome
+    _, result = _exact_scan_under_conflicts(pair, servers, caplog, 2, attempts=2)
     assert not result.success
     assert result.error is not None
     assert result.error.startswith(
