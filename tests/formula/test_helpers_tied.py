@@ -23,6 +23,11 @@ def _kinds(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, bool | None]]:
     return {p.name: (p.kind, p.agrees) for p in found.places if p.name.startswith("function ")}
 
 
+def _key_function(conn: psycopg.Connection[Any], signature: str, body: str) -> None:
+    """CREATE FUNCTION signature: an IMMUTABLE SQL function whose key is SELECT body."""
+    conn.execute(f"CREATE FUNCTION {signature} RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT {body} $$")
+
+
 def test_semantik_helper_is_tied_by_modulus_and_source_type(conn: psycopg.Connection[Any]) -> None:
     """get_partition_key(varchar): same modulus, hashes a VARCHAR like chunks.collection_id: tied, and disagrees."""
     major = conn.info.server_version // 10000
@@ -37,9 +42,7 @@ def test_helpers_by_call_site_and_unattached(conn: psycopg.Connection[Any]) -> N
     the table does not hash, is listed as not tied (no drift, no overflow from it)."""
     conn.execute("CREATE TABLE chunks (id bigint, tenant text, partition_key integer)")
     # Called from the trigger: tied, whatever its parameter is called.
-    conn.execute(
-        "CREATE FUNCTION key_of(v text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT abs(hashtext(v) % 16) $$"
-    )
+    _key_function(conn, "key_of(v text)", "abs(hashtext(v) % 16)")
     conn.execute(
         """CREATE FUNCTION compute_partition_key() RETURNS trigger LANGUAGE plpgsql AS $$
            BEGIN NEW.partition_key := abs(hashtext(NEW.tenant) % 16); PERFORM key_of(NEW.tenant); RETURN NEW; END $$"""
@@ -49,15 +52,9 @@ def test_helpers_by_call_site_and_unattached(conn: psycopg.Connection[Any]) -> N
         "FOR EACH ROW EXECUTE PROCEDURE compute_partition_key()"
     )
     # Parameter named like the column, but another modulus and it overflows: not this table's.
-    conn.execute(
-        "CREATE FUNCTION other_key(tenant text) RETURNS integer LANGUAGE sql IMMUTABLE "
-        "AS $$ SELECT abs(hashtext(tenant)) % 100 $$"
-    )
+    _key_function(conn, "other_key(tenant text)", "abs(hashtext(tenant)) % 100")
     # Same modulus, but hashes a uuid: the table hashes text.
-    conn.execute(
-        "CREATE FUNCTION uuid_key(tenant uuid) RETURNS integer LANGUAGE sql IMMUTABLE "
-        "AS $$ SELECT abs(hashtext(tenant::text) % 16) $$"
-    )
+    _key_function(conn, "uuid_key(tenant uuid)", "abs(hashtext(tenant::text) % 16)")
     assert _kinds(conn) == {
         "function public.key_of()": ("helper", True),
         "function public.other_key()": ("unattached", None),
@@ -76,12 +73,8 @@ def test_helpers_by_call_site_and_unattached(conn: psycopg.Connection[Any]) -> N
 
 def test_helper_called_from_a_default_and_a_check(conn: psycopg.Connection[Any]) -> None:
     """A DEFAULT that asks a helper for the key ties it; so does a CHECK; a helper of another modulus then drifts."""
-    conn.execute(
-        "CREATE FUNCTION app_key(x text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT abs(hashtext(x) % 8) $$"
-    )
-    conn.execute(
-        "CREATE FUNCTION old_key(x text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT abs(hashtext(x) % 4) $$"
-    )
+    _key_function(conn, "app_key(x text)", "abs(hashtext(x) % 8)")
+    _key_function(conn, "old_key(x text)", "abs(hashtext(x) % 4)")
     conn.execute(
         "CREATE TABLE chunks (id bigint, tenant text, partition_key integer DEFAULT app_key('x'), "
         "CONSTRAINT key_ok CHECK (partition_key = abs(hashtext(tenant) % 8) AND old_key(tenant) >= 0))"
