@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
@@ -17,6 +12,8 @@ from exporter.introspect import Implementation
 from exporter.partition_stats import Distribution, finite
 from exporter.pg.policy import METHODS
 from exporter.snapshot import PROBE_BUCKETS, Snapshot, SnapshotSource
+from exporter.textformat import CounterRows as CounterMetricFamily
+from exporter.textformat import GaugeRows as GaugeMetricFamily
 from exporter.verify import VerificationResult
 
 TT = ["target", "table"]

@@ -1,40 +1,40 @@
-"""The /metrics and /probe bodies, assembled from per-target fragments; only a changed target is re-encoded."""
+"""The /metrics and /probe bodies, kept up to date as each result is published; a scrape only joins bytes."""
 
 from __future__ import annotations
 
-import gzip
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
 
 from exporter.collector import PartkeyCollector
-from exporter.gzip_pieces import GZIP_LEVEL, PieceCache
 from exporter.malloc import return_large_blocks
 from exporter.snapshot import FrozenSnapshot, Snapshot, SnapshotSource
+from exporter.textformat import OPENMETRICS_EOF, Family, Format, encode, format_of, split_families
+
+__all__ = ["Exposition", "Family", "Fragment", "choose", "gzip_member", "split_families", "wants_gzip"]
 
 log = logging.getLogger(__name__)
 
 Encoder = Callable[[Any], bytes]
-BODIES_PER_SNAPSHOT = 8  # cached whole bodies per snapshot: content types x gzip, never one per version sent
-CACHED_CONTENT_TYPES = 4  # a client picks the version echoed in the content type: cache a few, never one per version
-OPENMETRICS_EOF = b"# EOF\n"
-# The background builder assembles /metrics at most this often: a burst of results (a fleet publishes several a
-# second) costs one build, and a scrape is at most this much (plus one build) behind the newest result.
-BUILD_INTERVAL_SECONDS = 1.0
+CACHED_CONTENT_TYPES = 4  # a client picks the version echoed in the content type: keep a few, never one per version
+# Level 1: a fleet's body is megabytes of repetitive text; level 6 saves ~15% more and costs several times the CPU.
+GZIP_LEVEL = 1
+# A /metrics segment holds one family's lines of this many consecutive targets: a new result re-joins and
+# re-compresses only its own segments. Fewer targets per segment compress better (each gzip member starts with
+# an empty dictionary) and cost more members: 16 made a 200 x 100 fleet's body 812 KB against 750 KB in one
+# piece (bench/exposition.py).
+SEGMENT_TARGETS = 16
+MEMBER_BYTES = 64 * 1024  # consecutive segments are compressed together up to about this much plain text
 
 
-@dataclass(frozen=True)
-class Family:
-    """One metric family of one fragment: its HELP/TYPE lines and its sample lines."""
-
-    name: str
-    header: bytes
-    samples: bytes
+def gzip_member(data: bytes) -> bytes:
+    """DATA as one complete gzip member (mtime 0). Members concatenate into one valid gzip body (RFC 1952 2.2)."""
+    return zlib.compress(data, GZIP_LEVEL, wbits=31) if data else b""
 
 
 @dataclass(frozen=True)
@@ -43,61 +43,185 @@ class Fragment:
 
     generation: int
     families: tuple[Family, ...]
+    by_name: dict[str, Family] = field(compare=False, repr=False)
+
+    @staticmethod
+    def of(generation: int, families: Sequence[Family]) -> Fragment:
+        """A fragment with its families looked up by name."""
+        return Fragment(generation, tuple(families), {family.name: family for family in families})
 
 
-def split_families(text: bytes) -> list[Family]:
-    """Cut an encoded exposition into its families (HELP starts one); OpenMetrics' '# EOF' is dropped."""
-    families: list[Family] = []
-    name: str | None = None
-    header: list[bytes] = []
-    samples: list[bytes] = []
-    for line in text.splitlines(keepends=True):
-        if line == OPENMETRICS_EOF:
-            continue
-        if line.startswith((b"# HELP ", b"# TYPE ", b"# UNIT ")):
-            line_name = line.split(b" ", 3)[2].decode()
-            if line.startswith(b"# HELP ") or line_name != name:
-                if name is not None:
-                    families.append(Family(name, b"".join(header), b"".join(samples)))
-                name, header, samples = line_name, [], []
-            header.append(line)
-        else:
-            samples.append(line)
-    if name is not None:
-        families.append(Family(name, b"".join(header), b"".join(samples)))
-    return families
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """One family's lines for one run of targets (the first run starts with its HELP/TYPE lines)."""
+
+    # The plain text is kept as its pieces (the fragments' own bytes objects), never joined: a fleet's plain body
+    # is megabytes that the fragments already hold.
+    pieces: tuple[bytes, ...]
+    size: int
 
 
-def pieces(fragments: Sequence[Fragment], openmetrics: bool) -> list[tuple[tuple[str, int], bytes]]:
-    """The body's pieces in order, keyed by (family, fragment index): each family's header once, then its samples."""
-    # The header comes from the family's first fragment (index -1 keys it); '# EOF' ends an OpenMetrics body.
-    order: list[str] = []
-    found: dict[str, list[tuple[tuple[str, int], bytes]]] = {}
-    for index, fragment in enumerate(fragments):
+@dataclass(frozen=True)
+class Body:
+    """A whole /metrics body as the buffers to send, in order: plain and, once asked for, gzip members."""
+
+    plain: tuple[bytes, ...]
+    members: tuple[bytes, ...] | None
+
+    def parts(self, compress: bool) -> tuple[bytes, ...]:
+        """What to send."""
+        if compress:
+            assert self.members is not None, "gzip members are made before a gzip body is served"
+            return self.members
+        return self.plain
+
+
+class Layout:
+    """One content type's /metrics body: one segment per family and run of SEGMENT_TARGETS targets."""
+
+    # Mutated only under Exposition._lock; `body` and `generations` are replaced whole, so a scrape reads them
+    # without the lock. Consecutive segments are compressed together into members of about MEMBER_BYTES (a
+    # member per segment made a 3-target body 3x the size of one gzip); a member is made again only when one of
+    # its segments changed.
+
+    def __init__(self, form: Format, names: tuple[str | None, ...]) -> None:
+        self.form = form
+        self.names = names  # None first: the global part (build info)
+        self.index = {name: position for position, name in enumerate(names)}
+        self.fragments: list[Fragment | None] = [None] * len(names)
+        self.order: list[str] = []  # family names in body order (first seen first)
+        self.headers: dict[str, bytes] = {}
+        self.segments: dict[tuple[str, int], Segment] = {}
+        self.dirty: set[tuple[str, int]] = set()
+        self.gzip = False  # keep gzip members too (a scrape asked for gzip once)
+        self.members: dict[tuple[int, ...], tuple[tuple[Segment, ...], bytes]] = {}  # by its segments' ids
+        self.installed: dict[str, int] = {}  # generations of the fragments installed
+        self.generations: dict[str, int] = {}  # of the fragments the body holds (set after the body)
+        self.checked: Snapshot | None = None  # the last snapshot covers() found the body up to date with
+        self.body = Body((), None)
+
+    def install(self, name: str | None, fragment: Fragment) -> bool:
+        """Put a newer fragment in place and mark the segments whose text changed; False if it was not newer."""
+        position = self.index[name]
+        old = self.fragments[position]
+        if old is not None and old.generation >= fragment.generation:
+            return False
+        run = position // SEGMENT_TARGETS
         for family in fragment.families:
-            if family.name not in found:
-                order.append(family.name)
-                found[family.name] = [((family.name, -1), family.header)]
-            if family.samples:
-                found[family.name].append(((family.name, index), family.samples))
-    body = [piece for name in order for piece in found[name]]
-    return [*body, (("", -2), OPENMETRICS_EOF)] if openmetrics else body
+            if family.name not in self.headers:
+                self.headers[family.name] = family.header
+                self.order.append(family.name)
+                self.dirty.add((family.name, 0))  # the first run carries the header, whoever holds the lines
+            before = old.by_name.get(family.name) if old is not None else None
+            if before is None or before.samples != family.samples:
+                self.dirty.add((family.name, run))
+        if old is not None:
+            self.dirty.update((family.name, run) for family in old.families if family.name not in fragment.by_name)
+        self.fragments[position] = _reusing(old, fragment)
+        if name is not None:
+            self.installed[name] = fragment.generation
+        return True
+
+    def rebuild(self) -> tuple[int, int]:
+        """Re-make the dirty segments, then the body (and changed members); (segments joined, members made)."""
+        joined = 0
+        for name, run in sorted(self.dirty):
+            pieces = tuple(
+                family.samples
+                for fragment in self.fragments[run * SEGMENT_TARGETS : (run + 1) * SEGMENT_TARGETS]
+                if fragment is not None and (family := fragment.by_name.get(name)) is not None and family.samples
+            )
+            if run == 0:
+                pieces = (self.headers[name], *pieces)
+            old = self.segments.get((name, run))
+            if old is not None and len(old.pieces) == len(pieces) and all(map(_same, old.pieces, pieces)):
+                continue  # the same text after all
+            self.segments[(name, run)] = Segment(pieces, sum(map(len, pieces)))
+            joined += 1
+        self.dirty.clear()
+        return joined, self._assemble()
+
+    def want_gzip(self) -> int:
+        """Keep gzip members from now on; members made."""
+        if self.gzip:
+            return 0
+        self.gzip = True
+        return self._assemble()
+
+    def _assemble(self) -> int:
+        """The body from the segments in order (each family's runs, then OpenMetrics' '# EOF'); members made."""
+        runs = (len(self.names) + SEGMENT_TARGETS - 1) // SEGMENT_TARGETS
+        found = [self.segments.get((name, run)) for name in self.order for run in range(runs)]
+        segments = [segment for segment in found if segment is not None and segment.size]
+        plain = [piece for segment in segments for piece in segment.pieces]
+        made = 0
+        members: list[bytes] | None = None
+        if self.gzip:
+            members, made = self._members(segments)
+        if self.form.openmetrics:
+            plain.append(OPENMETRICS_EOF)
+            if members is not None:
+                members.append(_EOF_MEMBER)
+        self.body = Body(tuple(plain), None if members is None else tuple(members))
+        # Only now: a scrape that sees these generations finds a body that holds them.
+        self.generations = dict(self.installed)
+        return made
+
+    def _members(self, segments: list[Segment]) -> tuple[list[bytes], int]:
+        """Gzip members of consecutive segments, about MEMBER_BYTES each; only new groups are compressed."""
+        groups: list[tuple[Segment, ...]] = []
+        group: list[Segment] = []
+        size = 0
+        for segment in segments:
+            group.append(segment)
+            size += segment.size
+            if size >= MEMBER_BYTES:
+                groups.append(tuple(group))
+                group, size = [], 0
+        if group:
+            groups.append(tuple(group))
+        kept: dict[tuple[int, ...], tuple[tuple[Segment, ...], bytes]] = {}
+        members: list[bytes] = []
+        made = 0
+        for grouped in groups:
+            key = tuple(map(id, grouped))  # the cached value holds the segments: their ids cannot be reused
+            cached = self.members.get(key)
+            if cached is None:
+                cached = (grouped, gzip_member(b"".join(piece for segment in grouped for piece in segment.pieces)))
+                made += 1
+            kept[key] = cached
+            members.append(cached[1])
+        self.members = kept
+        return members, made
+
+    def covers(self, snapshot: Snapshot, targets: Sequence[str]) -> bool:
+        """The body holds every target's result up to the snapshot's (never less than the store has)."""
+        if self.checked is snapshot:
+            return True
+        have, want = self.generations, snapshot.generations
+        if all(have.get(name, -1) >= want.get(name, 0) for name in targets):
+            self.checked = snapshot
+            return True
+        return False
 
 
-def plain_body(fragments: Sequence[Fragment], openmetrics: bool) -> bytes:
-    """One valid exposition from fragments."""
-    return b"".join(data for _, data in pieces(fragments, openmetrics))
+_EOF_MEMBER = gzip_member(OPENMETRICS_EOF)
 
 
-class _Collectors:
-    """A registry stand-in: what an encoder needs is an object with collect()."""
+def _reusing(old: Fragment | None, new: Fragment) -> Fragment:
+    """NEW, holding OLD's bytes objects where the text is the same: later comparisons are identity checks."""
+    if old is None:
+        return new
+    families = tuple(
+        before if (before := old.by_name.get(family.name)) is not None and before == family else family
+        for family in new.families
+    )
+    return Fragment.of(new.generation, families)
 
-    def __init__(self, collector: Collector) -> None:
-        self._collector = collector
 
-    def collect(self) -> Iterator[Any]:
-        """The collector's families."""
-        return iter(self._collector.collect())
+def _same(a: bytes, b: bytes) -> bool:
+    """The same bytes: the same object (an unchanged fragment) or, rarely, equal text."""
+    return a is b or a == b
 
 
 def choose(accept: str) -> tuple[Encoder, str]:
@@ -121,16 +245,13 @@ def wants_gzip(accept_encoding: str) -> bool:
     return False
 
 
-BodyKey = tuple[str, bool]  # (content type, gzip)
-
-
 class Exposition:
-    """Encodes each target's part of the snapshot once per change of that target; bodies are built ahead."""
+    """Encodes a target's part when it publishes and keeps each /metrics body up to date; scrapes join bytes."""
 
-    # A scrape assembles the body of the current snapshot once per snapshot; gzip compresses only the pieces of the
-    # targets that changed (PieceCache). After start(), a builder thread also assembles every /metrics body scrapes
-    # asked for, at most once per BUILD_INTERVAL_SECONDS after a change: a scrape that finds the snapshot unchanged
-    # since then only sends bytes. A built body is never served once a newer result is in the store.
+    # A result's thread encodes its target's fragment (textformat: prometheus_client's bytes, written directly),
+    # then re-joins and re-compresses only the segments whose text changed. A scrape whose body holds every result
+    # the store has sends the segments as they are; one that arrives before the publishing thread is done brings
+    # the body up to date itself first, so /metrics never shows less than the store.
 
     def __init__(self, store: SnapshotSource, targets: Sequence[str]) -> None:
         self.store = store
@@ -138,38 +259,23 @@ class Exposition:
         self._lock = threading.Lock()
         # (target or None for the global part, content type) -> its latest fragment
         self._fragments: dict[tuple[str | None, str], Fragment] = {}
-        self._bodies: tuple[Snapshot | None, dict[tuple[str | None, str, bool], bytes]] = (None, {})
+        self._layouts: dict[str, Layout] = {}
         # /probe bodies per target generation: a probe of an unchanged target is a lookup.
         self._probes: dict[tuple[str, str, bool], tuple[int, bytes]] = {}
-        # The content types scrapes asked for (the classic text format from the start): refresh() encodes these.
+        self._probed: set[tuple[str, bool]] = set()  # (content type, gzip) probes asked for: made ahead from now on
         encoder, content_type = choose("")
         self._content_types: list[str] = [content_type]
-        self._encoders: dict[str, Encoder] = {content_type: encoder}
-        self.encoded_fragments = 0  # how many fragments were encoded since start, for tests and the benchmark
-        self.building = False  # a build is in progress (tests wait for it to end)
-        self.builds = 0  # bodies the builder assembled, for tests and the benchmark
-        # The builder's latest /metrics bodies, and the snapshot they show: served only while it is the current one,
-        # so a scrape never shows less than what was published before it (a result the store has, /metrics has).
-        self._built: dict[BodyKey, bytes] = {}
-        self._built_for: Snapshot | None = None
-        self._wanted: set[BodyKey] = set()  # the /metrics bodies scrapes asked for: the builder keeps these fresh
-        self._gzip: dict[str, PieceCache] = {}  # per content type; used under _gzip_lock
-        self._gzip_lock = threading.Lock()
-        self._changed = threading.Event()
-        self._stopping = threading.Event()
-        self._builder: threading.Thread | None = None
+        self._formats: dict[str, Format] = {content_type: format_of(encoder)}
+        self.encoded_fragments = 0  # fragments encoded since the start, for tests and the benchmark
+        self.joined_segments = 0  # segments joined again
+        self.compressed_members = 0  # gzip members made
 
     def start(self) -> None:
-        """Build /metrics bodies in the background from now on."""
-        if self._builder is None:
-            return_large_blocks()  # the builder allocates and frees megabyte bodies every second
-            self._builder = threading.Thread(target=self._build_loop, name="exposition-builder", daemon=True)
-            self._builder.start()
+        """Serving starts: large freed bodies go back to the system at once."""
+        return_large_blocks()  # segments of up to a few megabytes come and go with every result
 
     def stop(self) -> None:
-        """Stop the builder (a build in progress finishes in its daemon thread)."""
-        self._stopping.set()
-        self._changed.set()
+        """Nothing runs in the background."""
 
     def set_targets(self, targets: Sequence[str], restarted: Sequence[str] = ()) -> None:
         """A reload changed the targets: bodies hold these from now; removed and restarted ones' fragments go."""
@@ -178,62 +284,103 @@ class Exposition:
             kept = set(self.targets) - set(restarted)
             self._fragments = {k: v for k, v in self._fragments.items() if k[0] is None or k[0] in kept}
             self._probes = {k: v for k, v in self._probes.items() if k[0] in kept}
-            self._bodies = (None, {})
-            self._built = {}  # never serve a body of the old target list: scrapes assemble until the next build
-        self._changed.set()
+            wanted = {content_type: layout.gzip for content_type, layout in self._layouts.items()}
+            self._layouts = {}
+        for content_type, compress in wanted.items():  # made here, in the reload's thread, not by a scrape
+            self._current(content_type, self.store.current, compress)
 
     def refresh(self, target: str) -> None:
-        """Encode a target's fragment now, in the thread that published its result, so a scrape only assembles."""
+        """A result was published: encode the target's fragment and update the bodies, in the publishing thread."""
         if target not in self.targets:
             return
         snapshot = self.store.current
         generation = snapshot.generations.get(target, 0)
         for content_type in list(self._content_types):
-            encoder = self._encoders[content_type]
-            fragment = Fragment(generation, tuple(self._encode(target, snapshot, encoder)))
+            fragment = self._encode(target, snapshot, self._formats[content_type], generation)
             with self._lock:
-                cached = self._fragments.get((target, content_type))
-                if cached is None or cached.generation < generation:
-                    self._fragments[(target, content_type)] = fragment
-        self._changed.set()
+                self._keep(target, content_type, fragment)
+                layout = self._layouts.get(content_type)
+                if layout is not None and target in layout.index and layout.install(target, fragment):
+                    self._rebuilt(layout.rebuild())
+            for content_type_, compress in list(self._probed):
+                if content_type_ == content_type:
+                    self._probe(target, content_type, compress)
 
     def fragment(self, target: str | None, content_type: str) -> Fragment | None:
         """The cached fragment of a target (None: the global part), for tests and diagnostics."""
         return self._fragments.get((target, content_type))
 
     def render(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[bytes, str]:
-        """The body of /metrics (target None) or /probe?target=...; gzip-compressed when asked."""
+        """The body of /metrics (target None) or /probe?target=... as one bytes object."""
+        parts, content_type = self.render_parts(accept, target=target, compress=compress)
+        return b"".join(parts), content_type
+
+    def render_parts(
+        self, accept: str, *, target: str | None = None, compress: bool = False
+    ) -> tuple[tuple[bytes, ...], str]:
+        """The body of /metrics or /probe as buffers to send in order (never joined into one: it is megabytes)."""
         encoder, content_type = choose(accept)
         self._remember(content_type, encoder)
-        if target is not None:
-            return self._probe(target, encoder, content_type, compress), content_type
-        if self._builder is not None:
-            built = self._built.get((content_type, compress)) if self._built_for is self.store.current else None
-            if built is not None:
-                return built, content_type
-            if content_type in self._content_types:
-                with self._lock:
-                    self._wanted.add((content_type, compress))  # the builder keeps it fresh from now on
         snapshot = self.store.current
-        key = (target, content_type, compress)
-        with self._lock:
-            cached_for, bodies = self._bodies
-            if cached_for is not snapshot:
-                bodies = {}
-                self._bodies = (snapshot, bodies)
-            if key in bodies:
-                return bodies[key], content_type
-            body = self._assemble(snapshot, self.targets, encoder, content_type, compress)
-            if len(bodies) < BODIES_PER_SNAPSHOT:
-                bodies[key] = body
-        if self._builder is not None and content_type in self._content_types:
-            with self._lock:
-                if self._built_for is not snapshot:
-                    self._built, self._built_for = {}, snapshot
-                self._built = {**self._built, (content_type, compress): body}
-        return body, content_type
+        if content_type not in self._formats:  # more content types than we keep: made for this request alone
+            return (self._uncached(snapshot, encoder, target, compress),), content_type
+        if target is not None:
+            return (self._probe(target, content_type, compress),), content_type
+        layout = self._layouts.get(content_type)
+        if (
+            layout is not None
+            and layout.names == (None, *self.targets)
+            and (layout.gzip or not compress)
+            and layout.covers(snapshot, self.targets)
+        ):
+            return layout.body.parts(compress), content_type
+        return self._current(content_type, snapshot, compress).body.parts(compress), content_type
 
-    def _probe(self, target: str, encoder: Encoder, content_type: str, compress: bool) -> bytes:
+    def _current(self, content_type: str, snapshot: Snapshot, compress: bool) -> Layout:
+        """The content type's layout brought up to SNAPSHOT (made on first use), with gzip members if asked."""
+        form = self._formats[content_type]
+        targets = self.targets
+        names: tuple[str | None, ...] = (None, *targets)
+        # Encode what is missing or older than the snapshot outside the lock: other scrapes keep being served.
+        stale = [name for name in names if self._stale(name, content_type, snapshot)]
+        fresh = {name: self._encode(name, snapshot, form, self._generation(name, snapshot)) for name in stale}
+        with self._lock:
+            for name, fragment in fresh.items():
+                self._keep(name, content_type, fragment)
+            layout = self._layouts.get(content_type)
+            if layout is None or layout.names != names:
+                layout = self._layouts[content_type] = Layout(form, names)
+            for name in names:
+                cached = self._fragments.get((name, content_type))
+                if cached is not None:
+                    layout.install(name, cached)
+            if compress:
+                self.compressed_members += layout.want_gzip()
+            self._rebuilt(layout.rebuild())
+            return layout
+
+    def _stale(self, name: str | None, content_type: str, snapshot: Snapshot) -> bool:
+        """NAME's cached fragment is missing or older than SNAPSHOT."""
+        cached = self._fragments.get((name, content_type))
+        return cached is None or cached.generation < self._generation(name, snapshot)
+
+    @staticmethod
+    def _generation(name: str | None, snapshot: Snapshot) -> int:
+        """NAME's generation in SNAPSHOT (-1: the global part never changes)."""
+        return -1 if name is None else snapshot.generations.get(name, 0)
+
+    def _keep(self, name: str | None, content_type: str, fragment: Fragment) -> None:
+        """Cache a fragment unless a newer one is there; the caller holds the lock."""
+        cached = self._fragments.get((name, content_type))
+        if cached is None or cached.generation < fragment.generation:
+            self._fragments[(name, content_type)] = fragment
+
+    def _rebuilt(self, counts: tuple[int, int]) -> None:
+        """Count what a rebuild did; the caller holds the lock."""
+        self.joined_segments += counts[0]
+        self.compressed_members += counts[1]
+
+    def _probe(self, target: str, content_type: str, compress: bool) -> bytes:
         """One target's body, cached until that target's next result."""
         snapshot = self.store.current
         generation = snapshot.generations.get(target, 0)
@@ -241,94 +388,60 @@ class Exposition:
         cached = self._probes.get(key)
         if cached is not None and cached[0] >= generation:
             return cached[1]
+        form = self._formats[content_type]
+        parts = []
+        for name in (None, target):
+            fragment = self._fragments.get((name, content_type))
+            if fragment is None or fragment.generation < self._generation(name, snapshot):
+                fragment = self._encode(name, snapshot, form, self._generation(name, snapshot))
+                with self._lock:
+                    self._keep(name, content_type, fragment)
+            parts.append(fragment)
+        body = _joined(parts, form.openmetrics)
+        if compress:
+            body = gzip_member(body)
         with self._lock:
-            body = self._assemble(snapshot, (target,), encoder, content_type, compress)
-            if content_type in self._content_types:
-                self._probes[key] = (generation, body)
+            self._probed.add((content_type, compress))
+            latest = self._probes.get(key)
+            if latest is None or latest[0] < parts[1].generation:
+                self._probes[key] = (parts[1].generation, body)
         return body
 
+    def _uncached(self, snapshot: Snapshot, encoder: Encoder, target: str | None, compress: bool) -> bytes:
+        """A body for a content type beyond the cached ones, encoded for this request."""
+        form = format_of(encoder)
+        names = (None, *self.targets) if target is None else (None, target)
+        fragments = [self._encode(name, snapshot, form, self._generation(name, snapshot)) for name in names]
+        body = _joined(fragments, form.openmetrics)
+        return gzip_member(body) if compress else body
+
     def _remember(self, content_type: str, encoder: Encoder) -> None:
-        """Encode (and build) this content type ahead from now on, up to CACHED_CONTENT_TYPES of them."""
-        if content_type not in self._content_types and len(self._content_types) < CACHED_CONTENT_TYPES:
-            self._encoders[content_type] = encoder
-            self._content_types.append(content_type)
+        """Keep this content type's fragments and bodies from now on, up to CACHED_CONTENT_TYPES of them."""
+        if content_type not in self._formats and len(self._content_types) < CACHED_CONTENT_TYPES:
+            with self._lock:
+                if content_type not in self._formats:
+                    self._formats[content_type] = format_of(encoder)
+                    self._content_types.append(content_type)
 
-    def _assemble(
-        self, snapshot: Snapshot, names: Sequence[str], encoder: Encoder, content_type: str, compress: bool
-    ) -> bytes:
-        """A body from the cached fragments (encoding the missing ones); the caller holds the lock."""
-        fragments = self._fragments_of(snapshot, names, encoder, content_type)
-        # A probe: one target's body is small, and it has no neighbours to share pieces with.
-        return self._body(fragments, content_type, compress, whole_gzip=len(names) == 1)
-
-    def _fragments_of(
-        self, snapshot: Snapshot, names: Sequence[str], encoder: Encoder, content_type: str
-    ) -> list[Fragment]:
-        """The global fragment, then each named target's (encoding the missing ones); the caller holds the lock."""
-        fragments = [self._fragment(None, snapshot, encoder, content_type)]
-        return fragments + [self._fragment(name, snapshot, encoder, content_type) for name in names]
-
-    def _body(self, fragments: Sequence[Fragment], content_type: str, compress: bool, whole_gzip: bool) -> bytes:
-        """The bytes sent: plain, gzip in one go (whole_gzip), or gzip from the per-piece cache."""
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        if not compress:
-            return plain_body(fragments, openmetrics)
-        if whole_gzip:
-            return gzip.compress(plain_body(fragments, openmetrics), compresslevel=GZIP_LEVEL, mtime=0)
-        with self._gzip_lock:
-            return self._gzip.setdefault(content_type, PieceCache()).gzip(pieces(fragments, openmetrics))
-
-    def _build_loop(self) -> None:
-        """After each change, at most once per BUILD_INTERVAL_SECONDS: rebuild every body scrapes asked for."""
-        while not self._stopping.is_set():
-            self._changed.wait()
-            if self._stopping.is_set():
-                return
-            self._changed.clear()
-            self.building = True
-            try:
-                self._build()
-            except Exception:  # the builder must outlive a bug in one build: scrapes then assemble themselves
-                log.exception("building the /metrics body failed")
-                self._built = {}
-            finally:
-                self.building = False
-            self._stopping.wait(BUILD_INTERVAL_SECONDS)
-
-    def _build(self) -> None:
-        """Every wanted body from the current snapshot, swapped in whole."""
-        snapshot = self.store.current
-        built: dict[BodyKey, bytes] = {}
-        with self._lock:
-            wanted = sorted(self._wanted)
-        for content_type, compress in wanted:
-            with self._lock:  # held for the fragments only: scrapes are not kept waiting while this compresses
-                fragments = self._fragments_of(snapshot, self.targets, self._encoders[content_type], content_type)
-            built[(content_type, compress)] = self._body(fragments, content_type, compress, whole_gzip=False)
-        with self._lock:
-            self._built, self._built_for = built, snapshot
-            if self._bodies[0] is not self.store.current:
-                self._bodies = (None, {})  # what scrapes assembled for an older snapshot: megabytes, unused
-        self.builds += len(built)
-
-    def _encode(self, target: str | None, snapshot: Snapshot, encoder: Encoder) -> list[Family]:
-        """One target's families (None: the global part, build info only) as the encoder writes them."""
-        if target is None:
+    def _encode(self, name: str | None, snapshot: Snapshot, form: Format, generation: int) -> Fragment:
+        """One target's families (None: the global part, build info only), written in FORM."""
+        if name is None:
             collector = PartkeyCollector(FrozenSnapshot(Snapshot()), [], build_info=True)
         else:
-            collector = PartkeyCollector(FrozenSnapshot(snapshot.for_target(target)), [target], build_info=False)
+            collector = PartkeyCollector(FrozenSnapshot(snapshot.for_target(name)), [name], build_info=False)
         self.encoded_fragments += 1
-        return split_families(encoder(_Collectors(collector)))
+        return Fragment.of(generation, encode(collector.collect(), form))
 
-    def _fragment(self, target: str | None, snapshot: Snapshot, encoder: Encoder, content_type: str) -> Fragment:
-        """A target's fragment from the cache, encoded again only when its generation moved."""
-        generation = -1 if target is None else snapshot.generations.get(target, 0)
-        cached = self._fragments.get((target, content_type))
-        if cached is not None and cached.generation >= generation:
-            return cached  # a newer one (refresh() ran after this scrape took its snapshot) is fine too
-        fragment = Fragment(generation, tuple(self._encode(target, snapshot, encoder)))
-        if content_type in self._content_types:
-            latest = self._fragments.get((target, content_type))
-            if latest is None or latest.generation < generation:
-                self._fragments[(target, content_type)] = fragment
-        return fragment
+
+def _joined(fragments: Sequence[Fragment], openmetrics: bool) -> bytes:
+    """One valid exposition from fragments: each family's header once (from its first fragment), then its lines."""
+    order: list[str] = []
+    found: dict[str, list[bytes]] = {}
+    for fragment in fragments:
+        for family in fragment.families:
+            if family.name not in found:
+                order.append(family.name)
+                found[family.name] = [family.header]
+            found[family.name].append(family.samples)
+    body = b"".join(piece for name in order for piece in found[name])
+    return body + OPENMETRICS_EOF if openmetrics else body

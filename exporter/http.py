@@ -7,6 +7,7 @@ import logging
 import ssl
 import sys
 import threading
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 GIL_SWITCH_SECONDS = 0.001
 SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
+# A /metrics body is sent as its pieces (a fleet's is megabytes, never joined into one buffer), gathered into
+# writes of about this size: few system calls, and little memory per scrape.
+WRITE_BYTES = 256 * 1024
 GET_PATHS = {
     "/",
     "/metrics",
@@ -57,14 +61,30 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         """Write a complete response."""
+        self._send_parts(status, (body,), content_type, headers)
+
+    def _send_parts(
+        self, status: HTTPStatus, parts: Sequence[bytes], content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """Write a complete response whose body is PARTS, in order."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(map(len, parts))))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if self.command == "HEAD":
+            return
+        batch: list[bytes] = []
+        size = 0
+        for part in parts:
+            batch.append(part)
+            size += len(part)
+            if size >= WRITE_BYTES:
+                self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _json(self, status: HTTPStatus, data: Any, headers: dict[str, str] | None = None) -> None:
         """Write a JSON response."""
@@ -142,13 +162,13 @@ class Handler(BaseHTTPRequestHandler):
             if target not in self.server.exporter.targets:
                 raise AdminError(HTTPStatus.NOT_FOUND, f"unknown target {target!r}")
         compress = wants_gzip(self.headers.get("Accept-Encoding", ""))
-        body, content_type = self.server.exporter.render_metrics(
+        parts, content_type = self.server.exporter.exposition.render_parts(
             self.headers.get("Accept", ""), target=target, compress=compress
         )
         headers = {"Vary": "Accept, Accept-Encoding"}
         if compress:
             headers["Content-Encoding"] = "gzip"
-        self._send(HTTPStatus.OK, body, content_type, headers)
+        self._send_parts(HTTPStatus.OK, parts, content_type, headers)
 
     def do_POST(self) -> None:
         """Route POST."""

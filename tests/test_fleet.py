@@ -114,32 +114,36 @@ def until(done: Callable[[], bool], seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_started_exposition_builds_bodies_ahead_and_reuses_unchanged_fragments(fleet: ExporterHTTPServer) -> None:
-    """After start() a builder thread assembles /metrics after each change; a scrape encodes and builds nothing."""
+def test_a_result_updates_the_bodies_in_its_thread_and_a_scrape_only_sends_bytes(fleet: ExporterHTTPServer) -> None:
+    """A publish encodes its target and re-makes only its changed segments; scrapes then encode and compress nothing."""
     exporter = fleet.exporter
     exposition = exporter.exposition
-    exposition.start()
     gzipped = {"Accept-Encoding": "gzip"}
     _, headers, packed = http(fleet.url + "/metrics", headers=gzipped)
     plain = http(fleet.url + "/metrics")[2]
-    assert gzip.decompress(packed) == plain  # the first scrapes assembled these themselves
+    assert gzip.decompress(packed) == plain
     content_type = headers["Content-Type"]
     kept = exposition.fragment("db000", content_type)
     assert kept is not None
-    encoded, builds = exposition.encoded_fragments, exposition.builds
+
+    def counted() -> tuple[int, int, int]:
+        """Fragments encoded, segments joined, gzip members made so far."""
+        return exposition.encoded_fragments, exposition.joined_segments, exposition.compressed_members
+
+    counts = counted()
     exporter.runners[("db001", "public.chunks", "distribution")].run()
-    assert exposition.encoded_fragments == encoded + 1  # db001 alone, in the check's thread
-    until(lambda: exposition.builds >= builds + 2)  # the builder: the plain body and the gzip one
+    encoded, joined, compressed = counted()
+    assert encoded == counts[0] + 1  # db001 alone, in the check's thread
+    # Its duration and finish time moved: those families' segments, not all ~50 of them, joined and compressed.
+    assert 2 <= joined - counts[1] < 40 and compressed > counts[2]
     assert exposition.fragment("db000", content_type) is kept  # unchanged targets' fragments are reused
     fresh = http(fleet.url + "/metrics")[2]
     assert samples(fresh.decode()) == samples(generate_latest(exporter.registry).decode())
-    assert fresh != plain  # db001's duration and finish time moved
-    assert gzip.decompress(http(fleet.url + "/metrics", headers=gzipped)[2]) == fresh
-    until(lambda: not exposition.building)
-    encoded, builds = exposition.encoded_fragments, exposition.builds
+    assert fresh != plain
     for _ in range(3):
         assert http(fleet.url + "/metrics")[2] == fresh
-    assert (exposition.encoded_fragments, exposition.builds) == (encoded, builds)  # a scrape only sent bytes
+        assert gzip.decompress(http(fleet.url + "/metrics", headers=gzipped)[2]) == fresh
+    assert counted() == (encoded, joined, compressed)  # the scrapes only sent bytes
 
 
 def test_probe_serves_one_target_from_the_snapshot(fleet: ExporterHTTPServer, dsn: str) -> None:

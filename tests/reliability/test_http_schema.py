@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from exporter.app import Exporter
-from exporter.exposition import BODIES_PER_SNAPSHOT, CACHED_CONTENT_TYPES
+from exporter.exposition import CACHED_CONTENT_TYPES
 from exporter.http import GET_PATHS, POST_PATHS, ExporterHTTPServer
 from exporter.openapi import SPEC
 from tests.pgserver import scratch_database
@@ -159,7 +159,7 @@ def test_accept_versions_do_not_grow_the_render_cache(server: ExporterHTTPServer
         )
         assert status == 200 and f"version=1.0.{minor}" in headers["Content-Type"]
     cache = exporter.exposition
-    # 50 bodies of ~10 KB each before the fix; now also at most a few content types of per-target fragments.
-    assert len(cache._bodies[1]) <= BODIES_PER_SNAPSHOT
+    # 50 bodies of ~10 KB each before the fix; now at most a few content types of bodies and per-target fragments.
+    assert len(cache._layouts) <= CACHED_CONTENT_TYPES
     assert len(cache._content_types) <= CACHED_CONTENT_TYPES
     assert len(cache._fragments) <= CACHED_CONTENT_TYPES * (len(exporter.targets) + 1)
