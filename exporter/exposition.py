@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ __all__ = ["Exposition", "Family", "Fragment", "choose", "gzip_member", "split_f
 log = logging.getLogger(__name__)
 
 Encoder = Callable[[Any], bytes]
+Parts = tuple[tuple[bytes, ...], ...]  # a body: groups of buffers to send one after another
 CACHED_CONTENT_TYPES = 4  # a client picks the version echoed in the content type: keep a few, never one per version
 # Level 1: a fleet's body is megabytes of repetitive text; level 6 saves ~15% more and costs several times the CPU.
 GZIP_LEVEL = 1
@@ -29,6 +31,9 @@ GZIP_LEVEL = 1
 # an empty dictionary) and cost more members: 16 made a 200 x 100 fleet's body 812 KB against 750 KB in one
 # piece (bench/exposition.py).
 SEGMENT_TARGETS = 16
+# A scrape that finds a result still being encoded by its publishing thread waits for it (rather than encode it
+# a second time next to it) at most this long, then encodes it itself.
+PUBLISHER_WAIT_SECONDS = 5.0
 MEMBER_BYTES = 64 * 1024  # consecutive segments are compressed together up to about this much plain text
 
 
@@ -63,12 +68,12 @@ class Segment:
 
 @dataclass(frozen=True)
 class Body:
-    """A whole /metrics body as the buffers to send, in order: plain and, once asked for, gzip members."""
+    """A whole /metrics body as the buffers to send, in order: plain (per segment) and, once asked for, gzip."""
 
-    plain: tuple[bytes, ...]
-    members: tuple[bytes, ...] | None
+    plain: Parts  # each segment's pieces: flattened only by the writer, a fleet's body has ~10,000 of them
+    members: Parts | None
 
-    def parts(self, compress: bool) -> tuple[bytes, ...]:
+    def parts(self, compress: bool) -> Parts:
         """What to send."""
         if compress:
             assert self.members is not None, "gzip members are made before a gzip body is served"
@@ -139,6 +144,9 @@ class Layout:
             self.segments[(name, run)] = Segment(pieces, sum(map(len, pieces)))
             joined += 1
         self.dirty.clear()
+        if not joined and self.body.plain:
+            self.generations = dict(self.installed)  # the same text: the body holds these generations already
+            return 0, 0
         return joined, self._assemble()
 
     def want_gzip(self) -> int:
@@ -153,16 +161,16 @@ class Layout:
         runs = (len(self.names) + SEGMENT_TARGETS - 1) // SEGMENT_TARGETS
         found = [self.segments.get((name, run)) for name in self.order for run in range(runs)]
         segments = [segment for segment in found if segment is not None and segment.size]
-        plain = [piece for segment in segments for piece in segment.pieces]
+        plain = [segment.pieces for segment in segments]
         made = 0
         members: list[bytes] | None = None
         if self.gzip:
             members, made = self._members(segments)
         if self.form.openmetrics:
-            plain.append(OPENMETRICS_EOF)
+            plain.append((OPENMETRICS_EOF,))
             if members is not None:
                 members.append(_EOF_MEMBER)
-        self.body = Body(tuple(plain), None if members is None else tuple(members))
+        self.body = Body(tuple(plain), None if members is None else (tuple(members),))
         # Only now: a scrape that sees these generations finds a body that holds them.
         self.generations = dict(self.installed)
         return made
@@ -257,6 +265,9 @@ class Exposition:
         self.store = store
         self.targets = tuple(targets)
         self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)  # a publishing thread finished its update
+        # (target, content type) -> the generation a publishing thread is encoding: a scrape waits for it
+        self._inflight: dict[tuple[str, str], int] = {}
         # (target or None for the global part, content type) -> its latest fragment
         self._fragments: dict[tuple[str | None, str], Fragment] = {}
         self._layouts: dict[str, Layout] = {}
@@ -296,12 +307,21 @@ class Exposition:
         snapshot = self.store.current
         generation = snapshot.generations.get(target, 0)
         for content_type in list(self._content_types):
-            fragment = self._encode(target, snapshot, self._formats[content_type], generation)
+            key = (target, content_type)
             with self._lock:
-                self._keep(target, content_type, fragment)
-                layout = self._layouts.get(content_type)
-                if layout is not None and target in layout.index and layout.install(target, fragment):
-                    self._rebuilt(layout.rebuild())
+                self._inflight[key] = max(generation, self._inflight.get(key, -1))
+            try:
+                fragment = self._encode(target, snapshot, self._formats[content_type], generation)
+                with self._lock:
+                    self._keep(target, content_type, fragment)
+                    layout = self._layouts.get(content_type)
+                    if layout is not None and target in layout.index and layout.install(target, fragment):
+                        self._rebuilt(layout.rebuild())
+            finally:
+                with self._lock:
+                    if self._inflight.get(key) == generation:
+                        del self._inflight[key]
+                    self._done.notify_all()
             for content_type_, compress in list(self._probed):
                 if content_type_ == content_type:
                     self._probe(target, content_type, compress)
@@ -313,19 +333,17 @@ class Exposition:
     def render(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[bytes, str]:
         """The body of /metrics (target None) or /probe?target=... as one bytes object."""
         parts, content_type = self.render_parts(accept, target=target, compress=compress)
-        return b"".join(parts), content_type
+        return b"".join(piece for group in parts for piece in group), content_type
 
-    def render_parts(
-        self, accept: str, *, target: str | None = None, compress: bool = False
-    ) -> tuple[tuple[bytes, ...], str]:
+    def render_parts(self, accept: str, *, target: str | None = None, compress: bool = False) -> tuple[Parts, str]:
         """The body of /metrics or /probe as buffers to send in order (never joined into one: it is megabytes)."""
         encoder, content_type = choose(accept)
         self._remember(content_type, encoder)
         snapshot = self.store.current
         if content_type not in self._formats:  # more content types than we keep: made for this request alone
-            return (self._uncached(snapshot, encoder, target, compress),), content_type
+            return ((self._uncached(snapshot, encoder, target, compress),),), content_type
         if target is not None:
-            return (self._probe(target, content_type, compress),), content_type
+            return ((self._probe(target, content_type, compress),),), content_type
         layout = self._layouts.get(content_type)
         if (
             layout is not None
@@ -341,8 +359,10 @@ class Exposition:
         form = self._formats[content_type]
         targets = self.targets
         names: tuple[str | None, ...] = (None, *targets)
-        # Encode what is missing or older than the snapshot outside the lock: other scrapes keep being served.
         stale = [name for name in names if self._stale(name, content_type, snapshot)]
+        if stale:
+            stale = self._await_publishers(stale, content_type, snapshot)
+        # Encode what is still missing or older than the snapshot outside the lock: other scrapes keep being served.
         fresh = {name: self._encode(name, snapshot, form, self._generation(name, snapshot)) for name in stale}
         with self._lock:
             for name, fragment in fresh.items():
@@ -358,6 +378,23 @@ class Exposition:
                 self.compressed_members += layout.want_gzip()
             self._rebuilt(layout.rebuild())
             return layout
+
+    def _await_publishers(self, stale: list[str | None], content_type: str, snapshot: Snapshot) -> list[str | None]:
+        """Wait for the publishing threads already encoding these results (never encode one twice); what is left."""
+        deadline = time.monotonic() + PUBLISHER_WAIT_SECONDS
+        with self._lock:
+            while True:
+                stale = [name for name in stale if self._stale(name, content_type, snapshot)]
+                busy = [
+                    name
+                    for name in stale
+                    if name is not None
+                    and self._inflight.get((name, content_type), -1) >= self._generation(name, snapshot)
+                ]
+                left = deadline - time.monotonic()
+                if not busy or left <= 0:
+                    return stale
+                self._done.wait(left)
 
     def _stale(self, name: str | None, content_type: str, snapshot: Snapshot) -> bool:
         """NAME's cached fragment is missing or older than SNAPSHOT."""

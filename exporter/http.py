@@ -61,15 +61,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         """Write a complete response."""
-        self._send_parts(status, (body,), content_type, headers)
+        self._send_parts(status, ((body,),), content_type, headers)
 
     def _send_parts(
-        self, status: HTTPStatus, parts: Sequence[bytes], content_type: str, headers: dict[str, str] | None = None
+        self,
+        status: HTTPStatus,
+        parts: Sequence[Sequence[bytes]],
+        content_type: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Write a complete response whose body is PARTS, in order."""
+        """Write a complete response whose body is PARTS (groups of buffers), in order."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(map(len, parts))))
+        self.send_header("Content-Length", str(sum(len(piece) for group in parts for piece in group)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -77,12 +81,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         batch: list[bytes] = []
         size = 0
-        for part in parts:
-            batch.append(part)
-            size += len(part)
-            if size >= WRITE_BYTES:
-                self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
-                batch, size = [], 0
+        for group in parts:
+            for piece in group:
+                batch.append(piece)
+                size += len(piece)
+                if size >= WRITE_BYTES:
+                    self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                    batch, size = [], 0
         if batch:
             self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import platform
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,3 +212,27 @@ def test_a_scrape_never_shows_less_than_the_store_has(one_target: Exporter) -> N
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_large_blocks_are_given_back_on_glibc() -> None:
     assert return_large_blocks() is True
+
+
+def test_a_scrape_waits_for_the_publishing_thread_instead_of_encoding_twice(one_target: Exporter) -> None:
+    """While a result's own thread encodes it, a scrape of the newer snapshot waits for it and encodes nothing."""
+    exporter, exposition = one_target, one_target.exposition
+    exporter.render_metrics("", compress=True)
+    exporter.store._listeners.clear()  # this test plays the publishing thread itself
+    exporter.runners[("only", "public.chunks", "distribution")].run()
+    content_type = choose("")[1]
+    generation = exporter.store.current.generations["only"]
+    exposition._inflight[("only", content_type)] = generation  # the publisher has started encoding
+    encoded = exposition.encoded_fragments
+    scraped: list[bytes] = []
+    scrape = threading.Thread(target=lambda: scraped.append(exporter.render_metrics("", compress=True)[0]))
+    scrape.start()
+    deadline = time.monotonic() + 60
+    while not exposition._done._waiters:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline and scrape.is_alive(), "the scrape did not wait for the publisher"
+        time.sleep(0.01)
+    assert exposition.encoded_fragments == encoded
+    exposition.refresh("only")
+    scrape.join(60)
+    assert not scrape.is_alive() and exposition.encoded_fragments == encoded + 1  # the publisher's, only
+    assert gzip.decompress(scraped[0]) == generate_latest(exporter.registry)
