@@ -13,7 +13,8 @@ from psycopg import sql
 from exporter.formula import Column
 from exporter.keyspec import KeySpec, source_sql
 from exporter.pg.catalog import relation_tree
-from exporter.verify_plan import LeafPlan, plan_leaves
+from exporter.verify_cache import PlanCache
+from exporter.verify_plan import LeafPlan, plan_catalog, read_catalog
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Verifier:
         examples_limit: int = 10,
         pairs_limit: int = 1000,
         exact_rows: bool = False,
+        plan_cache: PlanCache | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -168,6 +170,8 @@ class Verifier:
         self.pairs_limit = pairs_limit
         # Loose-scanned partitions take their row count from statistics unless asked to count (an index scan).
         self.exact_rows = exact_rows
+        # Catalog reads and built statements kept between runs of the same table until its schema changes.
+        self.plan_cache = plan_cache
         self._list_values: dict[int, int] = {}
 
     def relations(self) -> list[tuple[str, str]]:
@@ -383,15 +387,6 @@ class Verifier:
         """Rows with a NULL in any source column: the loose scan's row comparisons never reach them."""
         return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in nullable)
 
-    def _nullable_sources(self) -> list[str]:
-        """The source columns that may hold NULL (a NOT NULL column needs no pass for its NULLs)."""
-        rows = self.conn.execute(
-            "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s::regclass"
-            " AND a.attname = ANY(%s) AND NOT a.attnotnull",
-            (self.spec.table_ident.as_string(self.conn), list(self.spec.source_columns)),
-        ).fetchall()
-        return [str(r[0]) for r in rows]
-
     def _evaluated(self, groups: list[sql.Composable]) -> sql.Composed:
         """Evaluate the key once per group; return the bad groups and one total row per relation."""
         key = sql.Identifier(self.spec.key_column)
@@ -423,9 +418,31 @@ class Verifier:
 
         Every statement reads the table itself, never a partition by name, so SELECT on the table is enough.
         """
-        plans = plan_leaves(self.conn, self.spec)
+        plans, statements = self._full_statements()
+        return plans, [groups for groups, _ in statements]
+
+    def _full_statements(self) -> tuple[list[tuple[int, LeafPlan]], list[tuple[list[sql.Composable], bytes]]]:
+        """The plans, and each statement's group listings with its evaluated SQL, from the cache when it holds."""
+        if self.plan_cache is None:
+            catalog, rows = read_catalog(self.conn, self.spec)
+            entry = None
+        else:
+            entry, rows = self.plan_cache.catalog(self.conn, self.spec)
+            catalog = entry.catalog
+        plans = plan_catalog(catalog, rows, self.spec)
         self._list_values = {oid: plan.list_value for oid, plan in plans if plan.list_value is not None}
-        nullable = self._nullable_sources()
+        # Statements depend on the plans' shapes, not on their row estimates (which move with every write).
+        shape = tuple((oid, p.path, p.list_value, p.index_columns, p.readable) for oid, p in plans)
+        if entry is not None and entry.statements is not None and entry.statements[0] == shape:
+            return plans, list(entry.statements[1])
+        passes = self._build_passes(plans, list(catalog.nullable))
+        statements = [(groups, self._evaluated(groups).as_bytes(self.conn)) for groups in passes]
+        if entry is not None:
+            entry.statements = (shape, tuple(statements))
+        return plans, statements
+
+    def _build_passes(self, plans: list[tuple[int, LeafPlan]], nullable: list[str]) -> list[list[sql.Composable]]:
+        """The group listings of each statement a full pass runs, for these plans."""
         loose: list[sql.Composable] = []
         groups: list[sql.Composable] = []
         handled: list[int] = []
@@ -448,24 +465,24 @@ class Verifier:
             groups.append(self._other_groups(handled))
         # Partitions whose indexes order the source columns alike share one statement.
         loose += [self._loose_scan_through_parent(members) for members in by_order.values()]
-        return plans, [part for part in (loose, groups) if part]
+        return [part for part in (loose, groups) if part]
 
     def explain_full(self) -> str:
         """EXPLAIN of every statement a full pass runs, so a fallback to a sequential scan can be seen."""
-        _, passes = self.full_passes()
+        _, statements = self._full_statements()
         lines: list[str] = []
-        for groups in passes:
-            lines += [str(r[0]) for r in self.conn.execute(sql.SQL("EXPLAIN ") + self._evaluated(groups)).fetchall()]
+        for _, statement in statements:
+            lines += [str(r[0]) for r in self.conn.execute(b"EXPLAIN " + statement).fetchall()]
         return "\n".join(lines)
 
     def _full(self, tally: _Tally) -> tuple[PartitionVerification, ...]:
         """Every leaf on its planned path; rows counted on the GROUP BY path, from statistics on the loose one."""
-        plans, passes = self.full_passes()
+        plans, statements = self._full_statements()
         leaves = {oid: _Leaf(plan.relation, oid) for oid, plan in plans}
         loose = {oid for oid, plan in plans if plan.path == "loose-index-scan"}
         totals: dict[int, tuple[int, int]] = {}  # oid -> (rows counted, distinct groups)
-        for groups in passes:
-            bad, counted = self._read(groups)
+        for groups, statement in statements:
+            bad, counted = self._read(groups, statement)
             self._count_groups(bad)
             for group in bad:
                 self._add(group, leaves[group.oid], group.oid in loose, tally, [])
@@ -582,11 +599,11 @@ class Verifier:
             positions=sql.SQL(", ").join(sql.Literal(p) for p in positions),
         )
 
-    def _read(self, groups: list[sql.Composable]) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
+    def _read(self, groups: list[sql.Composable], statement: bytes) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
         """The bad groups of one statement and (rows, groups) per relation; on an unpredicted error, per value."""
         try:
             with self.conn.transaction():
-                rows = self.conn.execute(self._evaluated(groups)).fetchall()
+                rows = self.conn.execute(statement).fetchall()
         except psycopg.DataError as error:
             log.warning(
                 "verification of %s: an expression error no rule predicted (%s); evaluating each distinct value alone",

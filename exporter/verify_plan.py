@@ -54,12 +54,11 @@ _LEAVES = (
           FROM pg_catalog.pg_partitioned_table p
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
          WHERE p.partrelid = tree.parent AND tree.parent = %(table)s::regclass::oid),
-       greatest(c.reltuples, 0)::bigint, coalesce(s.n_live_tup, 0),
+       greatest(c.reltuples, 0)::bigint, pg_catalog.pg_stat_get_live_tuples(c.oid),
        pg_catalog.has_table_privilege(c.oid, 'SELECT')
 FROM tree
 JOIN pg_catalog.pg_class c ON c.oid = tree.relid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
 WHERE c.relkind = 'r'
 ORDER BY c.relname
 """
@@ -117,9 +116,37 @@ def _estimated_distinct(stats: dict[str, float], sources: tuple[str, ...], rows:
     return min(product, float(rows)) if rows else product
 
 
-def plan_leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> list[tuple[int, LeafPlan]]:
-    """(oid, plan) for every leaf relation of the table, decided from the catalog at run time."""
-    leaves = conn.execute(_LEAVES, {"table": spec.table_ident.as_string(conn), "key": spec.key_column}).fetchall()
+@dataclass(frozen=True)
+class LeafRow:
+    """One leaf relation as the catalog describes it (nothing here changes without DDL or a GRANT)."""
+
+    oid: int
+    relation: str
+    bound: str | None
+    list_by_key: bool
+    readable: bool
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What planning reads from the catalog, apart from row counts (which change with every write)."""
+
+    leaves: tuple[LeafRow, ...]
+    indexes: dict[int, list[tuple[str, list[str]]]]
+    stats: dict[int, dict[str, float]]
+    nullable: tuple[str, ...]
+
+
+_NULLABLE = """
+SELECT a.attname::text FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = %(table)s::regclass AND a.attname = ANY(%(columns)s) AND NOT a.attnotnull
+"""
+
+
+def read_catalog(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[Catalog, dict[int, int]]:
+    """The catalog a plan is made from, and each leaf's estimated rows (n_live_tup, else reltuples)."""
+    table = spec.table_ident.as_string(conn)
+    leaves = conn.execute(_LEAVES, {"table": table, "key": spec.key_column}).fetchall()
     oids = [row[0] for row in leaves]
     indexes: dict[int, list[tuple[str, list[str]]]] = {}
     for relid, name, columns in conn.execute(_INDEXES, {"oids": oids}).fetchall():
@@ -128,14 +155,42 @@ def plan_leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> list[tuple[int,
     sources = spec.source_columns
     for relid, column, n_distinct in conn.execute(_DISTINCT, {"oids": oids, "columns": list(sources)}).fetchall():
         stats.setdefault(relid, {})[column] = float(n_distinct)
+    nullable = conn.execute(_NULLABLE, {"table": table, "columns": list(sources)}).fetchall()
+    rows = {int(oid): int(live) if live > 0 else int(reltuples) for oid, *_, reltuples, live, _ in leaves}
+    catalog = Catalog(
+        leaves=tuple(
+            LeafRow(int(oid), f"{schema}.{name}", bound, bool(list_by_key), bool(readable))
+            for oid, schema, name, bound, list_by_key, _, _, readable in leaves
+        ),
+        indexes=indexes,
+        stats=stats,
+        # In the table's column order, whatever order ANY() returned them in.
+        nullable=tuple(c for c in sources if c in {str(r[0]) for r in nullable}),
+    )
+    return catalog, rows
+
+
+def plan_catalog(catalog: Catalog, rows: dict[int, int], spec: KeySpec) -> list[tuple[int, LeafPlan]]:
+    """(oid, plan) for every leaf: the catalog's shapes with the current row estimates (pure, no query)."""
     plans = []
-    for oid, schema, name, bound, list_by_key, reltuples, live, readable in leaves:
-        rows = int(live) if live > 0 else int(reltuples)
+    for leaf in catalog.leaves:
         plan = _plan_one(
-            f"{schema}.{name}", bound, bool(list_by_key), rows, indexes.get(oid, []), stats.get(oid, {}), sources
+            leaf.relation,
+            leaf.bound,
+            leaf.list_by_key,
+            rows.get(leaf.oid, 0),
+            catalog.indexes.get(leaf.oid, []),
+            catalog.stats.get(leaf.oid, {}),
+            spec.source_columns,
         )
-        plans.append((oid, replace(plan, readable=bool(readable))))
+        plans.append((leaf.oid, replace(plan, readable=leaf.readable)))
     return plans
+
+
+def plan_leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> list[tuple[int, LeafPlan]]:
+    """(oid, plan) for every leaf relation of the table, decided from the catalog at run time."""
+    catalog, rows = read_catalog(conn, spec)
+    return plan_catalog(catalog, rows, spec)
 
 
 def _plan_one(

@@ -15,12 +15,17 @@ from psycopg import sql
 from exporter.hashtext import partition_for
 from exporter.keyspec import KeyFormula, KeySpec
 from exporter.verify import VerificationResult, Verifier
+from exporter.verify_cache import PlanCache
 from tests.int_min import INT_MIN, int_min_text
 from tests.schema import scalar
 
 pytestmark = pytest.mark.versioned("verification")
 
 Pair = tuple[str, str, int | None, tuple[str | None, ...], int | None]  # kind, relation, stored, source, expected
+
+# Shared by every example: each one's new table must invalidate what the previous one left (the exporter keeps one
+# cache per table across schema changes).
+CACHE = PlanCache()
 
 
 @dataclass(frozen=True)
@@ -161,9 +166,12 @@ def test_full_verification_equals_the_row_by_row_reference(conn: psycopg.Connect
     assert _pairs(exact) == pairs
     assert exact.bad_pairs_total == len(pairs)
     # With row counts from statistics, every bad count and pair is still exact.
-    fast = Verifier(conn, spec, primary_key=("id",)).run("full")
-    assert (fast.mismatched, fast.null_keys, fast.expression_errors) == counts[1:]
-    assert _pairs(fast) == pairs
+    # Twice through the shared plan cache: a miss for this new table, then a hit.
+    for _ in range(2):
+        fast = Verifier(conn, spec, primary_key=("id",), plan_cache=CACHE).run("full")
+        assert (fast.mismatched, fast.null_keys, fast.expression_errors) == counts[1:]
+        assert _pairs(fast) == pairs
+        assert [p.plan.path for p in fast.partitions] == [p.plan.path for p in exact.partitions]
     # Incremental over every row keeps row semantics through its grouped evaluation.
     window = Verifier(conn, spec).run("incremental", watermark_column="id", after=-1, upto=len(case.rows))
     assert (window.rows_checked, window.mismatched, window.null_keys, window.expression_errors) == counts

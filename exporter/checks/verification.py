@@ -14,6 +14,7 @@ from exporter.config import TableConfig
 from exporter.formula_catalog import resolve_spec
 from exporter.introspect import verification_inputs
 from exporter.verify import Mode, VerificationResult, Verifier, current_watermark
+from exporter.verify_cache import PlanCache
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class TableVerificationState:
     watermark: Any = None
     # Rows checked, mismatched, NULL and expression errors since the start or the last clean full pass.
     incremental_tally: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # Full verification's catalog reads and statements, kept until the table's catalog fingerprint changes.
+    plan_cache: PlanCache = field(default_factory=PlanCache)
 
 
 class VerificationCheck:
@@ -70,7 +73,13 @@ class VerificationCheck:
                 note=f"no column {spec.key_column}: the server routes rows itself, nothing to verify",
             )
             return Outcome(payload=result, rows_verified=(self.mode, 0))
-        verifier = Verifier(conn, spec, primary_key=primary_key, examples_limit=self.table.examples_limit)
+        verifier = Verifier(
+            conn,
+            spec,
+            primary_key=primary_key,
+            examples_limit=self.table.examples_limit,
+            plan_cache=self.state.plan_cache,
+        )
         if self.mode == "sample":
             result = verifier.run("sample", sample_percent=self.table.checks.verification_sample.percent)
         elif self.mode == "full":
