@@ -23,6 +23,7 @@ import datetime as dt
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -34,6 +35,7 @@ from bench.stats import summarize
 from exporter import chunks_schema
 from exporter.keyspec import KeySpec
 from exporter.verify import Verifier
+from exporter.verify_cache import PlanCache
 
 PARTITIONS = 100
 PK = ("id", "collection_id", "partition_key")
@@ -64,15 +66,24 @@ def build(dsn: str, rows: int, collections: int) -> int:
         return int(row[0]) if row else 0
 
 
-def _distinct_listing(conn: psycopg.Connection[Any], recursive: bool) -> Callable[[], Any]:
-    """Each partition's distinct collections: our recursive CTE, or SELECT DISTINCT left to the planner."""
+def _distinct_listing(conn: psycopg.Connection[Any], form: str) -> Callable[[], Any]:
+    """Each partition's distinct collections: our recursive CTE through the parent ("parent"), the same CTE per
+    partition by name ("by name": index-only, planned per partition), or SELECT DISTINCT left to the planner."""
     verifier = Verifier(conn, SPEC)
     plans, _ = verifier.full_passes()
+    recursive = form != "planner"
     loose = [(oid, plan) for oid, plan in plans if recursive and plan.path == "loose-index-scan"]
     parts: list[sql.Composable] = []
-    if loose:
+    if loose and form == "parent":
         scan = verifier._loose_scan_through_parent(loose)
         parts.append(sql.SQL("SELECT collection_id FROM ({}) AS l").format(scan))
+    elif loose:
+        parts += [
+            sql.SQL("SELECT collection_id FROM ({}) AS l").format(
+                verifier._loose_scan(oid, replace(plan, readable=True))
+            )
+            for oid, plan in loose
+        ]
     for _, plan in plans:
         if not (recursive and plan.path == "loose-index-scan"):
             relation = sql.Identifier(*plan.relation.split(".", 1))
@@ -81,26 +92,67 @@ def _distinct_listing(conn: psycopg.Connection[Any], recursive: bool) -> Callabl
     return lambda: conn.execute(statement).fetchone()
 
 
+def _in_session(conn: psycopg.Connection[Any], settings: list[str], statement: str) -> Callable[[], Any]:
+    """A statement under SET LOCAL settings, in its own transaction."""
+
+    def run() -> Any:
+        with conn.transaction():
+            for setting in settings:
+                conn.execute(setting)
+            return conn.execute(statement).fetchall()
+
+    return run
+
+
+# The GROUP BY pass without an index, written the other ways the issue asked about (issue 15).
+_PARENT_GROUP_BY = (
+    "SELECT count(*) FROM (SELECT tableoid, partition_key, collection_id, count(*) FROM chunks GROUP BY 1, 2, 3) AS q"
+)
+
+
 def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
     """Every contender alternately with a bare count(*); milliseconds and ratios to count(*) of the same round."""
+    cache = PlanCache()  # as the exporter keeps one per table: the plan is read once, then only its fingerprint
+    indexed = any(p.plan.path == "loose-index-scan" for p in Verifier(conn, SPEC).run("full").partitions)
     contenders: dict[str, Callable[[], Any]] = {
-        "full verification (distinct values)": lambda: Verifier(conn, SPEC, primary_key=PK).run("full"),
+        "full verification (distinct values)": lambda: Verifier(conn, SPEC, primary_key=PK, plan_cache=cache).run(
+            "full"
+        ),
+        "full verification, first run after a schema change (plan not cached)": lambda: Verifier(
+            conn, SPEC, primary_key=PK
+        ).run("full"),
         "full verification, loose-scanned rows counted exactly (exact_rows=True)": lambda: Verifier(
-            conn, SPEC, primary_key=PK, exact_rows=True
+            conn, SPEC, primary_key=PK, exact_rows=True, plan_cache=cache
         ).run("full"),
         "row-by-row full verification (before)": lambda: conn.execute(ROW_BY_ROW).fetchone(),
         "query-exporter's wrong-key query": lambda: conn.execute(SQL_WRONG.format(col="n")).fetchone(),
-        "distinct listing: recursive CTE": _distinct_listing(conn, recursive=True),
-        "distinct listing: SELECT DISTINCT (planner's own)": _distinct_listing(conn, recursive=False),
-        "catalog reads and planning alone (Verifier.full_passes)": lambda: Verifier(conn, SPEC).full_passes(),
+        "distinct listing: recursive CTE through the parent": _distinct_listing(conn, "parent"),
+        "distinct listing: SELECT DISTINCT (planner's own)": _distinct_listing(conn, "planner"),
+        "plan from the cache: fingerprint query (Verifier.full_passes, cached)": lambda: Verifier(
+            conn, SPEC, plan_cache=cache
+        ).full_passes(),
+        "catalog reads and statement building, not cached (Verifier.full_passes)": lambda: Verifier(
+            conn, SPEC
+        ).full_passes(),
         "count(collection_id): every value read, nothing else": lambda: conn.execute(
             "SELECT count(collection_id) FROM chunks"
         ).fetchone(),
-        "count(*), parallel workers off": lambda: _serial(conn, "SELECT count(*) FROM chunks"),
-        "full verification, parallel workers off": lambda: _serial(conn, None),
+        "count(*), parallel workers off": lambda: _serial(conn, "SELECT count(*) FROM chunks", cache),
+        "full verification, parallel workers off": lambda: _serial(conn, None, cache),
         "sample 1% (Verifier, now)": lambda: Verifier(conn, SPEC, primary_key=PK).run("sample", sample_percent=1),
         "sample 1% (bare count statement, as before)": lambda: conn.execute(SAMPLE_ROW_BY_ROW).fetchone(),
     }
+    if indexed:
+        contenders["distinct listing: recursive CTE per partition by name (index-only scans)"] = _distinct_listing(
+            conn, "by name"
+        )
+    else:
+        contenders["GROUP BY over the parent, enable_partitionwise_aggregate on"] = _in_session(
+            conn, ["SET LOCAL enable_partitionwise_aggregate = on"], _PARENT_GROUP_BY
+        )
+        contenders["full verification, work_mem 256MB"] = lambda: _serial(
+            conn, None, cache, ["SET LOCAL work_mem = '256MB'"]
+        )
     bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
     for function in (bare, *contenders.values()):  # warm the cache
         function()
@@ -126,12 +178,15 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
     }
 
 
-def _serial(conn: psycopg.Connection[Any], statement: str | None) -> Any:
-    """A statement (None: full verification) with parallel workers off for one transaction."""
+def _serial(
+    conn: psycopg.Connection[Any], statement: str | None, cache: PlanCache, settings: list[str] | None = None
+) -> Any:
+    """A statement (None: full verification) with parallel workers off (or other settings) for one transaction."""
     with conn.transaction():
-        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        for setting in settings or ["SET LOCAL max_parallel_workers_per_gather = 0"]:
+            conn.execute(setting)
         if statement is None:
-            return Verifier(conn, SPEC, primary_key=PK).run("full")
+            return Verifier(conn, SPEC, primary_key=PK, plan_cache=cache).run("full")
         return conn.execute(statement).fetchone()
 
 
@@ -174,13 +229,18 @@ def render(results: dict[tuple[int, int], dict[str, dict[str, Any]]], header: st
     """A column per (rows, collections, index) case; ms (min-max) and x count(*) per contender; growth 1M->10M."""
     cases = [(rows, coll, index) for (rows, coll), by in results.items() for index in by]
     names = [f"{r // 1_000_000}M rows, {results[(r, c)][i]['distinct']:,} collections, {i}" for r, c, i in cases]
-    first = results[next(iter(results))]["index"]
-    contenders = list(first["timings"])
+    # Some contenders apply to one kind of case only (by name: loose-scanned partitions; partitionwise: GROUP BY).
+    contenders = list(
+        dict.fromkeys(name for by in results.values() for found in by.values() for name in found["timings"])
+    )
     lines = [header, "", "| measurement | " + " | ".join(names) + " |", "|---|" + "---|" * len(cases)]
     for name in contenders:
         cells = []
         for rows, coll, index in cases:
             found = results[(rows, coll)][index]
+            if name not in found["timings"]:
+                cells.append("-")
+                continue
             t = found["timings"][name]
             cell = f"{t.median:.0f} ({t.low:.0f}-{t.high:.0f})"
             if name in found["ratios"]:
