@@ -88,20 +88,42 @@ def upgrade(
     out: Out = print,
 ) -> Outcome:
     """Replace the trigger as the strategy says; resumable, refused on wrong keys."""
+    return _run(
+        conn,
+        options,
+        "upgrade",
+        lambda: _checked_upgrade(conn, options, requested),
+        dry_run=dry_run,
+        measure=measure,
+        out=out,
+    )
+
+
+def _run(
+    conn: psycopg.Connection[Any],
+    options: Options,
+    direction: str,
+    build: Callable[[], tuple[Implementation, Plan]],
+    *,
+    dry_run: bool,
+    measure: bool,
+    out: Out,
+) -> Outcome:
+    """The plan build() makes, run (resuming a run of the same direction) or, with dry_run, only shown."""
     if dry_run:
         _refuse_while_running(conn, options)
-        impl, plan = _checked_upgrade(conn, options, requested)
+        impl, plan = build()
         return _dry_run(conn, options, impl, plan, measure, out)
     # The run lock comes first: even reading the catalog could queue behind another run's pending lock.
     with run_lock(conn, options.spec.label):
-        impl, plan = _checked_upgrade(conn, options, requested)
+        impl, plan = build()
         state = StateStore(conn, options).read()
         return _execute(
             conn,
             options,
             impl,
             plan,
-            state_running=bool(state and state.running and state.direction == "upgrade"),
+            state_running=bool(state and state.running and state.direction == direction),
             measure=measure,
             out=out,
         )
@@ -138,22 +160,9 @@ def _checked_upgrade(
 
 def downgrade(conn: psycopg.Connection[Any], options: Options, *, dry_run: bool = False, out: Out = print) -> Outcome:
     """Back to the trigger with the safe formula; PK and indexes as they were before the upgrade."""
-    if dry_run:
-        _refuse_while_running(conn, options)
-        impl, plan = build_downgrade(conn, options)
-        return _dry_run(conn, options, impl, plan, False, out)
-    with run_lock(conn, options.spec.label):
-        impl, plan = build_downgrade(conn, options)
-        state = StateStore(conn, options).read()
-        return _execute(
-            conn,
-            options,
-            impl,
-            plan,
-            state_running=bool(state and state.running and state.direction == "downgrade"),
-            measure=False,
-            out=out,
-        )
+    return _run(
+        conn, options, "downgrade", lambda: build_downgrade(conn, options), dry_run=dry_run, measure=False, out=out
+    )
 
 
 def _dry_run(
