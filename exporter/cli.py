@@ -13,7 +13,7 @@ from exporter import __version__
 from exporter.app import Exporter
 from exporter.chart import render_chart
 from exporter.cliargs import hoist_options
-from exporter.config import Config, ConfigError, TableConfig, TargetConfig, load_config
+from exporter.config import Config, ConfigError, TableConfig, TargetConfig, command_line_table, load_config
 from exporter.discovery import configured_lines
 from exporter.discovery import render_text as render_discovery
 from exporter.logs import setup_logging
@@ -49,14 +49,7 @@ def _config_from(args: argparse.Namespace) -> Config:
     if not args.dsn:
         raise ConfigError(["give --config FILE, or --dsn (or set PARTKEY_DSN)"])
     try:
-        table = TableConfig(
-            table=args.table,
-            schema=args.schema,
-            key_column=args.key_column,
-            source_column=args.source_column,
-            key_expression=args.key_expression,
-            **({"modulus": args.modulus} if args.modulus is not None else {}),
-        )
+        table = command_line_table(args)
         return Config(targets=[TargetConfig(name="default", dsn=args.dsn, tables=[table])])
     except ValueError as error:
         raise ConfigError([f"command line: {line}" for line in str(error).splitlines()[1:2]]) from None

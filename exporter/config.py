@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -184,6 +185,18 @@ class TableConfig(Strict):
     def label(self) -> str:
         """schema.table, as in metric labels."""
         return self.spec.label
+
+
+def command_line_table(args: argparse.Namespace) -> TableConfig:
+    """The table --table, --schema, --key-column, --source-column, --key-expression and --modulus name."""
+    return TableConfig(
+        table=args.table,
+        schema=args.schema,
+        key_column=args.key_column,
+        source_column=args.source_column,
+        key_expression=args.key_expression,
+        **({"modulus": args.modulus} if args.modulus is not None else {}),
+    )
 
 
 class AutoTables(TableConfig):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import psycopg
 from pydantic import ValidationError
 
-from exporter.config import TableConfig
+from exporter.config import command_line_table
 from exporter.formula import Formula
 from exporter.formula_catalog import resolve_spec, table_formulas
 from exporter.hashtext import text_form
@@ -37,16 +37,8 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 
 def _formula_and_types(args: argparse.Namespace) -> tuple[Formula, bool, dict[str, str]]:
     """The formula (and whether the table's own spelling overflows) and each column's type."""
-    options = {"modulus": args.modulus} if args.modulus is not None else {}
     try:
-        table = TableConfig(
-            table=args.table,
-            schema=args.schema,
-            key_column=args.key_column,
-            source_column=args.source_column,
-            key_expression=args.key_expression,
-            **options,
-        )
+        table = command_line_table(args)
     except ValidationError as error:
         raise KeyInputError("; ".join(e["msg"] for e in error.errors())) from None
     spec = table.spec
