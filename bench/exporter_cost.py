@@ -30,9 +30,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bench.peers import PARTKEY_DEFAULTS, ROLES, _db_ms_by_marker, _roles, _wait_ready, running
-from bench.server import BenchServer, bench_server, machine
+from bench.server import BenchServer, bench_server, build_chunks, machine
 from bench.stats import summarize
-from exporter import chunks_schema
 from exporter.app import Exporter
 from exporter.config import parse_config
 from tests.ports import free_port
@@ -54,20 +53,8 @@ BARE_IMPLEMENTATION = (
 
 
 def build(dsn: str, rows: int, partitions: int) -> None:
-    """The semantik-like table with `partitions` LIST partitions and 7 stale keys; analyzed and vacuumed."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS chunks CASCADE")
-        conn.execute(chunks_schema.chunks_table())
-        for key in range(partitions):
-            conn.execute(f"CREATE TABLE chunks_part_{key:04d} PARTITION OF chunks FOR VALUES IN ({key})")
-        step = 1_000_000
-        for start in range(0, rows, step):  # in steps: one huge statement would hold the whole WAL at once
-            # 10 collections per partition, cubic skew (as the demo).
-            conn.execute(chunks_schema.skewed_load(min(step, rows - start), partitions * 10, partitions))
-        ids = conn.execute("SELECT id, partition_key FROM chunks ORDER BY id LIMIT 7").fetchall()
-        for row_id, key in ids:
-            conn.execute("UPDATE chunks SET partition_key = %s WHERE id = %s", ((key + 1) % partitions, row_id))
-        conn.execute("VACUUM ANALYZE chunks")
+    """The semantik-like table with `partitions` LIST partitions (10 collections each) and 7 stale keys."""
+    build_chunks(dsn, rows, partitions, partitions * 10)
 
 
 def _config(dsn: str, port: int, partitions: int) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from exporter import chunks_schema
+
 # As in postgres-facts.md §2: durability off, no autovacuum or JIT noise, a cache large enough for 1M rows.
 BENCH_SETTINGS: dict[str, str] = {
     "synchronous_commit": "off",
@@ -115,3 +117,20 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{os.cpu_count()} vCPU {model}".strip()
+
+
+def build_chunks(dsn: str, rows: int, partitions: int, collections: int) -> None:
+    """The semantik-like table: LIST partitions, cubic skew over collections, 7 stale keys; vacuumed and analyzed."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS chunks CASCADE")
+        conn.execute(chunks_schema.chunks_table())
+        for key in range(partitions):
+            conn.execute(f"CREATE TABLE chunks_part_{key:04d} PARTITION OF chunks FOR VALUES IN ({key})")
+        step = 1_000_000
+        for start in range(0, rows, step):  # in steps: one huge statement would hold the whole WAL at once
+            # Cubic skew as in the demo: a few collections hold most rows.
+            conn.execute(chunks_schema.skewed_load(min(step, rows - start), collections, partitions))
+        ids = conn.execute("SELECT id, partition_key FROM chunks ORDER BY id LIMIT 7").fetchall()
+        for row_id, key in ids:
+            conn.execute("UPDATE chunks SET partition_key = %s WHERE id = %s", ((key + 1) % partitions, row_id))
+        conn.execute("VACUUM ANALYZE chunks")

@@ -30,9 +30,8 @@ import psycopg
 from psycopg import sql
 
 from bench.peers import SQL_WRONG
-from bench.server import bench_server, machine
+from bench.server import bench_server, build_chunks, machine
 from bench.stats import summarize
-from exporter import chunks_schema
 from exporter.keyspec import KeySpec
 from exporter.verify import Verifier
 from exporter.verify_cache import PlanCache
@@ -49,19 +48,8 @@ SAMPLE_ROW_BY_ROW = ROW_BY_ROW.replace("FROM chunks", "FROM chunks TABLESAMPLE S
 
 def build(dsn: str, rows: int, collections: int) -> int:
     """The semantik-like table, 100 LIST partitions, 7 stale keys, vacuumed; returns the distinct collections."""
+    build_chunks(dsn, rows, PARTITIONS, collections)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS chunks CASCADE")
-        conn.execute(chunks_schema.chunks_table())
-        for key in range(PARTITIONS):
-            conn.execute(f"CREATE TABLE chunks_part_{key:04d} PARTITION OF chunks FOR VALUES IN ({key})")
-        step = 1_000_000
-        for start in range(0, rows, step):
-            # Cubic skew as in the demo: a few collections hold most rows.
-            conn.execute(chunks_schema.skewed_load(min(step, rows - start), collections, PARTITIONS))
-        ids = conn.execute("SELECT id, partition_key FROM chunks ORDER BY id LIMIT 7").fetchall()
-        for row_id, key in ids:
-            conn.execute("UPDATE chunks SET partition_key = %s WHERE id = %s", ((key + 1) % PARTITIONS, row_id))
-        conn.execute("VACUUM ANALYZE chunks")
         row = conn.execute("SELECT count(DISTINCT collection_id) FROM chunks").fetchone()
         return int(row[0]) if row else 0
 
