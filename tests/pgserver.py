@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -44,6 +45,18 @@ def own_start_stop_lock() -> None:
     if getattr(PostgresServer._lock, "path", None) != os.fsencode(path):  # once per process
         path.parent.mkdir(exist_ok=True)
         PostgresServer._lock = lock_type(path)
+        atexit.register(path.unlink, missing_ok=True)
+
+
+def drop_start_stop_lock() -> None:
+    """Delete this process's lock file (empty; the next start or stop in this process creates it again).
+
+    Every test process left one behind, and /tmp filled up with them. fcntl locks never exclude threads of one
+    process, so deleting the file cannot let two of our own starts or stops overlap that it would have kept apart.
+    """
+    (Path(tempfile.gettempdir()) / f"partkey-embedded-pg-locks-{os.getuid()}" / f"{os.getpid()}.lock").unlink(
+        missing_ok=True
+    )
 
 
 @contextmanager
@@ -67,6 +80,7 @@ def postgres_server() -> Iterator[str]:
         finally:
             server.cleanup()
             shutil.rmtree(datadir, ignore_errors=True)
+            drop_start_stop_lock()
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
