@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.reliability.harness import PrivateServer
+from tests.schema import create_list_table, insert_rows
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,13 @@ def own_dsn(own_server: PrivateServer) -> Iterator[str]:
     with own_server.database() as url:
         yield url
         own_server.ensure_running()
+
+
+@pytest.fixture
+def table(own_dsn: str) -> str:
+    """The private server's database with chunks: 4 LIST partitions, no trigger, 400 rows, analyzed."""
+    with psycopg.connect(own_dsn, autocommit=True) as conn:
+        create_list_table(conn, modulus=4, trigger=None)
+        insert_rows(conn, 400, modulus=4)
+        conn.execute("ANALYZE chunks")
+    return own_dsn

@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 
 import psycopg
-import pytest
 
 from exporter.app import Exporter
 from exporter.reconnect import due_after_outage
 from exporter.snapshot import CheckResult
 from tests.reliability.harness import PrivateServer, config, our_backends, succeeded_since, wait_for
-from tests.schema import create_list_table, insert_rows
 
 LIGHT = ("implementation", "distribution")
 HOURLY = {
@@ -19,15 +17,6 @@ HOURLY = {
     "distribution": "{interval: 1h}",
     "verification_full": "{interval: 1h}",
 }
-
-
-@pytest.fixture
-def table(own_dsn: str) -> str:
-    with psycopg.connect(own_dsn, autocommit=True) as conn:
-        create_list_table(conn, modulus=4, trigger=None)
-        insert_rows(conn, 400, modulus=4)
-        conn.execute("ANALYZE chunks")
-    return own_dsn
 
 
 def _result(exporter: Exporter, check: str) -> CheckResult | None:

@@ -24,7 +24,6 @@ from tests.reliability.harness import (
     succeeded_since,
     wait_for,
 )
-from tests.schema import create_list_table, insert_rows
 from tests.support import parse, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
@@ -110,15 +109,6 @@ def _loud(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
         for r in caplog.records
         if r.levelno >= logging.INFO and r.name.startswith("exporter") and text in r.getMessage()
     ]
-
-
-@pytest.fixture
-def table(own_dsn: str) -> str:
-    with psycopg.connect(own_dsn, autocommit=True) as conn:
-        create_list_table(conn, modulus=4, trigger=None)
-        insert_rows(conn, 400, modulus=4)
-        conn.execute("ANALYZE chunks")
-    return own_dsn
 
 
 @pytest.mark.slow
