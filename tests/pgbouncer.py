@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from tests.reliability.harness import CHECKS
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse, stop_process, value
+from tests.support import answers_ready, parse, stop_process, value
 
 PoolMode = Literal["session", "transaction", "statement"]
 
@@ -167,22 +168,6 @@ class PoolRun:
     app_transactions: int
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll /readyz until the daemon has a first snapshot; fail with its log if it exits first."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310 - local test URL
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became ready:\n{log.read_text()}")
-
-
 def _application(dsn: str, stop: threading.Event, errors: list[str], count: list[int]) -> None:
     """An application on the same pool, psycopg 3 defaults: repeats its queries, so psycopg prepares them.
 
@@ -241,7 +226,8 @@ def run_two_daemons_and_an_application(pool_dsn: str, workdir: Path, seconds: fl
             daemons.append((process, log, f"http://127.0.0.1:{port}"))
         app.start()
         for process, log, url in daemons:
-            _wait_ready(url, process, log)
+            # Until the first snapshot is published; the daemon's log if it exits first.
+            wait_listening(process, partial(answers_ready, url), log.read_text, "the daemon", 60)
         time.sleep(seconds)
         for _, _, url in daemons:
             with urllib.request.urlopen(url + "/metrics", timeout=10) as response:  # noqa: S310 - local test URL

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -109,6 +111,37 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def names_with(samples: Samples, name: str) -> list[dict[str, Any]]:
     """Label sets of every sample of one metric."""
     return [dict(labels) for (n, labels) in samples if n == name]
+
+
+def assert_lock_timeout(error: str | None, setting: str) -> None:
+    """error is a check's one line for a lock wait that lock_timeout (as the target spells it) cut short."""
+    assert error is not None
+    assert error.startswith(f"lock wait exceeded lock_timeout={setting}: canceling statement due to lock timeout")
+    assert error.endswith("(SQLSTATE 55P03)")
+
+
+def answers_ready(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """Whether url's /readyz answers 200 (the daemon has its first snapshot)."""
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=2, context=context) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def read_terminal(fd: int) -> bytes:
+    """Everything a child writes to the pseudo-terminal whose controlling side is fd, until it closes it; closes fd."""
+    received = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(fd)
+    return received
 
 
 def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:

@@ -17,6 +17,7 @@ from exporter.cli import main
 from exporter.partition_stats import Distribution, mark, summarize
 from exporter.partition_stats import PartitionRows as P
 from tests.schema import create_list_table, no_autovacuum, scalar, until_counted, until_statistics
+from tests.support import read_terminal
 
 ROWS = [120, 300, 80, 1000, 0, 310, None, 290, 305, 295, 330, 280]
 
@@ -141,18 +142,9 @@ def test_report_in_a_terminal_shows_the_chart(conn: psycopg.Connection[Any], dsn
         env=env,
     ) as process:
         os.close(follower)
-        chunks = []
-        while True:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
+        received = read_terminal(leader)
         assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
-    os.close(leader)
-    out = b"".join(chunks).decode().replace("\r\n", "\n")
+    out = received.decode().replace("\r\n", "\n")
     assert "PARTITION KEY IMPLEMENTATION HEALTH REPORT" in out and "Rows per partition (" in out
     chart = out[out.index("Rows per partition") :]
     assert all(len(line) <= 70 for line in chart.splitlines())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.reliability.harness import start_daemon
+from tests.reliability.harness import start_daemon, wait_for
 from tests.schema import create_list_table
-from tests.support import self_signed_certificate
+from tests.support import answers_ready, self_signed_certificate
 
 CONFIG = """
 listen: {{address: 127.0.0.1, port: {port}{tls}}}
@@ -32,19 +31,6 @@ def _write(path: Path, dsn: str, port: int, level: str = "info", tls: str = "") 
     path.write_text(CONFIG.format(port=port, dsn=dsn, level=level, tls=tls))
 
 
-def _wait_ready(url: str, context: ssl.SSLContext | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2, context=context) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} never became ready")
-
-
 def test_tls_serves_metrics_with_the_configured_certificate(
     conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
 ) -> None:
@@ -57,7 +43,7 @@ def test_tls_serves_metrics_with_the_configured_certificate(
     port, daemon = start_daemon(config, lambda port: _write(config, dsn, port, tls=tls))
     context = ssl.create_default_context(cafile=str(cert))
     try:
-        _wait_ready(f"https://127.0.0.1:{port}", context)
+        wait_for(lambda: answers_ready(f"https://127.0.0.1:{port}", context), 30, step=0.3, what="the daemon ready")
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=5) as response:
             assert response.status == 200
             assert 'partkey_up{target="live"} 1.0' in response.read().decode()

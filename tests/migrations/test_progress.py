@@ -21,6 +21,7 @@ from migrations import progress
 from tests.migrations.helpers import ROOT, cli, drift
 from tests.migrations.test_generated_strategy import create_plain
 from tests.schema import create_list_table, insert_rows
+from tests.support import read_terminal
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ETA = re.compile(r"repair public\.chunks .*?\d[\d,]*/[\d,]+ rows .*?ETA \d+:\d\d:\d\d")
@@ -41,16 +42,7 @@ def run_on_terminal(dsn: str, *args: str) -> tuple[int, str, str]:
         text=True,
     )
     os.close(terminal)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        received += chunk
-    os.close(controller)
+    received = read_terminal(controller)
     out, _ = proc.communicate(timeout=120)
     return proc.returncode, out, ANSI.sub("", received.decode("utf-8", "replace"))
 
