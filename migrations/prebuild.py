@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrations.catalog import Dependent
+from migrations.catalog import Dependent, index_definitions
 from migrations.options import Options
 
 _SIMPLE_CONSTRAINT = re.compile(r"^(PRIMARY KEY|UNIQUE) \([^()]*\)$")
@@ -88,13 +88,7 @@ def plan_prebuilt(
     conn: psycopg.Connection[Any], options: Options, dependents: list[Dependent], target: str | None = None
 ) -> list[Prebuilt]:
     """The dependents that can be built concurrently on the target column (default: the upgrade's new one)."""
-    definitions = dict(
-        conn.execute(
-            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "WHERE x.indrelid = %s::regclass",
-            (options.spec.table_ident.as_string(conn),),
-        ).fetchall()
-    )
+    definitions = index_definitions(conn, options.spec)
     backing = dict(
         conn.execute(
             "SELECT c.conname, i.relname FROM pg_constraint c JOIN pg_class i ON i.oid = c.conindid "
