@@ -187,6 +187,23 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def memory_note(pid: int) -> str:
+    """Where a process's resident memory is (smaps_rollup: anonymous heap against mapped files) and its threads."""
+    fields: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            fields[key] = int(rest.split()[0]) if rest.split() else 0
+    threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    return (
+        f"RSS {fields.get('Rss', 0) / 1024:.0f} MB = anonymous {fields.get('Anonymous', 0) / 1024:.0f} MB + files "
+        f"{(fields.get('Rss', 0) - fields.get('Anonymous', 0)) / 1024:.0f} MB; {threads} threads"
+    )
+
+
 def db_ms(admin: psycopg.Connection[Any]) -> float:
     """Database time the bench role's statements took since the last reset, in ms."""
     row = admin.execute(
@@ -260,6 +277,7 @@ def run_scenario(
         result.cpu_per_hour = cpu * 3600 / elapsed
         result.db_per_hour = db_ms(admin) / 1000 * 3600 / elapsed
         result.rss_mb = sum(rss_mb(p.pid) for p in processes)
+        result.notes += [memory_note(p.pid) for p in processes[:1]]
         result.connections = connections(admin)
         result.metrics, result.metrics_gzip, result.probe = summarize(plain), summarize(packed), summarize(probes)
         if shards > 1:

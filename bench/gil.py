@@ -1,8 +1,8 @@
 """Scrape latency of a cached body next to busy Python threads, at two interpreter switch intervals, side by side.
 
 The exporter's HTTP threads only send cached bytes, but each request takes the interpreter lock several times;
-while a check or the exposition builder computes, each take waits up to sys.getswitchinterval(). This serves a
-700 KB body from a thread server in this process, keeps two threads busy, and scrapes it from a child process,
+while a check computes (or encodes its result for /metrics), each take waits up to sys.getswitchinterval().
+This serves a 700 KB body from a thread server in this process, keeps two threads busy, and scrapes it from a child process,
 alternating the two intervals round by round so that the machine's load hits both alike.
 Run: .venv/bin/python -m bench.gil [--rounds 4] [--scrapes 200]
 """

@@ -313,7 +313,7 @@ class Exposition:
             try:
                 fragment = self._encode(target, snapshot, self._formats[content_type], generation)
                 with self._lock:
-                    self._keep(target, content_type, fragment)
+                    fragment = self._keep(target, content_type, fragment)
                     layout = self._layouts.get(content_type)
                     if layout is not None and target in layout.index and layout.install(target, fragment):
                         self._rebuilt(layout.rebuild())
@@ -406,11 +406,13 @@ class Exposition:
         """NAME's generation in SNAPSHOT (-1: the global part never changes)."""
         return -1 if name is None else snapshot.generations.get(name, 0)
 
-    def _keep(self, name: str | None, content_type: str, fragment: Fragment) -> None:
-        """Cache a fragment unless a newer one is there; the caller holds the lock."""
+    def _keep(self, name: str | None, content_type: str, fragment: Fragment) -> Fragment:
+        """Cache a fragment unless a newer one is there (unchanged families keep their bytes); under the lock."""
         cached = self._fragments.get((name, content_type))
         if cached is None or cached.generation < fragment.generation:
-            self._fragments[(name, content_type)] = fragment
+            # The cached fragment's bytes where the text is the same: one copy in memory, identity checks later.
+            fragment = self._fragments[(name, content_type)] = _reusing(cached, fragment)
+        return fragment
 
     def _rebuilt(self, counts: tuple[int, int]) -> None:
         """Count what a rebuild did; the caller holds the lock."""
