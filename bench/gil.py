@@ -2,8 +2,8 @@
 
 The exporter's HTTP threads only send cached bytes, but each request takes the interpreter lock several times;
 while a check computes (or encodes its result for /metrics), each take waits up to sys.getswitchinterval().
-This serves a 700 KB body from a thread server in this process, keeps two threads busy, and scrapes it from a child process,
-alternating the two intervals round by round so that the machine's load hits both alike.
+This serves a 700 KB body from a thread server in this process, keeps two threads busy, and scrapes it from a
+child process, alternating the two intervals round by round so that the machine's load hits both alike.
 Run: .venv/bin/python -m bench.gil [--rounds 4] [--scrapes 200]
 """
 
