@@ -5,14 +5,21 @@ One real target's results (100 partitions, every check and the insert probe) clo
 prometheus_client's encoder (generate_latest, what the exporter used) against exporter.textformat for one target's
 fragment; then, with the N-target body built: what a published result costs its thread (encode + re-make the
 changed segments and gzip members), what a scrape costs when the body is up to date and when it must catch up,
-the body sizes (plain, gzip members, one gzip of the whole), and the memory the exposition holds (tracemalloc).
-Run: .venv/bin/python -m bench.exposition [--targets 200] [--rounds 5]
+the body sizes (plain, gzip members, one gzip of the whole), and the memory the exposition holds (tracemalloc);
+and the plain body sent over HTTP as batched pieces against one joined buffer, next to busy threads.
+Run: .venv/bin/python -m bench.exposition [--targets 200] [--rounds 5] [--scrapes 40]
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import http.server
+import itertools
+import json
+import subprocess
+import sys
+import threading
 import time
 import tracemalloc
 from dataclasses import dataclass, replace
@@ -74,6 +81,18 @@ def _cell(summary: Summary) -> str:
     return f"{summary.median:.2f} ({summary.low:.2f}-{summary.high:.2f})"
 
 
+def _held(snapshot: Snapshot, targets: list[str]) -> int:
+    """Bytes a second exposition holds once both bodies are made (tracemalloc; the bodies returned are dropped)."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    exposition = Exposition(Source(snapshot), targets)
+    exposition.render_parts("")
+    exposition.render_parts("", compress=True)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held
+
+
 def bumped(snapshot: Snapshot, target: str, step: int) -> Snapshot:
     """SNAPSHOT after a new distribution result of TARGET (its duration moved), its generation bumped."""
     results = dict(snapshot.results)
@@ -85,11 +104,9 @@ def bumped(snapshot: Snapshot, target: str, step: int) -> Snapshot:
     return replace(snapshot, results=MappingProxyType(results), generations=MappingProxyType(generations))
 
 
-def fleet(snapshot: Snapshot, targets: list[str], rounds: int) -> list[str]:
+def fleet(snapshot: Snapshot, targets: list[str], rounds: int) -> tuple[Exposition, list[str]]:
     """A result's update, a scrape up to date and one catching up, sizes and memory, for the classic format."""
     source = Source(snapshot)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
     exposition = Exposition(source, targets)
     started = time.perf_counter()
     plain, _ = exposition.render("")
@@ -97,8 +114,7 @@ def fleet(snapshot: Snapshot, targets: list[str], rounds: int) -> list[str]:
     started = time.perf_counter()
     packed, _ = exposition.render("", compress=True)
     first_gzip = time.perf_counter() - started
-    held = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+    held = _held(snapshot, targets)
     assert gzip.decompress(packed) == plain
     whole = gzip.compress(plain, compresslevel=1, mtime=0)
     publish: list[float] = []
@@ -120,7 +136,7 @@ def fleet(snapshot: Snapshot, targets: list[str], rounds: int) -> list[str]:
             started = time.perf_counter()
             exposition.render_parts("", compress=True)
             catch_up.append(time.perf_counter() - started)
-    return [
+    return exposition, [
         f"| targets | {len(targets)} |",
         "|---|---|",
         f"| plain body | {len(plain):,} bytes |",
@@ -131,8 +147,93 @@ def fleet(snapshot: Snapshot, targets: list[str], rounds: int) -> list[str]:
         f"| a result's update in its thread (encode + changed segments + members), ms | {_cell(summarize(publish))} |",
         f"| gzip scrape, body up to date, ms | {_cell(summarize(ready))} |",
         f"| gzip scrape arriving before the publisher is done (catches up), ms | {_cell(summarize(catch_up))} |",
-        f"| memory the exposition holds (tracemalloc, plain + gzip) | {held / 2**20:.1f} MiB |",
+        f"| memory the exposition holds (tracemalloc, plain and gzip made) | {held / 2**20:.1f} MiB |",
     ]
+
+
+_CLIENT = """
+import http.client, json, sys, time
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+took = {}
+for _ in range(int(sys.argv[2])):
+    for path in sys.argv[3:]:
+        started = time.perf_counter()
+        conn.request("GET", path)
+        conn.getresponse().read()
+        took.setdefault(path, []).append(time.perf_counter() - started)
+    time.sleep(0.01)
+print(json.dumps(took))
+"""
+
+
+def sending(exposition: Exposition, scrapes: int) -> list[str]:
+    """The plain body sent as its pieces in 256 KB batches (a Python loop) against joined in one C call, side by
+    side, next to two busy Python threads (as check threads encoding results are)."""
+    parts = exposition.render_parts("")[0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_GET(self) -> None:
+            if self.path == "/batched":
+                size = sum(len(piece) for group in parts for piece in group)
+            else:
+                body = b"".join(itertools.chain.from_iterable(parts))
+                size = len(body)
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if self.path != "/batched":
+                self.wfile.write(body)
+                return
+            batch: list[bytes] = []
+            held = 0
+            for group in parts:
+                for piece in group:
+                    batch.append(piece)
+                    held += len(piece)
+                    if held >= 256 * 1024:
+                        self.wfile.write(b"".join(batch))
+                        batch, held = [], 0
+            self.wfile.write(b"".join(batch))
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    for _ in range(2):
+        threading.Thread(target=_burn, args=(stop,), daemon=True).start()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)  # as the exporter runs
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _CLIENT, str(server.server_address[1]), str(scrapes), "/batched", "/joined"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        sys.setswitchinterval(switch)
+        stop.set()
+        server.shutdown()
+    took = json.loads(out.stdout)
+    batched, joined = summarize(took["/batched"]), summarize(took["/joined"])
+    return [
+        "| plain /metrics sent as | p50 ms | p99 ms |",
+        "|---|---|---|",
+        f"| pieces in 256 KB batches (Python loop) | {batched.median:.1f} | {batched.p99:.1f} |",
+        f"| one buffer joined in C | {joined.median:.1f} | {joined.p99:.1f} |",
+        f"| ratio | {joined.median / batched.median:.2f}x | {joined.p99 / batched.p99:.2f}x |",
+    ]
+
+
+def _burn(stop: threading.Event) -> None:
+    """Pure-Python work, as encoding a fragment is."""
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
 
 
 def main() -> None:
@@ -140,6 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scrapes", type=int, default=40, help="plain scrapes per way of sending")
     args = parser.parse_args()
     with fleet_snapshot(args.targets) as snapshot:
         targets = names(args.targets)
@@ -148,7 +250,9 @@ def main() -> None:
             loadavg = " ".join(load.read().split()[:3])
         print(f"Exposition benchmark, {when}, {machine()}, load average {loadavg}; medians (min-max)\n")
         print("\n".join(encoders(snapshot, targets, args.rounds)) + "\n")
-        print("\n".join(fleet(snapshot, targets, args.rounds)))
+        exposition, lines = fleet(snapshot, targets, args.rounds)
+        print("\n".join(lines) + "\n")
+        print("\n".join(sending(exposition, args.scrapes)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import ssl
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 GIL_SWITCH_SECONDS = 0.001
 SOCKET_TIMEOUT_SECONDS = 10.0  # a slow client holds only its own thread, and only this long
-# A /metrics body is sent as its pieces (a fleet's is megabytes, never joined into one buffer), gathered into
-# writes of about this size: few system calls, and little memory per scrape.
-WRITE_BYTES = 256 * 1024
 GET_PATHS = {
     "/",
     "/metrics",
@@ -61,7 +59,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         """Write a complete response."""
-        self._send_parts(status, ((body,),), content_type, headers)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _send_parts(
         self,
@@ -70,26 +75,12 @@ class Handler(BaseHTTPRequestHandler):
         content_type: str,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Write a complete response whose body is PARTS (groups of buffers), in order."""
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(piece) for group in parts for piece in group)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        batch: list[bytes] = []
-        size = 0
-        for group in parts:
-            for piece in group:
-                batch.append(piece)
-                size += len(piece)
-                if size >= WRITE_BYTES:
-                    self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
-                    batch, size = [], 0
-        if batch:
-            self.wfile.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        """Write a complete response whose body is PARTS (groups of buffers), in order, joined in one C call."""
+        # Joined per response and freed after it, never kept: a fleet's plain body is ~10,000 pieces and megabytes.
+        # Side by side next to two busy threads (bench/exposition.py, 20 MB): a Python loop writing the pieces in
+        # 256 KB batches took p50 212 ms, one join 130 ms (every bytecode of the loop waits for the interpreter lock).
+        body = parts[0][0] if len(parts) == 1 and len(parts[0]) == 1 else b"".join(itertools.chain.from_iterable(parts))
+        self._send(status, body, content_type, headers)
 
     def _json(self, status: HTTPStatus, data: Any, headers: dict[str, str] | None = None) -> None:
         """Write a JSON response."""
