@@ -9,12 +9,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+
+from tests.support import poll
 
 T = TypeVar("T")
 
@@ -30,18 +31,6 @@ SETTINGS = {
     "shared_preload_libraries": "'pg_stat_statements'",
     "log_min_messages": "warning",
 }
-
-
-def poll(predicate: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    """predicate()'s first truthy value; fail naming WHAT after a generous deadline (never a bound on speed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _binaries() -> Path:

@@ -6,12 +6,13 @@ import json
 import os
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -111,6 +112,21 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def names_with(samples: Samples, name: str) -> list[dict[str, Any]]:
     """Label sets of every sample of one metric."""
     return [dict(labels) for (n, labels) in samples if n == name]
+
+
+T = TypeVar("T")
+
+
+def poll(predicate: Callable[[], T], what: str, timeout: float = 60.0, step: float = 0.05) -> T:
+    """predicate()'s first truthy value; fail naming what after a generous deadline (never a bound on speed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)
 
 
 def assert_lock_timeout(error: str | None, setting: str) -> None:

@@ -18,8 +18,8 @@ from exporter.report import render_json, render_text
 from exporter.scan_target import ScanRoute
 from exporter.snapshot import CheckResult
 from tests.schema import SAFE, create_list_table, insert_rows
-from tests.standby import StandbyPair, poll, standby_pair
-from tests.support import parse, value
+from tests.standby import StandbyPair, standby_pair
+from tests.support import parse, poll, value
 
 MODULUS = 4
 ROWS = 2000

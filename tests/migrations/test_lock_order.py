@@ -11,7 +11,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -20,6 +19,7 @@ import pytest
 from exporter import chunks_schema
 from tests.migrations.helpers import assert_acknowledged_rows_landed, cli, migrate_waits_on_lock, spawn
 from tests.schema import LEGACY_TRIGGER_FUNCTION, create_list_table, insert_rows
+from tests.support import poll
 
 LOCK_TIMEOUT = 1.0  # the default, equal to deadlock_timeout: the case seen in production
 INDEXES = 8
@@ -149,14 +149,6 @@ def waits_on_lock(conn: psycopg.Connection[Any], pid: int) -> bool:
     """True while backend `pid` waits for a heavyweight lock."""
     row = conn.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (pid,)).fetchone()
     return row is not None
-
-
-def poll(predicate: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
-    """Wait for a state (never for a time): a generous deadline, only there to end a broken run."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
 
 
 def semantik_shaped_table(conn: psycopg.Connection[Any]) -> None:

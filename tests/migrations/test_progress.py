@@ -9,8 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -21,7 +19,7 @@ from migrations import progress
 from tests.migrations.helpers import ROOT, cli, drift
 from tests.migrations.test_generated_strategy import create_plain
 from tests.schema import create_list_table, insert_rows
-from tests.support import read_terminal
+from tests.support import poll, read_terminal
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ETA = re.compile(r"repair public\.chunks .*?\d[\d,]*/[\d,]+ rows .*?ETA \d+:\d\d:\d\d")
@@ -133,8 +131,8 @@ def test_index_build_display_shows_the_phase_postgresql_reports(
     with psycopg.connect(dsn) as writer:
         writer.execute("INSERT INTO chunks_part_01 (collection_id, partition_key) VALUES (gen_random_uuid(), 1)")
         build.start()
-        wait_for(lambda: build.waiting(conn), "CREATE INDEX CONCURRENTLY to wait for the writer")
-        wait_for(lambda: "waiting for writers before build" in screen.getvalue(), "the display to show the phase")
+        poll(lambda: build.waiting(conn), "CREATE INDEX CONCURRENTLY to wait for the writer")
+        poll(lambda: "waiting for writers before build" in screen.getvalue(), "the display to show the phase")
         writer.rollback()
     build.join()
     assert "step 1/1 build-index:chunks_part_01_idx: waiting for writers before build" in ANSI.sub(
@@ -161,12 +159,3 @@ class CreateIndex(threading.Thread):
         """True once the build shows in pg_stat_progress_create_index."""
         row = conn.execute("SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s", (self.pid,)).fetchone()
         return bool(row and row[0])
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll until condition() holds; fail naming what never happened (a generous bound, never a measurement)."""
-    for _ in range(600):
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

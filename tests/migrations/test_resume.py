@@ -14,6 +14,7 @@ import pytest
 from tests.migrations.helpers import catalog, cli, keys, migrate_waits_on_lock, spawn, state
 from tests.migrations.test_generated_strategy import PLAIN_STEPS, create_plain
 from tests.schema import create_list_table, insert_rows
+from tests.support import poll
 
 LIST_STEPS = ["add-check", "validate-check", "drop-trigger"]
 
@@ -40,14 +41,6 @@ def wait_line(lines: queue.Queue[str], text: str, timeout: float = 30) -> None:
             return
 
 
-def wait_until(predicate: Any, timeout: float = 20) -> None:
-    """Poll until predicate() is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def migrate_backends(conn: psycopg.Connection[Any]) -> int:
     """How many partkey-migrate backends the server still has."""
     row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-migrate'").fetchone()
@@ -60,7 +53,7 @@ def kill_before(conn: psycopg.Connection[Any], dsn: str, step: str, *command: st
     wait_line(stderr_lines(proc), f"before step {step}")
     proc.kill()
     proc.wait(timeout=10)
-    wait_until(lambda: migrate_backends(conn) == 0)
+    poll(lambda: migrate_backends(conn) == 0, "the killed run's backend to go")
 
 
 @pytest.mark.parametrize("step", LIST_STEPS)
@@ -120,7 +113,10 @@ def test_list_upgrade_killed_in_the_middle_of_validate_finishes_on_rerun(
     with psycopg.connect(dsn) as blocker:
         # Blocks the step on one partition only: it locks the parent first, then the partitions, and waits here.
         blocker.execute("LOCK TABLE chunks_part_05 IN SHARE UPDATE EXCLUSIVE MODE")
-        wait_until(lambda: migrate_waits_on_lock(conn, "LOCK TABLE %chunks% IN SHARE UPDATE EXCLUSIVE MODE"))
+        poll(
+            lambda: migrate_waits_on_lock(conn, "LOCK TABLE %chunks% IN SHARE UPDATE EXCLUSIVE MODE"),
+            "the run to wait for its lock",
+        )
         held = conn.execute(
             "SELECT l.relation::regclass::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE a.application_name = 'partkey-migrate' AND l.granted AND l.mode = 'ShareUpdateExclusiveLock'"
@@ -129,7 +125,7 @@ def test_list_upgrade_killed_in_the_middle_of_validate_finishes_on_rerun(
         proc.kill()
         proc.wait(timeout=10)
         # client_connection_check_interval (set by partkey-migrate on 14+) ends the orphan even mid lock wait.
-        wait_until(lambda: migrate_backends(conn) == 0, timeout=15)
+        poll(lambda: migrate_backends(conn) == 0, "the killed run's backend to go")
         blocker.rollback()
     assert state(conn) == ("upgrading", ["add-check"])
     assert "chunks_partition_key_check:false" in catalog(conn)["constraints"]

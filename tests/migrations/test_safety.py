@@ -11,6 +11,7 @@ import pytest
 
 from tests.migrations.helpers import catalog, cli, drift, spawn, state
 from tests.schema import create_list_table, insert_rows
+from tests.support import poll
 
 
 @pytest.fixture
@@ -35,14 +36,6 @@ def lock_waiter(conn: psycopg.Connection[Any]) -> int | None:
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'partkey-migrate' AND wait_event_type = 'Lock'"
     ).fetchone()
     return int(row[0]) if row else None
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    """Poll until predicate() is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def test_lock_timeout_is_retried_with_backoff_outside_any_transaction(
@@ -103,7 +96,7 @@ def test_a_second_concurrent_run_is_refused_with_a_clear_message(list_table: psy
         blocker.execute("SELECT 1 FROM chunks LIMIT 1")
         first = spawn(dsn, "upgrade", "--lock-timeout", "30")
         try:
-            wait_for(lambda: lock_waiter(list_table) is not None)
+            poll(lambda: lock_waiter(list_table) is not None, "the run to wait for its lock")
             pid = lock_waiter(list_table)
             second = cli(dsn, "upgrade")
             assert second.code == 1

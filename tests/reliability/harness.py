@@ -23,7 +23,7 @@ from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import own_start_stop_lock, scratch_database
 from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
-from tests.support import Samples
+from tests.support import Samples, poll
 
 T = TypeVar("T")
 
@@ -191,14 +191,7 @@ def succeeded_since(exporter: Exporter, check: str, since: float, table: str = "
 
 def wait_for(predicate: Callable[[], T], timeout: float, step: float = 0.05, what: str = "condition") -> T:
     """Poll until predicate() is truthy; return its value, or fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.1f}s")
-        time.sleep(step)
+    return poll(predicate, what, timeout, step)
 
 
 def our_backends(conn: psycopg.Connection[Any], state: str | None = None) -> list[tuple[int, str, str]]:

@@ -23,9 +23,10 @@ import pytest
 
 from tests.migrations.helpers import catalog, cli, keys, migrate_waits_on_lock, spawn, state
 from tests.migrations.test_generated_strategy import create_plain
-from tests.migrations.test_resume import migrate_backends, stderr_lines, wait_until
+from tests.migrations.test_resume import migrate_backends, stderr_lines
 from tests.pgserver import scratch_database
 from tests.schema import create_list_table, insert_rows
+from tests.support import poll
 
 LIST_ROWS = 1000
 PLAIN_ROWS = 2000
@@ -129,7 +130,7 @@ def kill_at(conn: psycopg.Connection[Any], dsn: str, step: str, *args: str, env:
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    wait_until(lambda: migrate_backends(conn) == 0, timeout=15)
+    poll(lambda: migrate_backends(conn) == 0, "the killed run's backend to go")
 
 
 def wait_for_line(proc: subprocess.Popen[str], lines: queue.Queue[str], text: str, timeout: float = 30) -> None:
@@ -244,13 +245,16 @@ def test_downgrade_killed_between_backfill_batches(admin_dsn: str) -> None:
                     (PLAIN_ROWS // 2,),
                 ).fetchone()
                 assert middle is not None
-                wait_until(lambda: migrate_waits_on_lock(conn, "UPDATE%partition_key_old%"))
+                poll(
+                    lambda: migrate_waits_on_lock(conn, "UPDATE%partition_key_old%"),
+                    "the backfill to wait for its lock",
+                )
                 filled = conn.execute("SELECT count(partition_key_old) FROM chunks").fetchone()
                 assert filled == (PLAIN_ROWS // 2,)  # the 10 batches before the locked row, 100 rows each
                 proc.kill()
                 proc.wait(timeout=10)
                 # client_connection_check_interval (set by partkey-migrate on 14+) ends the orphan mid lock wait.
-                wait_until(lambda: migrate_backends(conn) == 0, timeout=15)
+                poll(lambda: migrate_backends(conn) == 0, "the killed run's backend to go")
                 blocker.rollback()
         finally:
             if proc.poll() is None:

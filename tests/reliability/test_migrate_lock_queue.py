@@ -33,8 +33,9 @@ from tests.migrations.helpers import (
     spawn,
     state,
 )
-from tests.migrations.test_resume import migrate_backends, wait_until
+from tests.migrations.test_resume import migrate_backends
 from tests.schema import create_list_table, insert_rows
+from tests.support import poll
 
 SHORT = 0.2  # --lock-timeout of the runs under test
 MARGIN = 1.0  # a shared, noisy 2-core machine: scheduling, the probers' own round trips, the server's lock manager
@@ -121,7 +122,7 @@ def probing(dsn: str) -> Iterator[Measured]:
         prober.start()
     measured = Measured()
     try:
-        wait_until(lambda: all(len(p.waits) >= 5 for p in probers))  # all connected and running
+        poll(lambda: all(len(p.waits) >= 5 for p in probers), "every prober connected and running")
         yield measured
     finally:
         for prober in probers:
@@ -249,7 +250,7 @@ def test_exhausted_retries_exit_4_and_leave_the_catalog_unchanged(
     assert "Traceback" not in err
     assert measured.worst < BOUND, measured.line("")
     assert measured.worst >= SHORT / 2, measured.line("")
-    wait_until(lambda: migrate_backends(list_table) == 0)
+    poll(lambda: migrate_backends(list_table) == 0, "the killed run's backend to go")
     # The catalog as it was (only the state table is new); the state table says where it stopped.
     after = catalog(list_table)
     assert {k: v for k, v in after.items() if k != "relations"} == {k: v for k, v in before.items() if k != "relations"}
@@ -278,7 +279,7 @@ def test_a_long_lock_timeout_makes_others_queue_past_the_bound(
     held_for = 2.0
     options = ("--lock-timeout", "5", "--max-attempts", "1")
     with probing(dsn) as measured, blocked_upgrade(dsn, "access share", *options) as (blocker, proc):
-        wait_until(lambda: migrate_waits_on_lock(list_table, "LOCK TABLE%"))  # the add-check step, parent first
+        poll(lambda: migrate_waits_on_lock(list_table, "LOCK TABLE%"), "the add-check step to wait, parent first")
         time.sleep(held_for)
         blocker.commit()
         out, err = proc.communicate(timeout=30)
