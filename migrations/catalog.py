@@ -53,6 +53,8 @@ class TableSize:
     total_bytes: int
     rows: int
     index_count: int
+    speed: float = 1.0  # the server's time over the built-in rates' time, as migrations.probe measured it now
+    probe: str = ""  # what that measurement was, for plan's basis line
 
 
 def table_oid(conn: psycopg.Connection[Any], spec: KeySpec) -> int:

@@ -19,13 +19,13 @@ from migrations.catalog import Dependent, column_number, key_dependents, table_o
 from migrations.functions import restore_statements
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
+from migrations.probe import calibrate
 from migrations.steps import (
-    BACKFILL_SECONDS_PER_GB,
     BRIEF_SECONDS,
-    GB,
     Plan,
     Statement,
     Step,
+    backfill_estimate,
     basis,
     index_estimate,
     scan_estimate,
@@ -55,7 +55,7 @@ def generated_downgrade(
     spec = options.spec
     trigger_name, fschema, fname, body = trigger
     oid = table_oid(conn, spec)
-    size = table_size(conn, spec)
+    size = calibrate(conn, spec, table_size(conn, spec))
     plan.estimate_basis = basis(size)
     old = options.old_column
     sync_function = f"{spec.table}_partkey_sync"[:63]
@@ -93,7 +93,7 @@ def generated_downgrade(
             statements=(sqlgen.backfill_batch(spec, old, options.batch_size),),
             lock="ROW EXCLUSIVE: only the rows of each batch are locked",
             rewrites=False,
-            estimate_seconds=size.total_bytes / GB * BACKFILL_SECONDS_PER_GB,
+            estimate_seconds=backfill_estimate(size),
             kind="backfill",
             columns=(spec.key_column, old),
         )

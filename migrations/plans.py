@@ -28,6 +28,7 @@ from migrations.downgrade_generated import generated_downgrade
 from migrations.functions import capture_functions, captured_body, replace_body, restore_statements
 from migrations.options import Options
 from migrations.prebuild import plan_prebuilt
+from migrations.probe import calibrate
 from migrations.steps import (
     BRIEF_SECONDS,
     Plan,
@@ -77,10 +78,9 @@ def capture(conn: psycopg.Connection[Any], options: Options, impl: Implementatio
     }
 
 
-def _verify_step(options: Options, heap_bytes: int, rows: int) -> Step:
+def _verify_step(options: Options, size: TableSize) -> Step:
     """Pre-verification: refuse to change anything while a row has a wrong key."""
     spec = options.spec
-    size = TableSize(heap_bytes=heap_bytes, total_bytes=heap_bytes, rows=rows, index_count=0)
     return Step(
         name="pre-verify",
         title=(
@@ -137,7 +137,7 @@ def upgrade_plan(
 def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str) -> Plan:
     """LIST by key: CHECK NOT VALID, VALIDATE in its own transaction, then drop the trigger(s)."""
     spec = options.spec
-    size = table_size(conn, spec)
+    size = calibrate(conn, spec, table_size(conn, spec))
     plan = Plan("upgrade", "check", reason)
     plan.estimate_basis = basis(size)
     safe = [c for c in impl.checks if not c.overflows]
@@ -146,7 +146,7 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
     if safe and safe[0].validated and not triggers and not legacy:
         plan.reason = f"already done: CHECK {safe[0].name} is validated and no key trigger is left"
         return plan
-    plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
+    plan.steps.append(_verify_step(options, size))
     partitions = f"{spec.label} and its {impl.partition_count} partitions"
     taken = constraint_definitions(conn, spec)
     name = safe[0].name if safe else options.check_name
@@ -206,7 +206,7 @@ def _tree_oids(impl: Implementation, conn: psycopg.Connection[Any], options: Opt
 def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Implementation, reason: str) -> Plan:
     """Plain table, PG 12+: add the STORED column, verify it, then swap it in and rebuild the PK/indexes."""
     spec = options.spec
-    size = table_size(conn, spec)
+    size = calibrate(conn, spec, table_size(conn, spec))
     plan = Plan("upgrade", "generated", reason)
     plan.estimate_basis = basis(size)
     if impl.generated_kind == "stored" and not impl.formula_overflow:
@@ -231,7 +231,7 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
     not_null_name = f"{spec.table}_{options.new_column}_not_null"[:63] if not_null else None
     dependents = key_dependents(conn, spec)
     prebuilt = plan_prebuilt(conn, options, dependents)
-    plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
+    plan.steps.append(_verify_step(options, size))
     if column_number(conn, oid, options.new_column) is None:
         estimate = rewrite_estimate(size)
         plan.warnings.append(
@@ -336,7 +336,7 @@ def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Im
     spec = options.spec
     plan = Plan("upgrade", "keep-trigger", reason, final_state="kept-trigger")
     triggers = key_triggers(conn, spec, impl)
-    size = table_size(conn, spec)
+    size = calibrate(conn, spec, table_size(conn, spec))
     plan.estimate_basis = basis(size)
     statements: list[Statement] = []
     body = sqlgen.function_body(spec).as_string(conn)
@@ -357,7 +357,7 @@ def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Im
     if not statements:
         plan.reason = "already done: the key trigger uses the safe formula everywhere"
         return plan
-    plan.steps.append(_verify_step(options, size.heap_bytes, size.rows))
+    plan.steps.append(_verify_step(options, size))
     plan.steps.append(
         Step(
             name="fix-trigger",

@@ -117,9 +117,15 @@ def basis(size: TableSize) -> str:
         f"per 1M rows + per GB: rewrite {REWRITE_SECONDS_PER_MILLION_ROWS:g} s + {REWRITE_SECONDS_PER_GB:g} s, "
         f"VALIDATE {VALIDATE_SECONDS_PER_MILLION_ROWS:g} s + {VALIDATE_SECONDS_PER_GB:g} s, "
         f"scan {SCAN_SECONDS_PER_MILLION_ROWS:g} s + {SCAN_SECONDS_PER_GB:g} s, "
-        f"index {INDEX_SECONDS_PER_MILLION_ROWS:g} s; real times fell between {ACTUAL_LOW:g}x (quiet) and "
-        f"{ACTUAL_HIGH:g}x (heavily loaded) of such estimates on a 2-vCPU VM"
+        f"index {INDEX_SECONDS_PER_MILLION_ROWS:g} s"
+        + (f"; speed: {size.probe}" if size.probe else "")
+        + f"; real times fell between {ACTUAL_LOW:g}x and {ACTUAL_HIGH:g}x of such estimates on a 2-vCPU VM"
     )
+
+
+def backfill_estimate(size: TableSize) -> float:
+    """Seconds for the downgrade's batched UPDATE of the copy."""
+    return size.total_bytes / GB * BACKFILL_SECONDS_PER_GB * size.speed
 
 
 def spread(seconds: float) -> str:
@@ -134,12 +140,13 @@ def rows_of(size: TableSize) -> int:
 
 def rewrite_estimate(size: TableSize) -> float:
     """Seconds to rewrite the table and its indexes."""
-    return rows_of(size) / 1e6 * REWRITE_SECONDS_PER_MILLION_ROWS + size.total_bytes / GB * REWRITE_SECONDS_PER_GB
+    built_in = rows_of(size) / 1e6 * REWRITE_SECONDS_PER_MILLION_ROWS + size.total_bytes / GB * REWRITE_SECONDS_PER_GB
+    return built_in * size.speed
 
 
 def index_estimate(size: TableSize, indexes: int) -> float:
     """Seconds to build this many indexes."""
-    return indexes * rows_of(size) / 1_000_000 * INDEX_SECONDS_PER_MILLION_ROWS
+    return indexes * rows_of(size) / 1_000_000 * INDEX_SECONDS_PER_MILLION_ROWS * size.speed
 
 
 def scan_estimate(size: TableSize, kind: str = "scan") -> float:
@@ -149,7 +156,7 @@ def scan_estimate(size: TableSize, kind: str = "scan") -> float:
         if kind == "validate"
         else (SCAN_SECONDS_PER_MILLION_ROWS, SCAN_SECONDS_PER_GB)
     )
-    return rows_of(size) / 1e6 * per_rows + size.heap_bytes / GB * per_gb
+    return (rows_of(size) / 1e6 * per_rows + size.heap_bytes / GB * per_gb) * size.speed
 
 
 def human_seconds(seconds: float) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from migrations import probe
 from tests.migrations.helpers import cli, legacy_trigger
 from tests.schema import create_list_table, insert_rows, no_autovacuum
 
@@ -46,3 +47,26 @@ def test_estimates_follow_the_current_size_not_a_stale_row_count(conn: psycopg.C
     assert 60_000 < rows < 100_000, big["basis"]
     text = cli(dsn, "plan").out
     assert text.splitlines()[1].startswith("estimates from: ")
+
+
+def test_plan_scales_every_estimate_by_the_speed_it_measured_on_the_table(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's speed multiplies the built-in rates; the basis line says what was read and how fast."""
+    create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
+    no_autovacuum(conn)
+    insert_rows(conn, 20_000, modulus=10)
+    conn.execute("ANALYZE chunks")
+    built_in = estimates(dsn)
+    assert "built-in rates (heap under 64.0 MB: not measured)" in built_in["basis"]
+    monkeypatch.setattr(probe, "PROBE_MIN_BYTES", 0)  # probe this small table too
+    measured = estimates(dsn)
+    found = re.search(r"speed: x([\d.]+) the built-in rates, measured now: a ([\d.]+)% sample", measured["basis"])
+    assert found is not None, measured["basis"]
+    assert float(found.group(2)) == 100  # a table smaller than PROBE_BYTES is read whole
+    ratio = measured["steps"]["validate-check"] / built_in["steps"]["validate-check"]
+    # The printed speed has two decimals, the JSON estimates three.
+    assert ratio == pytest.approx(float(found.group(1)), rel=0.02, abs=0.01), (measured, built_in)
+    speed = float(found.group(1))
+    # Estimates are rounded to the millisecond in --json: compare in seconds, to that rounding.
+    assert measured["steps"]["pre-verify"] == pytest.approx(built_in["steps"]["pre-verify"] * speed, abs=0.002)
