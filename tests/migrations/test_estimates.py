@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 
-from migrations import probe
+from migrations import probe, steps
+from migrations.catalog import TableSize
 from tests.migrations.helpers import cli, legacy_trigger
 from tests.schema import create_list_table, insert_rows, no_autovacuum
 
@@ -64,9 +66,25 @@ def test_plan_scales_every_estimate_by_the_speed_it_measured_on_the_table(
     found = re.search(r"speed: x([\d.]+) the built-in rates, measured now: a ([\d.]+)% sample", measured["basis"])
     assert found is not None, measured["basis"]
     assert float(found.group(2)) == 100  # a table smaller than PROBE_BYTES is read whole
-    ratio = measured["steps"]["validate-check"] / built_in["steps"]["validate-check"]
-    # The printed speed has two decimals, the JSON estimates three.
-    assert ratio == pytest.approx(float(found.group(1)), rel=0.02, abs=0.01), (measured, built_in)
     speed = float(found.group(1))
-    # Estimates are rounded to the millisecond in --json: compare in seconds, to that rounding.
-    assert measured["steps"]["pre-verify"] == pytest.approx(built_in["steps"]["pre-verify"] * speed, abs=0.002)
+    # Estimates are rounded to the millisecond in --json (the built-in one's rounding is multiplied by the speed),
+    # the speed to two decimals.
+    for step in ("pre-verify", "validate-check"):
+        expected = built_in["steps"][step] * speed
+        assert measured["steps"][step] == pytest.approx(expected, rel=0.01, abs=0.0006 * speed + 0.0006), step
+
+
+def test_every_estimate_is_the_built_in_one_times_the_speed() -> None:
+    """rewrite, index, scan, VALIDATE and backfill estimates all scale with TableSize.speed."""
+    size = TableSize(heap_bytes=300 * 1024**2, total_bytes=450 * 1024**2, rows=1_000_000, index_count=2)
+    fast, slow = replace(size, speed=0.5), replace(size, speed=3.0)
+    for estimate in (
+        steps.rewrite_estimate,
+        steps.scan_estimate,
+        lambda s: steps.scan_estimate(s, "validate"),
+        lambda s: steps.index_estimate(s, 2),
+        steps.backfill_estimate,
+    ):
+        assert estimate(size) > 0
+        assert estimate(fast) == pytest.approx(estimate(size) * 0.5)
+        assert estimate(slow) == pytest.approx(estimate(size) * 3.0)
