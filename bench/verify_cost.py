@@ -14,6 +14,10 @@ Run: .venv/bin/python -m bench.exporter_cost --verification [--verification-rows
 `--threshold` (python -m bench.verify_cost --threshold) answers where the loose scan stops paying: one vacuumed
 table per distinct-value count, an index on the column, cubic skew; the loose scan against the planner's own
 `SELECT DISTINCT` (an ordered pass over the index) and against `GROUP BY` (its hash aggregate).
+
+`--no-index` (python -m bench.verify_cost --no-index [--rows N]) answers what might beat ~2x count(*) without an
+index: the GROUP BY pass with more work_mem, more or no parallel workers, partitionwise aggregate over the parent,
+and without its count, alternately with count(*).
 """
 
 from __future__ import annotations
@@ -327,15 +331,84 @@ def _threshold_row(conn: psycopg.Connection[Any], table: str, rows: int, repeat:
     )
 
 
+# --- without an index: what might beat ~2x count(*) -----------------------------------------------------------
+
+
+def no_index_options(dsn: str, rows: int, repeat: int) -> str:
+    """Without an index on collection_id: the GROUP BY pass under each setting the issue asked about, alternately
+    with count(*) (10M x 5,000 by default); a markdown table."""
+    build(dsn, rows, 5_000)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cache = PlanCache()
+        verifier = Verifier(conn, SPEC, plan_cache=cache)
+        plans, statements = verifier._full_statements()
+        if any(plan.path != "group-by" for _, plan in plans):
+            raise SystemExit("expected every partition on the group-by path (no index)")
+        ours = "SELECT count(*) FROM (" + statements[0][1].decode() + ") AS q"
+        no_count = ours.replace("count(*) AS _pk_n", "NULL::bigint AS _pk_n")
+        contenders: dict[str, Callable[[], Any]] = {
+            "count(collection_id): every value read and deformed, nothing else": lambda: conn.execute(
+                "SELECT count(collection_id) FROM chunks"
+            ).fetchone(),
+            "full verification (Verifier.run, cached plan)": lambda: Verifier(
+                conn, SPEC, primary_key=PK, plan_cache=cache
+            ).run("full"),
+            "its statement alone: per partition GROUP BY collection_id, UNION ALL": _in_session(conn, [], ours),
+            "the same, work_mem 256MB": _in_session(conn, ["SET LOCAL work_mem = '256MB'"], ours),
+            "the same, 4 workers per Gather": _in_session(
+                conn, ["SET LOCAL max_parallel_workers_per_gather = 4"], ours
+            ),
+            "the same, parallel workers off": _in_session(
+                conn, ["SET LOCAL max_parallel_workers_per_gather = 0"], ours
+            ),
+            "one GROUP BY tableoid, key, collection_id over the parent, partitionwise aggregate on": _in_session(
+                conn, ["SET LOCAL enable_partitionwise_aggregate = on"], _PARENT_GROUP_BY
+            ),
+            "the same, partitionwise aggregate off (default)": _in_session(conn, [], _PARENT_GROUP_BY),
+            "per partition GROUP BY collection_id without count(*) (no exact rows)": _in_session(conn, [], no_count),
+            "row by row: hashtext per row (before)": lambda: conn.execute(ROW_BY_ROW).fetchone(),
+        }
+        bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
+        for function in (bare, *contenders.values()):  # warm the cache
+            function()
+        timings: dict[str, list[float]] = {name: [] for name in ["count(*)", *contenders]}
+        for _ in range(repeat):
+            limit = _timed(bare)
+            timings["count(*)"].append(limit)
+            for name, function in contenders.items():
+                timings[name].append(_timed(function))
+    lines = ["| contender | ms, median (min-max) | x count(*) of the same round |", "|---|---|---|"]
+    for name, values in timings.items():
+        ratios = [v / c for v, c in zip(values, timings["count(*)"], strict=True)]
+        t = summarize(values)
+        lines.append(
+            f"| {name} | {t.median:,.0f} ({t.low:,.0f}-{t.high:,.0f}) | "
+            f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """--threshold: where the loose scan stops paying; writes bench/results/verification-threshold.md."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threshold", action="store_true", help="loose scan vs GROUP BY per distinct share")
+    parser.add_argument("--no-index", action="store_true", help="the GROUP BY pass's settings without an index")
+    parser.add_argument("--rows", type=int, default=10_000_000, help="rows for --no-index")
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    if not args.threshold:
+    if not (args.threshold or args.no_index):
         parser.error("run the scenarios with: python -m bench.exporter_cost --verification")
     started = time.monotonic()
+    if args.no_index:
+        with bench_server() as server:
+            table = no_index_options(server.dsn, args.rows, args.repeat)
+        text = (
+            f"<!-- bench verify_cost --no-index: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}; "
+            f"PostgreSQL {server.version} (bench settings); {args.rows:,} rows x 5,000 collections, no index; "
+            f"{args.repeat} alternating rounds; {time.monotonic() - started:.0f} s -->\n" + table
+        )
+        print(text)
+        return
     with bench_server() as server:
         table = threshold(server.dsn, args.repeat)
     header = (
