@@ -1,9 +1,9 @@
-"""Scrape latency of a cached body next to busy Python threads, at two interpreter switch intervals, side by side.
+"""Scrape latency of a cached body next to busy Python threads, at interpreter switch intervals, side by side.
 
 The exporter's HTTP threads only send cached bytes, but each request takes the interpreter lock several times;
 while a check computes (or encodes its result for /metrics), each take waits up to sys.getswitchinterval().
 This serves a 700 KB body from a thread server in this process, keeps two threads busy, and scrapes it from a
-child process, alternating the two intervals round by round so that the machine's load hits both alike.
+child process, alternating the intervals round by round so that the machine's load hits both alike.
 Run: .venv/bin/python -m bench.gil [--rounds 4] [--scrapes 200]
 """
 
@@ -71,22 +71,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--intervals", default=",".join(map(str, INTERVALS)), help="seconds, the first is the base")
     args = parser.parse_args()
+    intervals = tuple(float(value) for value in args.intervals.split(","))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = threading.Event()
     for _ in range(2):
         threading.Thread(target=_burn, args=(stop,), daemon=True).start()
-    found: dict[float, list[Summary]] = {interval: [] for interval in INTERVALS}
+    found: dict[float, list[Summary]] = {interval: [] for interval in intervals}
     try:
         for _ in range(args.rounds):
-            for interval in INTERVALS:
+            for interval in intervals:
                 sys.setswitchinterval(interval)
                 found[interval].append(summarize(scrape(server.server_address[1], args.scrapes)))
     finally:
         stop.set()
         server.shutdown()
-    base = INTERVALS[0]
+    base = intervals[0]
     print(f"| switch interval | p50 ms, median (min-max) of {args.rounds} rounds | p99 ms | p50 ratio | p99 ratio |")
     print("|---|---|---|---|---|")
     for interval, rounds in found.items():
