@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 
 from exporter.collector import PartkeyCollector
+from exporter.gzip_pieces import GZIP_LEVEL, Piece, deflate, member
 from exporter.malloc import return_large_blocks
 from exporter.snapshot import FrozenSnapshot, Snapshot, SnapshotSource
 from exporter.textformat import OPENMETRICS_EOF, Family, Format, encode, format_of, split_families
@@ -24,22 +25,20 @@ log = logging.getLogger(__name__)
 Encoder = Callable[[Any], bytes]
 Parts = tuple[tuple[bytes, ...], ...]  # a body: groups of buffers to send one after another
 CACHED_CONTENT_TYPES = 4  # a client picks the version echoed in the content type: keep a few, never one per version
-# Level 1: a fleet's body is megabytes of repetitive text; level 6 saves ~15% more and costs several times the CPU.
-GZIP_LEVEL = 1
 # A /metrics segment holds one family's lines of this many consecutive targets: a new result re-joins and
-# re-compresses only its own segments. Fewer targets per segment compress better (each gzip member starts with
-# an empty dictionary) and cost more members: 16 made a 200 x 100 fleet's body 812 KB against 750 KB in one
+# re-compresses only its own segments. Fewer targets per segment compress worse (each compressed piece starts
+# with an empty dictionary) and cost more pieces: 16 made a 200 x 100 fleet's body 812 KB against 750 KB in one
 # piece (bench/exposition.py).
 SEGMENT_TARGETS = 16
 # A scrape that finds a result still being encoded by its publishing thread waits for it (rather than encode it
 # a second time next to it) at most this long, then encodes it itself.
 PUBLISHER_WAIT_SECONDS = 5.0
-MEMBER_BYTES = 64 * 1024  # consecutive segments are compressed together up to about this much plain text
+PIECE_BYTES = 64 * 1024  # consecutive segments are compressed together up to about this much plain text
 
 
 def gzip_member(data: bytes) -> bytes:
-    """DATA as one complete gzip member (mtime 0). Members concatenate into one valid gzip body (RFC 1952 2.2)."""
-    return zlib.compress(data, GZIP_LEVEL, wbits=31) if data else b""
+    """DATA as one complete gzip member (mtime 0)."""
+    return zlib.compress(data, GZIP_LEVEL, wbits=31)
 
 
 @dataclass(frozen=True)
@@ -71,13 +70,13 @@ class Body:
     """A whole /metrics body as the buffers to send, in order: plain (per segment) and, once asked for, gzip."""
 
     plain: Parts  # each segment's pieces: flattened only by the writer, a fleet's body has ~10,000 of them
-    members: Parts | None
+    packed: Parts | None  # one gzip member, as its header, pieces and trailer
 
     def parts(self, compress: bool) -> Parts:
         """What to send."""
         if compress:
-            assert self.members is not None, "gzip members are made before a gzip body is served"
-            return self.members
+            assert self.packed is not None, "the gzip body is made before a gzip body is served"
+            return self.packed
         return self.plain
 
 
@@ -85,9 +84,9 @@ class Layout:
     """One content type's /metrics body: one segment per family and run of SEGMENT_TARGETS targets."""
 
     # Mutated only under Exposition._lock; `body` and `generations` are replaced whole, so a scrape reads them
-    # without the lock. Consecutive segments are compressed together into members of about MEMBER_BYTES (a
-    # member per segment made a 3-target body 3x the size of one gzip); a member is made again only when one of
-    # its segments changed.
+    # without the lock. Consecutive segments are deflated together into pieces of about PIECE_BYTES (a piece
+    # per segment made a 3-target body 3x the size of one gzip), and the pieces make one gzip member
+    # (gzip_pieces); a piece is deflated again only when one of its segments changed.
 
     def __init__(self, form: Format, names: tuple[str | None, ...]) -> None:
         self.form = form
@@ -98,8 +97,8 @@ class Layout:
         self.headers: dict[str, bytes] = {}
         self.segments: dict[tuple[str, int], Segment] = {}
         self.dirty: set[tuple[str, int]] = set()
-        self.gzip = False  # keep gzip members too (a scrape asked for gzip once)
-        self.members: dict[tuple[int, ...], tuple[tuple[Segment, ...], bytes]] = {}  # by its segments' ids
+        self.gzip = False  # keep the gzip body too (a scrape asked for gzip once)
+        self.pieces: dict[tuple[int, ...], tuple[tuple[Segment, ...], Piece]] = {}  # by its segments' ids
         self.installed: dict[str, int] = {}  # generations of the fragments installed
         self.generations: dict[str, int] = {}  # of the fragments the body holds (set after the body)
         self.checked: Snapshot | None = None  # the last snapshot covers() found the body up to date with
@@ -128,7 +127,7 @@ class Layout:
         return True
 
     def rebuild(self) -> tuple[int, int]:
-        """Re-make the dirty segments, then the body (and changed members); (segments joined, members made)."""
+        """Re-make the dirty segments, then the body (and changed gzip pieces); (segments joined, pieces deflated)."""
         joined = 0
         for name, run in sorted(self.dirty):
             pieces = tuple(
@@ -150,57 +149,57 @@ class Layout:
         return joined, self._assemble()
 
     def want_gzip(self) -> int:
-        """Keep gzip members from now on; members made."""
+        """Keep the gzip body from now on; pieces deflated."""
         if self.gzip:
             return 0
         self.gzip = True
         return self._assemble()
 
     def _assemble(self) -> int:
-        """The body from the segments in order (each family's runs, then OpenMetrics' '# EOF'); members made."""
+        """The body from the segments in order (each family's runs, then OpenMetrics' '# EOF'); pieces deflated."""
         runs = (len(self.names) + SEGMENT_TARGETS - 1) // SEGMENT_TARGETS
         found = [self.segments.get((name, run)) for name in self.order for run in range(runs)]
         segments = [segment for segment in found if segment is not None and segment.size]
         plain = [segment.pieces for segment in segments]
         made = 0
-        members: list[bytes] | None = None
+        packed: list[Piece] | None = None
         if self.gzip:
-            members, made = self._members(segments)
+            packed, made = self._deflated(segments)
         if self.form.openmetrics:
             plain.append((OPENMETRICS_EOF,))
-            if members is not None:
-                members.append(_EOF_MEMBER)
-        self.body = Body(tuple(plain), None if members is None else (tuple(members),))
+            if packed is not None:
+                packed.append(_EOF_PIECE)
+        self.body = Body(tuple(plain), None if packed is None else (tuple(member(packed)),))
         # Only now: a scrape that sees these generations finds a body that holds them.
         self.generations = dict(self.installed)
         return made
 
-    def _members(self, segments: list[Segment]) -> tuple[list[bytes], int]:
-        """Gzip members of consecutive segments, about MEMBER_BYTES each; only new groups are compressed."""
+    def _deflated(self, segments: list[Segment]) -> tuple[list[Piece], int]:
+        """Consecutive segments deflated together, about PIECE_BYTES each; only new groups are compressed."""
         groups: list[tuple[Segment, ...]] = []
         group: list[Segment] = []
         size = 0
         for segment in segments:
             group.append(segment)
             size += segment.size
-            if size >= MEMBER_BYTES:
+            if size >= PIECE_BYTES:
                 groups.append(tuple(group))
                 group, size = [], 0
         if group:
             groups.append(tuple(group))
-        kept: dict[tuple[int, ...], tuple[tuple[Segment, ...], bytes]] = {}
-        members: list[bytes] = []
+        kept: dict[tuple[int, ...], tuple[tuple[Segment, ...], Piece]] = {}
+        packed: list[Piece] = []
         made = 0
         for grouped in groups:
             key = tuple(map(id, grouped))  # the cached value holds the segments: their ids cannot be reused
-            cached = self.members.get(key)
+            cached = self.pieces.get(key)
             if cached is None:
-                cached = (grouped, gzip_member(b"".join(piece for segment in grouped for piece in segment.pieces)))
+                cached = (grouped, deflate(b"".join(piece for segment in grouped for piece in segment.pieces)))
                 made += 1
             kept[key] = cached
-            members.append(cached[1])
-        self.members = kept
-        return members, made
+            packed.append(cached[1])
+        self.pieces = kept
+        return packed, made
 
     def covers(self, snapshot: Snapshot, targets: Sequence[str]) -> bool:
         """The body holds every target's result up to the snapshot's (never less than the store has)."""
@@ -213,7 +212,7 @@ class Layout:
         return False
 
 
-_EOF_MEMBER = gzip_member(OPENMETRICS_EOF)
+_EOF_PIECE = deflate(OPENMETRICS_EOF)
 
 
 def _reusing(old: Fragment | None, new: Fragment) -> Fragment:
@@ -279,7 +278,7 @@ class Exposition:
         self._formats: dict[str, Format] = {content_type: format_of(encoder)}
         self.encoded_fragments = 0  # fragments encoded since the start, for tests and the benchmark
         self.joined_segments = 0  # segments joined again
-        self.compressed_members = 0  # gzip members made
+        self.compressed_pieces = 0  # groups of segments deflated
 
     def start(self) -> None:
         """Serving starts: large freed bodies go back to the system at once."""
@@ -355,7 +354,7 @@ class Exposition:
         return self._current(content_type, snapshot, compress).body.parts(compress), content_type
 
     def _current(self, content_type: str, snapshot: Snapshot, compress: bool) -> Layout:
-        """The content type's layout brought up to SNAPSHOT (made on first use), with gzip members if asked."""
+        """The content type's layout brought up to SNAPSHOT (made on first use), with the gzip body if asked."""
         form = self._formats[content_type]
         targets = self.targets
         names: tuple[str | None, ...] = (None, *targets)
@@ -375,7 +374,7 @@ class Exposition:
                 if cached is not None:
                     layout.install(name, cached)
             if compress:
-                self.compressed_members += layout.want_gzip()
+                self.compressed_pieces += layout.want_gzip()
             self._rebuilt(layout.rebuild())
             return layout
 
@@ -417,7 +416,7 @@ class Exposition:
     def _rebuilt(self, counts: tuple[int, int]) -> None:
         """Count what a rebuild did; the caller holds the lock."""
         self.joined_segments += counts[0]
-        self.compressed_members += counts[1]
+        self.compressed_pieces += counts[1]
 
     def _probe(self, target: str, content_type: str, compress: bool) -> bytes:
         """One target's body, cached until that target's next result."""

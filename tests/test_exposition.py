@@ -7,6 +7,7 @@ import platform
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import exposition as exposition_module
+from exporter import gzip_pieces
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.exposition import choose
@@ -169,19 +171,34 @@ def test_a_one_target_body_is_byte_for_byte_the_registry_encoded_by_prometheus_c
     assert gzip.decompress(one_target.render_metrics(accept, compress=True)[0]) == body
 
 
-def test_a_gzip_body_of_many_members_decodes_to_exactly_the_plain_body(
+def test_a_gzip_body_of_many_pieces_is_one_member_that_decodes_to_exactly_the_plain_body(
     one_target: Exporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every segment its own member: Python's gzip and the gzip tool (a reader of its own) both read them all."""
+    """Each segment deflated alone, joined into one gzip member: what curl (zlib, first member only) reads too."""
     monkeypatch.setattr(exposition_module, "SEGMENT_TARGETS", 1)
-    monkeypatch.setattr(exposition_module, "MEMBER_BYTES", 1)
+    monkeypatch.setattr(exposition_module, "PIECE_BYTES", 1)
     accept = "application/openmetrics-text; version=1.0.0"
     plain, _ = one_target.render_metrics(accept)
     packed, _ = one_target.render_metrics(accept, compress=True)
-    assert packed.count(b"\x1f\x8b\x08") > 40  # one member per family (and '# EOF'), at the least
+    assert one_target.exposition.compressed_pieces > 40  # a piece per family (and '# EOF'), at the least
+    single = zlib.decompressobj(wbits=31)  # one member and nothing after it, as zlib-based clients read
+    assert single.decompress(packed) == plain and single.eof and single.unused_data == b""
     assert gzip.decompress(packed) == plain
     tool = subprocess.run(["gzip", "-dc"], input=packed, capture_output=True, check=True)
     assert tool.stdout == plain
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [5, 0, 7], [1 << 16, 3, 1 << 20], [100] * 50])
+def test_crc32_combine_in_python_and_through_zlib(sizes: list[int]) -> None:
+    """The trailer's CRC-32 from the pieces' own: both ways equal zlib.crc32 of the whole text."""
+    texts = [bytes((index * 7 + offset) % 251 for offset in range(size)) for index, size in enumerate(sizes)]
+    for combine in (gzip_pieces._python_crc32_combine, gzip_pieces.crc32_combine):
+        crc = 0
+        for text in texts:
+            crc = combine(crc, zlib.crc32(text), len(text))
+        assert crc == zlib.crc32(b"".join(texts))
+    body = b"".join(gzip_pieces.member([gzip_pieces.deflate(text) for text in texts]))
+    assert gzip.decompress(body) == b"".join(texts)
 
 
 def test_a_scrape_never_shows_less_than_the_store_has(one_target: Exporter) -> None:

@@ -128,7 +128,7 @@ def test_a_result_updates_the_bodies_in_its_thread_and_a_scrape_only_sends_bytes
 
     def counted() -> tuple[int, int, int]:
         """Fragments encoded, segments joined, gzip members made so far."""
-        return exposition.encoded_fragments, exposition.joined_segments, exposition.compressed_members
+        return exposition.encoded_fragments, exposition.joined_segments, exposition.compressed_pieces
 
     counts = counted()
     exporter.runners[("db001", "public.chunks", "distribution")].run()
