@@ -7,10 +7,11 @@ from typing import Protocol, Self, TypeVar
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as hm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 # The scrape job the rules, dashboards and prometheus.yml agree on; `up` is the only series not ours.
@@ -160,6 +161,16 @@ def threshold_series(
 ) -> timeseries.Panel:
     """A time series from 0 with its thresholds drawn on the graph."""
     return timeseries.Panel().min(0).thresholds(steps).thresholds_style(cb.GraphThresholdsStyleConfig().mode(style))
+
+
+def colour_scheme(name: str) -> heatmap.HeatmapColorOptions:
+    """Heatmap colours from the named Grafana scheme, in 64 steps."""
+    return heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme(name).steps(64)
+
+
+def scheme_heatmap(colours: heatmap.HeatmapColorOptions) -> heatmap.Panel:
+    """A heatmap of series already bucketed (nothing calculated), in these colours, no numbers in the cells."""
+    return heatmap.Panel().calculate(False).color(colours).show_value(cm.VisibilityMode.NEVER)
 
 
 def value_text(mapping: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:

@@ -11,10 +11,12 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards.common import (
     TARGET_TABLE,
+    colour_scheme,
     finish,
     last_value,
     new_dashboard,
     query,
+    scheme_heatmap,
     table_variable,
     target_variable,
     threshold_series,
@@ -46,19 +48,9 @@ def build() -> dm.Dashboard:
     board = with_panels(
         board,
         finish(
-            heatmap.Panel()
-            .calculate(False)
-            .color(
-                heatmap.HeatmapColorOptions()
-                .mode(hm.HeatmapColorMode.SCHEME)
-                .scheme("Oranges")
-                .scale(hm.HeatmapColorScale.EXPONENTIAL)
-                .exponent(0.5)
-                .steps(64)
-            )
+            scheme_heatmap(colour_scheme("Oranges").scale(hm.HeatmapColorScale.EXPONENTIAL).exponent(0.5))
             .y_axis(heatmap.YAxisConfig().unit("s"))
-            .cell_values(heatmap.CellValues().unit("short"))
-            .show_value(cm.VisibilityMode.NEVER),
+            .cell_values(heatmap.CellValues().unit("short")),
             "Probe latency heatmap",
             "Distribution of probe INSERT latency (probes per bucket). A band moving up after a deploy or "
             "migration is a slower key trigger/CHECK: compare implementations with "

@@ -10,10 +10,12 @@ from grafana_foundation_sdk.models import heatmap as hm
 
 from dashboards.common import (
     TARGET_TABLE,
+    colour_scheme,
     finish,
     last_value,
     new_dashboard,
     query,
+    scheme_heatmap,
     source_variable,
     table_variable,
     target_variable,
@@ -213,21 +215,9 @@ def _partitions_row(board: db.Dashboard) -> db.Dashboard:
             16,
         ),
         finish(
-            heatmap.Panel()
-            .calculate(False)
-            .color(
-                heatmap.HeatmapColorOptions()
-                .mode(hm.HeatmapColorMode.SCHEME)
-                .scheme("RdYlGn")
-                .reverse(True)
-                .min(0)
-                .max(2)
-                .scale(hm.HeatmapColorScale.LINEAR)
-                .steps(64)
-            )
+            scheme_heatmap(colour_scheme("RdYlGn").reverse(True).min(0).max(2).scale(hm.HeatmapColorScale.LINEAR))
             .y_axis(heatmap.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT))
-            .cell_values(heatmap.CellValues().decimals(2))
-            .show_value(cm.VisibilityMode.NEVER),
+            .cell_values(heatmap.CellValues().decimals(2)),
             "Partition size relative to average over time",
             "Each row of the heatmap is a partition, each cell its rows divided by the table's average "
             "partition (1 = average, green; red = hot, above 1.2x). A red band that widens is a tenant "
