@@ -37,7 +37,8 @@ def _start(port: int) -> tuple[subprocess.Popen[str], list[str]]:
     )
     assert demo.stdout is not None
     lines: list[str] = []
-    deadline = time.monotonic() + 120
+    # A hang guard under the test's 480 s timeout: initdb and the load took over 120 s on a loaded 2-core machine.
+    deadline = time.monotonic() + 360
     while time.monotonic() < deadline:
         line = demo.stdout.readline()
         if not line:
