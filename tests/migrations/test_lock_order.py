@@ -193,13 +193,14 @@ def test_drop_trigger_never_deadlocks_a_writer_in_a_transaction(
     Parent first (main since df97c3b): the migration waits for the parent holding nothing, or holds the parent so
     that the writer waits for it whole; it never holds a partition the writer needs, and no one errs.
 
-    With the old order (DROP TRIGGER on each partition, no LOCK TABLE on the parent: df97c3b^; here main with
-    plans._parent_first returning [], 2026-11-30), both cases failed with the writer's INSERT losing its write with
-    `DeadlockDetected: deadlock detected` (40P01) after deadlock_timeout (1 s), as in production: "before the step"
-    on PG 12 and 18 (its INSERT into part_00 waited for the migration, which then waited for part_09), "during the
-    step" on PG 11, 12 and 18 (on 11 the first INSERT locks every partition in OID order, took part_09..05 and
-    waited for part_04, which the migration held while it waited for part_05). "before the step" cannot deadlock on
-    PG 11, where the first INSERT locks every partition before the migration starts.
+    With the old order (DROP TRIGGER on each partition, no LOCK TABLE on the parent), both cases failed with the
+    writer's INSERT losing its write with `DeadlockDetected: deadlock detected` (40P01) after deadlock_timeout (1 s),
+    as in production, run on 2026-11-30 on commit e40f4b7 (df97c3b^, the last one before the parent-first fix) and
+    on main with plans._parent_first returning [] alike. "before the step" failed on PG 12 and 18 (its INSERT into
+    part_00 waited for the migration, which then waited for part_09); "during the step" on PG 11, 12 and 18 (on 11
+    the first INSERT locks every partition in OID order: it took part_09..05 and waited for part_04, which the
+    migration held while it waited for part_05). "before the step" cannot deadlock on PG 11, where the first INSERT
+    locks every partition before the migration starts.
     """
     semantik_shaped_table(conn)
     statement = "INSERT INTO chunks (collection_id, partition_key, content) VALUES (%s, %s, 'w') RETURNING id"
