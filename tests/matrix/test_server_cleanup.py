@@ -74,6 +74,9 @@ INTERRUPTED = textwrap.dedent(
 )
 
 
+# Starting a server from the npm package took over 120 s at load average 20 (a fresh-clone CI run here): the bound
+# only means "did not hang", so it is generous.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_stops_the_server_and_deletes_its_files(signum: signal.Signals) -> None:
     process = subprocess.Popen(
@@ -86,7 +89,7 @@ def test_ctrl_c_or_sigterm_stops_the_server_and_deletes_its_files(signum: signal
         root, pid = _root_and_postmaster(dsn)
         assert _alive(pid)
         process.send_signal(signum)
-        out, _ = process.communicate(timeout=120)
+        out, _ = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
