@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from exporter import __version__
 from exporter.admin import AdminError, health_json, report_query, report_text, select, verify
 from exporter.app import Exporter
-from exporter.config import ListenConfig
+from exporter.config import ConfigError, ListenConfig
 from exporter.exposition import wants_gzip
 from exporter.openapi import SPEC
 from exporter.statuspage import HEADERS as STATUS_PAGE_HEADERS
@@ -231,14 +231,25 @@ class ExporterHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, exporter: Exporter, listen: ListenConfig) -> None:
         self.exporter = exporter
-        super().__init__((listen.address, listen.port), Handler)
+        try:
+            super().__init__((listen.address, listen.port), Handler)
+        except OSError as error:  # the port is taken, the address is not on this host, a port < 1024 without root
+            where = f"{listen.address}:{listen.port}"
+            raise ConfigError([f"listen: cannot listen on {where}: {error.strerror or error}"]) from None
         if listen.tls_cert_file is not None and listen.tls_key_file is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(str(listen.tls_cert_file), str(listen.tls_key_file))
-            if listen.tls_client_ca_file is not None:
-                context.load_verify_locations(str(listen.tls_client_ca_file))
-                context.verify_mode = ssl.CERT_REQUIRED
+            try:
+                context.load_cert_chain(str(listen.tls_cert_file), str(listen.tls_key_file))
+                if listen.tls_client_ca_file is not None:
+                    context.load_verify_locations(str(listen.tls_client_ca_file))
+                    context.verify_mode = ssl.CERT_REQUIRED
+            except OSError as error:  # ssl.SSLError is an OSError too: a file that is not PEM, a key that does not fit
+                self.server_close()
+                files = ", ".join(
+                    str(f) for f in (listen.tls_cert_file, listen.tls_key_file, listen.tls_client_ca_file) if f
+                )
+                raise ConfigError([f"listen: cannot load the TLS files ({files}): {error.strerror or error}"]) from None
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

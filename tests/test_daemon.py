@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -55,3 +58,41 @@ def test_tls_serves_metrics_with_the_configured_certificate(
 
 def _openssl() -> bool:
     return any(os.access(os.path.join(d, "openssl"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+def _run(config: Path) -> tuple[int, str]:
+    """`partkey-exporter run --config FILE` as a user starts it: exit code and stderr."""
+    process = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return process.returncode, process.stderr
+
+
+def test_a_taken_port_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "partkey.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _write(config, "postgresql://nobody@127.0.0.1:1/none", port)
+        code, err = _run(config)
+    assert code == 2, err
+    assert f"listen: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "Traceback" not in err
+
+
+def test_tls_files_that_are_not_pem_are_one_clear_line(tmp_path: Path) -> None:
+    config, cert, key = tmp_path / "partkey.yaml", tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    with socket.socket() as probe:  # a port free now; nothing else needs it, since the run fails before serving
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _write(config, "postgresql://nobody@127.0.0.1:1/none", port, tls=f", tls_cert_file: {cert}, tls_key_file: {key}")
+    code, err = _run(config)
+    assert code == 2, err
+    assert f"listen: cannot load the TLS files ({cert}, {key}):" in err
+    assert "Traceback" not in err
