@@ -121,9 +121,8 @@ def _disconnect(conn: psycopg.Connection[Any], name: str) -> None:
     )
 
 
-@contextmanager
-def scratch_database(admin_dsn: str, name: str, template: str | None = None) -> Iterator[str]:
-    """Create a fresh database (empty, or a copy of TEMPLATE) and drop it afterwards, even when backends hang on."""
+def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
+    """Create database NAME, empty or a copy of TEMPLATE (its other sessions ended first), replacing any old one."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         if template is None:
@@ -131,9 +130,20 @@ def scratch_database(admin_dsn: str, name: str, template: str | None = None) -> 
         else:
             _disconnect(conn, template)
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop database NAME, even when backends hang on."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        _disconnect(conn, name)
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@contextmanager
+def scratch_database(admin_dsn: str, name: str, template: str | None = None) -> Iterator[str]:
+    """Create a fresh database (empty, or a copy of TEMPLATE) and drop it afterwards, even when backends hang on."""
+    create_database(admin_dsn, name, template)
     try:
         yield with_database(admin_dsn, name)
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            _disconnect(conn, name)
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        drop_database(admin_dsn, name)
