@@ -187,12 +187,6 @@ def plan_catalog(catalog: Catalog, rows: dict[int, int], spec: KeySpec) -> list[
     return plans
 
 
-def plan_leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> list[tuple[int, LeafPlan]]:
-    """(oid, plan) for every leaf relation of the table, decided from the catalog at run time."""
-    catalog, rows = read_catalog(conn, spec)
-    return plan_catalog(catalog, rows, spec)
-
-
 def _plan_one(
     relation: str,
     bound: str | None,
