@@ -1,20 +1,22 @@
-"""Where a fleet exporter's memory goes: the 200-target scenario of bench/fleet.py in this process, under tracemalloc.
+"""Where a fleet exporter's memory goes: the 200-target scenario of bench/fleet.py in this process.
 
-Builds the fleet, runs the exporter with its HTTP server here (tracemalloc on, one frame per allocation), waits
-until every check of every target succeeded, scrapes /metrics (plain and gzip) and /probe for a while as
-bench/fleet.py does, then prints RSS (anonymous against files), what tracemalloc sees (Python objects, bytes
-included), the rest (C allocations: libpq, the allocator's free lists), and the largest allocation sites by module.
+Builds the fleet, runs the exporter with its HTTP server here, waits until every check of every target succeeded,
+scrapes /metrics (plain and gzip) and /probe for a while as bench/fleet.py does, then prints RSS (anonymous
+against files) and the Python objects reachable from each part of the exporter (deep sizes: an object shared by
+two parts counts in the first). RSS minus those is the interpreter, the libraries, C allocations (libpq) and the
+allocator's free lists. (tracemalloc on the whole run was tried: at 200 targets it made the checks overrun their
+intervals and the process 800 MB.)
 Run: .venv/bin/python -m bench.fleet_memory [--targets 200] [--window 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import sys
 import time
-import tracemalloc
 import urllib.request
-from pathlib import Path
 
 from bench.fleet import PARTITIONS, build_fleet, config_text, memory_note
 from bench.server import BENCH_SETTINGS, bench_server, machine
@@ -41,7 +43,6 @@ def main() -> None:
     settings = {**BENCH_SETTINGS, "max_connections": str(max(100, args.targets + 50)), "shared_buffers": "512MB"}
     with bench_server(settings=settings) as server:
         names = build_fleet(server.dsn, args.targets)
-        tracemalloc.start(1)
         exporter = Exporter(parse_config(config_text(server.dsn, names, 0), "<bench>"))
         http_server, _ = serve_in_thread(exporter, exporter.config.listen)
         exporter.start()
@@ -62,30 +63,45 @@ def main() -> None:
                     _get(http_server.url + f"/probe?target={names[index % len(names)]}", False)
                     index += 1
                 time.sleep(0.5)
-            snapshot = tracemalloc.take_snapshot()
-            traced = tracemalloc.get_traced_memory()[0]
             rss = memory_note(os.getpid())
+            parts = deep_sizes(
+                {
+                    "exposition (fragments, segments, gzip pieces, probes)": exporter.exposition,
+                    "snapshot (results and their payloads)": exporter.store,
+                    "check runners (plans, verification caches)": exporter.runners,
+                    "targets (connections)": exporter.targets,
+                    "scheduler": exporter.scheduler,
+                    "everything else the exporter holds": exporter,
+                }
+            )
         finally:
             http_server.shutdown()
             exporter.stop()
-    by_file: dict[str, int] = {}
-    for stat in snapshot.statistics("filename"):
-        name = stat.traceback[0].filename
-        short = name.split("site-packages/")[-1] if "site-packages/" in name else Path(name).name
-        by_file[short] = by_file.get(short, 0) + stat.size
     print(
         f"Fleet memory, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}, {args.targets} targets x "
         f"{PARTITIONS} partitions, covered after {covered:.0f} s, then {args.window:.0f} s of scrapes\n"
     )
-    print(f"- {rss}")
-    print(f"- tracemalloc: {traced / 2**20:.1f} MiB of Python allocations live\n")
-    print("| allocated in | MiB |\n|---|---|")
-    for name, size in sorted(by_file.items(), key=lambda item: -item[1])[:15]:
+    print(f"- {rss}\n")
+    print("| Python objects reachable from | MiB |\n|---|---|")
+    for name, size in parts.items():
         print(f"| {name} | {size / 2**20:.1f} |")
-    print("\n| allocation site | MiB |\n|---|---|")
-    for stat in snapshot.statistics("lineno")[:15]:
-        frame = stat.traceback[0]
-        print(f"| {Path(frame.filename).name}:{frame.lineno} | {stat.size / 2**20:.1f} |")
+
+
+def deep_sizes(roots: dict[str, object]) -> dict[str, int]:
+    """Bytes of the objects reachable from each root, in order (what an earlier root reached is not counted again)."""
+    seen: set[int] = set()
+    sizes: dict[str, int] = {}
+    for name, root in roots.items():
+        total, stack = 0, [root]
+        while stack:
+            item = stack.pop()
+            if id(item) in seen or isinstance(item, type | type(sys)):  # classes and modules are the program
+                continue
+            seen.add(id(item))
+            total += sys.getsizeof(item)
+            stack.extend(gc.get_referents(item))
+        sizes[name] = total
+    return sizes
 
 
 if __name__ == "__main__":
