@@ -66,11 +66,11 @@ def main() -> None:
             rss = memory_note(os.getpid())
             parts = deep_sizes(
                 {
-                    "exposition (fragments, segments, gzip pieces, probes)": exporter.exposition,
-                    "snapshot (results and their payloads)": exporter.store,
-                    "check runners (plans, verification caches)": exporter.runners,
+                    "snapshot store (results and their payloads)": exporter.store.current,
                     "targets (connections)": exporter.targets,
-                    "scheduler": exporter.scheduler,
+                    "check runners (checks, plans, verification caches)": exporter.runners,
+                    "scheduler (jobs)": exporter.scheduler,
+                    "exposition (fragments, segments, gzip pieces, probe bodies)": exporter.exposition,
                     "everything else the exporter holds": exporter,
                 }
             )
