@@ -68,9 +68,9 @@ def main() -> None:
                 {
                     "snapshot store (results and their payloads)": exporter.store.current,
                     "targets (connections)": exporter.targets,
+                    "exposition (fragments, segments, gzip pieces, probe bodies)": exporter.exposition,
                     "check runners (checks, plans, verification caches)": exporter.runners,
                     "scheduler (jobs)": exporter.scheduler,
-                    "exposition (fragments, segments, gzip pieces, probe bodies)": exporter.exposition,
                     "everything else the exporter holds": exporter,
                 }
             )
