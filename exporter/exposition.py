@@ -271,7 +271,8 @@ class Exposition:
         self._fragments: dict[tuple[str | None, str], Fragment] = {}
         self._layouts: dict[str, Layout] = {}
         # /probe bodies per target generation: a probe of an unchanged target is a lookup.
-        self._probes: dict[tuple[str, str, bool], tuple[int, bytes]] = {}
+        # Plain ones are the fragments' own bytes in order (a tuple of references, no copy of 70 KB per target).
+        self._probes: dict[tuple[str, str, bool], tuple[int, tuple[bytes, ...]]] = {}
         self._probed: set[tuple[str, bool]] = set()  # (content type, gzip) probes asked for: made ahead from now on
         encoder, content_type = choose("")
         self._content_types: list[str] = [content_type]
@@ -342,7 +343,7 @@ class Exposition:
         if content_type not in self._formats:  # more content types than we keep: made for this request alone
             return ((self._uncached(snapshot, encoder, target, compress),),), content_type
         if target is not None:
-            return ((self._probe(target, content_type, compress),),), content_type
+            return (self._probe(target, content_type, compress),), content_type
         layout = self._layouts.get(content_type)
         if (
             layout is not None
@@ -418,7 +419,7 @@ class Exposition:
         self.joined_segments += counts[0]
         self.compressed_pieces += counts[1]
 
-    def _probe(self, target: str, content_type: str, compress: bool) -> bytes:
+    def _probe(self, target: str, content_type: str, compress: bool) -> tuple[bytes, ...]:
         """One target's body, cached until that target's next result."""
         snapshot = self.store.current
         generation = snapshot.generations.get(target, 0)
@@ -435,9 +436,9 @@ class Exposition:
                 with self._lock:
                     self._keep(name, content_type, fragment)
             parts.append(fragment)
-        body = _joined(parts, form.openmetrics)
+        body = _ordered(parts, form.openmetrics)
         if compress:
-            body = gzip_member(body)
+            body = (gzip_member(b"".join(body)),)
         with self._lock:
             self._probed.add((content_type, compress))
             latest = self._probes.get(key)
@@ -450,7 +451,7 @@ class Exposition:
         form = format_of(encoder)
         names = (None, *self.targets) if target is None else (None, target)
         fragments = [self._encode(name, snapshot, form, self._generation(name, snapshot)) for name in names]
-        body = _joined(fragments, form.openmetrics)
+        body = b"".join(_ordered(fragments, form.openmetrics))
         return gzip_member(body) if compress else body
 
     def _remember(self, content_type: str, encoder: Encoder) -> None:
@@ -471,8 +472,8 @@ class Exposition:
         return Fragment.of(generation, encode(collector.collect(), form))
 
 
-def _joined(fragments: Sequence[Fragment], openmetrics: bool) -> bytes:
-    """One valid exposition from fragments: each family's header once (from its first fragment), then its lines."""
+def _ordered(fragments: Sequence[Fragment], openmetrics: bool) -> tuple[bytes, ...]:
+    """One valid exposition's pieces from fragments: each family's header once (from its first fragment), its lines."""
     order: list[str] = []
     found: dict[str, list[bytes]] = {}
     for fragment in fragments:
@@ -480,6 +481,7 @@ def _joined(fragments: Sequence[Fragment], openmetrics: bool) -> bytes:
             if family.name not in found:
                 order.append(family.name)
                 found[family.name] = [family.header]
-            found[family.name].append(family.samples)
-    body = b"".join(piece for name in order for piece in found[name])
-    return body + OPENMETRICS_EOF if openmetrics else body
+            if family.samples:
+                found[family.name].append(family.samples)
+    pieces = tuple(piece for name in order for piece in found[name])
+    return (*pieces, OPENMETRICS_EOF) if openmetrics else pieces
