@@ -4,8 +4,9 @@ One real target's results (100 partitions, every check and the insert probe) clo
 (bench/fleet_snapshot.py). Side by side, in alternating rounds so that the machine's load hits both alike:
 prometheus_client's encoder (generate_latest, what the exporter used) against exporter.textformat for one target's
 fragment; then, with the N-target body built: what a published result costs its thread (encode + re-make the
-changed segments and gzip members), what a scrape costs when the body is up to date and when it must catch up,
-the body sizes (plain, gzip members, one gzip of the whole), and the memory the exposition holds (tracemalloc);
+changed segments and gzip pieces), what a scrape costs when the body is up to date and when it must catch up,
+the body sizes (plain, gzip of deflated pieces, one gzip of the whole), the memory the exposition holds
+(tracemalloc);
 and the plain body sent over HTTP as batched pieces against one joined buffer, next to busy threads.
 Run: .venv/bin/python -m bench.exposition [--targets 200] [--rounds 5] [--scrapes 40]
 """
@@ -140,11 +141,11 @@ def fleet(snapshot: Snapshot, targets: list[str], rounds: int) -> tuple[Expositi
         f"| targets | {len(targets)} |",
         "|---|---|",
         f"| plain body | {len(plain):,} bytes |",
-        f"| gzip body (members) | {len(packed):,} bytes ({len(packed) / len(whole):.2f}x one gzip of the whole: "
+        f"| gzip body (deflated pieces) | {len(packed):,} bytes ({len(packed) / len(whole):.2f}x one gzip of all: "
         f"{len(whole):,}) |",
         f"| first plain /metrics (every fragment encoded) | {first_plain * 1000:.0f} ms |",
-        f"| first gzip /metrics (every member compressed) | {first_gzip * 1000:.0f} ms |",
-        f"| a result's update in its thread (encode + changed segments + members), ms | {_cell(summarize(publish))} |",
+        f"| first gzip /metrics (every piece compressed) | {first_gzip * 1000:.0f} ms |",
+        f"| a result's update in its thread (encode, changed segments, gzip), ms | {_cell(summarize(publish))} |",
         f"| gzip scrape, body up to date, ms | {_cell(summarize(ready))} |",
         f"| gzip scrape arriving before the publisher is done (catches up), ms | {_cell(summarize(catch_up))} |",
         f"| memory the exposition holds (tracemalloc, plain and gzip made) | {held / 2**20:.1f} MiB |",
