@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.reliability.harness import start_daemon, wait_for
+from tests.reliability.harness import start_daemon
 from tests.schema import create_list_table
-from tests.support import answers_ready, self_signed_certificate
+from tests.support import answers_ready, poll, self_signed_certificate
 
 CONFIG = """
 listen: {{address: 127.0.0.1, port: {port}{tls}}}
@@ -46,7 +46,7 @@ def test_tls_serves_metrics_with_the_configured_certificate(
     port, daemon = start_daemon(config, lambda port: _write(config, dsn, port, tls=tls))
     context = ssl.create_default_context(cafile=str(cert))
     try:
-        wait_for(lambda: answers_ready(f"https://127.0.0.1:{port}", context), 30, step=0.3, what="the daemon ready")
+        poll(lambda: answers_ready(f"https://127.0.0.1:{port}", context), "the daemon ready", step=0.3)
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=5) as response:
             assert response.status == 200
             assert 'partkey_up{target="live"} 1.0' in response.read().decode()

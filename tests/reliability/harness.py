@@ -1,4 +1,4 @@
-"""Tools for fault injection: a PostgreSQL we may restart, timed scrapes, a daemon subprocess, polling."""
+"""Tools for fault injection: a PostgreSQL we may restart, timed scrapes, a daemon subprocess."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -23,9 +23,7 @@ from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import own_start_stop_lock, scratch_database
 from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
-from tests.support import Samples, poll
-
-T = TypeVar("T")
+from tests.support import Samples
 
 # Every check the exporter has, in its configuration order.
 CHECKS = tuple(ChecksConfig.model_fields)
@@ -187,11 +185,6 @@ def succeeded_since(exporter: Exporter, check: str, since: float, table: str = "
     """
     result = exporter.store.latest("t1", table, check)
     return result is not None and result.success and (result.last_success_at or 0) >= since
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, step: float = 0.05, what: str = "condition") -> T:
-    """Poll until predicate() is truthy; return its value, or fail saying what never happened."""
-    return poll(predicate, what, timeout, step)
 
 
 def our_backends(conn: psycopg.Connection[Any], state: str | None = None) -> list[tuple[int, str, str]]:

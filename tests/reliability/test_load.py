@@ -16,9 +16,9 @@ import psutil
 import psycopg
 import pytest
 
-from tests.reliability.harness import Daemon, get, our_backends, scrape, start_daemon, wait_for, write_daemon_config
+from tests.reliability.harness import Daemon, get, our_backends, scrape, start_daemon, write_daemon_config
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse
+from tests.support import parse, poll
 
 SCRAPERS = 50
 SOAK_SECONDS = float(os.environ.get("PARTKEY_SOAK_SECONDS", "600"))
@@ -81,7 +81,7 @@ def daemon(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> Iterator[
     port, running = start_daemon(path, lambda port: write_daemon_config(path, dsn, port, modulus=100, checks=CHECKS))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(url), 60, step=0.2, what="every check succeeded once")
+        poll(lambda: _ready(url), "every check succeeded once", step=0.2)
         yield running, url
     finally:
         elapsed = running.stop()

@@ -9,7 +9,8 @@ import psycopg
 from exporter.app import Exporter
 from exporter.reconnect import due_after_outage
 from exporter.snapshot import CheckResult
-from tests.reliability.harness import PrivateServer, config, our_backends, succeeded_since, wait_for
+from tests.reliability.harness import PrivateServer, config, our_backends, succeeded_since
+from tests.support import poll
 
 LIGHT = ("implementation", "distribution")
 HOURLY = {
@@ -28,15 +29,17 @@ def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_ser
     exporter = Exporter(config(table, checks=HOURLY))
     exporter.start()
     try:
-        wait_for(lambda: all(succeeded_since(exporter, c, 0) for c in (*LIGHT, "verification_full")), 20)
+        poll(
+            lambda: all(succeeded_since(exporter, c, 0) for c in (*LIGHT, "verification_full")), "every check succeeded"
+        )
         full_before = _result(exporter, "verification_full")
         target = exporter.targets["t1"]
         own_server.stop()
         # No check runs for an hour: the watcher sees the server close the idle connection.
-        wait_for(lambda: target.up is False, 10, what="the outage noticed between checks")
+        poll(lambda: target.up is False, "the outage noticed between checks")
         own_server.start()
         accepting = time.time()
-        wait_for(lambda: all(succeeded_since(exporter, c, accepting) for c in LIGHT), 20, what="fresh values")
+        poll(lambda: all(succeeded_since(exporter, c, accepting) for c in LIGHT), "fresh values")
         fresh_after = max(_result(exporter, c).finished_at for c in LIGHT) - accepting  # type: ignore[union-attr]
         print(f"fresh values {fresh_after:.2f} s after the server accepted connections")
         with psycopg.connect(own_server.admin_dsn) as admin:

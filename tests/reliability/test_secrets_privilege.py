@@ -13,9 +13,9 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.config import ChecksConfig
-from tests.reliability.harness import PrivateServer, get, scrape, start_daemon, wait_for
+from tests.reliability.harness import PrivateServer, get, scrape, start_daemon
 from tests.schema import create_list_table, insert_rows
-from tests.support import config_for, http, parse
+from tests.support import config_for, http, parse, poll
 
 ROLE = "partkey_monitor"
 
@@ -110,16 +110,15 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
     url = f"http://127.0.0.1:{port}"
     seen: list[str] = []
     try:
-        wait_for(
+        poll(
             lambda: (
                 (s := _try_metrics(url))
                 and get(s, "partkey_up", target="good") == 1
                 and get(s, "partkey_check_success", target="wrongpw", table="public.chunks", check="implementation")
                 == 0
             ),
-            30,
+            "all three targets checked",
             step=0.2,
-            what="all three targets checked",
         )
         samples_text = scrape(url)[2]
         seen.append(samples_text)

@@ -16,11 +16,10 @@ from tests.reliability.harness import (
     our_lock_waits,
     scrape,
     start_daemon,
-    wait_for,
     write_daemon_config,
 )
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse
+from tests.support import parse, poll
 
 STUCK = {
     "verification_full": "{interval: 1s, statement_timeout: 60s}",
@@ -49,13 +48,13 @@ def test_sigterm_while_a_check_waits_on_a_lock(conn: psycopg.Connection[Any], ds
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _up(url, "live") == 1, 30, step=0.2, what="the daemon up")
+        poll(lambda: _up(url, "live") == 1, "the daemon up", step=0.2)
         with psycopg.connect(dsn) as locker:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            wait_for(lambda: our_lock_waits(conn), 10, what="a check stuck on the lock")
+            poll(lambda: our_lock_waits(conn), "a check stuck on the lock")
             elapsed = daemon.stop()
             # The lock is still held: the daemon must not have waited for its stuck query to give up.
-            left = wait_for(lambda: not our_backends(conn), 3, what="our connection closed") and our_backends(conn)
+            left = poll(lambda: not our_backends(conn), "our connection closed") and our_backends(conn)
             locker.rollback()
     except AssertionError as error:
         raise AssertionError(f"{error}\n--- daemon log ---\n{daemon.log[-6000:]}") from None
@@ -77,37 +76,37 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
     port, daemon = start_daemon(path, lambda port: write_daemon_config(path, dsn, port, name="before"))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _up(url, "before") == 1, 30, step=0.2, what="the daemon up")
+        poll(lambda: _up(url, "before") == 1, "the daemon up", step=0.2)
         write_daemon_config(path, dsn, port, name="after")
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: _up(url, "after") == 1, 10, step=0.2, what="the reloaded target up")
+        poll(lambda: _up(url, "after") == 1, "the reloaded target up", step=0.2)
         samples = parse(scrape(url)[2])
         # A semantic error (modulus 0): refused with its location, and 'after' keeps running.
         write_daemon_config(path, dsn, port, name="third", modulus=0)
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: "reload refused" in daemon.log, 10, what="the refusal logged")
+        poll(lambda: "reload refused" in daemon.log, "the refusal logged")
         # A file that is not YAML at all: refused the same way.
         path.write_text("targets: [oops")
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: "YAML syntax error" in daemon.log, 10, what="the syntax error logged")
+        poll(lambda: "YAML syntax error" in daemon.log, "the syntax error logged")
         time.sleep(1.5)
         kept = parse(scrape(url)[2])
         connections = our_backends(conn)
         # SIGHUP while a check is stuck on a lock: the reload must not wait for it.
         write_daemon_config(path, dsn, port, name="fourth", checks=STUCK, lock_timeout="60s")
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: _up(url, "fourth") == 1, 10, step=0.2, what="the fourth config up")
+        poll(lambda: _up(url, "fourth") == 1, "the fourth config up", step=0.2)
         with psycopg.connect(dsn) as locker:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            wait_for(lambda: our_lock_waits(conn), 10, what="a check stuck on the lock")
+            poll(lambda: our_lock_waits(conn), "a check stuck on the lock")
             write_daemon_config(path, dsn, port, name="fifth")
             reloading = time.monotonic()
             daemon.signal(signal.SIGHUP)
-            wait_for(lambda: _up(url, "fifth") is not None, 10, step=0.1, what="the fifth config served")
+            poll(lambda: _up(url, "fifth") is not None, "the fifth config served", step=0.1)
             reload_seconds = time.monotonic() - reloading
             locker.rollback()
-        wait_for(lambda: _up(url, "fifth") == 1, 10, step=0.2, what="the fifth config up")
-        wait_for(lambda: len(our_backends(conn)) == 1, 10, what="the old connection closed")
+        poll(lambda: _up(url, "fifth") == 1, "the fifth config up", step=0.2)
+        poll(lambda: len(our_backends(conn)) == 1, "the old connection closed")
     except AssertionError as error:
         raise AssertionError(f"{error}\n--- daemon log ---\n{daemon.log[-6000:]}") from None
     finally:

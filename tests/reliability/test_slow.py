@@ -16,9 +16,9 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from exporter.app import Exporter
 from exporter.checks.base import Outcome
 from exporter.http import ExporterHTTPServer
-from tests.reliability.harness import config, get, our_backends, our_lock_waits, scrape, wait_for
+from tests.reliability.harness import config, get, our_backends, our_lock_waits, scrape
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse, serving
+from tests.support import parse, poll, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 CHECKED = ("implementation", "distribution", "verification_full")
@@ -59,10 +59,9 @@ def running(dsn: str, **options: Any) -> Iterator[tuple[Exporter, ExporterHTTPSe
     overlap = Overlap(exporter.runners[("t1", "public.chunks", "verification_full")].check)
     with serving(exporter) as server:
         exporter.start()
-        wait_for(
+        poll(
             lambda: all(get(_samples(server), "partkey_check_success", **TT, check=c) == 1 for c in CHECKED),
-            20,
-            what="first successful run of every check",
+            "first successful run of every check",
         )
         yield exporter, server, overlap
 
@@ -116,15 +115,14 @@ def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(
         with psycopg.connect(table) as locker:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
             locked_at = time.time()
-            wait_for(lambda: our_lock_waits(conn), 5, what="a check waiting on the lock")
+            poll(lambda: our_lock_waits(conn), "a check waiting on the lock")
             durations, bodies = _scrape_while(server, 5.0)
             blocked = _samples(server)
             waiting = our_lock_waits(conn)
             connections = our_backends(conn)
-        wait_for(
+        poll(
             lambda: get(_samples(server), "partkey_check_success", **TT, check="verification_full") == 1,
-            10,
-            what="verification succeeds after the lock is gone",
+            "verification succeeds after the lock is gone",
         )
     _assert_served_without_waiting(durations)
     # Every scrape during the lock served the last good counts: 3 wrong keys, target up.
@@ -162,17 +160,16 @@ def test_query_slower_than_its_interval(
         exporter.scheduler.add_listener(lambda event: skipped.append(event.job_id), EVENT_JOB_MAX_INSTANCES)
         with psycopg.connect(table) as locker:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            wait_for(lambda: our_lock_waits(conn), 5, what="a check waiting on the lock")
+            poll(lambda: our_lock_waits(conn), "a check waiting on the lock")
             durations, bodies = _scrape_while(server, 6.0)
-            result = wait_for(
+            result = poll(
                 lambda: (
                     (r := exporter.store.latest("t1", "public.chunks", "verification_full")) and not r.success and r
                 ),
-                10,
-                what="the verification timed out",
+                "the verification timed out",
             )
             exporter.scheduler.pause()  # no new runs; the one in flight ends at its statement_timeout
-            wait_for(lambda: exporter.targets["t1"]._lock.acquire(blocking=False), 10, what="the last run ended")
+            poll(lambda: exporter.targets["t1"]._lock.acquire(blocking=False), "the last run ended")
             exporter.targets["t1"]._lock.release()
             left = our_backends(conn, "active")
             still_locked = locker.execute(

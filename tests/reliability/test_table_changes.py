@@ -11,9 +11,9 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
-from tests.reliability.harness import config, get, scrape, series, wait_for
+from tests.reliability.harness import config, get, scrape, series
 from tests.schema import create_list_table, insert_rows
-from tests.support import Samples, parse, serving
+from tests.support import Samples, parse, poll, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 INTERVAL = 1.0
@@ -34,7 +34,7 @@ def _follow(server: ExporterHTTPServer, change: Callable[[], object], seen: Call
     """Apply a change and return how long /metrics took to show it."""
     change()
     started = time.monotonic()
-    wait_for(lambda: seen(_samples(server)), 10, what="the change on /metrics")
+    poll(lambda: seen(_samples(server)), "the change on /metrics")
     return time.monotonic() - started
 
 
@@ -46,7 +46,7 @@ def server(conn: psycopg.Connection[Any], dsn: str) -> Iterator[ExporterHTTPServ
     exporter = Exporter(config(dsn, checks={"verification_full": "{interval: 5s}"}))
     with serving(exporter) as running:
         exporter.start()
-        wait_for(lambda: len(_partitions(_samples(running))) == 4, 20, what="four partitions on /metrics")
+        poll(lambda: len(_partitions(_samples(running))) == 4, "four partitions on /metrics")
         yield running
 
 
