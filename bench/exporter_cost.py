@@ -34,7 +34,6 @@ from bench.server import BenchServer, bench_server, build_chunks, machine
 from bench.stats import summarize
 from exporter.app import Exporter
 from exporter.config import parse_config
-from tests.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 ROLE = ROLES["partkey-exporter"]
@@ -160,11 +159,12 @@ def _scrape_loop(port: int, count: int, timings: list[float], lock: threading.Lo
 def process_costs(dsn: str, partitions: int, scrapes: int, idle: int) -> dict[str, Any]:
     """`partkey-exporter run` as its own process: /metrics under 10 scrapers, RSS, CPU idle and per 1,000 scrapes."""
     workdir = Path(tempfile.mkdtemp(prefix="partkey-cost-"))
-    port = free_port()
-    (workdir / "config.yaml").write_text(_config(dsn, port, partitions))
     binary = str(Path(sys.executable).parent / "partkey-exporter")
+    command = [binary, "run", "--config", "config.yaml"]
     try:
-        with running("partkey-exporter", [binary, "run", "--config", "config.yaml"], {}, port, workdir) as peer:
+        write = lambda port: (workdir / "config.yaml").write_text(_config(dsn, port, partitions))  # noqa: E731
+        with running("partkey-exporter", lambda port: command, {}, workdir, write) as peer:
+            port = peer.port
             _wait_ready(peer, time.monotonic() + 1800)
             time.sleep(5)  # the staggered first runs (full verification, exact counts) finish
             cpu, started = peer.cpu_seconds(), time.monotonic()

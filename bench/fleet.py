@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import http.client
 import os
@@ -31,10 +32,10 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from bench.ports import listens_on, on_free_port, wait_listening
 from bench.server import BENCH_SETTINGS, bench_server, machine
 from bench.stats import Summary, summarize
 from exporter import chunks_schema
-from tests.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 ROLE = "bench_fleet"
@@ -109,25 +110,39 @@ def config_text(admin_dsn: str, names: list[str], port: int, auto: bool = False)
 
 
 @contextlib.contextmanager
-def exporters(config: Path, ports: list[int], workdir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """One `partkey-exporter run` per port (several: PARTKEY_SHARD=i/n); stopped on exit."""
+def exporters(config: Path, shards: int, workdir: Path) -> Iterator[tuple[list[int], list[subprocess.Popen[bytes]]]]:
+    """(ports, processes): one listening `partkey-exporter run` per shard (PARTKEY_SHARD=i/n); stopped on exit."""
     binary = str(Path(sys.executable).parent / "partkey-exporter")
-    processes = []
-    for index, port in enumerate(ports):
+    ports: list[int] = []
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(index: int, port: int) -> subprocess.Popen[bytes]:
         text = config.read_text().replace("port: PORT", f"port: {port}")
         own = workdir / f"exporter-{index}.yaml"
         own.write_text(text)
         env = {**os.environ}
-        if len(ports) > 1:
-            env["PARTKEY_SHARD"] = f"{index}/{len(ports)}"
-        log = (workdir / f"exporter-{index}.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [binary, "run", "--config", str(own)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir
+        if shards > 1:
+            env["PARTKEY_SHARD"] = f"{index}/{shards}"
+        log = workdir / f"exporter-{index}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [binary, "run", "--config", str(own)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir
             )
-        )
+        try:
+            # Exits saying so when another process took the port first: then on_free_port picks another.
+            wait_listening(process, lambda: listens_on(process.pid, port), lambda: log.read_text(), own.name, 300)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        processes.append(process)
+        return process
+
     try:
-        yield processes
+        for index in range(shards):
+            port, _ = on_free_port(functools.partial(start, index))
+            ports.append(port)
+        yield ports, processes
     finally:
         for process in processes:
             process.terminate()
@@ -227,8 +242,7 @@ def run_scenario(
     result = Measured(name, len(names), shards)
     config = workdir / f"{name}.yaml"
     config.write_text(config_text(admin_dsn, names, 0, auto).replace("port: 0", "port: PORT"))
-    ports = [free_port() for _ in range(shards)]
-    with psycopg.connect(admin_dsn, autocommit=True) as admin, exporters(config, ports, workdir) as processes:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin, exporters(config, shards, workdir) as (ports, processes):
         started = time.monotonic()
         conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for port in ports]
         wanted = len(names) * CHECKS_PER_TARGET

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +32,12 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from bench.ports import listens_on, on_free_port, wait_listening
 from bench.server import bench_server, machine
 from bench.stats import summarize
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.demo import build_demo_database
-from tests.ports import free_port
 from tests.support import stop_process
 
 RESULTS = Path(__file__).parent / "results"
@@ -269,23 +269,45 @@ def partkey_db_time(dsn: str, admin: psycopg.Connection[Any]) -> dict[str, float
 
 
 @contextlib.contextmanager
-def running(name: str, command: list[str], env: dict[str, str], port: int, workdir: Path) -> Iterator[Peer]:
-    """Start one exporter process; stop it (TERM, then KILL) on exit."""
+def running(
+    name: str,
+    command: Callable[[int], list[str]],
+    env: dict[str, str],
+    workdir: Path,
+    prepare: Callable[[int], object] = lambda port: None,
+) -> Iterator[Peer]:
+    """Start one exporter process on a free port, listening; stop it (TERM, then KILL) on exit.
+
+    prepare(port) writes whatever config names the port; when another process took the port before the exporter
+    bound it, the exporter says so and exits, and it is started again on another port (bench/ports.py).
+    """
     log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            cwd=workdir,
-            start_new_session=True,
-        )
-    peer = Peer(name, port, process, log)
+
+    def start(port: int) -> Peer:
+        prepare(port)
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command(port),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                cwd=workdir,
+                start_new_session=True,
+            )
+        try:
+            wait_listening(
+                process, lambda: listens_on(process.pid, port), lambda: log.read_text(errors="replace"), name, 300
+            )
+        except BaseException:
+            stop_process(process)
+            raise
+        return Peer(name, port, process, log)
+
+    _, peer = on_free_port(start)
     try:
         yield peer
     finally:
-        stop_process(process)
+        stop_process(peer.process)
 
 
 def _wait_ready(peer: Peer, deadline: float) -> None:
@@ -416,8 +438,7 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
         dsn = {name: f"postgresql://{role}@/postgres?host={host}" for name, role in ROLES.items()}
         print("partkey-exporter DB time per check run ...", flush=True)
         per_check = partkey_db_time(dsn["partkey-exporter"], admin)
-        ports = {name: free_port() for name in ROLES}
-        (workdir / "partkey.yaml").write_text(_partkey_config(dsn["partkey-exporter"], ports["partkey-exporter"], True))
+        partkey_config = workdir / "partkey.yaml"
         qe_dsn = dsn["query-exporter"].replace("postgresql:", "postgresql+psycopg2:")
         (workdir / "qe.yaml").write_text(_qe_config(qe_dsn, 15))
         (workdir / "pge.yaml").write_text(_pge_queries())
@@ -426,68 +447,50 @@ def run(rows: int, rounds: int, lock_seconds: int, settle: int) -> list[str]:
         pge_dsn = f"host={host} user={ROLES['postgres_exporter']} dbname=postgres sslmode=disable"
         pgec_dsn = f"host={host} user={ROLES[PGE_CACHED]} dbname=postgres sslmode=disable"
         admin.execute("SELECT pg_stat_statements_reset()")
+
+        def pge(queries: str) -> Callable[[int], list[str]]:
+            return lambda port: [
+                PGE_BIN,
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--extend.query-path={queries}",
+                "--disable-default-metrics",
+                "--disable-settings-metrics",
+                "--log.level=warn",
+            ]
+
         with contextlib.ExitStack() as stack:
             peers = [
                 stack.enter_context(
                     running(
                         "partkey-exporter",
-                        [partkey_bin, "run", "--config", "partkey.yaml"],
+                        lambda port: [partkey_bin, "run", "--config", "partkey.yaml"],
                         {},
-                        ports["partkey-exporter"],
                         workdir,
+                        lambda port: partkey_config.write_text(_partkey_config(dsn["partkey-exporter"], port, True)),
                     )
                 ),
                 stack.enter_context(
                     running(
                         "query-exporter",
-                        [
+                        lambda port: [
                             str(QE_BIN),
                             "--config",
                             "qe.yaml",
                             "-H",
                             "127.0.0.1",
                             "-p",
-                            str(ports["query-exporter"]),
+                            str(port),
                             "-L",
                             "warning",
                         ],
                         {},
-                        ports["query-exporter"],
                         workdir,
                     )
                 ),
                 stack.enter_context(
-                    running(
-                        "postgres_exporter",
-                        [
-                            PGE_BIN,
-                            f"--web.listen-address=127.0.0.1:{ports['postgres_exporter']}",
-                            "--extend.query-path=pge.yaml",
-                            "--disable-default-metrics",
-                            "--disable-settings-metrics",
-                            "--log.level=warn",
-                        ],
-                        {"DATA_SOURCE_NAME": pge_dsn},
-                        ports["postgres_exporter"],
-                        workdir,
-                    )
+                    running("postgres_exporter", pge("pge.yaml"), {"DATA_SOURCE_NAME": pge_dsn}, workdir)
                 ),
-                stack.enter_context(
-                    running(
-                        PGE_CACHED,
-                        [
-                            PGE_BIN,
-                            f"--web.listen-address=127.0.0.1:{ports[PGE_CACHED]}",
-                            "--extend.query-path=pgec.yaml",
-                            "--disable-default-metrics",
-                            "--disable-settings-metrics",
-                            "--log.level=warn",
-                        ],
-                        {"DATA_SOURCE_NAME": pgec_dsn},
-                        ports[PGE_CACHED],
-                        workdir,
-                    )
-                ),
+                stack.enter_context(running(PGE_CACHED, pge("pgec.yaml"), {"DATA_SOURCE_NAME": pgec_dsn}, workdir)),
             ]
             deadline = time.monotonic() + 120
             for peer in peers:

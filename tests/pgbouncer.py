@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
+from bench.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from tests.reliability.harness import CHECKS
 from tests.schema import create_list_table, insert_rows
 from tests.support import answers_ready, parse, stop_process, value

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.ports import IN_USE, PortTaken, on_free_port
+from bench.ports import IN_USE, PortTaken, on_free_port
 from tests.support import http, metrics, value
 
 

@@ -1,7 +1,8 @@
-"""tests/ports.py: a server that lost its port to another process is started again on another port, and only then."""
+"""bench/ports.py: a server that lost its port to another process is started again on another port, and only then."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import PortTaken, on_free_port, wait_listening
+from bench.ports import PortTaken, free_port, listens_on, on_free_port, wait_listening
 from tests.reliability.harness import Daemon, write_daemon_config
 from tests.support import stop_process
 
@@ -76,3 +77,16 @@ def test_the_exporter_daemon_on_a_taken_port_is_told_apart(taken: int, tmp_path:
             wait_listening(daemon.process, lambda: False, daemon.last_words, "the daemon", timeout=60)
     finally:
         daemon.stop()
+
+
+def test_listens_on_tells_the_server_from_whoever_took_its_port(taken: int) -> None:
+    """Benchmarks wait on listens_on: a port that answers because another process holds it is not their server's."""
+    port = free_port()
+    server = _run(SERVER, port)
+    try:
+        assert listens_on(server.pid, port)
+        assert not listens_on(server.pid, taken)  # it answers, but this test's process holds it
+        assert listens_on(os.getpid(), taken)
+    finally:
+        stop_process(server)
+    assert not listens_on(server.pid, port)  # gone

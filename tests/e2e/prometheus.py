@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import on_free_port, wait_listening
+from bench.ports import on_free_port, wait_listening
 from tests.support import stop_process
 
 

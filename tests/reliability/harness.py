@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from bench.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import own_start_stop_lock, scratch_database
-from tests.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from tests.support import Samples
 
 # Every check the exporter has, in its configuration order.

@@ -1,7 +1,9 @@
-"""Loopback ports for the servers tests start: picked free, and picked again when another process took one first.
+"""Loopback ports for the servers tests and benchmarks start: picked free, picked again when another process took one.
 
-A port is free when it is picked and bound later, by the server the test starts; in between another test (or another
-suite on the machine) may bind it. The servers say so and exit (Python: "[Errno 98] Address already in use",
+One copy for both: tests import it from here, and bench/ imports nothing from tests/ for it.
+
+A port is free when it is picked and bound later, by the server the test or benchmark starts; in between another
+process on the machine may bind it. The servers say so and exit (Python: "[Errno 98] Address already in use",
 Prometheus: "bind: address already in use", PgBouncer: "bind(): Address already in use"), so each start is
 retried on a newly picked port when its output says that, and only then.
 """
@@ -13,6 +15,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import psutil
 
 T = TypeVar("T")
 
@@ -60,6 +64,20 @@ def wait_listening(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} was not ready within {timeout:.0f} s:\n{output()[-3000:]}")
         time.sleep(0.2)
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process PID or one of its children listens on TCP PORT: the server itself, not whoever took the port."""
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for process in family
+            for c in process.net_connections("tcp")
+        )
+    except psutil.Error:  # it exited (wait_listening then reads its output) or is not ours to inspect
+        return False
 
 
 # What `partkey-exporter run` logs once its port is bound (exporter/daemon.py).
