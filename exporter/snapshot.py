@@ -4,15 +4,95 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from exporter.scan_target import ScanSource
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _target_of(key: Any) -> Any:
+    """The target a snapshot key belongs to: the key itself, or its first element."""
+    return key[0] if isinstance(key, tuple) and key else key
+
+
+class ByTarget(Mapping[K, V]):
+    """An immutable mapping grouped by target: replacing one target's entries copies only that target's part.
+
+    With one flat dict per series kind, every published result copied the whole fleet's entries (about 1,000
+    results and as many other entries at 200 targets), and every per-target encode filtered them all again. Here
+    a change copies the target index (one pointer per target) and that target's own entries; a lookup goes
+    through the target's part. Iteration is target by target, each target's entries in insertion order.
+    """
+
+    __slots__ = ("_length", "_parts")
+
+    def __init__(self, parts: Mapping[Any, Mapping[K, V]] | None = None, *, _length: int | None = None) -> None:
+        self._parts: dict[Any, Mapping[K, V]] = {t: p for t, p in (parts or {}).items() if p}
+        self._length = sum(len(p) for p in self._parts.values()) if _length is None else _length
+
+    @classmethod
+    def of(cls, mapping: Mapping[K, V]) -> ByTarget[K, V]:
+        """MAPPING grouped by target (itself when it already is)."""
+        if isinstance(mapping, ByTarget):
+            return mapping
+        parts: dict[Any, dict[K, V]] = {}
+        for key, value in mapping.items():
+            parts.setdefault(_target_of(key), {})[key] = value
+        return cls(parts)
+
+    def part(self, target: str) -> Mapping[K, V]:
+        """TARGET's entries (read-only)."""
+        return MappingProxyType(self._parts.get(target) or {})
+
+    def only(self, target: str) -> ByTarget[K, V]:
+        """A mapping of TARGET's entries alone (shares them: nothing is copied)."""
+        part = self._parts.get(target)
+        return ByTarget({target: part} if part else None, _length=len(part) if part else 0)
+
+    def replaced(self, target: str, part: Mapping[K, V]) -> ByTarget[K, V]:
+        """A new mapping with TARGET's entries replaced by PART (which the caller must not change afterwards)."""
+        parts = dict(self._parts)
+        length = self._length - len(parts.pop(target, ()))
+        if part:
+            parts[target] = part
+        return ByTarget(parts, _length=length + len(part))
+
+    def without(self, targets: set[str]) -> ByTarget[K, V]:
+        """A new mapping without these targets' entries."""
+        return ByTarget({t: p for t, p in self._parts.items() if t not in targets})
+
+    def targets(self) -> KeysView[Any]:
+        """The targets that have entries."""
+        return self._parts.keys()
+
+    def __getitem__(self, key: K) -> V:
+        part = self._parts.get(_target_of(key))
+        if part is None:
+            raise KeyError(key)
+        return part[key]
+
+    def __contains__(self, key: object) -> bool:
+        part = self._parts.get(_target_of(key))
+        return part is not None and key in part
+
+    def __iter__(self) -> Iterator[K]:
+        for part in self._parts.values():
+            yield from part
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __repr__(self) -> str:
+        return f"ByTarget({dict(self.items())!r})"
+
 
 # Probe latency buckets in seconds: a local INSERT takes ~0.1-1 ms, a contended one much longer.
 PROBE_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -61,7 +141,7 @@ class HistogramState:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything /metrics shows, at one instant."""
+    """Everything /metrics shows, at one instant. Every mapping is keyed by target first (ByTarget)."""
 
     results: Mapping[tuple[str, str, str], CheckResult] = field(default_factory=dict)
     rows_verified: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
@@ -73,15 +153,31 @@ class Snapshot:
     # The last discovery run of each `tables: auto` target (exporter.discovery.DiscoveryResult).
     discoveries: Mapping[str, Any] = field(default_factory=dict)
 
-    def for_target(self, target: str) -> Snapshot:
-        """The part of this snapshot that belongs to one target (every mapping is keyed by target first)."""
-        parts: dict[str, Any] = {}
+    def __post_init__(self) -> None:
+        # Whatever mappings it was built from (tests and benches pass dicts), it holds them grouped by target.
         for item in fields(self):
-            mapping: Mapping[Any, Any] = getattr(self, item.name)
-            parts[item.name] = {
-                k: v for k, v in mapping.items() if k == target or (isinstance(k, tuple) and k[0] == target)
-            }
-        return Snapshot(**parts)
+            object.__setattr__(self, item.name, ByTarget.of(getattr(self, item.name)))
+
+    def for_target(self, target: str) -> Snapshot:
+        """The part of this snapshot that belongs to one target (shared, not copied: O(that target))."""
+        return Snapshot(**{item.name: self._by_target(item.name).only(target) for item in fields(self)})
+
+    def results_of(self, target: str) -> Mapping[tuple[str, str, str], CheckResult]:
+        """TARGET's latest results, keyed (target, table, check)."""
+        return self.part("results", target)
+
+    def part(self, name: str, target: str) -> Mapping[Any, Any]:
+        """TARGET's entries of the mapping called NAME (read-only)."""
+        return self._by_target(name).part(target)
+
+    def with_parts(self, target: str, parts: Mapping[str, Mapping[Any, Any]]) -> Snapshot:
+        """A new snapshot with TARGET's entries of each named mapping replaced; everything else is shared."""
+        return replace(self, **{name: self._by_target(name).replaced(target, part) for name, part in parts.items()})
+
+    def _by_target(self, name: str) -> ByTarget[Any, Any]:
+        """One of the mappings, as the ByTarget __post_init__ made it."""
+        mapping: ByTarget[Any, Any] = getattr(self, name)
+        return mapping
 
 
 class SnapshotSource(Protocol):
@@ -128,38 +224,33 @@ class SnapshotStore:
         version: tuple[int, str] | None = None,
     ) -> None:
         """Swap in a new snapshot with this result and its side effects on the cumulative series."""
+        target = result.target
         with self._lock:
-            if (result.target, result.table) in self._retired:
+            if (target, result.table) in self._retired:
                 return  # a check of a table discovery dropped finished late: its series must not come back
             old = self._snapshot
-            results = dict(old.results)
-            results[(result.target, result.table, result.check)] = result
-            verified = dict(old.rows_verified)
+            # Only this target's entries are copied; every other target's part is shared with OLD.
+            changes: dict[str, Any] = {}
+            results = dict(old.results_of(target))
+            results[(target, result.table, result.check)] = result
+            changes["results"] = results
             if rows_verified is not None:
                 mode, rows = rows_verified
-                key = (result.target, result.table, mode)
+                verified = dict(old.part("rows_verified", target))
+                key = (target, result.table, mode)
                 verified[key] = verified.get(key, 0) + rows
-            histograms = dict(old.probe_histograms)
+                changes["rows_verified"] = verified
             if probe is not None:
-                key2 = (result.target, result.table)
+                histograms = dict(old.part("probe_histograms", target))
+                key2 = (target, result.table)
                 histograms[key2] = histograms.get(key2, HistogramState()).observe(*probe)
-            target_up = dict(old.target_up)
+                changes["probe_histograms"] = histograms
             if up is not None:
-                target_up[result.target] = up
-            versions = dict(old.target_versions)
+                changes["target_up"] = {target: up}
             if version is not None:
-                versions[result.target] = version
-            generations = dict(old.generations)
-            generations[result.target] = generations.get(result.target, 0) + 1
-            self._snapshot = Snapshot(
-                generations=MappingProxyType(generations),
-                results=MappingProxyType(results),
-                rows_verified=MappingProxyType(verified),
-                probe_histograms=MappingProxyType(histograms),
-                target_up=MappingProxyType(target_up),
-                target_versions=MappingProxyType(versions),
-                discoveries=old.discoveries,
-            )
+                changes["target_versions"] = {target: version}
+            changes["generations"] = {target: old.generations.get(target, 0) + 1}
+            self._snapshot = old.with_parts(target, changes)
         self._notify(result.target)
 
     def _notify(self, target: str) -> None:
@@ -172,9 +263,13 @@ class SnapshotStore:
 
     def publish_discovery(self, result: Any) -> None:
         """Swap in a snapshot with this target's discovery result (exporter.discovery.DiscoveryResult)."""
+        target = result.target
         with self._lock:
-            self._snapshot = self._replaced(self._snapshot, result.target, discoveries={result.target: result})
-        self._notify(result.target)
+            old = self._snapshot
+            self._snapshot = old.with_parts(
+                target, {"discoveries": {target: result}, "generations": {target: old.generations.get(target, 0) + 1}}
+            )
+        self._notify(target)
 
     def retire(self, target: str, tables: set[str]) -> None:
         """Drop every series of these tables now, and any result their checks publish later."""
@@ -183,36 +278,18 @@ class SnapshotStore:
         with self._lock:
             self._retired.update((target, table) for table in tables)
             old = self._snapshot
-
-            def kept(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
-                return {k: v for k, v in mapping.items() if not (k[0] == target and k[1] in tables)}
-
-            self._snapshot = self._replaced(
-                replace(
-                    old,
-                    results=MappingProxyType(kept(old.results)),
-                    rows_verified=MappingProxyType(kept(old.rows_verified)),
-                    probe_histograms=MappingProxyType(kept(old.probe_histograms)),
-                ),
-                target,
-            )
+            changes: dict[str, Any] = {
+                name: {k: v for k, v in old.part(name, target).items() if k[1] not in tables}
+                for name in ("results", "rows_verified", "probe_histograms")
+            }
+            changes["generations"] = {target: old.generations.get(target, 0) + 1}
+            self._snapshot = old.with_parts(target, changes)
         self._notify(target)
 
     def reinstate(self, target: str, tables: set[str]) -> None:
         """These tables are watched again (found again by discovery): their results are published again."""
         with self._lock:
             self._retired.difference_update((target, table) for table in tables)
-
-    @staticmethod
-    def _replaced(old: Snapshot, target: str, discoveries: Mapping[str, Any] | None = None) -> Snapshot:
-        """OLD with TARGET's generation bumped (and discovery results merged in); OLD's other mappings are shared."""
-        generations = dict(old.generations)
-        generations[target] = generations.get(target, 0) + 1
-        return replace(
-            old,
-            generations=MappingProxyType(generations),
-            discoveries=MappingProxyType({**old.discoveries, **(discoveries or {})}),
-        )
 
     def forget(self, targets: list[str]) -> None:
         """Drop these targets' series (a reload removed or restarted them); their generations still move forward."""
@@ -222,14 +299,11 @@ class SnapshotStore:
         with self._lock:
             self._retired = {key for key in self._retired if key[0] not in gone}
             old = self._snapshot
-            parts: dict[str, Any] = {}
-            for item in fields(old):
-                mapping: Mapping[Any, Any] = getattr(old, item.name)
-                parts[item.name] = MappingProxyType(
-                    {k: v for k, v in mapping.items() if (k[0] if isinstance(k, tuple) else k) not in gone}
-                )
+            parts: dict[str, Any] = {
+                item.name: old._by_target(item.name).without(gone) for item in fields(old) if item.name != "generations"
+            }
             # Never backwards: a cached fragment of the old target must not look as fresh as the new target's.
-            parts["generations"] = MappingProxyType(
+            parts["generations"] = ByTarget.of(
                 {**old.generations, **{name: old.generations.get(name, 0) + 1 for name in gone}}
             )
             self._snapshot = Snapshot(**parts)
