@@ -13,7 +13,8 @@ from exporter.config import TableConfig
 from exporter.hashtext import partition_for
 from exporter.keyspec import KeySpec
 from exporter.verify import VerificationResult, Verifier
-from exporter.verify_cache import PlanCache
+from exporter.verify_cache import PackedCatalog, PlanCache, kept_objects
+from exporter.verify_plan import plan_catalog, read_catalog
 from tests.schema import create_list_table, insert_rows, no_autovacuum, scalar, until_statistics
 
 pytestmark = pytest.mark.versioned("verification")
@@ -188,3 +189,37 @@ def test_the_fingerprint_ignores_vacuum_and_reads(conn: psycopg.Connection[Any])
     result = Verifier(conn, spec, plan_cache=cache).run("full")
     assert (cache.misses, cache.hits) == (1, 1)
     assert result.mismatched == 2
+
+
+def test_the_cache_keeps_a_catalog_in_a_fixed_number_of_objects_that_plans_as_read(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """What the cache keeps of a catalog does not grow with the partitions, and plans exactly as the catalog read."""
+    _table(conn)
+    # Leaves planning tells apart: one with an index that cannot serve the key, one with statistics, one without.
+    conn.execute("DROP INDEX chunks_collection")
+    conn.execute("CREATE INDEX chunks_part_01_content ON chunks_part_01 (content)")
+    for key in range(2, 10):
+        conn.execute(f"CREATE INDEX chunks_part_{key:02d}_pair ON chunks_part_{key:02d} (collection_id, id)")
+    conn.execute("ANALYZE chunks_part_03, chunks_part_04")
+    conn.execute("CREATE SCHEMA wide")
+    create_list_table(conn, schema="wide", modulus=40, trigger=None)
+    counts = []
+    for spec in (KeySpec(modulus=10), KeySpec(modulus=40, schema="wide")):
+        catalog, rows = read_catalog(conn, spec)
+        packed = PackedCatalog.pack(catalog, spec.source_columns)
+        unpacked = packed.unpack()
+        assert unpacked.leaves == catalog.leaves and unpacked.nullable == catalog.nullable
+        assert unpacked.stats == catalog.stats
+        # Row estimates move the loose-scan decision: the plans must agree whatever they are.
+        for estimates in (rows, dict.fromkeys(rows, 0), {oid: 10 * n + 5_000_000 for oid, n in rows.items()}):
+            assert plan_catalog(unpacked, estimates, spec) == plan_catalog(catalog, estimates, spec)
+        # As read, a catalog holds several objects per leaf; packed, a few per table whatever its partitions.
+        assert kept_objects(catalog) > 4 * len(catalog.leaves)
+        counts.append(kept_objects(packed))
+        if spec.schema == "public":
+            paths = {plan.relation: plan.path for _, plan in plan_catalog(unpacked, rows, spec)}
+            assert paths["public.chunks_part_01"] == "group-by"  # its only index does not lead with the source
+            assert paths["public.chunks_part_05"] == "loose-index-scan"
+            assert len(paths) == 11
+    assert max(counts) < 20, counts
