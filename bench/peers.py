@@ -422,7 +422,9 @@ def _fresh_in(
         answered = watch_start + sent + took
         fresh = value(body, FRESHNESS_METRIC[name]) if name in FRESHNESS_METRIC else watch_start + sent
         if fresh is not None and fresh >= event_wall:
-            return f"{answered - event_wall:.0f} s"
+            # The first scrape that carried it (scrapes are a second apart), and when the value itself was computed.
+            computed = f" (computed at +{fresh - event_wall:.1f} s)" if name in FRESHNESS_METRIC else ""
+            return f"{answered - event_wall:.1f} s{computed}"
     return None
 
 
