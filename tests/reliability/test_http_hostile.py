@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import time
 from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
@@ -161,7 +160,20 @@ def test_malformed_requests_get_a_json_4xx(server: ExporterHTTPServer, raw: byte
     _assert_clean("GET", got, headers, body)
 
 
+def _held_open(sock: socket.socket) -> bool:
+    """Whether the server still holds this client's connection open, unanswered (it has neither replied nor closed)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # a reply, or b"" when the server closed it: not held either way
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def test_slowloris_does_not_block_scrapes(server: ExporterHTTPServer) -> None:
+    """Scrapes are answered while 40 half-sent requests hold their connections, and the daemon is fine afterwards."""
     host, port = server.server_address[:2]
     idle: list[socket.socket] = []
     try:
@@ -169,29 +181,22 @@ def test_slowloris_does_not_block_scrapes(server: ExporterHTTPServer) -> None:
             sock = socket.create_connection((str(host), int(port)), timeout=5)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" if index % 2 else b"PO")
             idle.append(sock)
-        durations = []
         for _ in range(20):
-            status, took, _ = scrape(server.url)
-            assert status == 200
-            durations.append(took)
+            assert scrape(server.url)[0] == 200
         trickle = idle[0]
         for _ in range(3):  # one byte at a time keeps its own thread busy, nobody else's
             trickle.sendall(b"S")
-            status, took, _ = scrape(server.url)
-            assert status == 200
-            durations.append(took)
+            assert scrape(server.url)[0] == 200
+        # Every idle client is still held, unanswered: the scrapes did not wait for any of them to time out (the
+        # server drops an idle client after SOCKET_TIMEOUT_SECONDS, 10 s). Causal, so no bound on how long they took.
+        held = [index for index, sock in enumerate(idle) if _held_open(sock)]
+        assert held == list(range(40)), (
+            f"dropped or answered before the scrapes ended: {sorted(set(range(40)) - set(held))}"
+        )
     finally:
         for sock in idle:
             sock.close()
-    # A scrape stuck behind an idle client would wait out its 5 s socket timeout; 2 s leaves room for a busy CI box.
-    assert max(durations) < 2.0, max(durations)
-    assert _request(server, "GET", "/healthz")[0] == 200
-
-
-def test_daemon_still_answers_after_the_abuse(server: ExporterHTTPServer) -> None:
     status, _, body = _request(server, "GET", "/healthz")
     assert (status, body) == (200, b"ok\n")
-    started = time.perf_counter()
     status, _, body = _request(server, "GET", "/metrics")
     assert status == 200 and b'partkey_up{target="t1"} 1.0' in body
-    assert time.perf_counter() - started < 2.0  # not stuck behind the abusers' sockets (5 s timeouts)

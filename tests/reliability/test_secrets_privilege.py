@@ -1,4 +1,5 @@
-"""A real role with a real password (scram-sha-256): it never leaks; the README's least-privilege role suffices."""
+"""A real role with a real password (scram-sha-256): it never leaks; the README's least-privilege role suffices; a
+missing privilege fails only the check that needs it, and names it."""
 
 from __future__ import annotations
 
@@ -81,6 +82,30 @@ def test_without_insert_only_the_probe_fails_naming_the_privilege(monitored: tup
     assert failing["insert_probe"] is not None
     assert failing["insert_probe"].startswith("missing privilege: permission denied for table chunks")
     assert up is True  # a missing privilege is not an outage
+
+
+def test_missing_privilege_fails_one_check_and_names_it(conn: psycopg.Connection[Any], dsn: str) -> None:
+    create_list_table(conn, modulus=4, trigger=None)
+    insert_rows(conn, 50, modulus=4)
+    conn.execute("DROP ROLE IF EXISTS partkey_noselect")
+    conn.execute("CREATE ROLE partkey_noselect LOGIN PASSWORD 'pw' IN ROLE pg_monitor")
+    try:
+        info = conn.info
+        weak = f"host={info.host} port={info.port} dbname={info.dbname} user=partkey_noselect password=pw"
+        exporter = Exporter(config_for(weak, "modulus: 4"))
+        exporter.run_all_once()
+        full = exporter.store.latest("t1", "public.chunks", "verification_full")
+        implementation = exporter.store.latest("t1", "public.chunks", "implementation")
+        estimate = exporter.store.latest("t1", "public.chunks", "distribution")
+        assert full is not None and not full.success
+        assert full.error is not None and full.error.startswith("missing privilege: permission denied")
+        assert implementation is not None and implementation.success
+        assert estimate is not None and estimate.success
+        exporter.stop()
+    finally:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'partkey_noselect'")
+        conn.execute("DROP OWNED BY partkey_noselect")
+        conn.execute("DROP ROLE partkey_noselect")
 
 
 def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateServer, tmp_path: Path) -> None:
