@@ -254,19 +254,9 @@ class Daemon:
         return elapsed
 
 
-def write_daemon_config(
-    path: Path,
-    dsn: str,
-    port: int,
-    *,
-    modulus: int = 4,
-    checks: dict[str, str] | None = None,
-    lock_timeout: str = "1s",
-    extra: str = "",
-    name: str = "live",
-) -> None:
-    """A daemon config file with a listen port; checks every second unless told otherwise."""
-    body = config_yaml(dsn, modulus=modulus, checks=checks, lock_timeout=lock_timeout, extra=extra, name=name)
+def write_daemon_config(path: Path, dsn: str, port: int, *, name: str = "live", **options: Any) -> None:
+    """A daemon config file with a listen port, target NAME; the other options as config_yaml's."""
+    body = config_yaml(dsn, name=name, **options)
     path.write_text(f"listen: {{address: 127.0.0.1, port: {port}}}\nlog_level: info\n{body}")
 
 

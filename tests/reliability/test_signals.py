@@ -19,7 +19,7 @@ from tests.reliability.harness import (
     write_daemon_config,
 )
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse, poll
+from tests.support import Samples, parse, poll
 
 STUCK = {
     "verification_full": "{interval: 1s, statement_timeout: 60s}",
@@ -33,6 +33,18 @@ def _up(url: str, target: str) -> float | None:
     except OSError:
         return None
     return get(parse(body), "partkey_up", target=target) if status == 200 else None
+
+
+def _checked_since(url: str, target: str, since: float) -> Samples:
+    """The samples on /metrics once TARGET's implementation check has succeeded at or after SINCE, else none."""
+    try:
+        status, _, body = scrape(url, timeout=2)
+    except OSError:
+        return {}
+    samples = parse(body) if status == 200 else {}
+    labels = {"target": target, "table": "public.chunks", "check": "implementation"}
+    succeeded = get(samples, "partkey_check_last_success_timestamp_seconds", **labels)
+    return samples if succeeded is not None and succeeded >= since else {}
 
 
 def _prepare(conn: psycopg.Connection[Any]) -> None:
@@ -89,8 +101,9 @@ def test_sighup_reload_changes_targets_and_refuses_a_bad_value(
         path.write_text("targets: [oops")
         daemon.signal(signal.SIGHUP)
         poll(lambda: "YAML syntax error" in daemon.log, "the syntax error logged")
-        time.sleep(1.5)
-        kept = parse(scrape(url)[2])
+        refused_at = time.time()
+        # 'after' still runs: a check of it succeeds after both refusals (evidence, not a sleep).
+        kept = poll(lambda: _checked_since(url, "after", refused_at), "a check of 'after' after the refusals")
         connections = our_backends(conn)
         # SIGHUP while a check is stuck on a lock: the reload must not wait for it.
         write_daemon_config(path, dsn, port, name="fourth", checks=STUCK, lock_timeout="60s")
