@@ -13,7 +13,7 @@ from psycopg import sql
 from exporter.formula import Column
 from exporter.keyspec import KeySpec, source_sql
 from exporter.pg.catalog import relation_tree
-from exporter.verify_cache import PlanCache
+from exporter.verify_cache import PlanCache, digest
 from exporter.verify_plan import LeafPlan, plan_catalog, read_catalog
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ class Verifier:
         plans = plan_catalog(catalog, rows, self.spec)
         self._list_values = {oid: plan.list_value for oid, plan in plans if plan.list_value is not None}
         # Statements depend on the plans' shapes, not on their row estimates (which move with every write).
-        shape = tuple((oid, p.path, p.list_value, p.index_columns, p.readable) for oid, p in plans)
+        shape = digest(tuple((oid, p.path, p.list_value, p.index_columns, p.readable) for oid, p in plans))
         if entry is not None and entry.statements is not None and entry.statements[0] == shape:
             return plans, list(entry.statements[1])
         passes = self._build_passes(plans, list(catalog.nullable))

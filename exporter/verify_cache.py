@@ -158,13 +158,19 @@ class PackedCatalog:
         return Catalog(leaves=tuple(leaves), indexes=indexes, stats=stats, nullable=self.nullable)
 
 
+def digest(value: tuple[Any, ...]) -> bytes:
+    """16 bytes that stand for a tuple of plain values (ints, strings, bools, None, tuples of them) in the cache."""
+    return hashlib.blake2b(repr(value).encode(), digest_size=16).digest()
+
+
 @dataclass
 class _Entry:
     """One table's cached catalog (packed) and the statements built from it."""
 
     key: tuple[Any, ...]
     packed: PackedCatalog
-    # (the plan's shape, the full pass's statements as composed for that shape)
+    # (a digest of the plans' shape, the full pass's statements as composed for that shape). As a tuple the shape
+    # took ~20 KB a 100-partition table.
     statements: tuple[Any, Any] | None = None
 
     @property
@@ -193,7 +199,7 @@ class PlanCache:
         # The same table on another server or database is another entry; so is another formula or key column.
         where = (info.host, info.port, info.dbname, info.server_version, spec)
         # The fingerprint is kept as a digest: as tuples it took ~37 KB a 100-partition table (7 MB at 200 targets).
-        key = (*where, hashlib.blake2b(repr(identity).encode(), digest_size=16).digest())
+        key = (*where, digest(identity))
         with self.lock:
             entry = self.entries.get(where)
             if entry is not None and entry.key == key:
