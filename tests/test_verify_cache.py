@@ -223,3 +223,25 @@ def test_the_cache_keeps_a_catalog_in_a_fixed_number_of_objects_that_plans_as_re
             assert paths["public.chunks_part_05"] == "loose-index-scan"
             assert len(paths) == 11
     assert max(counts) < 20, counts
+
+
+def test_statements_read_back_from_the_cache_are_the_ones_built(conn: psycopg.Connection[Any]) -> None:
+    """The cache keeps the statements compressed; what a hit hands back is what the miss built, byte for byte."""
+    _table(conn)
+    cache = PlanCache()
+    spec = KeySpec(modulus=10)
+
+    def texts() -> list[str]:
+        _, passes = Verifier(conn, spec, primary_key=PK, plan_cache=cache).full_passes()
+        return [sql.SQL(" UNION ALL ").join(groups).as_string(conn) for groups in passes]
+
+    built = texts()
+    assert (cache.misses, cache.hits) == (1, 0)
+    (entry,) = cache.entries.values()
+    assert entry.statements is not None
+    evaluated = [statement for _, statement in entry.statements[1]]
+    assert texts() == built and (cache.misses, cache.hits) == (1, 1)
+    assert [statement for _, statement in entry.statements[1]] == evaluated
+    assert all(b"SELECT" in statement for statement in evaluated) and built
+    # The whole entry is a few dozen objects, not several per partition.
+    assert kept_objects(entry) < 60
