@@ -23,7 +23,7 @@ from bench.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import own_start_stop_lock, scratch_database
-from tests.support import Samples
+from tests.support import Samples, parse
 
 # Every check the exporter has, in its configuration order.
 CHECKS = tuple(ChecksConfig.model_fields)
@@ -165,6 +165,15 @@ def scrape(base_url: str, path: str = "/metrics", timeout: float = 10) -> tuple[
     finally:
         connection.close()
     return response.status, time.perf_counter() - started, body.decode()
+
+
+def answered(base_url: str) -> Samples:
+    """Every sample on /metrics, or none while the daemon does not answer (yet, or any more): for polling."""
+    try:
+        status, _, body = scrape(base_url, timeout=2)
+    except OSError:
+        return {}
+    return parse(body) if status == 200 else {}
 
 
 def get(samples: Samples, name: str, **labels: str) -> float | None:

@@ -20,10 +20,9 @@ from tests.reliability.harness import (
     get,
     our_backends,
     our_lock_waits,
-    scrape,
     succeeded_since,
 )
-from tests.support import parse, poll, serving
+from tests.support import metrics, poll, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 CHECKED = ("implementation", "distribution", "verification_full")
@@ -83,22 +82,16 @@ def running(dsn: str, **options: Any) -> Iterator[tuple[Exporter, ExporterHTTPSe
         yield exporter, server
 
 
-def _samples(server: ExporterHTTPServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, _, body = scrape(server.url)
-    assert status == 200
-    return parse(body)  # also fails on a duplicate series
-
-
 def _up(server: ExporterHTTPServer) -> float | None:
-    return get(_samples(server), "partkey_up", target="t1")
+    return get(metrics(server.url), "partkey_up", target="t1")
 
 
 def _success(server: ExporterHTTPServer, check: str) -> bool:
-    return get(_samples(server), "partkey_check_success", **TT, check=check) == 1
+    return get(metrics(server.url), "partkey_check_success", **TT, check=check) == 1
 
 
 def _series_names(server: ExporterHTTPServer) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
-    return set(_samples(server))
+    return set(metrics(server.url))
 
 
 def _retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
@@ -125,14 +118,18 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
     caplog.set_level(logging.DEBUG, logger="exporter")
     with running(table) as (exporter, server):
         before = _series_names(server)
-        last_good = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation")
+        last_good = get(
+            metrics(server.url), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation"
+        )
         target = exporter.targets["t1"]
         own_server.stop()
         poll(lambda: _up(server) == 0, "partkey_up 0")
         # A run may still have succeeded between reading last_good and the stop: the outage's value is read now.
-        at_outage = get(_samples(server), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation")
+        at_outage = get(
+            metrics(server.url), "partkey_check_last_success_timestamp_seconds", **TT, check="implementation"
+        )
         poll(lambda: len(_retry_delays(caplog)) >= 2, "two more reconnect attempts while the server is away")
-        during = _samples(server)
+        during = metrics(server.url)
         own_server.start()
         restarted_at = time.time()
         poll(lambda: _up(server) == 1, "partkey_up back to 1")

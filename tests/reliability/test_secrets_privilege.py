@@ -14,7 +14,7 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.config import ChecksConfig
-from tests.reliability.harness import PrivateServer, get, scrape, start_daemon
+from tests.reliability.harness import PrivateServer, answered, get, scrape, start_daemon
 from tests.schema import create_list_table, insert_rows
 from tests.support import config_for, http, parse, poll
 
@@ -137,7 +137,7 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
     try:
         poll(
             lambda: (
-                (s := _try_metrics(url))
+                (s := answered(url))
                 and get(s, "partkey_up", target="good") == 1
                 and get(s, "partkey_check_success", target="wrongpw", table="public.chunks", check="implementation")
                 == 0
@@ -174,11 +174,3 @@ def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateS
     # ... and neither the right nor the wrong password shows anywhere: logs at debug, report, JSON, metrics.
     assert password not in everything
     assert wrong not in everything
-
-
-def _try_metrics(url: str) -> dict[Any, float] | None:
-    try:
-        status, _, body = scrape(url, timeout=2)
-    except OSError:
-        return None
-    return parse(body) if status == 200 else None

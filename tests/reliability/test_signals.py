@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from tests.reliability.harness import (
+    answered,
     get,
     our_backends,
     our_lock_waits,
@@ -28,20 +29,12 @@ STUCK = {
 
 
 def _up(url: str, target: str) -> float | None:
-    try:
-        status, _, body = scrape(url, timeout=2)
-    except OSError:
-        return None
-    return get(parse(body), "partkey_up", target=target) if status == 200 else None
+    return get(answered(url), "partkey_up", target=target)
 
 
 def _checked_since(url: str, target: str, since: float) -> Samples:
     """The samples on /metrics once TARGET's implementation check has succeeded at or after SINCE, else none."""
-    try:
-        status, _, body = scrape(url, timeout=2)
-    except OSError:
-        return {}
-    samples = parse(body) if status == 200 else {}
+    samples = answered(url)
     labels = {"target": target, "table": "public.chunks", "check": "implementation"}
     succeeded = get(samples, "partkey_check_last_success_timestamp_seconds", **labels)
     return samples if succeeded is not None and succeeded >= since else {}

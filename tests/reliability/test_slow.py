@@ -18,7 +18,7 @@ from exporter.checks.base import Outcome
 from exporter.http import ExporterHTTPServer
 from tests.reliability.harness import config, get, our_backends, our_lock_waits, scrape
 from tests.schema import create_list_table, insert_rows
-from tests.support import parse, poll, serving
+from tests.support import metrics, parse, poll, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 CHECKED = ("implementation", "distribution", "verification_full")
@@ -60,16 +60,10 @@ def running(dsn: str, **options: Any) -> Iterator[tuple[Exporter, ExporterHTTPSe
     with serving(exporter) as server:
         exporter.start()
         poll(
-            lambda: all(get(_samples(server), "partkey_check_success", **TT, check=c) == 1 for c in CHECKED),
+            lambda: all(get(metrics(server.url), "partkey_check_success", **TT, check=c) == 1 for c in CHECKED),
             "first successful run of every check",
         )
         yield exporter, server, overlap
-
-
-def _samples(server: ExporterHTTPServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, _, body = scrape(server.url)
-    assert status == 200
-    return parse(body)
 
 
 def _assert_served_without_waiting(durations: list[float]) -> None:
@@ -110,18 +104,18 @@ def test_access_exclusive_lock_scrapes_serve_last_good_snapshot(
     caplog.set_level(logging.WARNING, logger="apscheduler")
     options = {"lock_timeout": "2s", "checks": {"verification_full": "{interval: 1s, statement_timeout: 20s}"}}
     with running(table, **options) as (_exporter, server, overlap):
-        good = _samples(server)
+        good = metrics(server.url)
         good_at = get(good, "partkey_check_last_success_timestamp_seconds", **TT, check="verification_full")
         with psycopg.connect(table) as locker:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
             locked_at = time.time()
             poll(lambda: our_lock_waits(conn), "a check waiting on the lock")
             durations, bodies = _scrape_while(server, 5.0)
-            blocked = _samples(server)
+            blocked = metrics(server.url)
             waiting = our_lock_waits(conn)
             connections = our_backends(conn)
         poll(
-            lambda: get(_samples(server), "partkey_check_success", **TT, check="verification_full") == 1,
+            lambda: get(metrics(server.url), "partkey_check_success", **TT, check="verification_full") == 1,
             "verification succeeds after the lock is gone",
         )
     _assert_served_without_waiting(durations)

@@ -11,19 +11,13 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
-from tests.reliability.harness import config, get, scrape, series
+from tests.reliability.harness import config, get, series
 from tests.schema import create_list_table, insert_rows
-from tests.support import Samples, parse, poll, serving
+from tests.support import Samples, metrics, poll, serving
 
 TT = {"target": "t1", "table": "public.chunks"}
 INTERVAL = 1.0
 FOLLOW_WITHIN = INTERVAL + 1.5  # one interval, plus the run itself and a loaded CI machine's slack
-
-
-def _samples(server: ExporterHTTPServer) -> Samples:
-    status, _, body = scrape(server.url)
-    assert status == 200
-    return parse(body)
 
 
 def _partitions(samples: Samples) -> set[str]:
@@ -34,7 +28,7 @@ def _follow(server: ExporterHTTPServer, change: Callable[[], object], seen: Call
     """Apply a change and return how long /metrics took to show it."""
     change()
     started = time.monotonic()
-    poll(lambda: seen(_samples(server)), "the change on /metrics")
+    poll(lambda: seen(metrics(server.url)), "the change on /metrics")
     return time.monotonic() - started
 
 
@@ -46,12 +40,12 @@ def server(conn: psycopg.Connection[Any], dsn: str) -> Iterator[ExporterHTTPServ
     exporter = Exporter(config(dsn, checks={"verification_full": "{interval: 5s}"}))
     with serving(exporter) as running:
         exporter.start()
-        poll(lambda: len(_partitions(_samples(running))) == 4, "four partitions on /metrics")
+        poll(lambda: len(_partitions(metrics(running.url))) == 4, "four partitions on /metrics")
         yield running
 
 
 def test_partition_dropped_detached_and_attached(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
-    before = _partitions(_samples(server))
+    before = _partitions(metrics(server.url))
     assert len(before) == 4
     dropped = next(p for p in before if p.endswith("_part_03"))
     detached = next(p for p in before if p.endswith("_part_02"))
@@ -72,7 +66,7 @@ def test_partition_dropped_detached_and_attached(server: ExporterHTTPServer, con
             lambda s: detached in _partitions(s) and get(s, "partkey_table_partitions", **TT) == 3,
         ),
     }
-    after = _samples(server)
+    after = metrics(server.url)
     assert _partitions(after) == before - {dropped}
     # Nothing anywhere on /metrics still names the dropped partition.
     assert not [k for k in after if ("partition", dropped) in k[1]]
@@ -85,7 +79,7 @@ def test_table_renamed_away_and_back(server: ExporterHTTPServer, conn: psycopg.C
         lambda: conn.execute("ALTER TABLE chunks RENAME TO chunks_old"),
         lambda s: get(s, "partkey_check_success", **TT, check="distribution") == 0 and not _partitions(s),
     )
-    gone = _samples(server)
+    gone = metrics(server.url)
     for check in ("implementation", "distribution"):
         result = server.exporter.store.latest("t1", "public.chunks", check)
         assert result is not None and result.error is not None
@@ -104,13 +98,13 @@ def test_table_renamed_away_and_back(server: ExporterHTTPServer, conn: psycopg.C
 
 
 def test_trigger_disabled_and_enabled(server: ExporterHTTPServer, conn: psycopg.Connection[Any]) -> None:
-    assert get(_samples(server), "partkey_key_trigger_enabled", **TT) == 1
+    assert get(metrics(server.url), "partkey_key_trigger_enabled", **TT) == 1
     off = _follow(
         server,
         lambda: conn.execute("ALTER TABLE chunks DISABLE TRIGGER set_partition_key"),
         lambda s: get(s, "partkey_key_trigger_enabled", **TT) == 0,
     )
-    samples = _samples(server)
+    samples = metrics(server.url)
     assert get(samples, "partkey_key_implementation_optimal", **TT) == 0
     on = _follow(
         server,
