@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from typing import Any
 
 import psycopg
@@ -12,7 +13,9 @@ import pytest
 from tests.migrations.helpers import catalog, cli, keys, state
 from tests.schema import create_plain_table, insert_rows
 
-ROLES = ("partkey_reader", "partkey_auditor", "partkey_owner")
+# Roles belong to the whole server, which other test processes may share: names of this process's own.
+READER, AUDITOR, OWNER = (f"partkey_{role}_{os.getpid()}" for role in ("reader", "auditor", "owner"))
+ROLES = (READER, AUDITOR, OWNER)
 
 
 def acl(conn: psycopg.Connection[Any], query: str) -> list[tuple[Any, ...]]:
@@ -147,14 +150,14 @@ def test_views_matviews_policies_statistics_and_publications_are_carried_both_wa
 ) -> None:
     conn = plain_table
     needs_generated(conn)
-    conn.execute("ALTER TABLE chunks OWNER TO partkey_owner")
+    conn.execute(f"ALTER TABLE chunks OWNER TO {OWNER}")
     conn.execute(
         "CREATE VIEW chunk_keys WITH (security_barrier) AS SELECT id, partition_key AS key FROM chunks "
         "WHERE partition_key < 5 WITH LOCAL CHECK OPTION"
     )
-    conn.execute("ALTER VIEW chunk_keys OWNER TO partkey_owner")
-    conn.execute("GRANT SELECT ON chunk_keys TO partkey_reader WITH GRANT OPTION")
-    conn.execute("GRANT SELECT (key) ON chunk_keys TO partkey_auditor")
+    conn.execute(f"ALTER VIEW chunk_keys OWNER TO {OWNER}")
+    conn.execute(f"GRANT SELECT ON chunk_keys TO {READER} WITH GRANT OPTION")
+    conn.execute(f"GRANT SELECT (key) ON chunk_keys TO {AUDITOR}")
     conn.execute("COMMENT ON VIEW chunk_keys IS 'low keys'")
     conn.execute("COMMENT ON COLUMN chunk_keys.key IS 'the routing key'")
     conn.execute(
@@ -163,11 +166,11 @@ def test_views_matviews_policies_statistics_and_publications_are_carried_both_wa
     )
     conn.execute("CREATE UNIQUE INDEX chunk_key_counts_key ON chunk_key_counts (partition_key)")
     conn.execute("COMMENT ON INDEX chunk_key_counts_key IS 'for REFRESH CONCURRENTLY'")
-    conn.execute("GRANT SELECT ON chunk_key_counts TO partkey_reader")
+    conn.execute(f"GRANT SELECT ON chunk_key_counts TO {READER}")
     conn.execute("CREATE MATERIALIZED VIEW chunk_keys_empty AS SELECT DISTINCT partition_key FROM chunks WITH NO DATA")
     conn.execute("ALTER TABLE chunks ENABLE ROW LEVEL SECURITY")
     conn.execute(
-        "CREATE POLICY low_keys ON chunks AS RESTRICTIVE FOR UPDATE TO partkey_reader, partkey_auditor "
+        f"CREATE POLICY low_keys ON chunks AS RESTRICTIVE FOR UPDATE TO {READER}, {AUDITOR} "
         "USING (partition_key < 5) WITH CHECK (partition_key < abs(hashtext('x') % 7))"
     )
     conn.execute("CREATE POLICY everyone ON chunks USING (partition_key IS NOT NULL)")
@@ -254,24 +257,24 @@ def test_grants_keep_their_grantor_through_upgrade_and_downgrade(
 ) -> None:
     conn = plain_table
     needs_generated(conn)
-    conn.execute("ALTER TABLE chunks OWNER TO partkey_owner")
+    conn.execute(f"ALTER TABLE chunks OWNER TO {OWNER}")
     conn.execute("CREATE VIEW chunk_keys AS SELECT id, partition_key FROM chunks")
-    conn.execute("ALTER VIEW chunk_keys OWNER TO partkey_owner")
-    conn.execute("SET ROLE partkey_owner")
-    conn.execute("GRANT SELECT (partition_key), UPDATE (partition_key) ON chunks TO partkey_reader WITH GRANT OPTION")
-    conn.execute("GRANT SELECT ON chunk_keys TO partkey_reader WITH GRANT OPTION")
-    conn.execute("REVOKE UPDATE ON chunk_keys FROM partkey_owner")  # the owner's own entry is not the default
-    conn.execute("SET ROLE partkey_reader")
-    conn.execute("GRANT SELECT (partition_key) ON chunks TO partkey_auditor")  # grantor: partkey_reader
-    conn.execute("GRANT SELECT ON chunk_keys TO partkey_auditor")
+    conn.execute(f"ALTER VIEW chunk_keys OWNER TO {OWNER}")
+    conn.execute(f"SET ROLE {OWNER}")
+    conn.execute(f"GRANT SELECT (partition_key), UPDATE (partition_key) ON chunks TO {READER} WITH GRANT OPTION")
+    conn.execute(f"GRANT SELECT ON chunk_keys TO {READER} WITH GRANT OPTION")
+    conn.execute(f"REVOKE UPDATE ON chunk_keys FROM {OWNER}")  # the owner's own entry is not the default
+    conn.execute(f"SET ROLE {READER}")
+    conn.execute(f"GRANT SELECT (partition_key) ON chunks TO {AUDITOR}")  # grantor: the reader
+    conn.execute(f"GRANT SELECT ON chunk_keys TO {AUDITOR}")
     conn.execute("RESET ROLE")
     before = carried(conn)
     grantors = {(grantee, grantor) for _, grantor, grantee, _ in before[0]["column privileges"]}
-    assert grantors == {("partkey_reader", "partkey_owner"), ("partkey_auditor", "partkey_reader")}
+    assert grantors == {(READER, OWNER), (AUDITOR, READER)}
 
     plan = json.loads(cli(dsn, "plan", "--json", "--strategy", "generated").out)
     privileges = [d for d in plan["key_column_dependents"] if d["kind"] == "column privilege"]
-    assert "SELECT to partkey_auditor (granted by partkey_reader)" in privileges[0]["name"]
+    assert f"SELECT to {AUDITOR} (granted by {READER})" in privileges[0]["name"]
     assert_carried_both_ways(conn, dsn, before, "--strategy", "generated")  # grantors included
 
 
@@ -281,9 +284,9 @@ def test_privileges_comment_and_statistics_target_are_carried_both_ways(
 ) -> None:
     conn = plain_table
     needs_generated(conn)
-    conn.execute("GRANT SELECT (partition_key) ON chunks TO partkey_reader")
-    conn.execute("GRANT SELECT (partition_key), UPDATE (partition_key) ON chunks TO partkey_auditor WITH GRANT OPTION")
-    conn.execute("GRANT SELECT ON chunks TO partkey_reader")
+    conn.execute(f"GRANT SELECT (partition_key) ON chunks TO {READER}")
+    conn.execute(f"GRANT SELECT (partition_key), UPDATE (partition_key) ON chunks TO {AUDITOR} WITH GRANT OPTION")
+    conn.execute(f"GRANT SELECT ON chunks TO {READER}")
     conn.execute("COMMENT ON COLUMN chunks.partition_key IS 'abs(hashtext(collection_id) % 10), it''s routed on'")
     conn.execute("ALTER TABLE chunks ALTER COLUMN partition_key SET STATISTICS 321")
     before = carried(conn)
