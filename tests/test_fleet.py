@@ -38,6 +38,7 @@ Samples = set[tuple[str, str, tuple[tuple[str, str], ...], float]]
 # For exporters that are built and never started: nothing connects, so no database is made for the test.
 UNSTARTED = "postgresql://partkey@127.0.0.1:1/unstarted"
 
+
 def fleet_config(dsn: str, targets: int) -> str:
     """`targets` targets on the same database (each has its own connection and its own series)."""
     entries = "".join(

@@ -4,6 +4,7 @@ missing privilege fails only the check that needs it, and names it."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,11 +88,12 @@ def test_without_insert_only_the_probe_fails_naming_the_privilege(monitored: tup
 def test_missing_privilege_fails_one_check_and_names_it(conn: psycopg.Connection[Any], dsn: str) -> None:
     create_list_table(conn, modulus=4, trigger=None)
     insert_rows(conn, 50, modulus=4)
-    conn.execute("DROP ROLE IF EXISTS partkey_noselect")
-    conn.execute("CREATE ROLE partkey_noselect LOGIN PASSWORD 'pw' IN ROLE pg_monitor")
+    role = f"partkey_noselect_{os.getpid()}"  # roles are server-wide: a name no other test process uses
+    conn.execute(f"DROP ROLE IF EXISTS {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' IN ROLE pg_monitor")
     try:
         info = conn.info
-        weak = f"host={info.host} port={info.port} dbname={info.dbname} user=partkey_noselect password=pw"
+        weak = f"host={info.host} port={info.port} dbname={info.dbname} user={role} password=pw"
         exporter = Exporter(config_for(weak, "modulus: 4"))
         exporter.run_all_once()
         full = exporter.store.latest("t1", "public.chunks", "verification_full")
@@ -103,9 +105,9 @@ def test_missing_privilege_fails_one_check_and_names_it(conn: psycopg.Connection
         assert estimate is not None and estimate.success
         exporter.stop()
     finally:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'partkey_noselect'")
-        conn.execute("DROP OWNED BY partkey_noselect")
-        conn.execute("DROP ROLE partkey_noselect")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
 
 
 def test_password_never_appears(monitored: tuple[str, str], own_server: PrivateServer, tmp_path: Path) -> None:
