@@ -23,6 +23,7 @@ from bench.server import BENCH_SETTINGS, bench_server, machine
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.http import serve_in_thread
+from exporter.malloc import trim_heap
 
 CHECKS_PER_TARGET = 5
 
@@ -64,6 +65,8 @@ def main() -> None:
                     index += 1
                 time.sleep(0.5)
             rss = memory_note(os.getpid())
+            # What glibc holds free but resident (freed C blocks, e.g. libpq's result buffers, in any arena).
+            trimmed = memory_note(os.getpid()) if trim_heap() else "malloc_trim unavailable"
             parts = deep_sizes(
                 {
                     "snapshot store (results and their payloads)": exporter.store.current,
@@ -81,7 +84,7 @@ def main() -> None:
         f"Fleet memory, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}, {args.targets} targets x "
         f"{PARTITIONS} partitions, covered after {covered:.0f} s, then {args.window:.0f} s of scrapes\n"
     )
-    print(f"- {rss}\n")
+    print(f"- {rss}\n- after malloc_trim(0): {trimmed}\n")
     print("| Python objects reachable from | MiB |\n|---|---|")
     for name, size in parts.items():
         print(f"| {name} | {size / 2**20:.1f} |")

@@ -9,6 +9,25 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 LARGE_BLOCK = 1 << 20  # blocks from this size get their own mapping, unmapped when freed
 
 
+def _libc() -> ctypes.CDLL | None:
+    """The C library, or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> bool:
+    """Hand the free memory at the top and inside every glibc arena back to the system; False where not glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
+
+
 def return_large_blocks() -> bool:
     """Give every block of LARGE_BLOCK or more its own mapping; False where the C library cannot (not glibc)."""
     # glibc raises its mmap threshold to the size of each mapped block freed, so after the first 14 MB body every
