@@ -22,7 +22,7 @@ class TableNotFoundError(LookupError):
     """The configured table does not exist on the target."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TriggerInfo:
     """A row trigger whose function writes or checks the key column."""
 
@@ -44,7 +44,7 @@ class CheckInfo:
     overflows: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartitionInfo:
     """One leaf partition of the table."""
 

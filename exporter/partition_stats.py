@@ -17,7 +17,7 @@ Source = Literal["estimate", "exact"]
 HOT_FACTOR, COLD_FACTOR = 1.2, 0.8  # semantik's own thresholds for hot and cold partitions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartitionRows:
     """Rows, bytes and upkeep of one leaf relation; None when the catalog cannot tell."""
 

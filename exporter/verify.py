@@ -49,7 +49,7 @@ class BadPair:
     rows: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartitionVerification:
     """Which path one leaf relation took in a full pass, and what it saw."""
 

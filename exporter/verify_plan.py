@@ -24,7 +24,7 @@ LOOSE_MAX_DISTINCT_SHARE = 0.001
 _SINGLE_VALUE = re.compile(r"^FOR VALUES IN \((-?\d+)\)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeafPlan:
     """How one leaf relation is verified, and why (shown in the report and JSON)."""
 
