@@ -17,7 +17,12 @@ table per distinct-value count, an index on the column, cubic skew; the loose sc
 
 `--no-index` (python -m bench.verify_cost --no-index [--rows N]) answers what might beat ~2x count(*) without an
 index: the GROUP BY pass with more work_mem, more or no parallel workers, partitionwise aggregate over the parent,
-and without its count, alternately with count(*).
+and without its count, filtering each partition with the values a previous run found good (only unseen values are
+grouped), SELECT DISTINCT, and grouping on the uuid's hash, alternately with count(*).
+
+`--sample` (python -m bench.verify_cost --sample [--rows N]) answers why sample verification cost more than its bare
+statement: each with the same blocks every run (a fixed REPEATABLE seed) and with new blocks (a new seed, as the
+Verifier samples), on the indexed table, alternately with count(*), and the buffers each seed regime reads.
 """
 
 from __future__ import annotations
@@ -133,6 +138,7 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
         "full verification, parallel workers off": lambda: _serial(conn, None, cache),
         "sample 1% (Verifier, now)": lambda: Verifier(conn, SPEC, primary_key=PK).run("sample", sample_percent=1),
         "sample 1% (bare count statement, as before)": lambda: conn.execute(SAMPLE_ROW_BY_ROW).fetchone(),
+        "sample 1% (bare count statement, a new seed each run, as the Verifier)": _new_seed(conn),
     }
     if indexed:
         contenders["distinct listing: recursive CTE per partition by name (index-only scans)"] = _distinct_listing(
@@ -168,6 +174,12 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
         # JIT compiles nothing on a build without LLVM: say so next to the figures (the bench sets jit off anyway).
         "jit": bool(conn.execute("SELECT pg_jit_available()").fetchone()[0]),  # type: ignore[index]
     }
+
+
+def _new_seed(conn: psycopg.Connection[Any]) -> Callable[[], Any]:
+    """The bare sample count with a new REPEATABLE seed per call: new blocks each time, as the Verifier samples."""
+    seed = iter(range(1_000, 10**9))
+    return lambda: conn.execute(SAMPLE_ROW_BY_ROW.replace("REPEATABLE (7)", f"REPEATABLE ({next(seed)})")).fetchone()
 
 
 def _serial(
@@ -344,8 +356,10 @@ def no_index_options(dsn: str, rows: int, repeat: int) -> str:
         plans, statements = verifier._full_statements()
         if any(plan.path != "group-by" for _, plan in plans):
             raise SystemExit("expected every partition on the group-by path (no index)")
-        ours = "SELECT count(*) FROM (" + statements[0][1].decode() + ") AS q"
+        # Every contender's rows are fetched: under an outer count(*) the planner drops aggregates nobody reads.
+        ours = statements[0][1].decode()
         no_count = ours.replace("count(*) AS _pk_n", "NULL::bigint AS _pk_n")
+        known = _known_good(conn)
         contenders: dict[str, Callable[[], Any]] = {
             "count(collection_id): every value read and deformed, nothing else": lambda: conn.execute(
                 "SELECT count(collection_id) FROM chunks"
@@ -366,6 +380,43 @@ def no_index_options(dsn: str, rows: int, repeat: int) -> str:
             ),
             "the same, partitionwise aggregate off (default)": _in_session(conn, [], _PARENT_GROUP_BY),
             "per partition GROUP BY collection_id without count(*) (no exact rows)": _in_session(conn, [], no_count),
+            "per partition SELECT DISTINCT collection_id (no exact rows)": _in_session(
+                conn, [], _per_partition(conn, "SELECT DISTINCT collection_id FROM ONLY {p}")
+            ),
+            "per partition, only values the previous run did not see grouped: src <> ALL(known) (no exact rows)": (
+                _in_session(
+                    conn,
+                    [],
+                    _per_partition(
+                        conn,
+                        "SELECT collection_id, count(*) FROM ONLY {p} WHERE collection_id <> ALL({known}) GROUP BY 1",
+                        known,
+                    ),
+                )
+            ),
+            "the same with NOT (src = ANY(known))": _in_session(
+                conn,
+                [],
+                _per_partition(
+                    conn,
+                    "SELECT collection_id, count(*) FROM ONLY {p} WHERE NOT (collection_id = ANY({known})) GROUP BY 1",
+                    known,
+                ),
+            ),
+            "per partition one aggregate: count(*) and count(*) FILTER (WHERE src <> ALL(known)) (exact rows)": (
+                _in_session(
+                    conn,
+                    [],
+                    _per_partition(
+                        conn,
+                        "SELECT count(*), count(*) FILTER (WHERE collection_id <> ALL({known})) FROM ONLY {p}",
+                        known,
+                    ),
+                )
+            ),
+            "per partition GROUP BY uuid_hash(collection_id) (not exact: a bound for grouping on a hash)": _in_session(
+                conn, [], _per_partition(conn, "SELECT uuid_hash(collection_id), count(*) FROM ONLY {p} GROUP BY 1")
+            ),
             "row by row: hashtext per row (before)": lambda: conn.execute(ROW_BY_ROW).fetchone(),
         }
         bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
@@ -388,17 +439,116 @@ def no_index_options(dsn: str, rows: int, repeat: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, int]]:
+    """(name, LIST value) of every partition of chunks."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'chunks'::regclass ORDER BY 1"
+    ).fetchall()
+    return [(str(r[0]), int(str(r[0]).rsplit("_", 1)[1])) for r in rows]
+
+
+def _known_good(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Per partition, the source values a previous full run found good, as an array literal (about 50 each)."""
+    known = {}
+    for name, value in _partitions(conn):
+        good = conn.execute(
+            f"SELECT collection_id::text FROM ONLY {name} GROUP BY 1"
+            f" HAVING abs(hashtext(collection_id::text) % {PARTITIONS}) = {value}"
+        ).fetchall()
+        known[name] = "ARRAY[" + ",".join(f"'{r[0]}'" for r in good) + "]::uuid[]" if good else "'{}'::uuid[]"
+    return known
+
+
+def _per_partition(conn: psycopg.Connection[Any], body: str, known: dict[str, str] | None = None) -> str:
+    """BODY for every partition ({p}: its name, {known}: its known-good array), UNION ALL."""
+    return " UNION ALL ".join(body.format(p=name, known=(known or {}).get(name, "")) for name, _ in _partitions(conn))
+
+
+def sample_cost(dsn: str, rows: int, repeat: int) -> str:
+    """Sample verification against its bare count statement on the indexed table, each with a fixed and a new seed,
+    alternately with count(*); then the buffers each seed regime reads (EXPLAIN ANALYZE, BUFFERS)."""
+    build(dsn, rows, 5_000)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE INDEX chunks_collection ON chunks (collection_id)")
+        conn.execute("VACUUM ANALYZE chunks")
+        conn.execute("SET track_io_timing = on")
+        verifier = Verifier(conn, SPEC, primary_key=PK)
+        fixed = sql.SQL("{} AS t TABLESAMPLE SYSTEM (1) REPEATABLE (7)").format(SPEC.table_ident)
+        contenders: dict[str, Callable[[], Any]] = {
+            "Verifier.run('sample', 1%): its count statement, a new seed each second": lambda: verifier.run(
+                "sample", sample_percent=1
+            ),
+            "the Verifier's count statement, REPEATABLE (7): the same blocks every run": lambda: verifier._row_counts(
+                fixed, sql.SQL("")
+            ),
+            "bare count statement, a new seed each run": _new_seed(conn),
+            "bare count statement, REPEATABLE (7) (the bench's row until now)": lambda: conn.execute(
+                SAMPLE_ROW_BY_ROW
+            ).fetchone(),
+        }
+        bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
+        for function in (bare, *contenders.values()):
+            function()
+        timings: dict[str, list[float]] = {name: [] for name in ["count(*)", *contenders]}
+        for _ in range(repeat):
+            timings["count(*)"].append(_timed(bare))
+            for name, function in contenders.items():
+                timings[name].append(_timed(function))
+        buffers = []
+        for label, seed in (("REPEATABLE (7), after the rounds", "7"), ("a seed not used before", "424242")):
+            plan = conn.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + SAMPLE_ROW_BY_ROW.replace("(7)", f"({seed})")
+            ).fetchone()[0][0]  # type: ignore[index]
+            top = plan["Plan"]
+            buffers.append(
+                f"| {label} | {top.get('Shared Hit Blocks', 0):,} | {top.get('Shared Read Blocks', 0):,} | "
+                f"{top.get('Shared I/O Read Time', top.get('I/O Read Time', 0)):.1f} | {plan['Execution Time']:.1f} |"
+            )
+        sizes = conn.execute(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))), current_setting('shared_buffers')"
+            " FROM pg_inherits WHERE inhparent = 'chunks'::regclass"
+        ).fetchone()
+    lines = ["| contender | ms, median (min-max) | x count(*) of the same round |", "|---|---|---|"]
+    for name, values in timings.items():
+        ratios = [v / c for v, c in zip(values, timings["count(*)"], strict=True)]
+        t = summarize(values)
+        lines.append(
+            f"| {name} | {t.median:,.0f} ({t.low:,.0f}-{t.high:,.0f}) | "
+            f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+    lines += [
+        "",
+        f"table and index {sizes[0] if sizes else '?'}, shared_buffers {sizes[1] if sizes else '?'}",
+        "",
+        "| the bare sample statement's seed | shared hit | shared read | read ms | execution ms |",
+        "|---|---|---|---|---|",
+        *buffers,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """--threshold: where the loose scan stops paying; writes bench/results/verification-threshold.md."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threshold", action="store_true", help="loose scan vs GROUP BY per distinct share")
     parser.add_argument("--no-index", action="store_true", help="the GROUP BY pass's settings without an index")
-    parser.add_argument("--rows", type=int, default=10_000_000, help="rows for --no-index")
+    parser.add_argument("--sample", action="store_true", help="sample verification's cost, fixed and new seeds")
+    parser.add_argument("--rows", type=int, default=10_000_000, help="rows for --no-index and --sample")
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    if not (args.threshold or args.no_index):
+    if not (args.threshold or args.no_index or args.sample):
         parser.error("run the scenarios with: python -m bench.exporter_cost --verification")
     started = time.monotonic()
+    if args.sample:
+        with bench_server() as server:
+            table = sample_cost(server.dsn, args.rows, args.repeat)
+        print(
+            f"<!-- bench verify_cost --sample: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}; "
+            f"PostgreSQL {server.version} (bench settings); {args.rows:,} rows x 5,000 collections, index on "
+            f"collection_id; {args.repeat} alternating rounds; {time.monotonic() - started:.0f} s -->\n" + table
+        )
+        return
     if args.no_index:
         with bench_server() as server:
             table = no_index_options(server.dsn, args.rows, args.repeat)
