@@ -25,7 +25,7 @@ from psycopg import sql
 
 from exporter.keyspec import KeySpec
 from exporter.pg.catalog import relation_tree
-from exporter.verify_plan import Catalog, LeafRow, _leading_index, read_catalog
+from exporter.verify_plan import LEAF_COLUMNS, Catalog, LeafRow, LeafTuple, _leading_index, read_catalog
 
 # One row per relation of the tree (the table included). VACUUM and ANALYZE update pg_class in place (same xmin),
 # so they do not invalidate; reading a partition does not either.
@@ -41,8 +41,11 @@ _FINGERPRINT = (
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
        END,
-       greatest(c.reltuples, 0)::bigint, pg_catalog.pg_stat_get_live_tuples(c.oid)
-FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid
+       greatest(c.reltuples, 0)::bigint, pg_catalog.pg_stat_get_live_tuples(c.oid),
+       """
+    + LEAF_COLUMNS
+    + """
+FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 ORDER BY c.oid
 """
 )
@@ -50,15 +53,18 @@ ORDER BY c.oid
 Fingerprint = tuple[tuple[Any, ...], ...]
 
 
-def fingerprint(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[Fingerprint, dict[int, int]]:
-    """The tree's fingerprint (what a cached plan depends on) and each relation's estimated rows."""
-    rows = conn.execute(_FINGERPRINT, {"table": spec.table_ident.as_string(conn)}).fetchall()
+def fingerprint(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[Fingerprint, dict[int, int], list[LeafTuple]]:
+    """The tree's fingerprint (what a cached plan depends on), each relation's estimated rows, and the leaf rows
+    read_catalog needs on a miss (so that the tree is read once)."""
+    rows = conn.execute(_FINGERPRINT, {"table": spec.table_ident.as_string(conn), "key": spec.key_column}).fetchall()
     identity = tuple(
         (int(oid), xmin, kind, int(analyzed), bool(readable), tuple(indexes), tuple(columns or ()))
-        for oid, xmin, kind, analyzed, readable, indexes, columns, _, _ in rows
+        for oid, xmin, kind, analyzed, readable, indexes, columns, *_ in rows
     )
     estimates = {int(row[0]): int(row[8]) if row[8] > 0 else int(row[7]) for row in rows}
-    return identity, estimates
+    # In read_catalog's order (by name; PostgreSQL compares names bytewise, as Python compares UTF-8 code points).
+    leaves = sorted((tuple([row[0], *row[9:]]) for row in rows if row[2] == "r"), key=lambda leaf: leaf[2])
+    return identity, estimates, leaves
 
 
 _SEP = "\0"  # never in an identifier or a bound expression (PostgreSQL text holds no NUL)
@@ -233,7 +239,7 @@ class PlanCache:
 
     def catalog(self, conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[_Entry, dict[int, int]]:
         """The table's catalog, re-read only when its fingerprint changed; and the current row estimates."""
-        identity, estimates = fingerprint(conn, spec)
+        identity, estimates, leaves = fingerprint(conn, spec)
         info = conn.info
         # The same table on another server or database is another entry; so is another formula or key column.
         where = (info.host, info.port, info.dbname, info.server_version, spec)
@@ -244,7 +250,7 @@ class PlanCache:
             if entry is not None and entry.key == key:
                 self.hits += 1
                 return entry, estimates
-        catalog, _ = read_catalog(conn, spec)
+        catalog, _ = read_catalog(conn, spec, leaves)
         entry = _Entry(key=key, packed=PackedCatalog.pack(catalog, spec.source_columns))
         with self.lock:
             self.misses += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -46,16 +47,26 @@ class LeafPlan:
         return data
 
 
-_LEAVES = (
-    relation_tree("%(table)s::regclass::oid")
-    + """SELECT c.oid, n.nspname, c.relname,
+# What planning reads of each leaf, after its oid: schema, name, partition bound, whether the table is LIST-partitioned
+# by the key alone (its direct partitions only), estimated and live rows, SELECT privilege. The plan cache's
+# fingerprint query selects the same columns, so a run that misses the cache reads the tree once (LeafTuple).
+LEAF_COLUMNS = """n.nspname, c.relname,
        CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END,
        (SELECT p.partstrat = 'l' AND p.partnatts = 1 AND a.attname = %(key)s
           FROM pg_catalog.pg_partitioned_table p
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
          WHERE p.partrelid = tree.parent AND tree.parent = %(table)s::regclass::oid),
        greatest(c.reltuples, 0)::bigint, pg_catalog.pg_stat_get_live_tuples(c.oid),
-       pg_catalog.has_table_privilege(c.oid, 'SELECT')
+       pg_catalog.has_table_privilege(c.oid, 'SELECT')"""
+
+# (oid, schema, name, bound, list_by_key, reltuples, live rows, readable): one leaf as LEAF_COLUMNS reads it.
+LeafTuple = tuple[int, str, str, str | None, bool | None, int, int, bool]
+
+_LEAVES = (
+    relation_tree("%(table)s::regclass::oid")
+    + "SELECT c.oid, "
+    + LEAF_COLUMNS
+    + """
 FROM tree
 JOIN pg_catalog.pg_class c ON c.oid = tree.relid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -143,10 +154,16 @@ WHERE a.attrelid = %(table)s::regclass AND a.attname = ANY(%(columns)s) AND NOT 
 """
 
 
-def read_catalog(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[Catalog, dict[int, int]]:
-    """The catalog a plan is made from, and each leaf's estimated rows (n_live_tup, else reltuples)."""
+def read_catalog(
+    conn: psycopg.Connection[Any], spec: KeySpec, leaves: Sequence[LeafTuple] | None = None
+) -> tuple[Catalog, dict[int, int]]:
+    """The catalog a plan is made from, and each leaf's estimated rows (n_live_tup, else reltuples).
+
+    LEAVES, when given, are the leaf rows the caller has read already (in name order): the tree is not read again.
+    """
     table = spec.table_ident.as_string(conn)
-    leaves = conn.execute(_LEAVES, {"table": table, "key": spec.key_column}).fetchall()
+    if leaves is None:
+        leaves = conn.execute(_LEAVES, {"table": table, "key": spec.key_column}).fetchall()
     oids = [row[0] for row in leaves]
     indexes: dict[int, list[tuple[str, list[str]]]] = {}
     for relid, name, columns in conn.execute(_INDEXES, {"oids": oids}).fetchall():
