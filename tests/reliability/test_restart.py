@@ -42,6 +42,14 @@ KILLED_BACKEND = (
     "the connection is closed",
     "connection already closed",
     "the database system is shutting down",
+    # psycopg's own words once libpq has given up on the socket, and libpq's for a write or read on it afterwards
+    "the connection is lost",
+    "connection socket closed",
+    "could not send data to server",
+    "no connection to the server",
+    "lost synchronization with server",
+    "connection not open",
+    "ssl syscall error",
 )
 
 
@@ -60,6 +68,11 @@ def killed_backend(message: str | None) -> bool:
         "unexpectedly",
         "could not receive data from server: Connection reset by peer",
         "the connection is closed",
+        "the connection is lost",
+        "connection socket closed",
+        "sending query failed: could not send data to server: Broken pipe",
+        "sending query failed: no connection to the server",
+        "SSL SYSCALL error: EOF detected",
     ],
 )
 def test_every_message_for_a_killed_backend_is_recognised(message: str) -> None:
