@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ports import PortTaken, free_port, listens_on, on_free_port, wait_listening
+from bench.ports import PortTaken, listens_on, on_free_port, wait_listening
 from tests.reliability.harness import Daemon, write_daemon_config
 from tests.support import stop_process
 
@@ -81,8 +81,7 @@ def test_the_exporter_daemon_on_a_taken_port_is_told_apart(taken: int, tmp_path:
 
 def test_listens_on_tells_the_server_from_whoever_took_its_port(taken: int) -> None:
     """Benchmarks wait on listens_on: a port that answers because another process holds it is not their server's."""
-    port = free_port()
-    server = _run(SERVER, port)
+    port, server = on_free_port(lambda port: _run(SERVER, port))
     try:
         assert listens_on(server.pid, port)
         assert not listens_on(server.pid, taken)  # it answers, but this test's process holds it
