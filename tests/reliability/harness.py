@@ -23,7 +23,10 @@ from bench.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from exporter.app import Exporter
 from exporter.config import ChecksConfig, Config, parse_config
 from tests.pgserver import own_start_stop_lock, scratch_database
-from tests.support import Samples, parse
+from tests.support import Samples, parse, poll
+
+# What the postmaster logs when it takes a reload signal.
+RELOADED = "received SIGHUP, reloading configuration files"
 
 # Every check the exporter has, in its configuration order.
 CHECKS = tuple(ChecksConfig.model_fields)
@@ -82,15 +85,25 @@ class PrivateServer:
         if not original.exists():
             shutil.copy2(hba, original)
         hba.write_text("\n".join(lines) + "\n" + original.read_text())
-        self._ctl("reload")
-        time.sleep(0.3)
+        self.reload()
 
     def reset_hba(self) -> None:
         """Back to trust for everyone."""
         original = self.pgdata / "pg_hba.conf.orig"
         if original.exists():
             shutil.copy2(original, self.pgdata / "pg_hba.conf")
-            self._ctl("reload")
+            self.reload()
+
+    def reload(self) -> None:
+        """pg_ctl reload, and wait until the postmaster has done it (it was a sleep of 0.3 s, a bet under load)."""
+        # The postmaster logs this line and then reloads the files before it accepts the next connection.
+        done = self._log_count(RELOADED)
+        self._ctl("reload")
+        poll(lambda: self._log_count(RELOADED) > done, "the server reloading its configuration")
+
+    def _log_count(self, text: str) -> int:
+        """How often the server's log says TEXT."""
+        return Path(self._server.log).read_text(errors="replace").count(text)
 
     def dsn_for(self, dbname: str, user: str = "postgres", password: str | None = None) -> str:
         """A key=value DSN on the private server."""
