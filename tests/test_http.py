@@ -70,7 +70,7 @@ def test_second_verification_of_a_table_gets_409(server: ExporterHTTPServer) -> 
 
     holder = threading.Thread(target=hold)
     holder.start()
-    held.wait(5)
+    assert held.wait(60)  # a hang guard: the holder must have the lock before the request
     try:
         status, _, body = http(server.url + "/admin/partition/verify", "POST", b"{}", _auth())
     finally:

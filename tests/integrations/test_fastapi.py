@@ -150,7 +150,7 @@ def test_verify_runs_now_and_refuses_a_second_one(pair: Pair, conn: psycopg.Conn
 
     holder = threading.Thread(target=hold)
     holder.start()
-    holding.wait(5)
+    assert holding.wait(60)  # a hang guard: the holder must have the lock before the request
     try:
         response = pair.client.post("/admin/partition/verify", headers=AUTH)
     finally:
