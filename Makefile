@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Bytecode caches are written even where the environment says not to: with PYTHONDONTWRITEBYTECODE=1 each xdist
+# worker rewrote the asserts of ~480 modules (test modules and pytest plugins) at every collection, 10 s of CPU instead
+# of 4, and every CLI, daemon and demo the tests start compiled the project again. __pycache__/ is git-ignored.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test lint unit test-nodb docs docs-check package-check dashboards test-matrix test-reliability bench-insert bench-exporter bench-peers deploy bench-fleet bench-gil clean
 
@@ -23,9 +27,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
-# Two xdist workers, each with its own embedded server; worksteal evens out the long tests.
+# Four xdist workers on 2 cores, each with its own embedded server: the tests mostly wait (on PostgreSQL, subprocesses,
+# polls), and two workers kept the cores a third busy (docs/development.md has the side-by-side runs). worksteal
+# evens out the long tests. make unit WORKERS=2 for fewer.
+WORKERS ?= 4
 unit: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal
 
 # The tests that need no PostgreSQL at all (collector, report, admin and HTTP API from published snapshots, config,
 # docs, dashboards, hashtext, ...). PARTKEY_TEST_DSN points where nothing listens, so no server is started and any

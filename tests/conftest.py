@@ -1,8 +1,8 @@
 """Shared fixtures: one real PostgreSQL per session (per xdist worker), a fresh database per test.
 
-`make test` runs the suite on 2 xdist workers; each starts its own server, so tests never share one. Tests that use
-no database fixture are marked `nodb` automatically (`make test-nodb` runs them without any server). Tests marked
-`slow` run only with PARTKEY_SLOW=1 (`make test-reliability`).
+`make test` runs the suite on 4 xdist workers (`make unit WORKERS=n`); each starts its own server, so tests never
+share one. Tests that use no database fixture are marked `nodb` automatically (`make test-nodb` runs them without any
+server). Tests marked `slow` run only with PARTKEY_SLOW=1 (`make test-reliability`).
 """
 
 from __future__ import annotations
