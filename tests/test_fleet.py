@@ -343,8 +343,9 @@ def test_a_connection_cap_queues_fairly_and_no_target_starves(conn: psycopg.Conn
         exporter.stop()
     assert exporter.slots.max_held <= 8
     # A closed connection's backend leaves pg_stat_activity a moment after the client closed it (and gave its slot
-    # on): the server may show one or two more while they exit, never the 50 of one connection per target.
-    assert max(backends) <= 8 + 2, sorted(backends)[-10:]
+    # on): the server may show a few more while they exit (11 once, on 4 xdist workers at a load of 10), never the 50
+    # of one connection per target. slots.max_held above is the exact bound.
+    assert max(backends) <= 8 + 4, sorted(backends)[-10:]
     assert max(backends) >= 2  # the cap was used, not one connection at a time
     # Both checks of every target succeeded at some point (a loaded machine may time out the latest run, which the
     # check's success metric reports; starvation would show as a check that never succeeded).
