@@ -346,7 +346,7 @@ def _threshold_row(conn: psycopg.Connection[Any], table: str, rows: int, repeat:
 # --- without an index: what might beat ~2x count(*) -----------------------------------------------------------
 
 
-def no_index_options(dsn: str, rows: int, repeat: int) -> str:
+def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = None) -> str:
     """Without an index on collection_id: the GROUP BY pass under each setting the issue asked about, alternately
     with count(*) (10M x 5,000 by default); a markdown table."""
     build(dsn, rows, 5_000)
@@ -420,6 +420,8 @@ def no_index_options(dsn: str, rows: int, repeat: int) -> str:
             "row by row: hashtext per row (before)": lambda: conn.execute(ROW_BY_ROW).fetchone(),
         }
         bare = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()  # noqa: E731
+        if only:  # --only: the contenders whose names contain one of these words, for more rounds in the time
+            contenders = {name: f for name, f in contenders.items() if any(word in name for word in only)}
         for function in (bare, *contenders.values()):  # warm the cache
             function()
         timings: dict[str, list[float]] = {name: [] for name in ["count(*)", *contenders]}
@@ -536,6 +538,9 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="sample verification's cost, fixed and new seeds")
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows for --no-index and --sample")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--only", type=lambda text: text.split(","), help="--no-index: contenders whose names contain one of these"
+    )
     args = parser.parse_args()
     if not (args.threshold or args.no_index or args.sample):
         parser.error("run the scenarios with: python -m bench.exporter_cost --verification")
@@ -551,7 +556,7 @@ def main() -> None:
         return
     if args.no_index:
         with bench_server() as server:
-            table = no_index_options(server.dsn, args.rows, args.repeat)
+            table = no_index_options(server.dsn, args.rows, args.repeat, args.only)
         text = (
             f"<!-- bench verify_cost --no-index: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}; "
             f"PostgreSQL {server.version} (bench settings); {args.rows:,} rows x 5,000 collections, no index; "
