@@ -143,8 +143,8 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
         )
         poll(lambda: len(_retry_delays(caplog)) >= 2, "two more reconnect attempts while the server is away")
         during = metrics(server.url)
+        restarted_at = time.time()  # before the start: the comeback can finish before pg_ctl returns
         own_server.start()
-        restarted_at = time.time()
         poll(lambda: _up(server) == 1, "partkey_up back to 1")
         poll(lambda: all(succeeded_since(exporter, c, restarted_at) for c in CHECKED), "checks succeed")
         poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
