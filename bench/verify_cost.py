@@ -430,6 +430,12 @@ def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = 
             timings["count(*)"].append(limit)
             for name, function in contenders.items():
                 timings[name].append(_timed(function))
+    lines = _ratio_rows(timings)
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_rows(timings: dict[str, list[float]]) -> list[str]:
+    """A markdown table: each contender's median (min-max) and its ratio to the same round's count(*)."""
     lines = ["| contender | ms, median (min-max) | x count(*) of the same round |", "|---|---|---|"]
     for name, values in timings.items():
         ratios = [v / c for v, c in zip(values, timings["count(*)"], strict=True)]
@@ -438,7 +444,7 @@ def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = 
             f"| {name} | {t.median:,.0f} ({t.low:,.0f}-{t.high:,.0f}) | "
             f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, int]]:
@@ -511,14 +517,7 @@ def sample_cost(dsn: str, rows: int, repeat: int) -> str:
             "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))), current_setting('shared_buffers')"
             " FROM pg_inherits WHERE inhparent = 'chunks'::regclass"
         ).fetchone()
-    lines = ["| contender | ms, median (min-max) | x count(*) of the same round |", "|---|---|---|"]
-    for name, values in timings.items():
-        ratios = [v / c for v, c in zip(values, timings["count(*)"], strict=True)]
-        t = summarize(values)
-        lines.append(
-            f"| {name} | {t.median:,.0f} ({t.low:,.0f}-{t.high:,.0f}) | "
-            f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) |"
-        )
+    lines = _ratio_rows(timings)
     lines += [
         "",
         f"table and index {sizes[0] if sizes else '?'}, shared_buffers {sizes[1] if sizes else '?'}",
