@@ -33,9 +33,8 @@ def return_large_blocks() -> bool:
     # glibc raises its mmap threshold to the size of each mapped block freed, so after the first 14 MB body every
     # later one came from the heap, and freed bodies stayed resident: a 200-target fleet's RSS grew by ~35 MB over
     # a minute of builds (bench/fleet.py). A fixed threshold stops that adjustment.
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
