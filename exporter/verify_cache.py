@@ -25,7 +25,7 @@ from psycopg import sql
 
 from exporter.keyspec import KeySpec
 from exporter.pg.catalog import relation_tree
-from exporter.verify_plan import LEAF_COLUMNS, Catalog, LeafRow, LeafTuple, _leading_index, read_catalog
+from exporter.verify_plan import LEAF_COLUMNS, Catalog, LeafRow, LeafTuple, leading_index, read_catalog
 
 # One row per relation of the tree (the table included). VACUUM and ANALYZE update pg_class in place (same xmin),
 # so they do not invalidate; reading a partition does not either.
@@ -77,7 +77,7 @@ class PackedCatalog:
 
     As read (a LeafRow, its strings, a dict of indexes and one of statistics per leaf) a 100-partition table's
     catalog took ~100 KB in ~1,500 objects: 20 MB at 200 targets, held between runs for planning alone. Of the
-    indexes only the first one planning can use is kept per leaf (the one _leading_index picks).
+    indexes only the first one planning can use is kept per leaf (the one leading_index picks).
     """
 
     oids: array[int]
@@ -98,7 +98,7 @@ class PackedCatalog:
         columns: list[tuple[str, ...] | None] = []
         for leaf in catalog.leaves:
             usable = next(
-                (index for index in catalog.indexes.get(leaf.oid, []) if _leading_index([index], sources)), None
+                (index for index in catalog.indexes.get(leaf.oid, []) if leading_index([index], sources)), None
             )
             names.append(usable[0] if usable else "")
             if usable is None:

@@ -103,9 +103,7 @@ WHERE c.oid = ANY(%(oids)s) AND s.attname = ANY(%(columns)s)
 """
 
 
-def _leading_index(
-    indexes: list[tuple[str, list[str]]], sources: tuple[str, ...]
-) -> tuple[str, tuple[str, ...]] | None:
+def leading_index(indexes: list[tuple[str, list[str]]], sources: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
     """The first index whose leading columns are exactly the source columns (in any order), with that order."""
     for name, columns in indexes:
         # Only the leading plain, ascending, default-opclass columns were listed; stop at the first gap.
@@ -225,7 +223,7 @@ def _plan_one(
             relation, "group-by", f"bound {bound!r} is not one LIST value of the table's key", estimated_rows=rows
         )
     value = int(match.group(1))
-    found = _leading_index(indexes, sources)
+    found = leading_index(indexes, sources)
     if found is None:
         return LeafPlan(
             relation,
