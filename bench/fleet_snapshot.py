@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 
 from bench.server import bench_server
+from bench.tables import create_list_table, insert_rows
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.snapshot import Snapshot
-from tests.schema import create_list_table, insert_rows
 
 PARTITIONS = 100
 

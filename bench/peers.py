@@ -33,12 +33,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bench.ports import listens_on, on_free_port, wait_listening
+from bench.processes import stop_process
 from bench.server import bench_server, machine
 from bench.stats import summarize
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.demo import build_demo_database
-from tests.support import stop_process
 
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).parent

@@ -24,9 +24,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.ports import EXPORTER_LISTENING, on_free_port, wait_listening
+from bench.processes import stop_process
 from tests.reliability.harness import CHECKS
 from tests.schema import create_list_table, insert_rows
-from tests.support import answers_ready, parse, stop_process, value
+from tests.support import answers_ready, parse, value
 
 PoolMode = Literal["session", "transaction", "statement"]
 

@@ -1,4 +1,8 @@
-"""Builders for the table shapes the tests and the demo use (a semantik-like chunks table)."""
+"""Builders for the table shapes the tests and the demo use (a semantik-like chunks table).
+
+The LIST-partitioned table and its rows are built by bench/tables.py (benchmarks build them too, and bench/ imports
+nothing from tests/); they are re-exported here, where some 60 test modules import them from.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg.abc import Params
 
+from bench.tables import SAFE as SAFE
+from bench.tables import create_list_table as create_list_table
+from bench.tables import insert_rows as insert_rows
 from exporter import chunks_schema
 
 T = TypeVar("T")
@@ -21,8 +28,6 @@ LEGACY_TRIGGER_FUNCTION = chunks_schema.LEGACY_TRIGGER_FUNCTION
 # abs(hashtext(x) % 100) gives 48.
 INT_MIN_COLLECTION_ID = "00000000-0000-4000-8000-0001456ed970"
 
-SAFE = "abs(hashtext(collection_id::text) % {modulus})"
-
 # A fresh random uuid per row on every version: gen_random_uuid() is core only from PostgreSQL 13.
 RANDOM_UUID = "md5(random()::text || clock_timestamp()::text)::uuid"
 
@@ -34,39 +39,6 @@ def no_autovacuum(conn: psycopg.Connection[Any], table: str = "chunks") -> None:
     )
     for (name,) in partitions.fetchall():
         conn.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
-
-
-def create_list_table(
-    conn: psycopg.Connection[Any],
-    *,
-    schema: str = "public",
-    table: str = "chunks",
-    modulus: int = 100,
-    trigger: str | None = "parent",
-    default_partition: bool = False,
-) -> None:
-    """LIST-partitioned chunks table with one partition per key and the legacy trigger."""
-    conn.execute(chunks_schema.chunks_table(f"{schema}.{table}"))
-    for key in range(modulus):
-        conn.execute(
-            f"CREATE TABLE {schema}.{table}_part_{key:02d} PARTITION OF {schema}.{table} FOR VALUES IN ({key})"
-        )
-    if default_partition:
-        conn.execute(f"CREATE TABLE {schema}.{table}_default PARTITION OF {schema}.{table} DEFAULT")
-    if trigger is None:
-        return
-    conn.execute(LEGACY_TRIGGER_FUNCTION.format(schema=schema, modulus=modulus))
-    if trigger == "parent":
-        conn.execute(
-            f"CREATE TRIGGER set_partition_key BEFORE INSERT ON {schema}.{table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {schema}.compute_partition_key()"
-        )
-    else:
-        for key in range(modulus):
-            conn.execute(
-                f"CREATE TRIGGER set_partition_key BEFORE INSERT ON {schema}.{table}_part_{key:02d} "
-                f"FOR EACH ROW EXECUTE PROCEDURE {schema}.compute_partition_key()"
-            )
 
 
 def create_plain_table(
@@ -103,27 +75,6 @@ def create_plain_table(
             f"ALTER TABLE {schema}.{table} ADD CONSTRAINT {table}_partition_key_check "
             f"CHECK (partition_key = {SAFE.format(modulus=modulus)})"
         )
-
-
-def insert_rows(
-    conn: psycopg.Connection[Any],
-    count: int,
-    *,
-    schema: str = "public",
-    table: str = "chunks",
-    collections: int = 50,
-    modulus: int = 100,
-    supply_key: bool = True,
-) -> None:
-    """Insert rows over a fixed set of collections, with correct keys."""
-    key_sql = f", {SAFE.format(modulus=modulus)}" if supply_key else ""
-    key_col = ", partition_key" if supply_key else ""
-    conn.execute(
-        f"""INSERT INTO {schema}.{table} (collection_id{key_col}, content)
-            SELECT collection_id{key_sql}, 'chunk ' || g
-            FROM (SELECT g, md5((g % {collections})::text)::uuid AS collection_id
-                  FROM generate_series(1, {count}) g) s"""
-    )
 
 
 def scalar(conn: psycopg.Connection[Any], query: LiteralString, params: Params | None = None) -> Any:

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+# Re-exported for the tests that import it from here; benchmarks use it too, so it lives in bench/.
+from bench.processes import stop_process as stop_process
 from exporter.app import Exporter
 from exporter.config import Config, ListenConfig, parse_config
 from exporter.http import ExporterHTTPServer, serve_in_thread
@@ -158,16 +160,6 @@ def read_terminal(fd: int) -> bytes:
         received += chunk
     os.close(fd)
     return received
-
-
-def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
-    """SIGTERM, wait up to GRACE seconds, then SIGKILL and reap: no child outlives its test."""
-    process.terminate()
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def self_signed_certificate(directory: Path, name: str, san: str | None = None) -> tuple[Path, Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from importlib.metadata import version
@@ -72,3 +73,28 @@ def test_the_packages_ship_py_typed_and_the_license() -> None:
     """Type checkers see the annotations of both packages; the sdist carries the license text."""
     assert (ROOT / "exporter" / "py.typed").exists() and (ROOT / "migrations" / "py.typed").exists()
     assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
+
+
+def _imported_top_levels(package: str) -> dict[str, set[str]]:
+    """Per source file under PACKAGE (relative path), the top-level names of the modules it imports."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("exporter", {"tests", "bench"}), ("migrations", {"tests", "bench"}), ("bench", {"tests"})],
+)
+def test_imports_point_one_way(package: str, forbidden: set[str]) -> None:
+    """The product imports neither tests/ nor bench/; bench/ imports nothing from tests/ (shared code is in bench/)."""
+    imports = _imported_top_levels(package)
+    assert imports, f"no Python files under {package}/"
+    assert {path: names & forbidden for path, names in imports.items() if names & forbidden} == {}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.ports import PortTaken, listens_on, on_free_port, wait_listening
+from bench.processes import stop_process
 from tests.reliability.harness import Daemon, write_daemon_config
-from tests.support import stop_process
 
 # Binds 127.0.0.1:PORT, says so and waits: a server as small as a server gets.
 SERVER = "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\n"

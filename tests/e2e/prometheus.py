@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bench.ports import on_free_port, wait_listening
-from tests.support import stop_process
+from bench.processes import stop_process
 
 
 def require_binary(name: str) -> str:
