@@ -507,13 +507,26 @@ def _expand_env(node: Any, location: Location, problems: list[tuple[Location, st
     return node
 
 
+def _load(text: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML text's node tree (for line numbers) and the data built from that same tree: yaml.safe_load's steps."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+
+
 def _line_of(root: yaml.Node | None, location: Location) -> int | None:
     """The 1-based line in the YAML source where a pydantic error location points."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
     for part in location:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            # The last pair of a key is the one the built mapping kept: a repeated key's later value, and after
+            # construction flattened a merge key (<<) into the mapping, a merged value where no key overrides it.
+            pairs = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
+            match = pairs[-1] if pairs else None
             if match is None:
                 break
             node = match
@@ -543,8 +556,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 def parse_model(text: str, source: str, model: type[M], not_a_mapping: str) -> M:
     """Validate YAML text as one model; raise ConfigError listing every problem as 'source:line: where: what'."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = _load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source

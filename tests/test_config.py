@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.cli import main
 from exporter.config import ConfigError, load_config, parse_config, parse_duration
@@ -51,6 +52,22 @@ def test_bad_configs_give_their_exact_messages(path: Path) -> None:
     problems = [p.replace(str(CONFIGS) + "/", "") for p in caught.value.problems]
     assert sorted(problems) == sorted(expected)
     assert "hunter2" not in str(caught.value)
+
+
+def test_the_yaml_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One YAML loader reads the text: line numbers come from the same node tree the data is built from."""
+    loaders: list[object] = []
+    made = yaml.SafeLoader.__init__
+
+    def counted(self: yaml.SafeLoader, stream: str) -> None:
+        loaders.append(self)
+        made(self, stream)
+
+    monkeypatch.setattr(yaml.SafeLoader, "__init__", counted)
+    with pytest.raises(ConfigError) as caught:
+        load_config(CONFIGS / "bad" / "several_problems.yaml")
+    assert len(caught.value.problems) == 4
+    assert len(loaders) == 1
 
 
 def test_check_config_command_lists_problems(capsys: pytest.CaptureFixture[str]) -> None:
