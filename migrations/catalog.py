@@ -55,6 +55,7 @@ class TableSize:
     index_count: int
     speed: float = 1.0  # the server's time over the built-in rates' time, as migrations.probe measured it now
     probe: str = ""  # what that measurement was, for plan's basis line
+    speed_measured: bool = False  # whether speed is that measurement (else the built-in rates' 1.0)
 
 
 def table_oid(conn: psycopg.Connection[Any], spec: KeySpec) -> int:

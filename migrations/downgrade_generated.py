@@ -26,7 +26,6 @@ from migrations.steps import (
     Statement,
     Step,
     backfill_estimate,
-    basis,
     index_estimate,
     scan_estimate,
 )
@@ -56,7 +55,7 @@ def generated_downgrade(
     trigger_name, fschema, fname, body = trigger
     oid = table_oid(conn, spec)
     size = calibrate(conn, spec, table_size(conn, spec))
-    plan.estimate_basis = basis(size)
+    plan.based_on(size)
     old = options.old_column
     sync_function = f"{spec.table}_partkey_sync"[:63]
     check = f"{spec.table}_{old}_not_null_check"[:63]

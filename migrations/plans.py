@@ -34,7 +34,6 @@ from migrations.steps import (
     Plan,
     Statement,
     Step,
-    basis,
     human_bytes,
     human_seconds,
     index_estimate,
@@ -139,7 +138,7 @@ def _check_plan(conn: psycopg.Connection[Any], options: Options, impl: Implement
     spec = options.spec
     size = calibrate(conn, spec, table_size(conn, spec))
     plan = Plan("upgrade", "check", reason)
-    plan.estimate_basis = basis(size)
+    plan.based_on(size)
     safe = [c for c in impl.checks if not c.overflows]
     legacy = [c for c in impl.checks if c.overflows]
     triggers = key_triggers(conn, spec, impl)
@@ -208,7 +207,7 @@ def _generated_plan(conn: psycopg.Connection[Any], options: Options, impl: Imple
     spec = options.spec
     size = calibrate(conn, spec, table_size(conn, spec))
     plan = Plan("upgrade", "generated", reason)
-    plan.estimate_basis = basis(size)
+    plan.based_on(size)
     if impl.generated_kind == "stored" and not impl.formula_overflow:
         plan.reason = f"already done: {spec.key_column} is a STORED generated column with the safe formula"
         return plan
@@ -337,7 +336,7 @@ def _keep_trigger_plan(conn: psycopg.Connection[Any], options: Options, impl: Im
     plan = Plan("upgrade", "keep-trigger", reason, final_state="kept-trigger")
     triggers = key_triggers(conn, spec, impl)
     size = calibrate(conn, spec, table_size(conn, spec))
-    plan.estimate_basis = basis(size)
+    plan.based_on(size)
     statements: list[Statement] = []
     body = sqlgen.function_body(spec).as_string(conn)
     functions = sorted({(t.function_schema, t.function_name) for t in triggers}) or [(spec.schema, DEFAULT_FUNCTION)]

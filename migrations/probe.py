@@ -63,6 +63,7 @@ def calibrate(conn: psycopg.Connection[Any], spec: KeySpec, size: TableSize) -> 
     return replace(
         size,
         speed=speed,
+        speed_measured=True,
         probe=(
             f"x{speed:.2f} the built-in rates, measured now: a {percent:.3g}% sample ({human_bytes(sampled)}, "
             f"{rows:,} rows) read with the formula in {human_seconds(took)} (median of {PROBE_READS}), "

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 
 from migrations.options import Options, milliseconds
-from migrations.steps import Plan, human_seconds, spread
+from migrations.steps import Plan, human_seconds
 
 
 def plan_lines(conn: psycopg.Connection[Any], plan: Plan) -> list[str]:
@@ -26,16 +26,16 @@ def plan_lines(conn: psycopg.Connection[Any], plan: Plan) -> list[str]:
         lines.append(
             f"   rewrites the table: {'yes' if step.rewrites else 'no'}; "
             f"estimated duration: {human_seconds(step.estimate_seconds)} "
-            f"(likely {spread(step.estimate_seconds)}); "
+            f"(likely {plan.likely.spread(step.estimate_seconds)}); "
             f"timeout: {'scan limit' if step.timeout == 'scan' else 'statement_timeout'}"
         )
         if step.note:
             lines.append(f"   note: {step.note}")
         lines += [f"   SQL: {s.as_string(conn)};" for s in step.statements]
     lines.append(
-        f"estimated total: {human_seconds(plan.total_seconds())}, likely {spread(plan.total_seconds())} (rates "
-        "measured on PostgreSQL 18 "
-        "on a 2-vCPU VM, see docs/migrate.md; lock waits not included)"
+        f"estimated total: {human_seconds(plan.total_seconds())}, likely {plan.likely.spread(plan.total_seconds())} "
+        f"({plan.likely.says()}; rates measured on PostgreSQL 18 on a 2-vCPU VM, see docs/migrate.md; lock waits "
+        "not included)"
     )
     return lines
 

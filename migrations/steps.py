@@ -32,7 +32,38 @@ BRIEF_SECONDS = 0.01  # catalog-only DDL once the lock is granted
 # heavy load (7 sessions' test suites) 1.3-1.8x of them (1.7-2.4x of these), the runs above 0.3-1.0x of these.
 ACTUAL_LOW = 0.25
 ACTUAL_HIGH = 2.5
+# The same with every estimate times the speed migrations.probe measured just before (25 step runs, 2026-11-30
+# 08:22-08:40 UTC, load average 8-13 on 2 vCPUs, docs/migrate.md): 0.20x-3.67x. Wider, not narrower: on a bursty
+# shared machine a step meets other load than the probe a few seconds before it.
+MEASURED_LOW = 0.2
+MEASURED_HIGH = 3.7
 GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Likely:
+    """The range a step's real time is likely to fall in, as factors of its estimate, and the runs they come from."""
+
+    low: float
+    high: float
+    source: Literal["built-in rates", "measured speed"]
+
+    def spread(self, seconds: float) -> str:
+        """'0.3 s to 2.9 s' for an estimate of SECONDS."""
+        return f"{human_seconds(seconds * self.low)} to {human_seconds(seconds * self.high)}"
+
+    def says(self) -> str:
+        """Which spread the range is: '0.25x-2.5x, the spread of real times at the built-in rates'."""
+        return f"{self.low:g}x-{self.high:g}x, the spread of real times at the {self.source}"
+
+
+BUILT_IN = Likely(ACTUAL_LOW, ACTUAL_HIGH, "built-in rates")
+MEASURED = Likely(MEASURED_LOW, MEASURED_HIGH, "measured speed")
+
+
+def likely_range(size: TableSize) -> Likely:
+    """The spread measured for estimates made the way this size's were: with a measured speed or without one."""
+    return MEASURED if size.speed_measured else BUILT_IN
 
 
 @dataclass(frozen=True)
@@ -67,6 +98,13 @@ class Plan:
     estimate_basis: str = ""
     # What depends on the key column besides the table's indexes and constraints, and what the plan does with it.
     dependents: list[dict[str, Any]] = field(default_factory=list)
+    # The range every estimate is shown with: the built-in rates' spread, or the one with a measured speed.
+    likely: Likely = BUILT_IN
+
+    def based_on(self, size: TableSize) -> None:
+        """Say what the estimates come from, and take the range that fits them (speed measured or not)."""
+        self.estimate_basis = basis(size)
+        self.likely = likely_range(size)
 
     @property
     def empty(self) -> bool:
@@ -86,7 +124,8 @@ class Plan:
             "final_state": self.final_state,
             "warnings": self.warnings,
             "estimate_basis": self.estimate_basis,
-            "estimate_range_factor": [ACTUAL_LOW, ACTUAL_HIGH],
+            "estimate_range_factor": [self.likely.low, self.likely.high],
+            "estimate_range_source": self.likely.source,
             "key_column_dependents": self.dependents,
             "steps": [
                 {
@@ -96,8 +135,8 @@ class Plan:
                     "rewrites": s.rewrites,
                     "estimate_seconds": round(s.estimate_seconds, 3),
                     "estimate_range_seconds": [
-                        round(s.estimate_seconds * ACTUAL_LOW, 3),
-                        round(s.estimate_seconds * ACTUAL_HIGH, 3),
+                        round(s.estimate_seconds * self.likely.low, 3),
+                        round(s.estimate_seconds * self.likely.high, 3),
                     ],
                     "timeout": s.timeout,
                     "kind": s.kind,
@@ -119,18 +158,13 @@ def basis(size: TableSize) -> str:
         f"scan {SCAN_SECONDS_PER_MILLION_ROWS:g} s + {SCAN_SECONDS_PER_GB:g} s, "
         f"index {INDEX_SECONDS_PER_MILLION_ROWS:g} s"
         + (f"; speed: {size.probe}" if size.probe else "")
-        + f"; real times fell between {ACTUAL_LOW:g}x and {ACTUAL_HIGH:g}x of such estimates on a 2-vCPU VM"
+        + f"; likely range: {likely_range(size).says()} on a 2-vCPU VM"
     )
 
 
 def backfill_estimate(size: TableSize) -> float:
     """Seconds for the downgrade's batched UPDATE of the copy."""
     return size.total_bytes / GB * BACKFILL_SECONDS_PER_GB * size.speed
-
-
-def spread(seconds: float) -> str:
-    """The range a step's real time is likely to fall in, from the calibration runs' spread."""
-    return f"{human_seconds(seconds * ACTUAL_LOW)} to {human_seconds(seconds * ACTUAL_HIGH)}"
 
 
 def rows_of(size: TableSize) -> int:

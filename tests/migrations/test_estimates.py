@@ -88,3 +88,42 @@ def test_every_estimate_is_the_built_in_one_times_the_speed() -> None:
         assert estimate(size) > 0
         assert estimate(fast) == pytest.approx(estimate(size) * 0.5)
         assert estimate(slow) == pytest.approx(estimate(size) * 3.0)
+
+
+def test_the_likely_range_is_the_spread_of_runs_estimated_the_same_way(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a measured speed the range is the built-in rates' spread; with one, the spread measured with it."""
+    create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
+    no_autovacuum(conn)
+    insert_rows(conn, 20_000, modulus=10)
+    conn.execute("ANALYZE chunks")
+    for probed, factor, source in ((False, [0.25, 2.5], "built-in rates"), (True, [0.2, 3.7], "measured speed")):
+        if probed:
+            monkeypatch.setattr(probe, "PROBE_MIN_BYTES", 0)  # probe this small table too
+        plan = json.loads(cli(dsn, "plan", "--json").out)
+        assert (plan["estimate_range_factor"], plan["estimate_range_source"]) == (factor, source)
+        assert ("measured now" in plan["estimate_basis"]) == probed, plan["estimate_basis"]
+        for step in plan["steps"]:
+            # Both sides are rounded to the millisecond in --json, the estimate before it is multiplied.
+            low, high = step["estimate_range_seconds"]
+            assert low == pytest.approx(step["estimate_seconds"] * factor[0], abs=0.0006 * factor[0] + 0.0006)
+            assert high == pytest.approx(step["estimate_seconds"] * factor[1], abs=0.0006 * factor[1] + 0.0006)
+        says = f"{factor[0]:g}x-{factor[1]:g}x, the spread of real times at the {source}"
+        assert says in plan["estimate_basis"]
+        lines = cli(dsn, "plan").out.splitlines()
+        total = next(line for line in lines if line.startswith("estimated total: "))
+        assert f"({says}; rates measured on PostgreSQL 18" in total, total
+
+
+def test_only_a_measured_speed_takes_the_measured_spread() -> None:
+    """A size the probe did not measure (too small, or the read failed) keeps the built-in rates' range."""
+    size = TableSize(heap_bytes=300 * 1024**2, total_bytes=450 * 1024**2, rows=1_000_000, index_count=2)
+    assert steps.likely_range(size) == steps.BUILT_IN
+    assert steps.likely_range(replace(size, probe="built-in rates (the timed sample read failed: x)")) == steps.BUILT_IN
+    assert steps.likely_range(replace(size, speed=1.7, speed_measured=True)) == steps.MEASURED
+    plan = steps.Plan("upgrade", "check", "why")
+    plan.based_on(replace(size, speed=1.7, speed_measured=True))
+    assert plan.likely == steps.MEASURED
+    assert plan.likely.spread(10) == "2.0 s to 37.0 s"
+    assert "likely range: 0.2x-3.7x, the spread of real times at the measured speed" in plan.estimate_basis
