@@ -46,14 +46,14 @@ def datasource_variable() -> db.DatasourceVariable:
     return db.DatasourceVariable("datasource").label("Data source").type("prometheus")
 
 
-def target_variable() -> db.QueryVariable:
-    """The $target variable: targets the exporter reports on."""
+def _label_variable(name: str, label: str, description: str, query: str) -> db.QueryVariable:
+    """A multi-select variable over a label's values, refreshed with the time range, sorted, with All."""
     return (
-        db.QueryVariable("target")
-        .label("Target")
-        .description("Configured target name (a database).")
+        db.QueryVariable(name)
+        .label(label)
+        .description(description)
         .datasource(DATASOURCE)
-        .query("label_values(partkey_up, target)")
+        .query(query)
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -61,19 +61,21 @@ def target_variable() -> db.QueryVariable:
     )
 
 
+def target_variable() -> db.QueryVariable:
+    """The $target variable: targets the exporter reports on."""
+    return _label_variable(
+        "target", "Target", "Configured target name (a database).", "label_values(partkey_up, target)"
+    )
+
+
 def table_variable() -> db.QueryVariable:
     """The $table variable: watched tables of the selected targets."""
     # partkey_check_success exists for every table as soon as any check ran once.
-    return (
-        db.QueryVariable("table")
-        .label("Table")
-        .description("Watched table, schema.table.")
-        .datasource(DATASOURCE)
-        .query('label_values(partkey_check_success{target=~"$target"}, table)')
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
+    return _label_variable(
+        "table",
+        "Table",
+        "Watched table, schema.table.",
+        'label_values(partkey_check_success{target=~"$target"}, table)',
     )
 
 

@@ -31,6 +31,14 @@ def estimates(dsn: str, *args: str) -> dict[str, Any]:
     return {"steps": {s["name"]: s["estimate_seconds"] for s in plan["steps"]}, "basis": plan["estimate_basis"]}
 
 
+def small_analyzed_table(conn: psycopg.Connection[Any]) -> None:
+    """20,000 rows in 10 partitions under the legacy trigger, analyzed, autovacuum off: under the probe's minimum."""
+    create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
+    no_autovacuum(conn)
+    insert_rows(conn, 20_000, modulus=10)
+    conn.execute("ANALYZE chunks")
+
+
 @pytest.mark.versioned("partkey-migrate estimates")
 def test_estimates_follow_the_current_size_not_a_stale_row_count(conn: psycopg.Connection[Any], dsn: str) -> None:
     create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
@@ -55,10 +63,7 @@ def test_plan_scales_every_estimate_by_the_speed_it_measured_on_the_table(
     conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The probe's speed multiplies the built-in rates; the basis line says what was read and how fast."""
-    create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
-    no_autovacuum(conn)
-    insert_rows(conn, 20_000, modulus=10)
-    conn.execute("ANALYZE chunks")
+    small_analyzed_table(conn)
     built_in = estimates(dsn)
     assert "built-in rates (heap under 64.0 MB: not measured)" in built_in["basis"]
     monkeypatch.setattr(probe, "PROBE_MIN_BYTES", 0)  # probe this small table too
@@ -94,10 +99,7 @@ def test_the_likely_range_is_the_spread_of_runs_estimated_the_same_way(
     conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without a measured speed the range is the built-in rates' spread; with one, the spread measured with it."""
-    create_list_table(conn, modulus=10, trigger=legacy_trigger(conn))
-    no_autovacuum(conn)
-    insert_rows(conn, 20_000, modulus=10)
-    conn.execute("ANALYZE chunks")
+    small_analyzed_table(conn)
     for probed, factor, source in ((False, [0.25, 2.5], "built-in rates"), (True, [0.2, 3.7], "measured speed")):
         if probed:
             monkeypatch.setattr(probe, "PROBE_MIN_BYTES", 0)  # probe this small table too
