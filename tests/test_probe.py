@@ -61,7 +61,9 @@ def test_probe_leaves_no_rows(
     assert scalar(conn, "SELECT count(*) FROM chunks WHERE collection_id = %s", (probe_id,)) == 0
     lingering = scalar(
         conn,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state LIKE 'idle in transaction%%'",
+        # This database's only: another xdist worker's exporter may be on the same server.
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database() "
+        "AND state LIKE 'idle in transaction%%'",
         (APPLICATION_NAME,),
     )
     assert lingering == 0

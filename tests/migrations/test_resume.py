@@ -43,7 +43,11 @@ def wait_line(lines: queue.Queue[str], text: str, timeout: float = 30) -> None:
 
 def migrate_backends(conn: psycopg.Connection[Any]) -> int:
     """How many partkey-migrate backends the server still has."""
-    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-migrate'").fetchone()
+    # This database's only: with xdist, another test's run may be on the same server in its own database.
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partkey-migrate' "
+        "AND datname = current_database()"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -119,7 +123,8 @@ def test_list_upgrade_killed_in_the_middle_of_validate_finishes_on_rerun(
         )
         held = conn.execute(
             "SELECT l.relation::regclass::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE a.application_name = 'partkey-migrate' AND l.granted AND l.mode = 'ShareUpdateExclusiveLock'"
+            "WHERE a.application_name = 'partkey-migrate' AND a.datname = current_database() AND l.granted "
+            "AND l.mode = 'ShareUpdateExclusiveLock'"
         ).fetchall()
         assert ("chunks",) in held  # the validate-check step is under way: it holds the parent
         proc.kill()

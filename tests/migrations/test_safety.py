@@ -25,7 +25,9 @@ def list_table(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 def migrate_backend_states(conn: psycopg.Connection[Any]) -> list[str]:
     """The state of every partkey-migrate backend right now."""
     rows = conn.execute(
-        "SELECT state FROM pg_stat_activity WHERE application_name = 'partkey-migrate' AND pid <> pg_backend_pid()"
+        # This database's only: with xdist, another test's run may be on the same server in its own database.
+        "SELECT state FROM pg_stat_activity WHERE application_name = 'partkey-migrate' AND pid <> pg_backend_pid() "
+        "AND datname = current_database()"
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -33,7 +35,8 @@ def migrate_backend_states(conn: psycopg.Connection[Any]) -> list[str]:
 def lock_waiter(conn: psycopg.Connection[Any]) -> int | None:
     """The pid of a partkey-migrate backend waiting for a lock, if any."""
     row = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'partkey-migrate' AND wait_event_type = 'Lock'"
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'partkey-migrate' AND wait_event_type = 'Lock' "
+        "AND datname = current_database()"
     ).fetchone()
     return int(row[0]) if row else None
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.ports import EXPORTER_LISTENING, on_free_port, wait_listening
 from exporter.app import Exporter
@@ -218,19 +219,31 @@ def succeeded_since(exporter: Exporter, check: str, since: float, table: str = "
     return result is not None and result.success and (result.last_success_at or 0) >= since
 
 
-def our_backends(conn: psycopg.Connection[Any], state: str | None = None) -> list[tuple[int, str, str]]:
-    """(pid, state, query) of every exporter connection, optionally only in one state."""
+# The exporter's sessions in one database: by name alone, another xdist worker's exporter on the same server (each
+# test has its own database) would be counted too. The database is conn's own unless named (an admin connection).
+OURS = "application_name = 'partkey-exporter' AND datname = coalesce(%s::name, current_database())"
+
+
+def database_of(dsn: str) -> str:
+    """The database a DSN (URL or key=value) connects to."""
+    return str(conninfo_to_dict(dsn)["dbname"])
+
+
+def our_backends(
+    conn: psycopg.Connection[Any], state: str | None = None, database: str | None = None
+) -> list[tuple[int, str, str]]:
+    """(pid, state, query) of every exporter connection to DATABASE (conn's own by default), optionally in one state."""
     rows = conn.execute(
-        "SELECT pid, coalesce(state, ''), query FROM pg_stat_activity WHERE application_name = 'partkey-exporter'"
+        "SELECT pid, coalesce(state, ''), query FROM pg_stat_activity WHERE " + OURS, (database,)
     ).fetchall()
     return [(int(r[0]), str(r[1]), str(r[2])) for r in rows if state is None or r[1] == state]
 
 
-def our_lock_waits(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
-    """(pid, query) of exporter backends waiting on a lock right now."""
+def our_lock_waits(conn: psycopg.Connection[Any], database: str | None = None) -> list[tuple[int, str]]:
+    """(pid, query) of exporter backends of DATABASE (conn's own by default) waiting on a lock right now."""
     rows = conn.execute(
-        "SELECT pid, query FROM pg_stat_activity WHERE application_name = 'partkey-exporter' "
-        "AND state = 'active' AND wait_event_type = 'Lock'"
+        "SELECT pid, query FROM pg_stat_activity WHERE " + OURS + " AND state = 'active' AND wait_event_type = 'Lock'",
+        (database,),
     ).fetchall()
     return [(int(r[0]), str(r[1])) for r in rows]
 

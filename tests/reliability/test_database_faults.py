@@ -21,11 +21,13 @@ T = {"target": "t1", "table": "public.chunks"}
 
 
 def _our_active_queries(admin: psycopg.Connection[Any]) -> list[str]:
-    """Queries of the exporter's connection that are still running."""
+    """Queries of the exporter's connection to this database that are still running (not another worker's)."""
     return [
         r[0]
         for r in admin.execute(
-            "SELECT query FROM pg_stat_activity WHERE application_name = %s AND state = 'active'", (APPLICATION_NAME,)
+            "SELECT query FROM pg_stat_activity WHERE application_name = %s AND datname = current_database() "
+            "AND state = 'active'",
+            (APPLICATION_NAME,),
         ).fetchall()
     ]
 

@@ -11,7 +11,7 @@ import psycopg
 from exporter.app import COMEBACK_STAGGER, Exporter
 from exporter.reconnect import LIGHT_CHECKS, ReconnectWatcher, comeback_order, due_after_outage
 from exporter.snapshot import CheckResult
-from tests.reliability.harness import PrivateServer, config, our_backends, succeeded_since
+from tests.reliability.harness import PrivateServer, config, database_of, our_backends, succeeded_since
 from tests.support import poll
 
 LIGHT = ("implementation", "distribution")
@@ -55,7 +55,7 @@ def test_a_restart_is_noticed_and_the_due_checks_run_at_once(table: str, own_ser
         fresh_after = max(_result(exporter, c).finished_at for c in LIGHT) - starting  # type: ignore[union-attr]
         print(f"fresh values {fresh_after:.2f} s after the server was started")
         with psycopg.connect(own_server.admin_dsn) as admin:
-            assert len(our_backends(admin)) == 1  # the comeback reuses the one connection
+            assert len(our_backends(admin, database=database_of(table))) == 1  # the comeback reuses the one connection
     finally:
         exporter.stop()
     assert target.up is True

@@ -17,6 +17,7 @@ from exporter.http import ExporterHTTPServer
 from tests.reliability.harness import (
     PrivateServer,
     config,
+    database_of,
     get,
     our_backends,
     our_lock_waits,
@@ -151,7 +152,7 @@ def test_restart_while_idle(table: str, own_server: PrivateServer, caplog: pytes
         after = _series_names(server)
         assert exporter.targets["t1"] is target and exporter.scheduler is not None  # the same daemon, never restarted
         with psycopg.connect(own_server.admin_dsn) as admin:
-            assert len(our_backends(admin)) == 1  # one connection, not one per attempt
+            assert len(our_backends(admin, database=database_of(table))) == 1  # one connection, not one per attempt
     # up fell while the server was away and came back without a restart of the daemon (how fast is no test's
     # business on 2 shared cores: the polls above are hang guards).
     # While down: every check says it failed, and the last good values keep their (old) timestamp.
@@ -182,7 +183,7 @@ def test_restart_in_the_middle_of_a_check(
         locker = psycopg.connect(table)
         locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
-            poll(lambda: our_lock_waits(admin), "a check waiting on the lock")
+            poll(lambda: our_lock_waits(admin, database_of(table)), "a check waiting on the lock")
         restarted_at = time.time()
         own_server.restart()
         # The reconnect watcher may bring the target back within half a second, between two polls of up: the log
@@ -197,7 +198,7 @@ def test_restart_in_the_middle_of_a_check(
         poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
         after = _series_names(server)
         with psycopg.connect(own_server.admin_dsn) as admin:
-            assert len(our_backends(admin)) == 1
+            assert len(our_backends(admin, database=database_of(table))) == 1
         locker.close()
     assert failed is not None
     assert after == before
@@ -213,13 +214,13 @@ def test_backend_terminated_between_queries(
     with running(table) as (exporter, server):
         before = _series_names(server)
         with psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
-            ((pid, _, _),) = poll(lambda: our_backends(admin, "idle"), "an idle exporter backend")
+            ((pid, _, _),) = poll(lambda: our_backends(admin, "idle", database_of(table)), "an idle exporter backend")
             killed_at = time.time()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            poll(lambda: (b := our_backends(admin)) and b[0][0] != pid, "a new backend")
+            poll(lambda: (b := our_backends(admin, database=database_of(table))) and b[0][0] != pid, "a new backend")
             poll(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), "checks succeed")
             poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
-            assert len(our_backends(admin)) == 1
+            assert len(our_backends(admin, database=database_of(table))) == 1
         assert _up(server) == 1
         assert _series_names(server) == before
     assert len(_loud(caplog, "target t1 is down")) <= 1
@@ -233,7 +234,7 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
         before = _series_names(server)
         with psycopg.connect(table) as locker, psycopg.connect(own_server.admin_dsn, autocommit=True) as admin:
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            ((pid, _),) = poll(lambda: our_lock_waits(admin), "a check waiting on the lock")
+            ((pid, _),) = poll(lambda: our_lock_waits(admin, database_of(table)), "a check waiting on the lock")
             killed_at = time.time()
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             # The check whose query was killed; a check that comes along before the reconnect fails too, but
@@ -252,7 +253,7 @@ def test_backend_terminated_mid_query(table: str, own_server: PrivateServer, cap
             locker.rollback()
             poll(lambda: all(succeeded_since(exporter, c, killed_at) for c in CHECKED), "checks succeed")
             poll(lambda: all(_success(server, c) for c in CHECKED), "every check succeeds again")
-            backends = our_backends(admin)
+            backends = our_backends(admin, database=database_of(table))
         assert _up(server) == 1
         assert _series_names(server) == before
     assert len(backends) == 1 and backends[0][0] != pid

@@ -71,7 +71,7 @@ def _lock_wait(conn: psycopg.Connection[Any]) -> tuple[int, Any] | None:
     """(pid, query_start) of the exporter query waiting on a lock right now, if any: one wait, told from the next."""
     row = conn.execute(
         "SELECT pid, query_start FROM pg_stat_activity WHERE application_name = 'partkey-exporter' "
-        "AND state = 'active' AND wait_event_type = 'Lock'"
+        "AND datname = current_database() AND state = 'active' AND wait_event_type = 'Lock'"
     ).fetchone()
     return (int(row[0]), row[1]) if row else None
 
