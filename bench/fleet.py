@@ -5,8 +5,9 @@ Scenarios, side by side in one run: 10 targets and 200 targets on one exporter p
 its trigger; the time until every target's table was discovered is measured too). Per scenario: time until every
 check of every target has succeeded, /metrics size (plain and gzip) and latency (p50/p99, scraped once a second
 while the checks run on their default schedule), /probe latency, RSS, CPU seconds per hour and database time per
-hour (pg_stat_statements) over the observation window, and the connections the exporter holds. Ratios against
-10 targets show the growth.
+hour (pg_stat_statements) over the observation window, the connections the exporter holds, and the machine's
+1-minute load average (lowest-highest, sampled every second of the window). Ratios against 10 targets show the
+growth.
 Run: .venv/bin/python -m bench.fleet [--targets 200] [--window 60] [--quick] [--scenarios 10,all,shards,auto]
 """
 
@@ -70,6 +71,7 @@ class Measured:
     cpu_per_hour: float = 0.0
     db_per_hour: float = 0.0
     connections: int = 0
+    load: tuple[float, float] = (0.0, 0.0)  # the 1-minute load average, lowest and highest, during the observation
     notes: list[str] = field(default_factory=list)
 
 
@@ -270,8 +272,10 @@ def run_scenario(
         packed: list[float] = []
         probes: list[float] = []
         index = 0
+        loads: list[float] = []
         while time.monotonic() - watch_started < window:
             tick = time.monotonic()
+            loads.append(os.getloadavg()[0])  # the machine is shared: the tails move with its load
             for conn in conns:
                 took, body, _ = get(conn, "/metrics")
                 plain.append(took)
@@ -293,6 +297,7 @@ def run_scenario(
         result.rss_mb = sum(rss_mb(p.pid) for p in processes)
         result.notes += [memory_note(p.pid) for p in processes[:1]]
         result.connections = connections(admin)
+        result.load = (min(loads), max(loads))
         result.metrics, result.metrics_gzip, result.probe = summarize(plain), summarize(packed), summarize(probes)
         if shards > 1:
             result.body_bytes = sum(len(get(c, "/metrics")[1]) for c in conns)
@@ -321,8 +326,8 @@ def report(results: list[Measured], version: str, window: float) -> str:
         "",
         "| scenario | every table discovered after | every check of every target succeeded after "
         "| /metrics bytes (gzip) | /metrics p50 / p99 ms "
-        "(gzip) | /probe p50 / p99 ms | RSS MB | CPU s/hour | DB s/hour | connections |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(gzip) | /probe p50 / p99 ms | RSS MB | CPU s/hour | DB s/hour | connections | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         covered = f"{r.covered_seconds:.1f} s" if r.covered_seconds is not None else f"not within {COVER_LIMIT} s"
@@ -330,7 +335,8 @@ def report(results: list[Measured], version: str, window: float) -> str:
         lines.append(
             f"| {r.name} | {found} | {covered} | {r.body_bytes:,} ({r.gzip_bytes:,}) "
             f"| {_ms(r.metrics)} ({_ms(r.metrics_gzip)}) "
-            f"| {_ms(r.probe)} | {r.rss_mb:.0f} | {r.cpu_per_hour:.0f} | {r.db_per_hour:.1f} | {r.connections} |"
+            f"| {_ms(r.probe)} | {r.rss_mb:.0f} | {r.cpu_per_hour:.0f} | {r.db_per_hour:.1f} | {r.connections} "
+            f"| {r.load[0]:.1f}-{r.load[1]:.1f} |"
         )
     lines += ["", f"Ratios against {base.name}:", ""]
     lines += ["| scenario | targets | /metrics bytes | /metrics p99 | RSS | CPU/hour | DB/hour | connections |"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,6 +19,18 @@ from exporter.textformat import GaugeRows as GaugeMetricFamily
 from exporter.verify import VerificationResult
 
 TT = ["target", "table"]
+
+
+@dataclass(frozen=True)
+class Section:
+    """Some consecutive families and what their text is made from: equal inputs write the same text."""
+
+    name: str
+    # The values the families are filled from (payloads, counters), compared with ==: the payloads are immutable
+    # dataclasses, so an unchanged result is the same object (an identity check) or equal values (the same text;
+    # 0.0 and -0.0 compare equal and both mean zero). None: made again every time.
+    inputs: Any
+    families: Callable[[], Iterator[Metric]]
 
 
 class PartkeyCollector(Collector):
@@ -42,15 +56,48 @@ class PartkeyCollector(Collector):
 
     def _families(self, snapshot: Snapshot) -> Iterator[Metric]:
         """All families, filled from SNAPSHOT."""
-        yield from self._meta(snapshot)
-        yield from self._checks(snapshot)
-        yield from self._discovery(snapshot)
-        yield from self._implementation(snapshot)
-        yield from self._verification(snapshot)
-        yield from self._distribution(snapshot)
-        yield from self._sizes(snapshot)
-        yield from self._probe(snapshot)
-        yield from self._scan(snapshot)
+        for section in self.sections(snapshot):
+            yield from section.families()
+
+    def sections(self, snapshot: Snapshot) -> list[Section]:
+        """The families in body order, in groups, each with the part of SNAPSHOT its text depends on."""
+        results = sorted(snapshot.results.items())
+        payloads = [(key, result.payload) for key, result in results]
+        return [
+            # Every result's success, duration and timestamps, and the discovery's, move with each run: always made.
+            Section("meta", None, lambda: self._meta(snapshot)),
+            Section("checks", None, lambda: self._checks(snapshot)),
+            Section("discovery", None, lambda: self._discovery(snapshot)),
+            Section(
+                "implementation",
+                tuple(item for item in payloads if item[0][2] == "implementation"),
+                lambda: self._implementation(snapshot),
+            ),
+            Section(
+                "verification",
+                (
+                    tuple(item for item in payloads if isinstance(item[1], VerificationResult)),
+                    tuple(sorted(snapshot.rows_verified.items())),
+                ),
+                lambda: self._verification(snapshot),
+            ),
+            Section(
+                "distribution",
+                tuple(item for item in payloads if isinstance(item[1], Distribution)),
+                lambda: self._distribution(snapshot),
+            ),
+            Section(
+                "sizes",
+                tuple(item for item in payloads if item[0][2] == "distribution" and isinstance(item[1], Distribution)),
+                lambda: self._sizes(snapshot),
+            ),
+            Section("probe", tuple(sorted(snapshot.probe_histograms.items())), lambda: self._probe(snapshot)),
+            Section(
+                "scan",
+                tuple((key, result.scan) for key, result in results if result.scan is not None),
+                lambda: self._scan(snapshot),
+            ),
+        ]
 
     def _meta(self, snapshot: Snapshot) -> Iterator[Metric]:
         """partkey_up, build info and server version."""

@@ -48,11 +48,15 @@ class Fragment:
     generation: int
     families: tuple[Family, ...]
     by_name: dict[str, Family] = field(compare=False, repr=False)
+    # Per collector section: the inputs its families were written from, and those families (reused while equal).
+    sections: dict[str, tuple[Any, tuple[Family, ...]]] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
-    def of(generation: int, families: Sequence[Family]) -> Fragment:
+    def of(
+        generation: int, families: Sequence[Family], sections: dict[str, tuple[Any, tuple[Family, ...]]] | None = None
+    ) -> Fragment:
         """A fragment with its families looked up by name."""
-        return Fragment(generation, tuple(families), {family.name: family for family in families})
+        return Fragment(generation, tuple(families), {family.name: family for family in families}, sections or {})
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,11 +223,19 @@ def _reusing(old: Fragment | None, new: Fragment) -> Fragment:
     """NEW, holding OLD's bytes objects where the text is the same: later comparisons are identity checks."""
     if old is None:
         return new
-    families = tuple(
-        before if (before := old.by_name.get(family.name)) is not None and before == family else family
+    kept = {
+        family.name: before
         for family in new.families
-    )
-    return Fragment.of(new.generation, families)
+        if (before := old.by_name.get(family.name)) is not None and before is not family and before == family
+    }
+    if not kept:
+        return new
+    families = tuple(kept.get(family.name, family) for family in new.families)
+    sections = {
+        name: (inputs, tuple(kept.get(family.name, family) for family in written))
+        for name, (inputs, written) in new.sections.items()
+    }
+    return Fragment.of(new.generation, families, sections)
 
 
 def _same(a: bytes, b: bytes) -> bool:
@@ -278,6 +290,7 @@ class Exposition:
         self._content_types: list[str] = [content_type]
         self._formats: dict[str, Format] = {content_type: format_of(encoder)}
         self.encoded_fragments = 0  # fragments encoded since the start, for tests and the benchmark
+        self.reused_sections = 0  # sections of those whose families were kept from the fragment before
         self.joined_segments = 0  # segments joined again
         self.compressed_pieces = 0  # groups of segments deflated
 
@@ -311,7 +324,9 @@ class Exposition:
             with self._lock:
                 self._inflight[key] = max(generation, self._inflight.get(key, -1))
             try:
-                fragment = self._encode(target, snapshot, self._formats[content_type], generation)
+                fragment = self._encode(
+                    target, snapshot, self._formats[content_type], generation, self._fragments.get(key)
+                )
                 with self._lock:
                     fragment = self._keep(target, content_type, fragment)
                     layout = self._layouts.get(content_type)
@@ -363,7 +378,12 @@ class Exposition:
         if stale:
             stale = self._await_publishers(stale, content_type, snapshot)
         # Encode what is still missing or older than the snapshot outside the lock: other scrapes keep being served.
-        fresh = {name: self._encode(name, snapshot, form, self._generation(name, snapshot)) for name in stale}
+        fresh = {
+            name: self._encode(
+                name, snapshot, form, self._generation(name, snapshot), self._fragments.get((name, content_type))
+            )
+            for name in stale
+        }
         with self._lock:
             for name, fragment in fresh.items():
                 self._keep(name, content_type, fragment)
@@ -432,7 +452,7 @@ class Exposition:
         for name in (None, target):
             fragment = self._fragments.get((name, content_type))
             if fragment is None or fragment.generation < self._generation(name, snapshot):
-                fragment = self._encode(name, snapshot, form, self._generation(name, snapshot))
+                fragment = self._encode(name, snapshot, form, self._generation(name, snapshot), fragment)
                 with self._lock:
                     self._keep(name, content_type, fragment)
             parts.append(fragment)
@@ -462,14 +482,34 @@ class Exposition:
                     self._formats[content_type] = format_of(encoder)
                     self._content_types.append(content_type)
 
-    def _encode(self, name: str | None, snapshot: Snapshot, form: Format, generation: int) -> Fragment:
-        """One target's families (None: the global part, build info only), written in FORM."""
+    def _encode(
+        self, name: str | None, snapshot: Snapshot, form: Format, generation: int, base: Fragment | None = None
+    ) -> Fragment:
+        """One target's families (None: the global part, build info only), written in FORM.
+
+        A section whose inputs equal those BASE (an earlier fragment of the same target and format) was written
+        from keeps BASE's families: an incremental verification's result re-writes its target's few check and
+        verification series, not the 100-partition distribution families next to them.
+        """
         if name is None:
             collector = PartkeyCollector(FrozenSnapshot(Snapshot()), [], build_info=True)
-        else:
-            collector = PartkeyCollector(FrozenSnapshot(snapshot.for_target(name)), [name], build_info=False)
+            self.encoded_fragments += 1
+            return Fragment.of(generation, encode(collector.collect(), form))
+        part = snapshot.for_target(name)
+        collector = PartkeyCollector(FrozenSnapshot(part), [name], build_info=False)
+        families: list[Family] = []
+        sections: dict[str, tuple[Any, tuple[Family, ...]]] = {}
+        for section in collector.sections(part):
+            kept = base.sections.get(section.name) if base is not None else None
+            if kept is not None and section.inputs is not None and kept[0] == section.inputs:
+                written = kept[1]
+                self.reused_sections += 1
+            else:
+                written = tuple(encode(section.families(), form))
+            sections[section.name] = (section.inputs, written)
+            families.extend(written)
         self.encoded_fragments += 1
-        return Fragment.of(generation, encode(collector.collect(), form))
+        return Fragment.of(generation, families, sections)
 
 
 def _ordered(fragments: Sequence[Fragment], openmetrics: bool) -> tuple[bytes, ...]:
