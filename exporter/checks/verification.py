@@ -11,8 +11,7 @@ import psycopg
 
 from exporter.checks.base import Outcome
 from exporter.config import TableConfig
-from exporter.formula_catalog import resolve_spec
-from exporter.introspect import verification_inputs
+from exporter.spec_cache import SpecCache
 from exporter.verify import Mode, VerificationResult, Verifier, current_watermark
 from exporter.verify_cache import PlanCache
 
@@ -33,6 +32,8 @@ class TableVerificationState:
     incremental_tally: tuple[int, int, int, int] = (0, 0, 0, 0)
     # Full verification's catalog reads and statements, kept until the table's catalog fingerprint changes.
     plan_cache: PlanCache = field(default_factory=PlanCache)
+    # The spec resolved against the catalog, the key column's presence and the primary key, until the catalog changes.
+    spec_cache: SpecCache = field(default_factory=SpecCache)
 
 
 class VerificationCheck:
@@ -61,9 +62,10 @@ class VerificationCheck:
 
     def _run(self, conn: psycopg.Connection[Any]) -> Outcome:
         """The verification itself, on the connection's open transaction."""
-        spec = resolve_spec(conn, self.table.spec)  # key_expression: auto reads the table's own formula
-        key_column_exists, primary_key = verification_inputs(conn, spec)
-        if not key_column_exists:
+        # key_expression: auto reads the table's own formula; kept between runs until the table's catalog changes.
+        resolved = self.state.spec_cache.resolve(conn, self.table.spec)
+        spec, primary_key = resolved.spec, resolved.primary_key
+        if not resolved.key_column_exists:
             result = VerificationResult(
                 mode=self.mode,
                 rows_checked=0,
