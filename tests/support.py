@@ -6,11 +6,12 @@ import json
 import os
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +51,26 @@ def serving(exporter: Exporter, listen: ListenConfig | None = None) -> Iterator[
         server.shutdown()
         server.server_close()
         exporter.stop()
+
+
+@contextmanager
+def held_elsewhere(lock: AbstractContextManager[Any]) -> Iterator[None]:
+    """LOCK held by another thread for the duration of the block, as a concurrent request would hold it."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait(120)  # released at the block's end; the timeout only keeps a broken test from hanging
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60), "the other thread never got the lock"  # a hang guard
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 def http(

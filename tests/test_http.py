@@ -6,7 +6,6 @@ Bad input, routes and methods need no database: tests/test_offline.py.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.schema import create_list_table, insert_rows
-from tests.support import assert_unhealthy_report, config_for, http, serving
+from tests.support import assert_unhealthy_report, config_for, held_elsewhere, http, serving
 
 TOKEN = "tok-123456"
 
@@ -59,23 +58,8 @@ def test_verify_with_the_token_runs_a_full_pass(server: ExporterHTTPServer) -> N
 
 
 def test_second_verification_of_a_table_gets_409(server: ExporterHTTPServer) -> None:
-    lock = server.exporter.verify_states[("t1", "public.chunks")].lock
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(60)  # a hang guard: the holder must have the lock before the request
-    try:
+    with held_elsewhere(server.exporter.verify_states[("t1", "public.chunks")].lock):
         status, _, body = http(server.url + "/admin/partition/verify", "POST", b"{}", _auth())
-    finally:
-        release.set()
-        holder.join()
     assert status == 409
     assert json.loads(body) == {"error": "a verification of public.chunks on t1 is already running"}
     assert http(server.url + "/admin/partition/verify", "POST", b"{}", _auth())[0] == 200

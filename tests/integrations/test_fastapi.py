@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from exporter import PartitionImplementationDetector
 from exporter.app import Exporter
 from exporter.http import ExporterHTTPServer
 from tests.integrations.common import MODULUS, ROWS, TOKEN, load_example, three_wrong_keys
-from tests.support import config_for, http, serving
+from tests.support import config_for, held_elsewhere, http, serving
 
 fastapi_example = load_example("fastapi/partkey_fastapi.py")
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -141,21 +140,8 @@ def test_verify_runs_now_and_refuses_a_second_one(pair: Pair, conn: psycopg.Conn
 
     # While a verification of the table runs (its lock held by another thread), a second one gets the daemon's 409
     # (the daemon's own 409 is tested in tests/test_http.py, with the same body).
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with pair.detector._verification.lock:
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(60)  # a hang guard: the holder must have the lock before the request
-    try:
+    with held_elsewhere(pair.detector._verification.lock):
         response = pair.client.post("/admin/partition/verify", headers=AUTH)
-    finally:
-        release.set()
-        holder.join()
     assert (response.status_code, response.json()) == (
         409,
         {"error": "a verification of public.chunks on t1 is already running"},
