@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import psycopg
@@ -13,7 +13,16 @@ from psycopg import sql
 from exporter.formula import Column
 from exporter.keyspec import KeySpec, source_sql
 from exporter.pg.catalog import relation_tree
-from exporter.verify_cache import PlanCache, digest
+from exporter.verify_cache import PlanCache, _Entry, digest
+from exporter.verify_known import (
+    MAX_VALUES,
+    MIN_SERVER,
+    KnownBad,
+    KnownLeaf,
+    KnownValues,
+    array_literal,
+    server_run,
+)
 from exporter.verify_plan import LeafPlan, plan_catalog, read_catalog
 
 log = logging.getLogger(__name__)
@@ -173,6 +182,13 @@ class Verifier:
         # Catalog reads and built statements kept between runs of the same table until its schema changes.
         self.plan_cache = plan_cache
         self._list_values: dict[int, int] = {}
+        # Set by _full_statements for the run: each leaf's bound, the nullable source columns, the cache entry, the
+        # values earlier passes remembered (valid for this server run) and the server run itself.
+        self._bounds: dict[int, str | None] = {}
+        self._nullable: list[str] = []
+        self._entry: _Entry | None = None
+        self._known: KnownValues | None = None
+        self._server: str | None = None
 
     def relations(self) -> list[tuple[str, str]]:
         """(schema, name) of every leaf relation that holds rows: the partitions, or the table itself."""
@@ -387,21 +403,36 @@ class Verifier:
         """Rows with a NULL in any source column: the loose scan's row comparisons never reach them."""
         return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in nullable)
 
-    def _evaluated(self, groups: list[sql.Composable]) -> sql.Composed:
-        """Evaluate the key once per group; return the bad groups and one total row per relation."""
+    def _evaluated(self, groups: list[sql.Composable], learn: list[int] | None = None) -> sql.Composed:
+        """Evaluate the key once per group; return the bad groups and one total row per relation.
+
+        For the relations in LEARN (single-value partitions whose values are remembered) the total row also lists
+        the good non-NULL source texts, unless the relation has more than MAX_VALUES groups.
+        """
         key = sql.Identifier(self.spec.key_column)
         texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in self.spec.source_columns)
         nulls = sql.SQL(", ").join(sql.SQL("NULL") for _ in self.spec.source_columns)
+        good: sql.Composable = sql.SQL("NULL::text[]")
+        if learn:
+            column = sql.Identifier(self.spec.source_columns[0])
+            oids = sql.SQL("ARRAY[{}]::oid[]").format(sql.SQL(", ").join(sql.Literal(oid) for oid in sorted(learn)))
+            good = sql.SQL(
+                "CASE WHEN count(*) <= {cap} THEN coalesce(array_agg({column}::text) FILTER ("
+                "WHERE _pk_rel = ANY({oids}) AND {column} IS NOT NULL"
+                " AND NOT (_pk_raises OR {key} IS NULL OR {key} IS DISTINCT FROM _pk_expected)), '{{}}') END"
+            ).format(cap=sql.Literal(MAX_VALUES), column=column, oids=oids, key=key)
         return sql.SQL(
             "WITH _pk_g AS ({groups}),"
             " _pk_r AS (SELECT _pk_g.*, {raises} AS _pk_raises,"
             " CASE WHEN {raises} THEN NULL ELSE {expr} END AS _pk_expected FROM _pk_g)"
-            " SELECT _pk_rel, false, {key}, {texts}, {cols}, _pk_n, _pk_raises, _pk_expected, NULL::bigint FROM _pk_r"
+            " SELECT _pk_rel, false, {key}, {texts}, {cols}, _pk_n, _pk_raises, _pk_expected, NULL::bigint,"
+            " NULL::text[] FROM _pk_r"
             " WHERE _pk_raises OR {key} IS NULL OR {key} IS DISTINCT FROM _pk_expected"
             " UNION ALL"
-            " SELECT _pk_rel, true, NULL, {nulls}, {nulls}, sum(_pk_n)::bigint, NULL, NULL, count(*) FROM _pk_r"
+            " SELECT _pk_rel, true, NULL, {nulls}, {nulls}, sum(_pk_n)::bigint, NULL, NULL, count(*), {good} FROM _pk_r"
             " GROUP BY _pk_rel"
         ).format(
+            good=good,
             groups=sql.SQL(" UNION ALL ").join(groups),
             raises=self._raises(),
             expr=self.spec.expression(),
@@ -431,6 +462,12 @@ class Verifier:
             catalog = entry.catalog
         plans = plan_catalog(catalog, rows, self.spec)
         self._list_values = {oid: plan.list_value for oid, plan in plans if plan.list_value is not None}
+        self._bounds = {leaf.oid: leaf.bound for leaf in catalog.leaves}
+        self._nullable = list(catalog.nullable)
+        self._entry = entry
+        self._known = self._known_values(entry, plans)
+        plans = [(oid, self._known_plan(oid, plan)) for oid, plan in plans]
+        learn = [oid for oid, plan in plans if self._server is not None and self._rememberable(plan)]
         # Statements depend on the plans' shapes, not on their row estimates (which move with every write).
         shape = digest(tuple((oid, p.path, p.list_value, p.index_columns, p.readable) for oid, p in plans))
         if entry is not None and entry.statements is not None and entry.statements[0] == shape:
@@ -441,7 +478,7 @@ class Verifier:
         statements: list[tuple[list[sql.Composable], bytes]] = [
             (
                 [sql.SQL(sql.SQL(" UNION ALL ").join(groups).as_string(self.conn))],
-                self._evaluated(groups).as_bytes(self.conn),
+                self._evaluated(groups, learn).as_bytes(self.conn),
             )
             for groups in passes
         ]
@@ -460,6 +497,8 @@ class Verifier:
             if plan.list_value is None:
                 continue  # read by _other_groups
             handled.append(plan.list_value)
+            if plan.path == "known-values":
+                continue  # one aggregate of its own (_known_pass)
             if plan.path == "loose-index-scan":
                 if through_parent:
                     by_order.setdefault(plan.index_columns, []).append((oid, plan))
@@ -477,30 +516,51 @@ class Verifier:
 
     def explain_full(self) -> str:
         """EXPLAIN of every statement a full pass runs, so a fallback to a sequential scan can be seen."""
-        _, statements = self._full_statements()
+        plans, statements = self._full_statements()
+        texts = [statement for _, statement in statements]
+        known = [(oid, plan) for oid, plan in plans if plan.path == "known-values"]
+        if known:
+            texts.append(self._known_statement(known).as_bytes(self.conn))
         lines: list[str] = []
-        for _, statement in statements:
+        for statement in texts:
             lines += [str(r[0]) for r in self.conn.execute(b"EXPLAIN " + statement).fetchall()]
         return "\n".join(lines)
 
     def _full(self, tally: _Tally) -> tuple[PartitionVerification, ...]:
-        """Every leaf on its planned path; rows counted on the GROUP BY path, from statistics on the loose one."""
+        """Every leaf on its planned path; rows counted on the GROUP BY and known-values paths, from statistics on
+        the loose one."""
         plans, statements = self._full_statements()
         leaves = {oid: _Leaf(plan.relation, oid) for oid, plan in plans}
         loose = {oid for oid, plan in plans if plan.path == "loose-index-scan"}
+        learn = [oid for oid, plan in plans if self._server is not None and self._rememberable(plan)]
         totals: dict[int, tuple[int, int]] = {}  # oid -> (rows counted, distinct groups)
-        for groups, statement in statements:
-            bad, counted = self._read(groups, statement)
+        learned: dict[int, list[str] | None] = {}
+        found: list[_Group] = []
+
+        def handle(bad: list[_Group], counted: dict[int, tuple[int, int]]) -> None:
             self._count_groups(bad)
             for group in bad:
                 self._add(group, leaves[group.oid], group.oid in loose, tally, [])
+            found.extend(bad)
             for oid, (rows, count) in counted.items():
                 old = totals.get(oid, (0, 0))
                 totals[oid] = (old[0] + rows, old[1] + count)
+
+        for groups, statement in statements:
+            bad, counted, learnt = self._read(groups, statement, learn)
+            learned.update(learnt or {})
+            handle(bad, counted)
+        known = [(oid, plan) for oid, plan in plans if plan.path == "known-values"]
+        known_rows = self._known_pass(known, learned, handle) if known else {}
+        remembered = self._remember(plans, learned, found)
         out = []
         for oid, plan in plans:
             counted_rows, distinct = totals.get(oid, (0, 0))
-            if oid not in loose:
+            if oid in known_rows:
+                # Distinct values: those remembered after this pass (some may no longer have rows), else new ones.
+                rows, exact = known_rows[oid], True
+                distinct = remembered.get(oid, distinct)
+            elif oid not in loose:
                 rows, exact = counted_rows, True
             elif self.exact_rows:
                 rows, exact = self._count(oid, []), True
@@ -510,6 +570,172 @@ class Verifier:
             tally.checked += rows
             out.append(PartitionVerification(plan=plan, rows=rows, rows_exact=exact, distinct_values=distinct))
         return tuple(out)
+
+    # --- known values: one aggregate per partition whose values an earlier pass saw ---------------------------
+
+    def _remembers(self) -> bool:
+        """Whether this verification may keep source values between passes (verify_known.py)."""
+        return (
+            self.plan_cache is not None
+            and len(self.spec.source_columns) == 1
+            and self.conn.info.server_version >= MIN_SERVER
+        )
+
+    @staticmethod
+    def _rememberable(plan: LeafPlan) -> bool:
+        """A single-value partition read by GROUP BY or by known values: its good values stay good."""
+        return plan.list_value is not None and plan.path in ("group-by", "known-values")
+
+    def _known_values(self, entry: _Entry | None, plans: list[tuple[int, LeafPlan]]) -> KnownValues | None:
+        """The values earlier passes remembered, when they are valid for this server run; sets self._server."""
+        self._server = None
+        if entry is None or not self._remembers() or not any(self._rememberable(p) for _, p in plans):
+            return None
+        self._server = server_run(self.conn)
+        known = entry.known
+        if known is not None and known.server != self._server:
+            entry.known = known = None  # a restart, or another server at the same address
+        return known
+
+    def _known_plan(self, oid: int, plan: LeafPlan) -> LeafPlan:
+        """The known-values path for a leaf whose values an earlier pass remembered under the same bound."""
+        if self._known is None or not self._rememberable(plan):
+            return plan
+        leaf = self._known.leaves.get(oid)
+        if leaf is None or leaf.bound != self._bounds.get(oid):
+            return plan
+        return replace(
+            plan,
+            path="known-values",
+            reason=f"{leaf.count:,} values found good and {len(leaf.bad)} bad by an earlier pass: one aggregate,"
+            f" only new values grouped ({plan.reason})",
+        )
+
+    def _known_array(self, leaf: KnownLeaf) -> sql.Composable:
+        """A leaf's known values (good and bad) as one constant array of the source column's type."""
+        assert self._known is not None
+        texts = array_literal([*leaf.good(), *(bad.text for bad in leaf.bad)])
+        return sql.SQL("CAST({} AS {}[])").format(sql.Literal(texts), sql.SQL(self._known.column_type))
+
+    def _unknown(self, leaf: KnownLeaf) -> sql.Composable:
+        """Rows whose source value is not among the leaf's known values (NULL included)."""
+        column = sql.Identifier(self.spec.source_columns[0])
+        return sql.SQL("{col} IS NULL OR NOT ({col} = ANY({known}))").format(col=column, known=self._known_array(leaf))
+
+    def _known_statement(self, plans: list[tuple[int, LeafPlan]]) -> sql.Composed:
+        """One aggregate per leaf: rows, NULL sources, rows of no known value, rows of each known-bad value.
+
+        `= ANY` over a constant array is a hash probe per row from PostgreSQL 14 (NOT wrapped around it, as
+        `<> ALL` is hashed only from 15); a sequential scan with one plain Aggregate, no sort and no hash table of
+        groups.
+        """
+        assert self._known is not None
+        column = sql.Identifier(self.spec.source_columns[0])
+        key = sql.Identifier(self.spec.key_column)
+        nullable = self.spec.source_columns[0] in self._nullable
+        branches = []
+        for oid, plan in plans:
+            leaf = self._known.leaves[oid]
+            nulls = sql.SQL("count(*) FILTER (WHERE {} IS NULL)").format(column) if nullable else sql.SQL("0::bigint")
+            bad: sql.Composable = sql.SQL("'{}'::bigint[]")
+            if leaf.bad:
+                bad = sql.SQL("ARRAY[{}]::bigint[]").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("count(*) FILTER (WHERE {} = CAST({} AS {}))").format(
+                            column, sql.Literal(value.text), sql.SQL(self._known.column_type)
+                        )
+                        for value in leaf.bad
+                    )
+                )
+            where: sql.Composable = sql.SQL("")
+            if not plan.readable:
+                where = sql.SQL(" WHERE {} = {}").format(key, sql.Literal(plan.list_value))
+            branches.append(
+                sql.SQL(
+                    "SELECT {oid}::oid, count(*), {nulls}, count(*) FILTER (WHERE NOT ({col} = ANY({known}))), {bad}"
+                    " FROM {rel}{where}"
+                ).format(
+                    oid=sql.Literal(oid),
+                    nulls=nulls,
+                    col=column,
+                    known=self._known_array(leaf),
+                    bad=bad,
+                    rel=self._relation(plan),
+                    where=where,
+                )
+            )
+        return sql.SQL(" UNION ALL ").join(branches)
+
+    def _known_pass(
+        self,
+        plans: list[tuple[int, LeafPlan]],
+        learned: dict[int, list[str] | None],
+        handle: Any,
+    ) -> dict[int, int]:
+        """The known-values leaves: one aggregate each; the rows of values not seen before grouped afterwards.
+
+        Returns each leaf's exact row count; bad groups go to HANDLE, new good values into LEARNED.
+        """
+        assert self._known is not None
+        by_oid = dict(plans)
+        rows: dict[int, int] = {}
+        bad: list[_Group] = []
+        unseen: list[tuple[int, LeafPlan]] = []
+        for oid, total, nulls, unknown, counts in self.conn.execute(self._known_statement(plans)).fetchall():
+            plan = by_oid[int(oid)]
+            leaf = self._known.leaves[int(oid)]
+            rows[int(oid)] = int(total)
+            for value, count in zip(leaf.bad, counts, strict=True):
+                if count:
+                    text = (value.text,)
+                    group = _Group(int(oid), plan.list_value, text, text, int(count), value.raises, value.expected)
+                    group.error = value.error
+                    bad.append(group)
+            if nulls or unknown:
+                unseen.append((int(oid), plan))
+        handle(bad, {})
+        if unseen:
+            groups: list[sql.Composable] = [
+                self._fixed_key_groups(oid, plan, self._unknown(self._known.leaves[oid])) for oid, plan in unseen
+            ]
+            oids = [oid for oid, _ in unseen]
+            new, counted, learnt = self._read(groups, self._evaluated(groups, oids).as_bytes(self.conn), oids)
+            learned.update(learnt or {})
+            # Their rows are in the aggregate's count already: only the groups are kept (distinct values).
+            handle(new, {oid: (0, groups) for oid, (_, groups) in counted.items()})
+        return rows
+
+    def _remember(
+        self, plans: list[tuple[int, LeafPlan]], learned: dict[int, list[str] | None], found: list[_Group]
+    ) -> dict[int, int]:
+        """Keep each single-value leaf's good and bad values for the next pass; returns how many each keeps."""
+        if self._entry is None or self._server is None:
+            return {}
+        old = self._known.leaves if self._known is not None else {}
+        bad: dict[int, list[KnownBad]] = {}
+        for group in found:
+            if group.text[0] is not None and group.stored is not None:
+                bad.setdefault(group.oid, []).append(KnownBad(group.text[0], group.expected, group.raises, group.error))
+        leaves: dict[int, KnownLeaf] = {}
+        for oid, plan in plans:
+            bound = self._bounds.get(oid)
+            if bound is None or not self._rememberable(plan):
+                continue
+            good = learned.get(oid, [] if plan.path == "known-values" else None)
+            if good is None:  # too many values, or an unpredicted error evaluated value by value
+                continue
+            kept = (
+                old[oid].merged(good, bad.get(oid, []))
+                if plan.path == "known-values"
+                else KnownLeaf.make(bound, good, bad.get(oid, []))
+            )
+            if kept is not None:
+                leaves[oid] = kept
+        column_type = self._known.column_type if self._known is not None else None
+        if leaves and column_type is None:
+            column_type = self._source_types()[0]
+        self._entry.known = KnownValues(self._server, column_type or "", leaves) if leaves else None
+        return {oid: leaf.count + len(leaf.bad) for oid, leaf in leaves.items()}
 
     def _window(self, mode: Mode, sample_percent: float, filters: list[sql.Composable], tally: _Tally) -> None:
         """Sample or incremental: evaluate the formula per row (measured faster than grouping a window first).
@@ -607,8 +833,11 @@ class Verifier:
             positions=sql.SQL(", ").join(sql.Literal(p) for p in positions),
         )
 
-    def _read(self, groups: list[sql.Composable], statement: bytes) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
-        """The bad groups of one statement and (rows, groups) per relation; on an unpredicted error, per value."""
+    def _read(
+        self, groups: list[sql.Composable], statement: bytes, learn: list[int] | None = None
+    ) -> tuple[list[_Group], dict[int, tuple[int, int]], dict[int, list[str] | None] | None]:
+        """The bad groups of one statement, (rows, groups) per relation, and the good values of the relations in
+        LEARN (None where there were too many); on an unpredicted error, evaluated per value and nothing learned."""
         try:
             with self.conn.transaction():
                 rows = self.conn.execute(statement).fetchall()
@@ -618,14 +847,19 @@ class Verifier:
                 self.spec.label,
                 str(error).strip(),
             )
-            return self._read_value_by_value(groups)
+            return (*self._read_value_by_value(groups), None)
         width = len(self.spec.source_columns)
         bad = []
         totals: dict[int, tuple[int, int]] = {}
+        # A leaf with no rows has no total row: nothing to remember but that it is empty.
+        learned: dict[int, list[str] | None] = {oid: [] for oid in learn or ()}
         for row in rows:
             oid, total, stored, rest = int(row[0]), row[1], row[2], row[3:]
             if total:
                 totals[oid] = (int(rest[2 * width] or 0), int(rest[2 * width + 3] or 0))
+                if oid in learned:
+                    good = rest[2 * width + 4]
+                    learned[oid] = None if good is None else [str(value) for value in good]
                 continue
             count = rest[2 * width]
             bad.append(
@@ -639,7 +873,7 @@ class Verifier:
                     expected=rest[2 * width + 2],
                 )
             )
-        return bad, totals
+        return bad, totals, learned
 
     def _read_value_by_value(self, groups: list[sql.Composable]) -> tuple[list[_Group], dict[int, tuple[int, int]]]:
         """Fallback: list the groups without the expression, then evaluate each distinct source tuple alone."""

@@ -25,6 +25,7 @@ from psycopg import sql
 
 from exporter.keyspec import KeySpec
 from exporter.pg.catalog import relation_tree
+from exporter.verify_known import KnownValues
 from exporter.verify_plan import LEAF_COLUMNS, Catalog, LeafRow, LeafTuple, leading_index, read_catalog
 
 # One row per relation of the tree (the table included). VACUUM and ANALYZE update pg_class in place (same xmin),
@@ -177,11 +178,14 @@ Statements = tuple[bytes, tuple[tuple[list[sql.Composable], bytes], ...]]
 class _Entry:
     """One table's cached catalog (packed) and the statements built from it (compressed)."""
 
-    __slots__ = ("_statements", "key", "packed")
+    __slots__ = ("_statements", "key", "known", "packed")
 
     def __init__(self, key: tuple[Any, ...], packed: PackedCatalog) -> None:
         self.key = key
         self.packed = packed
+        # Source values full passes found good or bad per single-value partition (verify_known.py); dropped with
+        # the entry when the fingerprint changes.
+        self.known: KnownValues | None = None
         self._statements: tuple[bytes, tuple[tuple[bytes, bytes] | tuple[list[sql.Composable], bytes], ...]] | None
         self._statements = None
 

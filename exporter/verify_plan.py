@@ -12,7 +12,7 @@ import psycopg
 from exporter.keyspec import KeySpec
 from exporter.pg.catalog import relation_tree
 
-VerifyPath = Literal["loose-index-scan", "group-by"]
+VerifyPath = Literal["loose-index-scan", "group-by", "known-values"]
 
 # A loose index scan descends the index once per distinct value; the GROUP BY pass reads every index entry in
 # order. Measured side by side on the partitioned table (bench/verify_cost.py, 2026-11-30 05:18 UTC, 10M rows):

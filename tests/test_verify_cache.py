@@ -52,9 +52,12 @@ def _analyze_counts(conn: psycopg.Connection[Any]) -> dict[int, int]:
 
 
 def _seen(result: VerificationResult) -> tuple[Any, ...]:
-    """What a run found: exact bad counts, the bad pairs, and the path of every leaf."""
+    """What a run found: exact bad counts, the bad pairs, and the path of every leaf.
+
+    A cached run reads a group-by leaf by the values an earlier run remembered ("known-values"): the same decision.
+    """
     pairs = sorted((b.kind, b.relation, b.stored_key, b.source, b.expected_key, b.rows) for b in result.bad_pairs)
-    paths = sorted((p.plan.relation, p.plan.path) for p in result.partitions)
+    paths = sorted((p.plan.relation, p.plan.path.replace("known-values", "group-by")) for p in result.partitions)
     return result.mismatched, result.null_keys, result.expression_errors, tuple(pairs), tuple(paths)
 
 
