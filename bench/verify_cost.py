@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -163,7 +164,8 @@ def measure(conn: psycopg.Connection[Any], repeat: int) -> dict[str, Any]:
             took = _timed(function)
             timings[name].append(took)
             ratios[name].append(took / limit)
-    result = Verifier(conn, SPEC, primary_key=PK).run("full")
+    # The paths the product takes from its second run (known values on group-by partitions).
+    result = Verifier(conn, SPEC, primary_key=PK, plan_cache=cache).run("full")
     paths = sorted({p.plan.path for p in result.partitions})
     return {
         "timings": {name: summarize(values) for name, values in timings.items()},
@@ -346,10 +348,11 @@ def _threshold_row(conn: psycopg.Connection[Any], table: str, rows: int, repeat:
 # --- without an index: what might beat ~2x count(*) -----------------------------------------------------------
 
 
-def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = None) -> str:
-    """Without an index on collection_id: the GROUP BY pass under each setting the issue asked about, alternately
-    with count(*) (10M x 5,000 by default); a markdown table."""
-    build(dsn, rows, 5_000)
+def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = None, collections: int = 5_000) -> str:
+    """Without an index on collection_id: the GROUP BY pass under each setting the issue asked about, and the
+    known-values pass the product now runs from its second full run, alternately with count(*) (10M x 5,000 by
+    default); a markdown table."""
+    build(dsn, rows, collections)
     with psycopg.connect(dsn, autocommit=True) as conn:
         cache = PlanCache()
         verifier = Verifier(conn, SPEC, plan_cache=cache)
@@ -360,13 +363,24 @@ def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = 
         ours = statements[0][1].decode()
         no_count = ours.replace("count(*) AS _pk_n", "NULL::bigint AS _pk_n")
         known = _known_good(conn)
+        warm = Verifier(conn, SPEC, primary_key=PK, plan_cache=cache)
+        warm.run("full")  # the cold run: learns every partition's values
+        paths = {p.plan.path for p in Verifier(conn, SPEC, primary_key=PK, plan_cache=cache).run("full").partitions}
+        print(f"  paths on the second run: {', '.join(sorted(paths))}", flush=True)
         contenders: dict[str, Callable[[], Any]] = {
             "count(collection_id): every value read and deformed, nothing else": lambda: conn.execute(
                 "SELECT count(collection_id) FROM chunks"
             ).fetchone(),
-            "full verification (Verifier.run, cached plan)": lambda: Verifier(
+            "full verification (Verifier.run from its second run: plan cached, known values)": lambda: Verifier(
                 conn, SPEC, primary_key=PK, plan_cache=cache
             ).run("full"),
+            "full verification, first run (cold: no plan cached, nothing known; groups and learns)": lambda: Verifier(
+                conn, SPEC, primary_key=PK, plan_cache=PlanCache()
+            ).run("full"),
+            "full verification, plan cached, known values dropped before each run (the path until now)": _forgetting(
+                conn, PlanCache()
+            ),
+            "the known-values statement alone (one aggregate per partition, UNION ALL)": _known_statement(conn, cache),
             "its statement alone: per partition GROUP BY collection_id, UNION ALL": _in_session(conn, [], ours),
             "the same, work_mem 256MB": _in_session(conn, ["SET LOCAL work_mem = '256MB'"], ours),
             "the same, 4 workers per Gather": _in_session(
@@ -432,6 +446,29 @@ def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = 
                 timings[name].append(_timed(function))
     lines = _ratio_rows(timings)
     return "\n".join(lines) + "\n"
+
+
+def _forgetting(conn: psycopg.Connection[Any], cache: PlanCache) -> Callable[[], Any]:
+    """Full verification through CACHE with every remembered value dropped first (plans stay): every partition
+    is grouped, as before known values."""
+
+    def run() -> Any:
+        for entry in cache.entries.values():
+            entry.known = None
+        return Verifier(conn, SPEC, primary_key=PK, plan_cache=cache).run("full")
+
+    return run
+
+
+def _known_statement(conn: psycopg.Connection[Any], cache: PlanCache) -> Callable[[], Any]:
+    """The product's known-values statement for the cache's remembered values, fetched."""
+    verifier = Verifier(conn, SPEC, plan_cache=cache)
+    plans, _ = verifier._full_statements()
+    known = [(oid, plan) for oid, plan in plans if plan.path == "known-values"]
+    if not known:
+        raise SystemExit("expected the known-values path on the second run")
+    statement = verifier._known_statement(known).as_bytes(conn)
+    return lambda: conn.execute(statement).fetchall()
 
 
 def _ratio_rows(timings: dict[str, list[float]]) -> list[str]:
@@ -536,6 +573,7 @@ def main() -> None:
     parser.add_argument("--no-index", action="store_true", help="the GROUP BY pass's settings without an index")
     parser.add_argument("--sample", action="store_true", help="sample verification's cost, fixed and new seeds")
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows for --no-index and --sample")
+    parser.add_argument("--collections", type=int, default=5_000, help="collections for --no-index")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument(
         "--only", type=lambda text: text.split(","), help="--no-index: contenders whose names contain one of these"
@@ -555,10 +593,12 @@ def main() -> None:
         return
     if args.no_index:
         with bench_server() as server:
-            table = no_index_options(server.dsn, args.rows, args.repeat, args.only)
+            table = no_index_options(server.dsn, args.rows, args.repeat, args.only, args.collections)
+        load = " ".join(f"{value:.2f}" for value in os.getloadavg())
         text = (
             f"<!-- bench verify_cost --no-index: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}; "
-            f"PostgreSQL {server.version} (bench settings); {args.rows:,} rows x 5,000 collections, no index; "
+            f"load average at the end {load}; PostgreSQL {server.version} (bench settings); {args.rows:,} rows x "
+            f"{args.collections:,} collections, no index; "
             f"{args.repeat} alternating rounds; {time.monotonic() - started:.0f} s -->\n" + table
         )
         print(text)

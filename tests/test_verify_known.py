@@ -77,7 +77,7 @@ def test_the_second_run_counts_each_partition_with_one_aggregate(conn: psycopg.C
     # are in the property test: collection_id is NOT NULL here).
     stale = (partition_for(MOVED, 10) + 5) % 10
     conn.execute(
-        "INSERT INTO chunks (collection_id, partition_key) VALUES (md5('1')::uuid, %s), (gen_random_uuid(), 0)",
+        "INSERT INTO chunks (collection_id, partition_key) VALUES (md5('1')::uuid, %s), (md5('new')::uuid, 0)",
         ((partition_for(scalar(conn, "SELECT md5('1')::uuid::text"), 10) + 1) % 10,),
     )
     conn.execute("UPDATE chunks SET partition_key = %s WHERE id = (SELECT max(id) FROM chunks_part_01)", (stale,))
@@ -143,8 +143,8 @@ def test_a_partition_with_more_values_than_the_cap_is_not_remembered(conn: psyco
     # 2,400 collections over 10 partitions: about 240 each; one partition gets MAX_VALUES more.
     _table(conn, collections=2_400)
     conn.execute(
-        "INSERT INTO chunks (collection_id, partition_key, content) SELECT gen_random_uuid(), 7, 'x'"
-        " FROM generate_series(1, %s)",
+        "INSERT INTO chunks (collection_id, partition_key, content) SELECT md5('cap' || g)::uuid, 7, 'x'"
+        " FROM generate_series(1, %s) g",
         (MAX_VALUES,),
     )
     cache = PlanCache()
