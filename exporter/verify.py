@@ -622,49 +622,36 @@ class Verifier:
         column = sql.Identifier(self.spec.source_columns[0])
         return sql.SQL("{col} IS NULL OR NOT ({col} = ANY({known}))").format(col=column, known=self._known_array(leaf))
 
-    def _known_statement(self, plans: list[tuple[int, LeafPlan]]) -> sql.Composed:
+    def _known_statement(self, plans: list[tuple[int, LeafPlan]]) -> sql.SQL:
         """One aggregate per leaf: rows, NULL sources, rows of no known value, rows of each known-bad value.
 
         `= ANY` over a constant array is a hash probe per row from PostgreSQL 14 (NOT wrapped around it, as
         `<> ALL` is hashed only from 15); a sequential scan with one plain Aggregate, no sort and no hash table of
-        groups.
+        groups. Rendered as text from pieces rendered once: composing each leaf's pieces cost several ms a run.
         """
         assert self._known is not None
-        column = sql.Identifier(self.spec.source_columns[0])
-        key = sql.Identifier(self.spec.key_column)
-        nullable = self.spec.source_columns[0] in self._nullable
+        conn = self.conn
+        column = sql.Identifier(self.spec.source_columns[0]).as_string(conn)
+        key = sql.Identifier(self.spec.key_column).as_string(conn)
+        kind = self._known.column_type
+        nulls = f"count(*) FILTER (WHERE {column} IS NULL)" if self.spec.source_columns[0] in self._nullable else "0"
         branches = []
         for oid, plan in plans:
             leaf = self._known.leaves[oid]
-            nulls = sql.SQL("count(*) FILTER (WHERE {} IS NULL)").format(column) if nullable else sql.SQL("0::bigint")
-            bad: sql.Composable = sql.SQL("'{}'::bigint[]")
+            bad = "'{}'::bigint[]"
             if leaf.bad:
-                bad = sql.SQL("ARRAY[{}]::bigint[]").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("count(*) FILTER (WHERE {} = CAST({} AS {}))").format(
-                            column, sql.Literal(value.text), sql.SQL(self._known.column_type)
-                        )
-                        for value in leaf.bad
-                    )
+                counts = (
+                    f"count(*) FILTER (WHERE {column} = CAST({sql.Literal(value.text).as_string(conn)} AS {kind}))"
+                    for value in leaf.bad
                 )
-            where: sql.Composable = sql.SQL("")
-            if not plan.readable:
-                where = sql.SQL(" WHERE {} = {}").format(key, sql.Literal(plan.list_value))
+                bad = f"ARRAY[{', '.join(counts)}]::bigint[]"
+            where = "" if plan.readable else f" WHERE {key} = {int(plan.list_value or 0)}"
             branches.append(
-                sql.SQL(
-                    "SELECT {oid}::oid, count(*), {nulls}, count(*) FILTER (WHERE NOT ({col} = ANY({known}))), {bad}"
-                    " FROM {rel}{where}"
-                ).format(
-                    oid=sql.Literal(oid),
-                    nulls=nulls,
-                    col=column,
-                    known=self._known_array(leaf),
-                    bad=bad,
-                    rel=self._relation(plan),
-                    where=where,
-                )
+                f"SELECT {int(oid)}::oid, count(*), {nulls}::bigint,"
+                f" count(*) FILTER (WHERE NOT ({column} = ANY({self._known_array(leaf).as_string(conn)}))), {bad}"
+                f" FROM {self._relation(plan).as_string(conn)}{where}"
             )
-        return sql.SQL(" UNION ALL ").join(branches)
+        return sql.SQL(" UNION ALL ".join(branches))
 
     def _known_pass(
         self,
@@ -724,11 +711,12 @@ class Verifier:
             good = learned.get(oid, [] if plan.path == "known-values" else None)
             if good is None:  # too many values, or an unpredicted error evaluated value by value
                 continue
-            kept = (
-                old[oid].merged(good, bad.get(oid, []))
-                if plan.path == "known-values"
-                else KnownLeaf.make(bound, good, bad.get(oid, []))
-            )
+            if plan.path != "known-values":
+                kept = KnownLeaf.make(bound, good, bad.get(oid, []))
+            elif good or not set(bad.get(oid, [])) <= set(old[oid].bad):
+                kept = old[oid].merged(good, bad.get(oid, []))
+            else:
+                kept = old[oid]  # nothing new (the usual run): not packed again
             if kept is not None:
                 leaves[oid] = kept
         column_type = self._known.column_type if self._known is not None else None
