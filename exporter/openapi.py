@@ -81,7 +81,9 @@ SCHEMAS: dict[str, Any] = {
             "note": NULLABLE_STRING,
             "partitions": {
                 "type": "array",
-                "description": "Full passes: the path each leaf relation took (loose-index-scan or group-by) and why.",
+                "description": (
+                    "Full passes: the path each leaf took (loose-index-scan, group-by or known-values) and why."
+                ),
                 "items": {"type": "object"},
             },
             "bad_pairs": {

@@ -199,16 +199,17 @@ def render_text(health: TableHealth, now: float | None = None) -> str:
 
 
 def _path_lines(found: VerificationResult) -> list[str]:
-    """Which path the partitions of a full pass took, and why the ones that could not use the loose scan did not."""
+    """Which path the partitions of a full pass took, and why the ones that could not use the loose scan did not
+    (known-values: a group-by partition read by the values an earlier pass remembered)."""
     if not found.partitions:
         return []
     paths = Counter(p.plan.path for p in found.partitions)
     lines = ["    Paths: " + ", ".join(f"{count} {path}" for path, count in sorted(paths.items()))]
     if found.rows_estimated:
         lines.append(f"    Rows From Statistics (loose-scanned partitions): {found.rows_estimated:,}")
-    reasons = Counter(p.plan.reason for p in found.partitions if p.plan.path != "loose-index-scan")
-    for reason, count in reasons.most_common(5):
-        lines.append(f"    group-by x{count}: {reason}")
+    reasons = Counter((p.plan.path, p.plan.reason) for p in found.partitions if p.plan.path != "loose-index-scan")
+    for (path, reason), count in reasons.most_common(5):
+        lines.append(f"    {path} x{count}: {reason}")
     return lines
 
 
