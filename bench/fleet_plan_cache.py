@@ -53,6 +53,7 @@ def main() -> None:
     kept: dict[str, object] = {
         "catalog (as kept)": entry.packed,
         "statements (as kept)": entry._statements,
+        "known values (as kept: good and bad source values per partition)": entry.known,
         "key": entry.key,
     }
     parts = deep_sizes(kept)
@@ -61,6 +62,9 @@ def main() -> None:
     for part, size in parts.items():
         print(f"| {part} | {size / 1024:.1f} | {kept_objects(kept[part])} |")
     print(f"| whole entry | {sum(parts.values()) / 1024:.1f} | {kept_objects(entry)} |")
+    leaves = entry.known.unpack() if entry.known is not None else {}
+    leaves_kib = deep_sizes({"": leaves})[""] / 1024
+    print(f"| (the known values a run unpacks, dropped after the run) | {leaves_kib:.1f} | {kept_objects(leaves)} |")
     unpacked = entry.catalog
     unpacked_kib = deep_sizes({"": unpacked})[""] / 1024
     print(f"| (the catalog a run unpacks, dropped after planning) | {unpacked_kib:.1f} | {kept_objects(unpacked)} |")

@@ -188,6 +188,7 @@ class Verifier:
         self._nullable: list[str] = []
         self._entry: _Entry | None = None
         self._known: KnownValues | None = None
+        self._leaves: dict[int, KnownLeaf] = {}  # self._known unpacked
         self._server: str | None = None
 
     def relations(self) -> list[tuple[str, str]]:
@@ -589,19 +590,21 @@ class Verifier:
     def _known_values(self, entry: _Entry | None, plans: list[tuple[int, LeafPlan]]) -> KnownValues | None:
         """The values earlier passes remembered, when they are valid for this server run; sets self._server."""
         self._server = None
+        self._leaves = {}
         if entry is None or not self._remembers() or not any(self._rememberable(p) for _, p in plans):
             return None
         self._server = server_run(self.conn)
         known = entry.known
         if known is not None and known.server != self._server:
             entry.known = known = None  # a restart, or another server at the same address
+        self._leaves = known.unpack() if known is not None else {}
         return known
 
     def _known_plan(self, oid: int, plan: LeafPlan) -> LeafPlan:
         """The known-values path for a leaf whose values an earlier pass remembered under the same bound."""
         if self._known is None or not self._rememberable(plan):
             return plan
-        leaf = self._known.leaves.get(oid)
+        leaf = self._leaves.get(oid)
         if leaf is None or leaf.bound != self._bounds.get(oid):
             return plan
         return replace(
@@ -614,7 +617,7 @@ class Verifier:
     def _known_array(self, leaf: KnownLeaf) -> sql.Composable:
         """A leaf's known values (good and bad) as one constant array of the source column's type."""
         assert self._known is not None
-        texts = array_literal([*leaf.good(), *(bad.text for bad in leaf.bad)])
+        texts = array_literal([*leaf.values, *(bad.text for bad in leaf.bad)])
         return sql.SQL("CAST({} AS {}[])").format(sql.Literal(texts), sql.SQL(self._known.column_type))
 
     def _unknown(self, leaf: KnownLeaf) -> sql.Composable:
@@ -637,7 +640,7 @@ class Verifier:
         nulls = f"count(*) FILTER (WHERE {column} IS NULL)" if self.spec.source_columns[0] in self._nullable else "0"
         branches = []
         for oid, plan in plans:
-            leaf = self._known.leaves[oid]
+            leaf = self._leaves[oid]
             bad = "'{}'::bigint[]"
             if leaf.bad:
                 counts = (
@@ -670,7 +673,7 @@ class Verifier:
         unseen: list[tuple[int, LeafPlan]] = []
         for oid, total, nulls, unknown, counts in self.conn.execute(self._known_statement(plans)).fetchall():
             plan = by_oid[int(oid)]
-            leaf = self._known.leaves[int(oid)]
+            leaf = self._leaves[int(oid)]
             rows[int(oid)] = int(total)
             for value, count in zip(leaf.bad, counts, strict=True):
                 if count:
@@ -683,7 +686,7 @@ class Verifier:
         handle(bad, {})
         if unseen:
             groups: list[sql.Composable] = [
-                self._fixed_key_groups(oid, plan, self._unknown(self._known.leaves[oid])) for oid, plan in unseen
+                self._fixed_key_groups(oid, plan, self._unknown(self._leaves[oid])) for oid, plan in unseen
             ]
             oids = [oid for oid, _ in unseen]
             new, counted, learnt = self._read(groups, self._evaluated(groups, oids).as_bytes(self.conn), oids)
@@ -698,7 +701,7 @@ class Verifier:
         """Keep each single-value leaf's good and bad values for the next pass; returns how many each keeps."""
         if self._entry is None or self._server is None:
             return {}
-        old = self._known.leaves if self._known is not None else {}
+        old = self._leaves
         bad: dict[int, list[KnownBad]] = {}
         for group in found:
             if group.text[0] is not None and group.stored is not None:
@@ -722,7 +725,10 @@ class Verifier:
         column_type = self._known.column_type if self._known is not None else None
         if leaves and column_type is None:
             column_type = self._source_types()[0]
-        self._entry.known = KnownValues(self._server, column_type or "", leaves) if leaves else None
+        if not leaves:
+            self._entry.known = None
+        elif self._known is None or leaves.keys() != old.keys() or any(leaves[o] is not old[o] for o in leaves):
+            self._entry.known = KnownValues.pack(self._server, column_type or "", leaves)
         return {oid: leaf.count + len(leaf.bad) for oid, leaf in leaves.items()}
 
     def _window(self, mode: Mode, sample_percent: float, filters: list[sql.Composable], tally: _Tally) -> None:

@@ -12,7 +12,7 @@ from exporter.hashtext import partition_for
 from exporter.keyspec import KeySpec
 from exporter.verify import VerificationResult, Verifier
 from exporter.verify_cache import PlanCache
-from exporter.verify_known import MAX_VALUES, KnownLeaf, array_literal
+from exporter.verify_known import MAX_VALUES, KnownBad, KnownLeaf, KnownValues, array_literal
 from tests.schema import create_list_table, insert_rows, no_autovacuum, scalar
 
 pytestmark = pytest.mark.versioned("verification")
@@ -121,10 +121,10 @@ def test_remembered_values_are_dropped_when_they_could_lie(conn: psycopg.Connect
     assert set(_paths(_run(conn, cache)).values()) == {"known-values"}  # learned again
     # A leaf whose remembered bound is not its bound now is grouped again.
     assert entry.known is not None
-    leaves = dict(entry.known.leaves)
+    leaves = entry.known.unpack()
     oid = scalar(conn, "SELECT 'chunks_part_03'::regclass::oid")
     leaves[oid] = replace(leaves[oid], bound="FOR VALUES IN (99)")
-    entry.known = replace(entry.known, leaves=leaves)
+    entry.known = KnownValues.pack(entry.known.server, entry.known.column_type, leaves)
     paths = _paths(_run(conn, cache))
     assert paths.pop("public.chunks_part_03") == "group-by" and set(paths.values()) == {"known-values"}
     # Re-attached with another bound: every row of the partition is now stale, found by a cold pass.
@@ -160,11 +160,16 @@ def test_a_partition_with_more_values_than_the_cap_is_not_remembered(conn: psyco
 def test_known_leaves_pack_their_values_and_quote_them_for_an_array() -> None:
     leaf = KnownLeaf.make("FOR VALUES IN (1)", ["b", "a", 'q"uo\\te,{x}', "a"], [])
     assert leaf is not None and leaf.count == 3
-    assert leaf.good() == ["a", "b", 'q"uo\\te,{x}']
-    assert array_literal(leaf.good()) == '{"a","b","q\\"uo\\\\te,{x}"}'
+    assert leaf.values == ("a", "b", 'q"uo\\te,{x}')
+    assert array_literal(leaf.values) == '{"a","b","q\\"uo\\\\te,{x}"}'
     assert KnownLeaf.make("FOR VALUES IN (1)", map(str, range(MAX_VALUES + 1)), []) is None
-    empty = KnownLeaf.make("FOR VALUES IN (1)", [], [])
-    assert empty is not None and empty.good() == []
+    empty = KnownLeaf.make("FOR VALUES IN (2)", [], [])
+    blank = KnownLeaf.make("FOR VALUES IN (3)", ["", "\1"], [KnownBad("x", 4, False)])
+    assert empty is not None and blank is not None
+    # Packed and unpacked, an empty leaf, the empty text and a control character survive.
+    leaves = {7: leaf, 8: empty, 9: blank}
+    assert KnownValues.pack("run", "text", leaves).unpack() == leaves
+    assert KnownValues.pack("run", "text", {8: empty}).unpack() == {8: empty}
 
 
 def test_an_array_literal_round_trips_through_the_server(conn: psycopg.Connection[Any]) -> None:
