@@ -141,6 +141,12 @@ class _Group:
     raises: bool
     expected: int | None
     error: str | None = None
+    example: str | None = None  # the ctid of one of its rows, when the pass that found it read one
+
+
+def _sortable(value: Any) -> tuple[bool, Any]:
+    """A sort key that puts None last and compares values of one kind."""
+    return (value is None, value if value is not None else 0)
 
 
 @dataclass
@@ -539,9 +545,6 @@ class Verifier:
         found: list[_Group] = []
 
         def handle(bad: list[_Group], counted: dict[int, tuple[int, int]]) -> None:
-            self._count_groups(bad)
-            for group in bad:
-                self._add(group, leaves[group.oid], group.oid in loose, tally, [])
             found.extend(bad)
             for oid, (rows, count) in counted.items():
                 old = totals.get(oid, (0, 0))
@@ -553,6 +556,12 @@ class Verifier:
             handle(bad, counted)
         known = [(oid, plan) for oid, plan in plans if plan.path == "known-values"]
         known_rows = self._known_pass(known, learned, handle) if known else {}
+        # In one order whatever path found them (relation, key, source), so which groups get the examples and in what
+        # order does not change from the first run (GROUP BY: hash order) to the next (known values: sorted).
+        found.sort(key=lambda g: (leaves[g.oid].label, _sortable(g.stored), tuple(map(_sortable, g.text))))
+        self._count_groups(found)
+        for group in found:
+            self._add(group, leaves[group.oid], group.oid in loose, tally, [])
         remembered = self._remember(plans, learned, found)
         out = []
         for oid, plan in plans:
@@ -641,13 +650,15 @@ class Verifier:
         branches = []
         for oid, plan in plans:
             leaf = self._leaves[oid]
-            bad = "'{}'::bigint[]"
+            bad = "'{}'::bigint[], '{}'::text[]"
             if leaf.bad:
-                counts = (
-                    f"count(*) FILTER (WHERE {column} = CAST({sql.Literal(value.text).as_string(conn)} AS {kind}))"
-                    for value in leaf.bad
-                )
-                bad = f"ARRAY[{', '.join(counts)}]::bigint[]"
+                matches = [
+                    f"{column} = CAST({sql.Literal(value.text).as_string(conn)} AS {kind})" for value in leaf.bad
+                ]
+                counts = ", ".join(f"count(*) FILTER (WHERE {match})" for match in matches)
+                # One row of each bad value by its ctid, for the examples (min(tid) exists from PostgreSQL 14).
+                ctids = ", ".join(f"(min(ctid) FILTER (WHERE {match}))::text" for match in matches)
+                bad = f"ARRAY[{counts}]::bigint[], ARRAY[{ctids}]::text[]"
             where = "" if plan.readable else f" WHERE {key} = {int(plan.list_value or 0)}"
             branches.append(
                 f"SELECT {int(oid)}::oid, count(*), {nulls}::bigint,"
@@ -671,15 +682,15 @@ class Verifier:
         rows: dict[int, int] = {}
         bad: list[_Group] = []
         unseen: list[tuple[int, LeafPlan]] = []
-        for oid, total, nulls, unknown, counts in self.conn.execute(self._known_statement(plans)).fetchall():
+        for oid, total, nulls, unknown, counts, ctids in self.conn.execute(self._known_statement(plans)).fetchall():
             plan = by_oid[int(oid)]
             leaf = self._leaves[int(oid)]
             rows[int(oid)] = int(total)
-            for value, count in zip(leaf.bad, counts, strict=True):
+            for value, count, ctid in zip(leaf.bad, counts, ctids, strict=True):
                 if count:
                     text = (value.text,)
                     group = _Group(int(oid), plan.list_value, text, text, int(count), value.raises, value.expected)
-                    group.error = value.error
+                    group.error, group.example = value.error, ctid
                     bad.append(group)
             if nulls or unknown:
                 unseen.append((int(oid), plan))
@@ -999,18 +1010,32 @@ class Verifier:
     def _examples(
         self, group: _Group, kind: BadKind, leaf: _Leaf, tally: _Tally, filters: list[sql.Composable]
     ) -> None:
-        """Fetch a few of a bad group's rows by their primary keys."""
-        query = sql.SQL("SELECT {pk} {rows} LIMIT {limit}").format(
-            pk=self._pk_columns(),
-            rows=self._leaf_rows(leaf.oid, self._conditions(group) + filters),
-            limit=sql.Literal(self.examples_limit - len(tally.examples)),
-        )
+        """Fetch a few of a bad group's rows by their primary keys.
+
+        Without an index the fetch is a scan of the leaf that stops at its LIMIT: asking for no more rows than the
+        group has stops it at the group's last row, and one row whose ctid the counting pass read is fetched by it
+        (a TID scan; at 10M rows the 7 planted stale rows' scans took ~0.1x count(*) a run).
+        """
+        wanted = self.examples_limit - len(tally.examples)
+        if group.rows is not None:
+            wanted = min(wanted, group.rows)
+        conditions = self._conditions(group) + filters
+        rows: list[Any] = []
+        if group.example is not None and wanted == 1:
+            by_ctid = [*conditions, sql.SQL("ctid = {}::tid").format(sql.Literal(group.example))]
+            query = sql.SQL("SELECT {} {}").format(self._pk_columns(), self._leaf_rows(leaf.oid, by_ctid))
+            rows = self.conn.execute(query).fetchall()  # none when the row moved since: then scanned for
+        if not rows:
+            query = sql.SQL("SELECT {pk} {rows} LIMIT {limit}").format(
+                pk=self._pk_columns(), rows=self._leaf_rows(leaf.oid, conditions), limit=sql.Literal(wanted)
+            )
+            rows = self.conn.execute(query).fetchall()
         names = self._pk_names()
         error = None
         if kind == "error":
             # Predicted errors never ran: name what the server would have said.
             error = group.error or "integer out of range: hashtext() is INT_MIN, so abs() overflows"
-        for row in self.conn.execute(query).fetchall():
+        for row in rows:
             tally.examples.append(
                 BadRow(
                     kind=kind,

@@ -259,6 +259,12 @@ def _same_as_reference(conn: psycopg.Connection[Any], spec: KeySpec, result: Ver
     assert (result.mismatched, result.null_keys, result.expression_errors) == counts[1:]
     assert _pairs(result) == pairs
     assert result.bad_pairs_total == len(pairs)
+    # Examples: as many as the limit allows, each a real bad row of the pair it names, none twice.
+    assert len(result.examples) == min(10, sum(pairs.values()))
+    assert len({(e.relation, e.primary_key["id"]) for e in result.examples}) == len(result.examples)
+    for example in result.examples:
+        source = scalar(conn, "SELECT collection_id FROM chunks WHERE id = %s", (int(example.primary_key["id"]),))
+        assert pairs[(example.kind, example.relation, example.stored_key, (source,), example.expected_key)] > 0
     for part in result.partitions:
         if part.plan.path == "known-values":
             assert part.rows_exact

@@ -20,7 +20,15 @@ from exporter.app import Exporter
 from exporter.introspect import Implementation
 from exporter.partition_stats import Distribution
 from exporter.verify import VerificationResult
-from tests.integrations.common import MODULUS, ROWS, WRONG_IDS, Ticker, hold_lock, three_wrong_keys
+from tests.integrations.common import (
+    MODULUS,
+    ROWS,
+    WRONG_IDS,
+    Ticker,
+    first_run_paths,
+    hold_lock,
+    three_wrong_keys,
+)
 from tests.schema import INT_MIN_COLLECTION_ID, create_list_table
 from tests.support import config_for, http, serving
 
@@ -33,8 +41,8 @@ def _without_timing(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stable(report: str) -> str:
-    """The report without the wall-clock part of 'last success …' lines."""
-    return re.sub(r"last success .*", "last success <time>", report)
+    """The report without the wall-clock part of 'last success …' lines, and with first-run paths."""
+    return first_run_paths(re.sub(r"last success .*", "last success <time>", report))  # type: ignore[no-any-return]
 
 
 def test_four_methods_match_the_daemons_report(conn: psycopg.Connection[Any], dsn: str) -> None:
