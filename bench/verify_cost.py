@@ -42,6 +42,7 @@ from psycopg import sql
 from bench.peers import SQL_WRONG
 from bench.server import bench_server, build_chunks, machine
 from bench.stats import summarize
+from exporter import verify_known
 from exporter.keyspec import KeySpec
 from exporter.verify import Verifier
 from exporter.verify_cache import PlanCache
@@ -348,7 +349,14 @@ def _threshold_row(conn: psycopg.Connection[Any], table: str, rows: int, repeat:
 # --- without an index: what might beat ~2x count(*) -----------------------------------------------------------
 
 
-def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = None, collections: int = 5_000) -> str:
+def no_index_options(
+    dsn: str,
+    rows: int,
+    repeat: int,
+    only: list[str] | None = None,
+    collections: int = 5_000,
+    caps: list[int] | None = None,
+) -> str:
     """Without an index on collection_id: the GROUP BY pass under each setting the issue asked about, and the
     known-values pass the product now runs from its second full run, alternately with count(*) (10M x 5,000 by
     default); a markdown table."""
@@ -380,7 +388,16 @@ def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = 
             "full verification, plan cached, known values dropped before each run (the path until now)": _forgetting(
                 conn, PlanCache()
             ),
-            "the known-values statement alone (one aggregate per partition, UNION ALL)": _known_statement(conn, cache),
+        }
+        for cap in caps or []:  # the product's cap of remembered values per partition, set otherwise (own cache)
+            contenders[f"full verification from its second run, values remembered up to {cap:,} per partition"] = (
+                _with_cap(cap, conn, PlanCache())
+            )
+        if "known-values" in paths:  # PostgreSQL 14+: before, the product stays on group-by (no hashed = ANY)
+            contenders["the known-values statement alone (one aggregate per partition, UNION ALL)"] = _known_statement(
+                conn, cache
+            )
+        contenders |= {
             "its statement alone: per partition GROUP BY collection_id, UNION ALL": _in_session(conn, [], ours),
             "the same, work_mem 256MB": _in_session(conn, ["SET LOCAL work_mem = '256MB'"], ours),
             "the same, 4 workers per Gather": _in_session(
@@ -446,6 +463,20 @@ def no_index_options(dsn: str, rows: int, repeat: int, only: list[str] | None = 
                 timings[name].append(_timed(function))
     lines = _ratio_rows(timings)
     return "\n".join(lines) + "\n"
+
+
+def _with_cap(cap: int, conn: psycopg.Connection[Any], cache: PlanCache) -> Callable[[], Any]:
+    """Full verification through CACHE with MAX_VALUES (the cap of remembered values per partition) set to CAP."""
+
+    def run() -> Any:
+        kept = verify_known.MAX_VALUES
+        verify_known.MAX_VALUES = cap
+        try:
+            return Verifier(conn, SPEC, primary_key=PK, plan_cache=cache).run("full")
+        finally:
+            verify_known.MAX_VALUES = kept
+
+    return run
 
 
 def _forgetting(conn: psycopg.Connection[Any], cache: PlanCache) -> Callable[[], Any]:
@@ -574,6 +605,12 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="sample verification's cost, fixed and new seeds")
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows for --no-index and --sample")
     parser.add_argument("--collections", type=int, default=5_000, help="collections for --no-index")
+    parser.add_argument(
+        "--caps",
+        type=lambda text: [int(v) for v in text.split(",")],
+        help="--no-index: also full verification with these caps of remembered values per partition",
+    )
+    parser.add_argument("--major", type=int, help="--no-index on this PostgreSQL major (npm package; default 18)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument(
         "--only", type=lambda text: text.split(","), help="--no-index: contenders whose names contain one of these"
@@ -592,8 +629,8 @@ def main() -> None:
         )
         return
     if args.no_index:
-        with bench_server() as server:
-            table = no_index_options(server.dsn, args.rows, args.repeat, args.only, args.collections)
+        with bench_server(args.major) as server:
+            table = no_index_options(server.dsn, args.rows, args.repeat, args.only, args.collections, args.caps)
         load = " ".join(f"{value:.2f}" for value in os.getloadavg())
         text = (
             f"<!-- bench verify_cost --no-index: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}; "

@@ -10,12 +10,12 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from exporter import verify_known
 from exporter.formula import Column
 from exporter.keyspec import KeySpec, source_sql
 from exporter.pg.catalog import relation_tree
 from exporter.verify_cache import PlanCache, _Entry, digest
 from exporter.verify_known import (
-    MAX_VALUES,
     MIN_SERVER,
     KnownBad,
     KnownLeaf,
@@ -427,7 +427,7 @@ class Verifier:
                 "CASE WHEN count(*) <= {cap} THEN coalesce(array_agg({column}::text) FILTER ("
                 "WHERE _pk_rel = ANY({oids}) AND {column} IS NOT NULL"
                 " AND NOT (_pk_raises OR {key} IS NULL OR {key} IS DISTINCT FROM _pk_expected)), '{{}}') END"
-            ).format(cap=sql.Literal(MAX_VALUES), column=column, oids=oids, key=key)
+            ).format(cap=sql.Literal(verify_known.MAX_VALUES), column=column, oids=oids, key=key)
         return sql.SQL(
             "WITH _pk_g AS ({groups}),"
             " _pk_r AS (SELECT _pk_g.*, {raises} AS _pk_raises,"
