@@ -175,3 +175,15 @@ def test_known_leaves_pack_their_values_and_quote_them_for_an_array() -> None:
 def test_an_array_literal_round_trips_through_the_server(conn: psycopg.Connection[Any]) -> None:
     values = ['q"uo\\te,{x}', "NULL", " spaced ", "", "ü"]
     assert scalar(conn, "SELECT CAST(%s AS text[])", (array_literal(values),)) == values
+
+
+def test_a_partition_with_an_index_on_the_source_keeps_its_index_only_group_by(conn: psycopg.Connection[Any]) -> None:
+    # 40 collections in 2,000 rows per partition (2%): too many for the loose scan, so GROUP BY through the index.
+    _table(conn)
+    conn.execute("CREATE INDEX ON chunks (collection_id)")
+    conn.execute("ANALYZE chunks")
+    cache = PlanCache()
+    first = _run(conn, cache)
+    assert {(p.plan.path, p.plan.index is not None) for p in first.partitions} == {("group-by", True)}
+    second = _run(conn, cache)
+    assert set(_paths(second).values()) == {"group-by"}

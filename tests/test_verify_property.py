@@ -296,7 +296,7 @@ def test_remembered_values_stay_exact_across_runs_with_writes_between(
     # Single-value partitions read by GROUP BY the first time take one aggregate of known values (PG 14+).
     remembered = conn.info.server_version >= 140000
     for before, after in zip(first.partitions, second.partitions, strict=True):
-        single = before.plan.path == "group-by" and before.plan.list_value is not None
+        single = before.plan.path == "group-by" and before.plan.list_value is not None and before.plan.index is None
         assert (after.plan.path == "known-values") == (single and remembered), (before.plan, after.plan)
     _apply(conn, changes, first_id=len(case.rows))
     third = Verifier(conn, spec, primary_key=("id",), plan_cache=cache).run("full")
