@@ -27,8 +27,8 @@ INCREMENTAL = ("only", "public.chunks", "verification_incremental")
 
 @pytest.fixture
 def watched(conn: psycopg.Connection[Any], dsn: str) -> Iterator[Exporter]:
-    """One LIST table keyed by a % 5 trigger, watched with key_expression: auto (the default) and a watermark."""
-    create_list_table(conn, modulus=5)
+    """A LIST table keyed by a % 5 trigger on each partition (PG 11-12 refuse one on the parent), key auto."""
+    create_list_table(conn, modulus=5, trigger="partitions")
     insert_rows(conn, 100, modulus=5)
     config = f"""
 targets:
@@ -127,7 +127,7 @@ def test_a_dropped_table_fails_the_run_and_a_new_one_is_read(watched: Exporter, 
     conn.execute("DROP TABLE chunks")
     result = watched.runners[FULL].run()
     assert not result.success and result.error is not None and "does not exist" in result.error
-    create_list_table(conn, modulus=3)
+    create_list_table(conn, modulus=3, trigger="partitions")
     insert_rows(conn, 30, modulus=3)
     reads = cache(watched).reads
     assert verdict(watched, FULL).mismatched == 0  # keyed % 3 now, as the new trigger says
@@ -136,7 +136,7 @@ def test_a_dropped_table_fails_the_run_and_a_new_one_is_read(watched: Exporter, 
 
 def test_another_spec_on_the_same_table_is_another_read(conn: psycopg.Connection[Any]) -> None:
     """A reload can change the configured spec while the table's state stays: the spec is part of the key."""
-    create_list_table(conn, modulus=5)
+    create_list_table(conn, modulus=5, trigger="partitions")
     spec_cache = SpecCache()
     first = KeySpec(modulus=5, auto=True)
     with conn.transaction():
