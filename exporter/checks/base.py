@@ -33,6 +33,8 @@ class Check(Protocol):
     name: str
     table: TableConfig
     read_write: bool
+    # Whether the check's statements must all read one snapshot (REPEATABLE READ) instead of one each.
+    one_snapshot: bool
 
     def run(self, conn: psycopg.Connection[Any]) -> Outcome:
         """Run inside an open transaction whose statement_timeout is already set."""

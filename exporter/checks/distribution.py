@@ -15,6 +15,7 @@ class DistributionCheck:
     """Estimates read only the catalog; exact counts scan the table."""
 
     read_write = False
+    one_snapshot = False
 
     def __init__(self, table: TableConfig, exact: bool) -> None:
         self.table = table

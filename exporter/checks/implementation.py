@@ -16,6 +16,7 @@ class ImplementationCheck:
 
     name = "implementation"
     read_write = False
+    one_snapshot = False
 
     def __init__(self, table: TableConfig) -> None:
         self.table = table

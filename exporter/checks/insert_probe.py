@@ -51,6 +51,7 @@ class InsertProbeCheck:
 
     name = "insert_probe"
     read_write = True
+    one_snapshot = False
 
     def __init__(self, table: TableConfig) -> None:
         self.table = table

@@ -121,6 +121,10 @@ class CheckRunner:
             if self.check.read_write:
                 # Explicit, so a database whose default_transaction_read_only is on still lets the probe write.
                 conn.execute("SET TRANSACTION READ WRITE")
+            elif self.check.one_snapshot:
+                # Before any query, as PostgreSQL requires; a read-only REPEATABLE READ transaction never fails to
+                # serialize, and a standby allows it.
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             self.target.begin_check(conn, statement_timeout=self.timeout, read_only=not self.check.read_write)
             # On the standby, the replay lag is read in the scan's own transaction, just before the scan.
             source = read_source(conn) if self.scan is not None else None
