@@ -23,7 +23,7 @@ from exporter.verify_known import (
     array_literal,
     server_run,
 )
-from exporter.verify_plan import LeafPlan, plan_catalog, read_catalog
+from exporter.verify_plan import LeafPlan, plan_catalog, read_catalog, unsafe_sources
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,8 @@ class Verifier:
         self._known: KnownValues | None = None
         self._leaves: dict[int, KnownLeaf] = {}  # self._known unpacked
         self._server: str | None = None
+        # Source columns whose equality is coarser than their text (numeric 1.0 = 1.00): read once, when needed.
+        self._unsafe: frozenset[str] | None = None
 
     def relations(self) -> list[tuple[str, str]]:
         """(schema, name) of every leaf relation that holds rows: the partitions, or the table itself."""
@@ -468,6 +470,9 @@ class Verifier:
             entry, rows = self.plan_cache.catalog(self.conn, self.spec)
             catalog = entry.catalog
         plans = plan_catalog(catalog, rows, self.spec)
+        self._unsafe = frozenset(column for column, _ in catalog.unsafe)
+        if any(plan.path == "row-by-row" for _, plan in plans):
+            return plans, []  # _full_row_by_row: nothing grouped, nothing remembered
         self._list_values = {oid: plan.list_value for oid, plan in plans if plan.list_value is not None}
         self._bounds = {leaf.oid: leaf.bound for leaf in catalog.leaves}
         self._nullable = list(catalog.nullable)
@@ -525,6 +530,8 @@ class Verifier:
         """EXPLAIN of every statement a full pass runs, so a fallback to a sequential scan can be seen."""
         plans, statements = self._full_statements()
         texts = [statement for _, statement in statements]
+        if any(plan.path == "row-by-row" for _, plan in plans):
+            texts.append(self._row_statement(self._whole_table(), sql.SQL("")).as_bytes(self.conn))
         known = [(oid, plan) for oid, plan in plans if plan.path == "known-values"]
         if known:
             texts.append(self._known_statement(known).as_bytes(self.conn))
@@ -537,6 +544,8 @@ class Verifier:
         """Every leaf on its planned path; rows counted on the GROUP BY and known-values paths, from statistics on
         the loose one."""
         plans, statements = self._full_statements()
+        if any(plan.path == "row-by-row" for _, plan in plans):
+            return self._full_row_by_row(plans, tally)
         leaves = {oid: _Leaf(plan.relation, oid) for oid, plan in plans}
         loose = {oid for oid, plan in plans if plan.path == "loose-index-scan"}
         learn = [oid for oid, plan in plans if self._server is not None and self._rememberable(plan)]
@@ -580,6 +589,26 @@ class Verifier:
             tally.checked += rows
             out.append(PartitionVerification(plan=plan, rows=rows, rows_exact=exact, distinct_values=distinct))
         return tuple(out)
+
+    def _whole_table(self) -> sql.Composable:
+        """The table as the row statements read it."""
+        return sql.SQL("{} AS t").format(self.spec.table_ident)
+
+    def _full_row_by_row(self, plans: list[tuple[int, LeafPlan]], tally: _Tally) -> tuple[PartitionVerification, ...]:
+        """Every row's key evaluated alone, in one pass: exact whatever the source type's equality joins."""
+        rows, bad = self._rows_evaluated(self._whole_table())
+        per_leaf: dict[int, int] = {}
+        for oid, count in [*rows, *((group.oid, group.rows or 0) for group in bad)]:
+            per_leaf[oid] = per_leaf.get(oid, 0) + count
+        tally.checked += sum(per_leaf.values())
+        leaves = {oid: _Leaf(plan.relation, oid) for oid, plan in plans}
+        bad.sort(key=lambda g: (leaves[g.oid].label, _sortable(g.stored), tuple(map(_sortable, g.text))))
+        for group in bad:
+            self._add(group, leaves[group.oid], False, tally, [])
+        return tuple(
+            PartitionVerification(plan=plan, rows=per_leaf.get(oid, 0), rows_exact=True, distinct_values=0)
+            for oid, plan in plans
+        )
 
     # --- known values: one aggregate per partition whose values an earlier pass saw ---------------------------
 
@@ -749,7 +778,7 @@ class Verifier:
 
         Good rows collapse into one group; bad rows are grouped by (relation, key, source) for the report.
         """
-        source = sql.SQL("{} AS t").format(self.spec.table_ident)
+        source = self._whole_table()
         if mode == "sample":
             seed = int(time.time()) % 1_000_000
             source = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
@@ -765,12 +794,7 @@ class Verifier:
                 if not bad_rows:
                     rows = [(None, True, *([None] * (2 * width + 1)), total, None, None)]
         except psycopg.DataError:
-            key = sql.Identifier(self.spec.key_column)
-            groups = sql.SQL(
-                "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {src}{where}"
-                " GROUP BY t.tableoid, {key}, {cols}"
-            ).format(key=key, cols=self._columns(), src=source, where=where)
-            bad, counted = self._read_value_by_value([groups])
+            bad, counted = self._read_value_by_value([self._window_groups(source, where)])
             good = sum(n for n, _ in counted.values()) - sum(g.rows or 0 for g in bad)
         else:
             good, bad = 0, []
@@ -778,22 +802,70 @@ class Verifier:
                 if row[1]:
                     good += int(row[3 + 2 * width])
                     continue
-                bad.append(
-                    _Group(
-                        oid=int(row[0]),
-                        stored=row[2],
-                        text=tuple(row[3 : 3 + width]),
-                        native=tuple(row[3 + width : 3 + 2 * width]),
-                        rows=int(row[3 + 2 * width]),
-                        raises=bool(row[4 + 2 * width]),
-                        expected=row[5 + 2 * width],
-                    )
-                )
+                bad.append(self._row_group(row))
         tally.checked += good + sum(g.rows or 0 for g in bad)
         if bad:  # names only when something needs reporting: a clean window costs one statement
             leaves = {oid: _Leaf(f"{s}.{n}", oid) for oid, (s, n) in self._leaf_names()}
             for group in bad:
                 self._add(group, leaves[group.oid], False, tally, filters)
+
+    def _rows_evaluated(self, source: sql.Composable) -> tuple[list[tuple[int, int]], list[_Group]]:
+        """(leaf oid, good rows) and the bad groups of SOURCE, each row's key evaluated alone; on an unpredicted
+        error, each distinct exact text evaluated alone."""
+        width = len(self.spec.source_columns)
+        try:
+            with self.conn.transaction():
+                rows = self.conn.execute(self._row_statement(source, sql.SQL(""))).fetchall()
+        except psycopg.DataError:
+            bad, counted = self._read_value_by_value([self._window_groups(source, sql.SQL(""))])
+            bad_rows: dict[int, int] = {}
+            for group in bad:
+                bad_rows[group.oid] = bad_rows.get(group.oid, 0) + (group.rows or 0)
+            return [(oid, n - bad_rows.get(oid, 0)) for oid, (n, _) in counted.items()], bad
+        good: list[tuple[int, int]] = []
+        bad = []
+        for row in rows:
+            if row[1]:
+                good.append((int(row[0]), int(row[3 + 2 * width])))
+            else:
+                bad.append(self._row_group(row))
+        return good, bad
+
+    def _row_group(self, row: Any) -> _Group:
+        """One bad group of _row_statement's result."""
+        width = len(self.spec.source_columns)
+        return _Group(
+            oid=int(row[0]),
+            stored=row[2],
+            text=tuple(row[3 : 3 + width]),
+            native=tuple(row[3 + width : 3 + 2 * width]),
+            rows=int(row[3 + 2 * width]),
+            raises=bool(row[4 + 2 * width]),
+            expected=row[5 + 2 * width],
+        )
+
+    def _window_groups(self, source: sql.Composable, where: sql.Composable) -> sql.Composed:
+        """The rows of SOURCE grouped by leaf, key and source, for the value-by-value fallback.
+
+        Unsafe source columns (verify_plan.SAFE_TYPES) are also grouped by their exact text, so that each group's
+        value has the text of every row in it (1.0 and 1.00 are two groups).
+        """
+        exact = [
+            sql.SQL('({}::text) COLLATE "C"').format(sql.Identifier(c))
+            for c in self.spec.source_columns
+            if c in self._unsafe_columns()
+        ]
+        extra = sql.SQL("").join(sql.SQL(", {}").format(e) for e in exact)
+        return sql.SQL(
+            "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {src}{where}"
+            " GROUP BY t.tableoid, {key}, {cols}{extra}"
+        ).format(key=sql.Identifier(self.spec.key_column), cols=self._columns(), src=source, where=where, extra=extra)
+
+    def _unsafe_columns(self) -> frozenset[str]:
+        """The source columns whose equality is coarser than their text (read from the catalog once)."""
+        if self._unsafe is None:
+            self._unsafe = frozenset(column for column, _ in unsafe_sources(self.conn, self.spec))
+        return self._unsafe
 
     def _row_counts(self, source: sql.Composable, where: sql.Composable) -> tuple[int, int]:
         """Rows in the window, and how many of them are bad (error, NULL key or mismatch), in one cheap pass."""
@@ -825,9 +897,11 @@ class Verifier:
             " CASE WHEN {raises} THEN NULL ELSE {expr} END AS _pk_expected FROM {src}{where}) AS _pk_e) AS _pk_x"
             " GROUP BY {positions}"
         ).format(
-            rel=bad_only(sql.SQL("_pk_rel")),
+            # Good rows collapse into one group per leaf (the full row-by-row pass counts each leaf's rows).
+            rel=sql.SQL("_pk_rel"),
             key_out=bad_only(key),
-            texts=sql.SQL(", ").join(bad_only(sql.SQL("{}::text").format(c)) for c in columns),
+            # Grouped by the exact text: under a nondeterministic collation 'a' and 'A' are two bad groups.
+            texts=sql.SQL(", ").join(bad_only(sql.SQL('({}::text) COLLATE "C"').format(c)) for c in columns),
             natives=sql.SQL(", ").join(bad_only(c) for c in columns),
             raised=bad_only(sql.SQL("_pk_raises")),
             expected=bad_only(sql.SQL("_pk_expected")),
@@ -941,9 +1015,14 @@ class Verifier:
         """WHERE conditions selecting exactly a group's rows (index-friendly: = or IS NULL per column)."""
         out: list[sql.Composable] = []
         columns = (self.spec.key_column, *self.spec.source_columns)
-        for column, value in zip(columns, (group.stored, *group.native), strict=True):
+        texts = (None, *group.text)
+        unsafe = self._unsafe_columns()
+        for column, value, text in zip(columns, (group.stored, *group.native), texts, strict=True):
             if value is None:
                 out.append(sql.SQL("{} IS NULL").format(sql.Identifier(column)))
+            elif column in unsafe and column != self.spec.key_column:
+                # `= 1.0` also selects 1.00, whose key may differ: select by the exact text.
+                out.append(sql.SQL('({}::text) COLLATE "C" = {}').format(sql.Identifier(column), sql.Literal(text)))
             else:
                 out.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value)))
         return out

@@ -5,8 +5,9 @@ statement over every partition. None of it changes between runs unless the schem
 so a run reads only a fingerprint of the table's tree: per relation its pg_class row version (xmin: ALTER, ATTACH,
 GRANT and a rewrite all write a new row), its indexes' pg_index row versions (CREATE, DROP, a concurrent build
 turning valid), its ANALYZE counters (n_distinct may have moved), whether the role may read it, and the table's
-columns with their NOT NULL flags. A partition added or detached changes the tree itself. The same query returns
-the row estimates, which change with every write and are never cached.
+columns with their types, collations and NOT NULL flags (a type or collation change may make grouping by value
+unsafe: verify_plan.SAFE_TYPES). A partition added or detached changes the tree itself. The same query returns the
+row estimates, which change with every write and are never cached.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _FINGERPRINT = (
        array(SELECT i.indexrelid::text || ':' || i.xmin::text FROM pg_catalog.pg_index i
               WHERE i.indrelid = c.oid ORDER BY i.indexrelid),
        CASE WHEN c.oid = %(table)s::regclass::oid THEN
-           array(SELECT a.attname || ':' || a.atttypid::text || ':' || a.attnotnull::text
+           array(SELECT a.attname || ':' || a.atttypid::text || ':' || a.attcollation::text || ':' || a.attnotnull::text
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
        END,
@@ -90,6 +91,7 @@ class PackedCatalog:
     stat_columns: tuple[str, ...]
     stats: array[float]  # per leaf, one n_distinct per stat column; NaN: no statistics
     nullable: tuple[str, ...]
+    unsafe: tuple[tuple[str, str], ...]
 
     @classmethod
     def pack(cls, catalog: Catalog, sources: tuple[str, ...]) -> PackedCatalog:
@@ -127,12 +129,13 @@ class PackedCatalog:
             stat_columns=stat_columns,
             stats=stats,
             nullable=catalog.nullable,
+            unsafe=catalog.unsafe,
         )
 
     def unpack(self) -> Catalog:
         """The Catalog planning reads (its indexes only those that planning can use)."""
         if not self.oids:
-            return Catalog(leaves=(), indexes={}, stats={}, nullable=self.nullable)
+            return Catalog(leaves=(), indexes={}, stats={}, nullable=self.nullable, unsafe=self.unsafe)
         leaves: list[LeafRow] = []
         indexes: dict[int, list[tuple[str, list[str]]]] = {}
         stats: dict[int, dict[str, float]] = {}
@@ -164,7 +167,7 @@ class PackedCatalog:
             }
             if known:
                 stats[oid] = known
-        return Catalog(leaves=tuple(leaves), indexes=indexes, stats=stats, nullable=self.nullable)
+        return Catalog(leaves=tuple(leaves), indexes=indexes, stats=stats, nullable=self.nullable, unsafe=self.unsafe)
 
 
 def digest(value: tuple[Any, ...]) -> bytes:

@@ -12,7 +12,21 @@ import psycopg
 from exporter.keyspec import KeySpec
 from exporter.pg.catalog import relation_tree
 
-VerifyPath = Literal["loose-index-scan", "group-by", "known-values"]
+VerifyPath = Literal["loose-index-scan", "group-by", "known-values", "row-by-row"]
+
+# Source column types whose equality implies an identical text form. The key is computed from each source column's
+# text (KeySpec casts every column to text), so grouping rows by the native value (GROUP BY, the loose scan's
+# `(cols) > (previous)`, the known values' `= ANY`) and evaluating the key once per group is exact only for these:
+# - int2/int4/int8: one value, one text;
+# - uuid: compared bytewise, printed in one canonical lower-case form;
+# - text/varchar/name, with a deterministic collation: equal only when bytewise equal (name is always "C");
+# - bpchar, deterministic collation: equality ignores trailing spaces, and its ::text cast strips them, so equal
+#   values give the same text ('a ' and 'a' both cast to 'a').
+# Not here: numeric (1.0 = 1.00), float4/float8 (0 = -0), citext and nondeterministic collations ('a' = 'A'),
+# and every type not checked. Those are verified row by row.
+SAFE_TYPES = frozenset({"int2", "int4", "int8", "uuid", "text", "varchar", "bpchar", "name"})
+# Types whose equality depends on a collation: safe only under a deterministic one.
+COLLATABLE_TYPES = frozenset({"text", "varchar", "bpchar", "name"})
 
 # A loose index scan descends the index once per distinct value; the GROUP BY pass reads every index entry in
 # order. Measured side by side on the partitioned table (bench/verify_cost.py, 2026-11-30 05:18 UTC, 10M rows):
@@ -144,12 +158,48 @@ class Catalog:
     indexes: dict[int, list[tuple[str, list[str]]]]
     stats: dict[int, dict[str, float]]
     nullable: tuple[str, ...]
+    # (column, "column type") of each source column whose equality may join values of different text (in order).
+    unsafe: tuple[tuple[str, str], ...] = ()
 
 
 _NULLABLE = """
 SELECT a.attname::text FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = %(table)s::regclass AND a.attname = ANY(%(columns)s) AND NOT a.attnotnull
 """
+
+
+# Each source column's type name (pg_catalog types only count as known) and whether its collation is
+# deterministic. pg_collation.collisdeterministic exists from PostgreSQL 12; before, every collation is.
+_TYPES = """
+SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+       CASE WHEN tn.nspname = 'pg_catalog' THEN t.typname::text END,
+       {deterministic}
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+WHERE a.attrelid = %(table)s::regclass AND a.attname = ANY(%(columns)s)
+"""
+_DETERMINISTIC = (
+    "coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co WHERE co.oid = a.attcollation), true)"
+)
+
+
+def unsafe_sources(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[tuple[str, str], ...]:
+    """The source columns whose values may be equal without an identical text form: (column, "column type")."""
+    deterministic = _DETERMINISTIC if conn.info.server_version >= 120000 else "true"
+    query = _TYPES.replace("{deterministic}", deterministic)
+    rows = conn.execute(
+        query, {"table": spec.table_ident.as_string(conn), "columns": list(spec.source_columns)}
+    ).fetchall()
+    found = {str(name): (str(shown), kind, bool(det)) for name, shown, kind, det in rows}
+    unsafe = []
+    for column in spec.source_columns:
+        shown, kind, det = found[column]
+        if kind not in SAFE_TYPES:
+            unsafe.append((column, f"{column} {shown}"))
+        elif kind in COLLATABLE_TYPES and not det:
+            unsafe.append((column, f"{column} {shown} (nondeterministic collation)"))
+    return tuple(unsafe)
 
 
 def read_catalog(
@@ -181,6 +231,7 @@ def read_catalog(
         stats=stats,
         # In the table's column order, whatever order ANY() returned them in.
         nullable=tuple(c for c in sources if c in {str(r[0]) for r in nullable}),
+        unsafe=unsafe_sources(conn, spec),
     )
     return catalog, rows
 
@@ -189,6 +240,13 @@ def plan_catalog(catalog: Catalog, rows: dict[int, int], spec: KeySpec) -> list[
     """(oid, plan) for every leaf: the catalog's shapes with the current row estimates (pure, no query)."""
     plans = []
     for leaf in catalog.leaves:
+        if catalog.unsafe:
+            # Grouping by value would join rows whose keys differ (1.0 and 1.00): every row is evaluated alone.
+            described = ", ".join(text for _, text in catalog.unsafe)
+            reason = f"source {described}: equal values may differ in text, so the key is per row"
+            row = LeafPlan(leaf.relation, "row-by-row", reason, estimated_rows=rows.get(leaf.oid, 0))
+            plans.append((leaf.oid, replace(row, readable=leaf.readable)))
+            continue
         plan = _plan_one(
             leaf.relation,
             leaf.bound,

@@ -7,7 +7,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from exporter.hashtext import partition_for
 from exporter.keyspec import KeySpec
@@ -73,3 +72,89 @@ def test_equal_values_with_different_text_are_verified_exactly(
         assert all(not e.primary_key or e.stored_key != e.expected_key for e in result.examples)
     conn.execute("ANALYZE chunks")
     assert _seen(Verifier(conn, spec, primary_key=("id",), plan_cache=cache, exact_rows=True).run("full")) == expected
+
+
+def test_an_unsafe_source_type_is_verified_row_by_row_and_says_why(conn: psycopg.Connection[Any]) -> None:
+    spec = _table(conn, "numeric", ["1.0", "1.00"], index=True)
+    result = Verifier(conn, spec, primary_key=("id",)).run("full")
+    assert {p.plan.path for p in result.partitions} == {"row-by-row"}
+    reasons = {p.plan.reason for p in result.partitions}
+    assert reasons == {"source amount numeric: equal values may differ in text, so the key is per row"}
+    data = result.to_dict()
+    assert {p["path"] for p in data["partitions"]} == {"row-by-row"}
+    # Every row is counted, per leaf.
+    assert sum(p.rows for p in result.partitions) == 4 and all(p.rows_exact for p in result.partitions)
+    # Examples are the stale rows themselves (`= 1.0` would also select the good 1.00 rows).
+    assert sorted(e.primary_key["id"] for e in result.examples) == ["1", "3"]
+    explain = Verifier(conn, spec).explain_full()
+    assert "Seq Scan" in explain
+
+
+@pytest.mark.parametrize("kind", ["integer", "bigint", "uuid", "text", "varchar(40)", "character(36)"])
+def test_safe_source_types_keep_their_grouped_paths(conn: psycopg.Connection[Any], kind: str) -> None:
+    conn.execute(
+        f"CREATE TABLE chunks (id bigint, amount {kind}, partition_key integer) PARTITION BY LIST (partition_key)"
+    )
+    for key in range(MODULUS):
+        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    conn.execute("CREATE INDEX ON chunks (amount)")
+    spec = KeySpec(source_column="amount", modulus=MODULUS)
+    paths = {p.plan.path for p in Verifier(conn, spec).run("full").partitions}
+    assert paths == {"loose-index-scan"}
+
+
+def test_a_column_type_change_invalidates_the_cached_decision(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "CREATE TABLE chunks (id bigint, amount text, partition_key integer) PARTITION BY LIST (partition_key)"
+    )
+    for key in range(MODULUS):
+        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    spec = KeySpec(source_column="amount", modulus=MODULUS)
+    cache = PlanCache()
+    assert {p.plan.path for p in Verifier(conn, spec, plan_cache=cache).run("full").partitions} == {"group-by"}
+    conn.execute("ALTER TABLE chunks ALTER COLUMN amount TYPE numeric USING amount::numeric")
+    paths = {p.plan.path for p in Verifier(conn, spec, plan_cache=cache).run("full").partitions}
+    assert paths == {"row-by-row"}
+    assert cache.misses == 2
+
+
+def _icu(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this server can create an ICU collation (PostgreSQL 12+ built with ICU)."""
+    if conn.info.server_version < 120000:
+        return False
+    return bool(scalar(conn, "SELECT count(*) FROM pg_collation WHERE collprovider = 'i'"))
+
+
+def test_a_nondeterministic_collation_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
+    if conn.info.server_version < 120000:
+        pytest.skip("nondeterministic collations exist from PostgreSQL 12; PG 11 has only deterministic ones")
+    if not _icu(conn):
+        pytest.skip("this server has no ICU collations")
+    try:
+        conn.execute("CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+    except psycopg.errors.FeatureNotSupported as error:
+        pytest.skip(f"no ICU collation can be created here: {error}")
+    conn.execute(
+        "CREATE TABLE chunks (id bigint, amount text COLLATE nocase, partition_key integer)"
+        " PARTITION BY LIST (partition_key)"
+    )
+    for key in range(MODULUS):
+        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    no_autovacuum(conn)
+    spec = KeySpec(source_column="amount", modulus=MODULUS)
+    assert scalar(conn, "SELECT 'Ab'::text COLLATE nocase = 'aB'") is True
+    # Each spelling under the key of its own text and of the other one's: some of them stale.
+    rows = [
+        (number * 2 + shift, value, partition_for(key_text, MODULUS))
+        for number, (value, other) in enumerate([("Ab", "aB"), ("aB", "Ab")])
+        for shift, key_text in enumerate((value, other))
+    ]
+    with conn.cursor() as cursor:
+        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s)", rows)
+    expected = reference(conn, spec)
+    cache = PlanCache()
+    for _ in range(2):
+        result = Verifier(conn, spec, primary_key=("id",), plan_cache=cache).run("full")
+        assert _seen(result) == expected
+        assert {p.plan.path for p in result.partitions} == {"row-by-row"}
+    assert "nondeterministic collation" in result.partitions[0].plan.reason
