@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from exporter.formula import parse_source
 from exporter.hashtext import partition_for
 from exporter.keyspec import KeySpec
 from exporter.verify import VerificationResult, Verifier
@@ -158,3 +159,59 @@ def test_a_nondeterministic_collation_is_verified_row_by_row(conn: psycopg.Conne
         assert _seen(result) == expected
         assert {p.plan.path for p in result.partitions} == {"row-by-row"}
     assert "nondeterministic collation" in result.partitions[0].plan.reason
+
+
+def test_a_composite_key_with_one_unsafe_column_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "CREATE TABLE chunks (id bigint, collection_id integer, amount numeric, partition_key integer)"
+        " PARTITION BY LIST (partition_key)"
+    )
+    for key in range(MODULUS):
+        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    no_autovacuum(conn)
+    conn.execute("CREATE INDEX ON chunks (collection_id, amount)")
+    source = parse_source("collection_id::text || ':' || amount::text")
+    spec = KeySpec(source_column="collection_id", source=source, modulus=MODULUS)
+    # 7:1.0 and 7:1.00, each under its own key and under the other's.
+    texts = ["7:1.0", "7:1.00"]
+    rows = [
+        (number * 2 + shift, 7, value.split(":")[1], partition_for(key_text, MODULUS))
+        for number, value in enumerate(texts)
+        for shift, key_text in enumerate((value, texts[1 - number]))
+    ]
+    with conn.cursor() as cursor:
+        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s::numeric, %s)", rows)
+    expected = reference(conn, spec)
+    assert expected[0][1] == 2
+    result = Verifier(conn, spec, primary_key=("id",), plan_cache=PlanCache()).run("full")
+    assert _seen(result) == expected
+    assert {p.plan.path for p in result.partitions} == {"row-by-row"}
+    assert "amount numeric" in result.partitions[0].plan.reason
+
+
+def test_citext_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.execute("CREATE EXTENSION citext")
+    except psycopg.Error as error:
+        pytest.skip(f"the citext extension is not available on this server: {error}")
+    conn.execute(
+        "CREATE TABLE chunks (id bigint, amount citext, partition_key integer) PARTITION BY LIST (partition_key)"
+    )
+    for key in range(MODULUS):
+        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    no_autovacuum(conn)
+    conn.execute("CREATE INDEX ON chunks (amount)")
+    spec = KeySpec(source_column="amount", modulus=MODULUS)
+    texts = ["Ab", "aB"]
+    rows = [
+        (number * 2 + shift, value, partition_for(key_text, MODULUS))
+        for number, value in enumerate(texts)
+        for shift, key_text in enumerate((value, texts[1 - number]))
+    ]
+    with conn.cursor() as cursor:
+        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s)", rows)
+    expected = reference(conn, spec)
+    assert expected[0][1] == 2
+    result = Verifier(conn, spec, primary_key=("id",), plan_cache=PlanCache()).run("full")
+    assert _seen(result) == expected
+    assert {p.plan.path for p in result.partitions} == {"row-by-row"}
