@@ -82,7 +82,7 @@ SCHEMAS: dict[str, Any] = {
             "partitions": {
                 "type": "array",
                 "description": (
-                    "Full passes: the path each leaf took (loose-index-scan, group-by or known-values) and why."
+                    "Full passes: the path each leaf took (loose-index-scan, group-by, known-values or row-by-row) and why."
                 ),
                 "items": {"type": "object"},
             },
