@@ -82,7 +82,8 @@ SCHEMAS: dict[str, Any] = {
             "partitions": {
                 "type": "array",
                 "description": (
-                    "Full passes: the path each leaf took (loose-index-scan, group-by, known-values or row-by-row) and why."
+                    "Full passes: the path each leaf took (loose-index-scan, group-by, known-values or row-by-row)"
+                    " and why."
                 ),
                 "items": {"type": "object"},
             },
