@@ -117,14 +117,28 @@ class CheckRunner:
 
     def _execute(self, conn: psycopg.Connection[Any]) -> Outcome:
         """One transaction: read-only unless the check writes, under the target's limits and this check's timeout."""
+        # A borrowed connection may already be in a transaction: the check then runs in a savepoint of it, under
+        # the caller's isolation level (PostgreSQL refuses to set one in a subtransaction).
+        top_level = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if not (self.check.one_snapshot and top_level):
+            return self._transaction(conn)
+        previous = conn.isolation_level
+        # In the BEGIN itself: SET TRANSACTION ISOLATION LEVEL would leave a session-level setting behind on the
+        # server connection (pg_settings source "session"). A read-only REPEATABLE READ transaction never fails
+        # to serialize, and a standby allows it.
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        try:
+            return self._transaction(conn)
+        finally:
+            if not conn.closed:
+                conn.isolation_level = previous
+
+    def _transaction(self, conn: psycopg.Connection[Any]) -> Outcome:
+        """The check in its transaction (or savepoint), with the target's limits set first."""
         with conn.transaction() as transaction:
             if self.check.read_write:
                 # Explicit, so a database whose default_transaction_read_only is on still lets the probe write.
                 conn.execute("SET TRANSACTION READ WRITE")
-            elif self.check.one_snapshot:
-                # Before any query, as PostgreSQL requires; a read-only REPEATABLE READ transaction never fails to
-                # serialize, and a standby allows it.
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             self.target.begin_check(conn, statement_timeout=self.timeout, read_only=not self.check.read_write)
             # On the standby, the replay lag is read in the scan's own transaction, just before the scan.
             source = read_source(conn) if self.scan is not None else None
