@@ -215,3 +215,14 @@ def test_citext_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
     result = Verifier(conn, spec, primary_key=("id",), plan_cache=PlanCache()).run("full")
     assert _seen(result) == expected
     assert {p.plan.path for p in result.partitions} == {"row-by-row"}
+
+
+@pytest.mark.parametrize("mode", ["incremental", "sample"])
+def test_window_passes_count_and_pick_examples_by_the_exact_value(conn: psycopg.Connection[Any], mode: str) -> None:
+    spec = _table(conn, "numeric", ["1.0", "1.00"], index=True)
+    expected = reference(conn, spec)
+    window = {"watermark_column": "id", "after": -1, "upto": 3} if mode == "incremental" else {}
+    result = Verifier(conn, spec, primary_key=("id",)).run(mode, sample_percent=100.0, **window)  # type: ignore[arg-type]
+    assert (result.rows_checked, result.mismatched, result.null_keys, result.expression_errors) == expected[0]
+    # The stale rows themselves: `amount = 1.0` would also have selected the good 1.00 row of the same partition.
+    assert sorted(e.primary_key["id"] for e in result.examples) == ["1", "3"]
