@@ -14,10 +14,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter.app import Exporter
 from exporter.collector import PartkeyCollector
-from exporter.config import parse_config
 from exporter.exposition import Fragment, choose
 from exporter.snapshot import FrozenSnapshot
 from tests.schema import create_list_table, insert_rows, no_autovacuum
+from tests.support import config_for
 
 ACCEPTS = ["", "application/openmetrics-text; version=1.0.0"]
 # The families the distribution check alone feeds: one series (or three) per partition.
@@ -33,16 +33,7 @@ def watched(conn: psycopg.Connection[Any], dsn: str) -> Iterator[Exporter]:
     no_autovacuum(conn)
     insert_rows(conn, 200, modulus=5)
     conn.execute("VACUUM ANALYZE chunks")
-    config = f"""
-targets:
-  - name: only
-    dsn: "{dsn}"
-    tables:
-      - table: chunks
-        modulus: 5
-        monotonic_column: id
-"""
-    exporter = Exporter(parse_config(config, "<test>"))
+    exporter = Exporter(config_for(dsn, "modulus: 5\nmonotonic_column: id", name="only"))
     exporter.run_all_once()
     try:
         yield exporter

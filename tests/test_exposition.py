@@ -20,12 +20,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporter import exposition as exposition_module
 from exporter import gzip_pieces
 from exporter.app import Exporter
-from exporter.config import parse_config
 from exporter.exposition import choose
 from exporter.malloc import return_large_blocks
 from exporter.textformat import CounterRows, Format, GaugeRows, encode, format_of
 from tests.schema import create_list_table, insert_rows
-from tests.support import http, serving
+from tests.support import config_for, http, serving
 
 ACCEPTS = [
     "",
@@ -140,17 +139,8 @@ def one_target(conn: psycopg.Connection[Any], dsn: str) -> Iterator[Exporter]:
     create_list_table(conn, modulus=5, trigger=None)
     insert_rows(conn, 200, modulus=5)
     conn.execute("UPDATE chunks SET partition_key = (partition_key + 1) % 5 WHERE id = 7")
-    config = f"""
-targets:
-  - name: only
-    dsn: "{dsn}"
-    tables:
-      - table: chunks
-        modulus: 5
-        monotonic_column: id
-        checks: {{insert_probe: {{enabled: true}}}}
-"""
-    exporter = Exporter(parse_config(config, "<test>"))
+    table = "modulus: 5\nmonotonic_column: id\nchecks: {insert_probe: {enabled: true}}"
+    exporter = Exporter(config_for(dsn, table, name="only"))
     exporter.run_all_once()
     try:
         yield exporter

@@ -11,12 +11,12 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.chunks_schema import LEGACY_TRIGGER_FUNCTION
-from exporter.config import parse_config
 from exporter.introspect import TableNotFoundError
 from exporter.keyspec import KeySpec
 from exporter.spec_cache import SpecCache
 from exporter.verify import VerificationResult
 from tests.schema import create_list_table, insert_rows
+from tests.support import config_for
 
 # The fingerprint reads catalog columns (xmin, oids, pg_attrdef, pg_trigger): it must hold on every version.
 pytestmark = pytest.mark.versioned("verification spec cache")
@@ -30,16 +30,7 @@ def watched(conn: psycopg.Connection[Any], dsn: str) -> Iterator[Exporter]:
     """A LIST table keyed by a % 5 trigger on each partition (PG 11-12 refuse one on the parent), key auto."""
     create_list_table(conn, modulus=5, trigger="partitions")
     insert_rows(conn, 100, modulus=5)
-    config = f"""
-targets:
-  - name: only
-    dsn: "{dsn}"
-    tables:
-      - table: chunks
-        modulus: 5
-        monotonic_column: id
-"""
-    exporter = Exporter(parse_config(config, "<test>"))
+    exporter = Exporter(config_for(dsn, "modulus: 5\nmonotonic_column: id", name="only"))
     try:
         yield exporter
     finally:
