@@ -226,3 +226,15 @@ def test_window_passes_count_and_pick_examples_by_the_exact_value(conn: psycopg.
     assert (result.rows_checked, result.mismatched, result.null_keys, result.expression_errors) == expected[0]
     # The stale rows themselves: `amount = 1.0` would also have selected the good 1.00 row of the same partition.
     assert sorted(e.primary_key["id"] for e in result.examples) == ["1", "3"]
+
+
+def test_a_clean_unsafe_table_counts_every_leaf_row_by_row(conn: psycopg.Connection[Any]) -> None:
+    spec = _table(conn, "numeric", ["1.0", "1.00"], index=False)
+    conn.execute("DELETE FROM chunks WHERE id IN (1, 3)")  # the stale rows
+    result = Verifier(conn, spec, primary_key=("id",)).run("full")
+    assert result.clean and result.rows_checked == 2 and not result.examples
+    rows = {p.plan.relation: p.rows for p in result.partitions if p.rows}
+    assert rows == {
+        f"public.chunks_p{partition_for('1.0', MODULUS)}": 1,
+        f"public.chunks_p{partition_for('1.00', MODULUS)}": 1,
+    }
