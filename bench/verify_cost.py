@@ -385,6 +385,9 @@ def no_index_options(
             "full verification, first run (cold: no plan cached, nothing known; groups and learns)": lambda: Verifier(
                 conn, SPEC, primary_key=PK, plan_cache=PlanCache()
             ).run("full"),
+            "query-exporter's plain wrong-key query (bench/peers.py SQL_WRONG)": lambda: conn.execute(
+                SQL_WRONG.format(col="n")
+            ).fetchone(),
             "full verification, plan cached, known values dropped before each run (the path until now)": _forgetting(
                 conn, PlanCache()
             ),
