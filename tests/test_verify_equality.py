@@ -45,6 +45,14 @@ def _table(conn: psycopg.Connection[Any], kind: str, values: list[str], index: b
     return KeySpec(source_column="amount", modulus=MODULUS)
 
 
+def _crossed(texts: list[str]) -> list[tuple[int, str, int]]:
+    """(id, value, key) rows: each of two equal spellings under its own text's key and under its partner's."""
+    pairs = [
+        (value, partition_for(key_text, MODULUS)) for n, value in enumerate(texts) for key_text in (value, texts[n ^ 1])
+    ]
+    return [(number, value, key) for number, (value, key) in enumerate(pairs)]
+
+
 def _seen(result: VerificationResult) -> tuple[tuple[int, int, int, int], Counter[Pair]]:
     """Counts and bad pairs of a run, in the reference's shape."""
     counts = (result.rows_checked, result.mismatched, result.null_keys, result.expression_errors)
@@ -145,13 +153,8 @@ def test_a_nondeterministic_collation_is_verified_row_by_row(conn: psycopg.Conne
     spec = KeySpec(source_column="amount", modulus=MODULUS)
     assert scalar(conn, "SELECT 'Ab'::text COLLATE nocase = 'aB'") is True
     # Each spelling under the key of its own text and of the other one's: some of them stale.
-    rows = [
-        (number * 2 + shift, value, partition_for(key_text, MODULUS))
-        for number, (value, other) in enumerate([("Ab", "aB"), ("aB", "Ab")])
-        for shift, key_text in enumerate((value, other))
-    ]
     with conn.cursor() as cursor:
-        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s)", rows)
+        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s)", _crossed(["Ab", "aB"]))
     expected = reference(conn, spec)
     cache = PlanCache()
     for _ in range(2):
@@ -174,11 +177,7 @@ def test_a_composite_key_with_one_unsafe_column_is_verified_row_by_row(conn: psy
     spec = KeySpec(source_column="collection_id", source=source, modulus=MODULUS)
     # 7:1.0 and 7:1.00, each under its own key and under the other's.
     texts = ["7:1.0", "7:1.00"]
-    rows = [
-        (number * 2 + shift, 7, value.split(":")[1], partition_for(key_text, MODULUS))
-        for number, value in enumerate(texts)
-        for shift, key_text in enumerate((value, texts[1 - number]))
-    ]
+    rows = [(number, 7, value.split(":")[1], key) for number, value, key in _crossed(texts)]
     with conn.cursor() as cursor:
         cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s::numeric, %s)", rows)
     expected = reference(conn, spec)
@@ -203,13 +202,8 @@ def test_citext_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
     conn.execute("CREATE INDEX ON chunks (amount)")
     spec = KeySpec(source_column="amount", modulus=MODULUS)
     texts = ["Ab", "aB"]
-    rows = [
-        (number * 2 + shift, value, partition_for(key_text, MODULUS))
-        for number, value in enumerate(texts)
-        for shift, key_text in enumerate((value, texts[1 - number]))
-    ]
     with conn.cursor() as cursor:
-        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s)", rows)
+        cursor.executemany("INSERT INTO chunks VALUES (%s, %s, %s)", _crossed(texts))
     expected = reference(conn, spec)
     assert expected[0][1] == 2
     result = Verifier(conn, spec, primary_key=("id",), plan_cache=PlanCache()).run("full")
