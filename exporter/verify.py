@@ -859,19 +859,29 @@ class Verifier:
     def _window_groups(self, source: sql.Composable, where: sql.Composable) -> sql.Composed:
         """The rows of SOURCE grouped by leaf, key and source, for the value-by-value fallback.
 
-        Unsafe source columns (verify_plan.SAFE_TYPES) are also grouped by their exact text, so that each group's
-        value has the text of every row in it (1.0 and 1.00 are two groups).
+        Unsafe source columns (verify_plan.SAFE_TYPES) are grouped by their exact text instead of their value, so
+        that each group's value has the text of every row in it (1.0 and 1.00 are two groups), and a type with no
+        equality (json, point) can be grouped at all.
         """
-        exact = [
-            sql.SQL('({}::text) COLLATE "C"').format(sql.Identifier(c))
-            for c in self.spec.source_columns
-            if c in self._unsafe_columns()
+        unsafe = self._unsafe_columns()
+        grouped = [
+            _exact_text(sql.Identifier(c)) if c in unsafe else sql.Identifier(c) for c in self.spec.source_columns
         ]
-        extra = sql.SQL("").join(sql.SQL(", {}").format(e) for e in exact)
+        # Under the column's own name: _read_value_by_value reads the groups by column name.
+        cols = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(expression, sql.Identifier(c))
+            for expression, c in zip(grouped, self.spec.source_columns, strict=True)
+        )
         return sql.SQL(
             "SELECT t.tableoid AS _pk_rel, {key}, {cols}, count(*) AS _pk_n FROM {src}{where}"
-            " GROUP BY t.tableoid, {key}, {cols}{extra}"
-        ).format(key=sql.Identifier(self.spec.key_column), cols=self._columns(), src=source, where=where, extra=extra)
+            " GROUP BY t.tableoid, {key}, {grouped}"
+        ).format(
+            key=sql.Identifier(self.spec.key_column),
+            cols=cols,
+            src=source,
+            where=where,
+            grouped=sql.SQL(", ").join(grouped),
+        )
 
     def _unsafe_columns(self) -> frozenset[str]:
         """The source columns whose equality is coarser than their text (read from the catalog once)."""
@@ -900,6 +910,13 @@ class Verifier:
         def bad_only(value: sql.Composable) -> sql.Composable:
             return sql.SQL("CASE WHEN _pk_b THEN {} END").format(value)
 
+        unsafe = self._unsafe_columns()
+        # An unsafe column's value is grouped by its text alone: json and point have no equality to group by, and
+        # its rows are selected by that text (_conditions), so the value itself is never needed.
+        natives = [
+            _exact_text(column) if name in unsafe else column
+            for name, column in zip(self.spec.source_columns, columns, strict=True)
+        ]
         width = len(columns)
         positions = [*range(1, 4 + 2 * width), 5 + 2 * width, 6 + 2 * width]
         return sql.SQL(
@@ -913,8 +930,8 @@ class Verifier:
             rel=sql.SQL("_pk_rel"),
             key_out=bad_only(key),
             # Grouped by the exact text: under a nondeterministic collation 'a' and 'A' are two bad groups.
-            texts=sql.SQL(", ").join(bad_only(sql.SQL('({}::text) COLLATE "C"').format(c)) for c in columns),
-            natives=sql.SQL(", ").join(bad_only(c) for c in columns),
+            texts=sql.SQL(", ").join(bad_only(_exact_text(c)) for c in columns),
+            natives=sql.SQL(", ").join(bad_only(c) for c in natives),
             raised=bad_only(sql.SQL("_pk_raises")),
             expected=bad_only(sql.SQL("_pk_expected")),
             key=key,
@@ -1034,7 +1051,7 @@ class Verifier:
                 out.append(sql.SQL("{} IS NULL").format(sql.Identifier(column)))
             elif column in unsafe and column != self.spec.key_column:
                 # `= 1.0` also selects 1.00, whose key may differ: select by the exact text.
-                out.append(sql.SQL('({}::text) COLLATE "C" = {}').format(sql.Identifier(column), sql.Literal(text)))
+                out.append(sql.SQL("{} = {}").format(_exact_text(sql.Identifier(column)), sql.Literal(text)))
             else:
                 out.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value)))
         return out
@@ -1139,6 +1156,11 @@ class Verifier:
                     error=error,
                 )
             )
+
+
+def _exact_text(column: sql.Composable) -> sql.Composed:
+    """A column's text, compared bytewise: the form the key is computed from (1.0 and 1.00 differ, 'a' and 'A')."""
+    return sql.SQL('({}::text) COLLATE "C"').format(column)
 
 
 def current_watermark(conn: psycopg.Connection[Any], spec: KeySpec, column: str) -> Any:

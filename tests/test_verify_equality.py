@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from exporter.formula import parse_source
 from exporter.hashtext import partition_for
@@ -232,3 +233,47 @@ def test_a_clean_unsafe_table_counts_every_leaf_row_by_row(conn: psycopg.Connect
         f"public.chunks_p{partition_for('1.0', MODULUS)}": 1,
         f"public.chunks_p{partition_for('1.00', MODULUS)}": 1,
     }
+
+
+class _Unpredicted(Verifier):
+    """A verifier whose error prediction itself raises on every row: forces the value-by-value fallback."""
+
+    def _raises(self) -> sql.Composable:
+        return sql.SQL("(id / 0 = 0)")
+
+
+@pytest.mark.parametrize(
+    ("kind", "texts"),
+    [("json", ['{"a":1}', '{"a": 1}']), ("point", ["(0,0)", "(-0,0)"])],
+    ids=["json", "point"],
+)
+@pytest.mark.parametrize("mode", ["full", "sample", "incremental"])
+def test_a_source_type_without_equality_is_verified_exactly(
+    conn: psycopg.Connection[Any], kind: str, texts: list[str], mode: str
+) -> None:
+    """json and point have no equality operator: their bad rows are grouped by text, also in the fallback."""
+    conn.execute(
+        f"CREATE TABLE chunks (id bigint NOT NULL, payload {kind}, partition_key integer)"
+        " PARTITION BY LIST (partition_key)"
+    )
+    for key in range(MODULUS):
+        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    no_autovacuum(conn)
+    # The premise: no equality operator, so nothing can be grouped by the value itself.
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        conn.execute("SELECT payload FROM chunks GROUP BY payload")
+    # Each spelling under its own text's key and under the other's: two stale rows, ids 1 and 3.
+    with conn.cursor() as cursor:
+        cursor.executemany(f"INSERT INTO chunks VALUES (%s, %s::{kind}, %s)", _crossed(texts))
+    spec = KeySpec(source_column="payload", modulus=MODULUS)
+    expected = reference(conn, spec)
+    assert expected[0] == (4, 2, 0, 0)
+    window = {"watermark_column": "id", "after": -1, "upto": 3} if mode == "incremental" else {}
+    for kind_of_run, cache in ((Verifier, None), (Verifier, PlanCache()), (_Unpredicted, None)):
+        verifier = kind_of_run(conn, spec, primary_key=("id",), plan_cache=cache)
+        result = verifier.run(mode, sample_percent=100.0, **window)  # type: ignore[arg-type]
+        assert _seen(result) == expected
+        assert sorted(e.primary_key["id"] for e in result.examples) == ["1", "3"]
+        assert {e.relation for e in result.examples} == {
+            f"public.chunks_p{partition_for(text, MODULUS)}" for text in texts
+        }
