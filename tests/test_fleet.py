@@ -39,16 +39,19 @@ Samples = set[tuple[str, str, tuple[tuple[str, str], ...], float]]
 UNSTARTED = "postgresql://partkey@127.0.0.1:1/unstarted"
 
 
-def fleet_config(dsn: str, targets: int) -> str:
-    """`targets` targets on the same database (each has its own connection and its own series)."""
+def fleet_config(
+    dsn: str, targets: int, checks: str = "{distribution_exact: {interval: 1h}}", name: str = "db{:03d}"
+) -> str:
+    """`targets` targets on the same database (each has its own connection and its own series), named by NAME's
+    format of their index, each with the CHECKS mapping (YAML flow style) on chunks."""
     entries = "".join(
         f"""
-  - name: db{index:03d}
+  - name: {name.format(index)}
     dsn: "{dsn}"
     tables:
       - table: chunks
         modulus: 5
-        checks: {{distribution_exact: {{interval: 1h}}}}
+        checks: {checks}
 """
         for index in range(targets)
     )
@@ -295,23 +298,12 @@ def test_a_connection_cap_queues_fairly_and_no_target_starves(conn: psycopg.Conn
     """50 targets, max_connections 8, 16 scheduler threads: never more than 8 backends, every target keeps running."""
     create_list_table(conn, modulus=5, trigger=None)
     insert_rows(conn, 100, modulus=5)
-    entries = "".join(
-        f"""
-  - name: c{index:02d}
-    dsn: "{dsn}"
-    tables:
-      - table: chunks
-        modulus: 5
-        checks:
-          implementation: {{interval: 2s}}
-          distribution: {{interval: 2s}}
-          verification_sample: {{enabled: false}}
-          verification_full: {{enabled: false}}
-          distribution_exact: {{enabled: false}}
-"""
-        for index in range(50)
+    checks = (
+        "{implementation: {interval: 2s}, distribution: {interval: 2s}, verification_sample: {enabled: false},"
+        " verification_full: {enabled: false}, distribution_exact: {enabled: false}}"
     )
-    exporter = Exporter(parse_config(f"max_workers: 16\nmax_connections: 8\ntargets:{entries}", "<test>"))
+    fleet = fleet_config(dsn, 50, checks, name="c{:02d}")
+    exporter = Exporter(parse_config(f"max_workers: 16\nmax_connections: 8\n{fleet}", "<test>"))
     assert exporter.slots is not None
     dbname = conn.info.dbname
     backends: list[int] = []

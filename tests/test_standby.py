@@ -88,9 +88,11 @@ def _result(exporter: Exporter, check: str) -> CheckResult:
 
 
 def _ours(conn: psycopg.Connection[Any]) -> list[tuple[str, str | None]]:
-    """(state, wait_event_type) of the exporter's backends on this server."""
+    """(state, wait_event_type) of the exporter's backends in this connection's database."""
     rows = conn.execute(
+        # This database's only, as the other tests count theirs: another exporter may be on the same server.
         "SELECT state, wait_event_type FROM pg_stat_activity WHERE application_name = 'partkey-exporter'"
+        " AND datname = current_database()"
     ).fetchall()
     return [(str(state), wait) for state, wait in rows]
 
