@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -26,11 +27,16 @@ class Section:
     """Some consecutive families and what their text is made from: equal inputs write the same text."""
 
     name: str
-    # The values the families are filled from (payloads, counters), compared with ==: the payloads are immutable
-    # dataclasses, so an unchanged result is the same object (an identity check) or equal values (the same text;
-    # 0.0 and -0.0 compare equal and both mean zero). None: made again every time.
-    inputs: Any
+    # Makes the values the families are filled from (payloads, counters), compared with ==: the payloads are
+    # immutable dataclasses, so an unchanged result is the same object (an identity check) or equal values (the
+    # same text; 0.0 and -0.0 compare equal and both mean zero). None: made again every time.
+    make_inputs: Callable[[], Any] | None
     families: Callable[[], Iterator[Metric]]
+
+    @cached_property
+    def inputs(self) -> Any:
+        """The values, made on first use: collect() writes the families without them (filters over every payload)."""
+        return None if self.make_inputs is None else self.make_inputs()
 
 
 class PartkeyCollector(Collector):
@@ -61,8 +67,9 @@ class PartkeyCollector(Collector):
 
     def sections(self, snapshot: Snapshot) -> list[Section]:
         """The families in body order, in groups, each with the part of SNAPSHOT its text depends on."""
-        results = sorted(snapshot.results.items())
-        payloads = [(key, result.payload) for key, result in results]
+        # Sorted once, on the first section's inputs asked for (the per-target fragments); never on collect().
+        results = cache(lambda: sorted(snapshot.results.items()))
+        payloads = cache(lambda: [(key, result.payload) for key, result in results()])
         return [
             # Every result's success, duration and timestamps, and the discovery's, move with each run: always made.
             Section("meta", None, lambda: self._meta(snapshot)),
@@ -70,31 +77,33 @@ class PartkeyCollector(Collector):
             Section("discovery", None, lambda: self._discovery(snapshot)),
             Section(
                 "implementation",
-                tuple(item for item in payloads if item[0][2] == "implementation"),
+                lambda: tuple(item for item in payloads() if item[0][2] == "implementation"),
                 lambda: self._implementation(snapshot),
             ),
             Section(
                 "verification",
-                (
-                    tuple(item for item in payloads if isinstance(item[1], VerificationResult)),
+                lambda: (
+                    tuple(item for item in payloads() if isinstance(item[1], VerificationResult)),
                     tuple(sorted(snapshot.rows_verified.items())),
                 ),
                 lambda: self._verification(snapshot),
             ),
             Section(
                 "distribution",
-                tuple(item for item in payloads if isinstance(item[1], Distribution)),
+                lambda: tuple(item for item in payloads() if isinstance(item[1], Distribution)),
                 lambda: self._distribution(snapshot),
             ),
             Section(
                 "sizes",
-                tuple(item for item in payloads if item[0][2] == "distribution" and isinstance(item[1], Distribution)),
+                lambda: tuple(
+                    item for item in payloads() if item[0][2] == "distribution" and isinstance(item[1], Distribution)
+                ),
                 lambda: self._sizes(snapshot),
             ),
-            Section("probe", tuple(sorted(snapshot.probe_histograms.items())), lambda: self._probe(snapshot)),
+            Section("probe", lambda: tuple(sorted(snapshot.probe_histograms.items())), lambda: self._probe(snapshot)),
             Section(
                 "scan",
-                tuple((key, result.scan) for key, result in results if result.scan is not None),
+                lambda: tuple((key, result.scan) for key, result in results() if result.scan is not None),
                 lambda: self._scan(snapshot),
             ),
         ]
