@@ -11,6 +11,7 @@ from types import FrameType
 from exporter import targets_dir
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config
+from exporter.gc_freeze import Freezer
 from exporter.http import ExporterHTTPServer, serve_in_thread
 from exporter.logs import setup_logging
 
@@ -31,11 +32,13 @@ class Service:
         self.server: ExporterHTTPServer | None = None
         self._dir_state = targets_dir.state(self.config, config_path.parent)
         self._dir_checked = time.monotonic()
+        self.freezer = Freezer()
 
     def start(self) -> str:
         """Start serving and checking; return the base URL."""
         self.server, _ = serve_in_thread(self.exporter, self.config.listen)
         self.exporter.start()
+        self.freezer.started()
         log.info("partkey-exporter listening on %s", self.server.url)
         return self.server.url
 
@@ -56,6 +59,7 @@ class Service:
             if self.exporter.reconfigure(config):
                 self.config = config
                 self._dir_state = targets_dir.state(config, self.config_path.parent)
+                self.freezer.thaw()  # what the removed targets held is collected before the next freeze
                 return True
             replacement = Exporter(config)
         except ConfigError as error:
@@ -69,6 +73,7 @@ class Service:
         self.server.exporter = replacement
         self.exporter, self.config = replacement, config
         old.stop()
+        self.freezer.thaw()
         self._dir_state = targets_dir.state(config, self.config_path.parent)
         log.info("configuration reloaded from %s: %d targets", self.config_path, len(replacement.targets))
         return True
@@ -79,6 +84,7 @@ class Service:
             self.server.shutdown()
             self.server.server_close()
         self.exporter.stop()
+        self.freezer.thaw()
         log.info("partkey-exporter stopped")
 
     def run_forever(self) -> None:
@@ -100,6 +106,7 @@ class Service:
         signal.signal(signal.SIGHUP, on_reload)
         self.start()
         while not requested["stop"]:
+            self.freezer.poll(self.exporter.runners, self.exporter.store.current.results)
             if requested["reload"]:
                 requested["reload"] = False
                 self.reload()
