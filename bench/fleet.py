@@ -77,6 +77,11 @@ class Measured:
     notes: list[str] = field(default_factory=list)
 
 
+def fleet_settings(count: int) -> dict[str, str]:
+    """The bench server's settings for a fleet of COUNT targets: a connection each, and room for the bench's own."""
+    return {**BENCH_SETTINGS, "max_connections": str(max(100, count + 50)), "shared_buffers": "512MB"}
+
+
 def build_fleet(admin_dsn: str, count: int) -> list[str]:
     """`count` databases cloned from one template with the keyed table; their names."""
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
@@ -369,10 +374,9 @@ def main() -> None:
     args = parser.parse_args()
     chosen = args.scenarios.split(",")
     count, window = (20, 15.0) if args.quick else (args.targets, args.window)
-    settings = {**BENCH_SETTINGS, "max_connections": str(max(100, count + 50)), "shared_buffers": "512MB"}
     workdir = Path(tempfile.mkdtemp(prefix="partkey-fleet-"))
     try:
-        with bench_server(settings=settings) as server:
+        with bench_server(settings=fleet_settings(count)) as server:
             built = time.monotonic()
             names = build_fleet(server.dsn, count)
             print(f"built {count} databases in {time.monotonic() - built:.0f} s", flush=True)

@@ -18,8 +18,8 @@ import sys
 import time
 import urllib.request
 
-from bench.fleet import PARTITIONS, build_fleet, config_text, memory_note
-from bench.server import BENCH_SETTINGS, bench_server, machine
+from bench.fleet import PARTITIONS, build_fleet, config_text, fleet_settings, memory_note
+from bench.server import bench_server, machine
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.http import serve_in_thread
@@ -41,8 +41,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=200)
     parser.add_argument("--window", type=float, default=20.0, help="seconds of scraping after full coverage")
     args = parser.parse_args()
-    settings = {**BENCH_SETTINGS, "max_connections": str(max(100, args.targets + 50)), "shared_buffers": "512MB"}
-    with bench_server(settings=settings) as server:
+    with bench_server(settings=fleet_settings(args.targets)) as server:
         names = build_fleet(server.dsn, args.targets)
         exporter = Exporter(parse_config(config_text(server.dsn, names, 0), "<bench>"))
         http_server, _ = serve_in_thread(exporter, exporter.config.listen)

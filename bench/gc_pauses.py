@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fleet import build_fleet, config_text
-from bench.server import BENCH_SETTINGS, bench_server, machine
+from bench.fleet import build_fleet, config_text, fleet_settings
+from bench.server import bench_server, machine
 
 VARIANTS = {"no freeze (before)": False, "gc.freeze (now)": True}
 
@@ -94,8 +94,7 @@ def main() -> None:
     if args.child:
         child(Path(args.child[0]), args.window, args.child[1] == "1")
         return
-    settings = {**BENCH_SETTINGS, "max_connections": str(max(100, args.targets + 50)), "shared_buffers": "512MB"}
-    with bench_server(settings=settings) as server, tempfile.TemporaryDirectory() as workdir:
+    with bench_server(settings=fleet_settings(args.targets)) as server, tempfile.TemporaryDirectory() as workdir:
         names = build_fleet(server.dsn, args.targets)
         config = Path(workdir) / "fleet.yaml"
         config.write_text(config_text(server.dsn, names, 0))

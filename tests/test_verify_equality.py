@@ -23,16 +23,18 @@ pytestmark = pytest.mark.versioned("verification")
 MODULUS = 10
 
 
-def _table(conn: psycopg.Connection[Any], kind: str, values: list[str], index: bool) -> KeySpec:
-    """A LIST table, one partition per key, whose source column of type KIND holds each value twice: once under
-    its own key, once (stale) in the partition of the equal value listed next to it."""
-    conn.execute(
-        f"CREATE TABLE chunks (id bigint NOT NULL, amount {kind}, partition_key integer)"
-        " PARTITION BY LIST (partition_key)"
-    )
+def _list_table(conn: psycopg.Connection[Any], columns: str) -> None:
+    """A chunks table of COLUMNS, LIST-partitioned by partition_key with one partition per key, autovacuum off."""
+    conn.execute(f"CREATE TABLE chunks ({columns}) PARTITION BY LIST (partition_key)")
     for key in range(MODULUS):
         conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
     no_autovacuum(conn)
+
+
+def _table(conn: psycopg.Connection[Any], kind: str, values: list[str], index: bool) -> KeySpec:
+    """A LIST table, one partition per key, whose source column of type KIND holds each value twice: once under
+    its own key, once (stale) in the partition of the equal value listed next to it."""
+    _list_table(conn, f"id bigint NOT NULL, amount {kind}, partition_key integer")
     if index:
         conn.execute("CREATE INDEX ON chunks (amount)")
     rows: list[tuple[int, str, int]] = []
@@ -102,11 +104,7 @@ def test_an_unsafe_source_type_is_verified_row_by_row_and_says_why(conn: psycopg
 
 @pytest.mark.parametrize("kind", ["integer", "bigint", "uuid", "text", "varchar(40)", "character(36)"])
 def test_safe_source_types_keep_their_grouped_paths(conn: psycopg.Connection[Any], kind: str) -> None:
-    conn.execute(
-        f"CREATE TABLE chunks (id bigint, amount {kind}, partition_key integer) PARTITION BY LIST (partition_key)"
-    )
-    for key in range(MODULUS):
-        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    _list_table(conn, f"id bigint, amount {kind}, partition_key integer")
     conn.execute("CREATE INDEX ON chunks (amount)")
     spec = KeySpec(source_column="amount", modulus=MODULUS)
     paths = {p.plan.path for p in Verifier(conn, spec).run("full").partitions}
@@ -114,11 +112,7 @@ def test_safe_source_types_keep_their_grouped_paths(conn: psycopg.Connection[Any
 
 
 def test_a_column_type_change_invalidates_the_cached_decision(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(
-        "CREATE TABLE chunks (id bigint, amount text, partition_key integer) PARTITION BY LIST (partition_key)"
-    )
-    for key in range(MODULUS):
-        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
+    _list_table(conn, "id bigint, amount text, partition_key integer")
     spec = KeySpec(source_column="amount", modulus=MODULUS)
     cache = PlanCache()
     assert {p.plan.path for p in Verifier(conn, spec, plan_cache=cache).run("full").partitions} == {"group-by"}
@@ -144,13 +138,7 @@ def test_a_nondeterministic_collation_is_verified_row_by_row(conn: psycopg.Conne
         conn.execute("CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
     except psycopg.errors.FeatureNotSupported as error:
         pytest.skip(f"no ICU collation can be created here: {error}")
-    conn.execute(
-        "CREATE TABLE chunks (id bigint, amount text COLLATE nocase, partition_key integer)"
-        " PARTITION BY LIST (partition_key)"
-    )
-    for key in range(MODULUS):
-        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
-    no_autovacuum(conn)
+    _list_table(conn, "id bigint, amount text COLLATE nocase, partition_key integer")
     spec = KeySpec(source_column="amount", modulus=MODULUS)
     assert scalar(conn, "SELECT 'Ab'::text COLLATE nocase = 'aB'") is True
     # Each spelling under the key of its own text and of the other one's: some of them stale.
@@ -166,13 +154,7 @@ def test_a_nondeterministic_collation_is_verified_row_by_row(conn: psycopg.Conne
 
 
 def test_a_composite_key_with_one_unsafe_column_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(
-        "CREATE TABLE chunks (id bigint, collection_id integer, amount numeric, partition_key integer)"
-        " PARTITION BY LIST (partition_key)"
-    )
-    for key in range(MODULUS):
-        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
-    no_autovacuum(conn)
+    _list_table(conn, "id bigint, collection_id integer, amount numeric, partition_key integer")
     conn.execute("CREATE INDEX ON chunks (collection_id, amount)")
     source = parse_source("collection_id::text || ':' || amount::text")
     spec = KeySpec(source_column="collection_id", source=source, modulus=MODULUS)
@@ -194,12 +176,7 @@ def test_citext_is_verified_row_by_row(conn: psycopg.Connection[Any]) -> None:
         conn.execute("CREATE EXTENSION citext")
     except psycopg.Error as error:
         pytest.skip(f"the citext extension is not available on this server: {error}")
-    conn.execute(
-        "CREATE TABLE chunks (id bigint, amount citext, partition_key integer) PARTITION BY LIST (partition_key)"
-    )
-    for key in range(MODULUS):
-        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
-    no_autovacuum(conn)
+    _list_table(conn, "id bigint, amount citext, partition_key integer")
     conn.execute("CREATE INDEX ON chunks (amount)")
     spec = KeySpec(source_column="amount", modulus=MODULUS)
     texts = ["Ab", "aB"]
@@ -252,13 +229,7 @@ def test_a_source_type_without_equality_is_verified_exactly(
     conn: psycopg.Connection[Any], kind: str, texts: list[str], mode: str
 ) -> None:
     """json and point have no equality operator: their bad rows are grouped by text, also in the fallback."""
-    conn.execute(
-        f"CREATE TABLE chunks (id bigint NOT NULL, payload {kind}, partition_key integer)"
-        " PARTITION BY LIST (partition_key)"
-    )
-    for key in range(MODULUS):
-        conn.execute(f"CREATE TABLE chunks_p{key} PARTITION OF chunks FOR VALUES IN ({key})")
-    no_autovacuum(conn)
+    _list_table(conn, f"id bigint NOT NULL, payload {kind}, partition_key integer")
     # The premise: no equality operator, so nothing can be grouped by the value itself.
     with pytest.raises(psycopg.errors.UndefinedFunction):
         conn.execute("SELECT payload FROM chunks GROUP BY payload")
