@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import itertools
 import json
@@ -370,10 +371,12 @@ def test_targets_dir_adds_changes_and_removes_targets_without_a_restart(
     logging.getLogger().addHandler(caplog.handler)  # setup_logging(force=True) removed pytest's handler
     service.start()
     try:
+        assert gc.get_freeze_count() > 0  # the long-lived objects are out of the collector's full passes
         assert list(service.exporter.targets) == ["first"]
         assert not service.targets_dir_changed()
         _target_file(targets, "second", dsn_file)
         assert service.targets_dir_changed() and service.reload()
+        assert gc.get_freeze_count() == 0  # thawed by the reload, until its first round is done
         assert sorted(service.exporter.targets) == ["first", "second"]
         assert service.server is not None and service.server.exporter is service.exporter
         broken = targets / "third.yaml"
@@ -394,6 +397,7 @@ def test_targets_dir_adds_changes_and_removes_targets_without_a_restart(
         assert service.exporter.store.current.target_up == {"second": True}
     finally:
         service.stop()
+    assert gc.get_freeze_count() == 0
     assert secret not in caplog.text
 
 
