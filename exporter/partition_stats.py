@@ -154,7 +154,7 @@ def summarize(source: Source, partitioned: bool, partitions: list[PartitionRows]
     )
 
 
-_LEAVES_SQL = (
+LEAVES_SQL = (
     relation_tree("{table}::regclass::oid")
     + """SELECT c.oid, c.relname, c.relkind, c.reltuples, c.relpages,
        c.oid IN (SELECT partdefid FROM pg_partitioned_table) AS is_default,
@@ -167,10 +167,11 @@ _LEAVES_SQL = (
        c.relpages::bigint AS heap_pages,
        (SELECT coalesce(sum(ic.relpages), 0) FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
         WHERE x.indrelid = c.oid)::bigint AS index_pages,
-       (SELECT coalesce(sum(tc.relpages), 0) FROM pg_class tc
-        WHERE tc.oid = c.reltoastrelid
-           OR tc.oid IN (SELECT tx.indexrelid FROM pg_index tx WHERE tx.indrelid = c.reltoastrelid))::bigint
-         AS toast_pages,
+       -- The TOAST table and its index in two lookups: one `oid = … OR oid IN (…)` filter cannot use pg_class's
+       -- index and scanned the whole of pg_class once per leaf (350 ms at 1,000 partitions, every minute).
+       ((SELECT coalesce(sum(tc.relpages), 0) FROM pg_class tc WHERE tc.oid = c.reltoastrelid)
+        + (SELECT coalesce(sum(ti.relpages), 0) FROM pg_index tx JOIN pg_class ti ON ti.oid = tx.indexrelid
+           WHERE tx.indrelid = c.reltoastrelid))::bigint AS toast_pages,
        current_setting('block_size')::bigint AS block_size,
        s.n_dead_tup,
        s.n_mod_since_analyze,
@@ -189,7 +190,7 @@ ANALYZE_THRESHOLD, ANALYZE_SCALE_FACTOR = 50, 0.1
 
 def _leaves(conn: psycopg.Connection[Any], spec: KeySpec) -> tuple[bool, list[dict[str, Any]]]:
     """Whether the table is partitioned, and its leaf relations with their statistics."""
-    query = sql.SQL(_LEAVES_SQL).format(table=sql.Literal(spec.table_ident.as_string(conn)))
+    query = sql.SQL(LEAVES_SQL).format(table=sql.Literal(spec.table_ident.as_string(conn)))
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         rows = cur.execute(query).fetchall()
     partitioned = any(r["relkind"] == "p" for r in rows)
