@@ -497,7 +497,7 @@ def _forgetting(conn: psycopg.Connection[Any], cache: PlanCache) -> Callable[[],
 
 def _bounds(conn: psycopg.Connection[Any], known: dict[str, str]) -> dict[str, Callable[[], Any]]:
     """What any exact pass without an index must pay per row, beyond `count(*)`: contenders named "bound: ..."."""
-    seen = conn.execute("SELECT age(pg_snapshot_xmin(pg_current_snapshot())::text::xid)").fetchone()
+    seen = conn.execute("SELECT age((txid_snapshot_xmin(txid_current_snapshot()) % 4294967296)::text::xid)").fetchone()
     one = _known_good(conn, limit=1)
     aggregate = "SELECT count(*), count(*) FILTER (WHERE NOT (collection_id = ANY({known}))) FROM ONLY {p}"
     return {
